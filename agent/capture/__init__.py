@@ -1,0 +1,1 @@
+"""Capture sources: pcap/pcapng files (replay) and live interfaces, yielding frames."""

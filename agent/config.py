@@ -1,0 +1,202 @@
+"""One frozen configuration object, built from TOML plus environment variables.
+
+Precedence: built-in defaults < TOML file (``--config`` or ``$CALLN_CONFIG``) <
+environment (``CALLN_<SECTION>_<KEY>``, e.g. ``CALLN_API_URL``). Secrets come only
+from the environment (``CALLN_PASSWORD``) or from a file named by
+``[api] password_file`` that must not be readable by other users.
+Key names are stable: other tools write these files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from agent.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSection:
+    servername: str = field(default_factory=socket.gethostname)
+    location: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSection:
+    url: str = "https://api.calln.com"
+    username: str = ""
+    password: str = field(default="", repr=False)   # from CALLN_PASSWORD or password_file only
+    password_file: str = ""
+    ca_bundle: str = ""              # path to a PEM bundle; empty = system trust store
+    chunk_bytes: int = 512 * 1024
+    format: str = "mp3"              # mp3 | wav
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    write_timeout_s: float = 60.0
+    max_in_flight: int = 4
+    upload_unanswered: bool = False  # upload cancelled/rejected calls too
+    upload_no_audio: bool = False    # upload answered calls without audio as silence
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSection:
+    dir: str = "/var/spool/calln-agent"
+    retention_days: float = 0.0      # 0 = delete delivered calls at once
+    min_free_mb: int = 512           # below this, stop writing new audio
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureSection:
+    interfaces: tuple[str, ...] = ()
+    sip_ports: tuple[int, ...] = (5060,)
+    snaplen: int = 65535
+    buffer_mb: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SipSection:
+    # Identity precedence for the caller: first source with a usable number wins.
+    caller_identity: tuple[str, ...] = ("from", "pai", "rpid")
+    callee_identity: tuple[str, ...] = ("to", "request_uri")
+    rtp_timeout_s: float = 60.0          # no media for this long (and not on hold) ends a call
+    signalling_timeout_s: float = 3600.0  # no SIP and no media at all
+    ringing_timeout_s: float = 300.0     # INVITE with no final response
+    max_duration_s: float = 4 * 3600.0
+    tombstone_s: float = 120.0
+    l2_networks: tuple[str, ...] = ()    # CIDRs whose MACs are trusted; empty = all
+    mac_format: str = "plain_upper"      # plain_upper | colon_lower | colon_upper
+    router_mac_ip_threshold: int = 8     # a MAC seen for more IPs than this is a router
+    pbx_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingSection:
+    format: str = "mp3"          # mp3 | wav
+    channels: int = 1            # 1 = mono mix, 2 = caller left / callee right
+    sample_rate_hz: int = 16000  # output rate; 0 = highest rate present in the call
+    mp3_bitrate_kbps: int = 32
+    workers: int = 0             # encoder processes; 0 = number of CPUs
+
+
+@dataclass(frozen=True, slots=True)
+class NumbersSection:
+    outside_line_prefix: str = ""
+    country_code: str = ""
+    national_prefix: str = ""
+    add_country_code: bool = False
+    strip_country_code: bool = False
+    extension_map: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    agent: AgentSection = field(default_factory=AgentSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    spool: SpoolSection = field(default_factory=SpoolSection)
+    capture: CaptureSection = field(default_factory=CaptureSection)
+    sip: SipSection = field(default_factory=SipSection)
+    recording: RecordingSection = field(default_factory=RecordingSection)
+    numbers: NumbersSection = field(default_factory=NumbersSection)
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Convert a TOML or environment value to the type of the field's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_type = type(default[0]) if default else str
+        return tuple(_coerce(v, item_type(), where) for v in value)
+    if isinstance(default, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: str) -> Any:
+    defaults = cls()
+    kwargs: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known or key == "password":
+            raise ConfigError(f"[{name}] {key}: unknown key" + (
+                " (the password comes from CALLN_PASSWORD or password_file)" if key == "password" else ""))
+    for f in dataclasses.fields(cls):
+        env_key = f"CALLN_{name.upper()}_{f.name.upper()}"
+        if f.name == "password":
+            continue
+        if env_key in env:
+            kwargs[f.name] = _coerce(env[env_key], getattr(defaults, f.name), env_key)
+        elif f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], getattr(defaults, f.name), f"[{name}] {f.name}")
+    return cls(**kwargs)
+
+
+def _read_password(api: ApiSection, env: Mapping[str, str]) -> str:
+    if env.get("CALLN_PASSWORD"):
+        return env["CALLN_PASSWORD"]
+    if api.password_file:
+        path = Path(api.password_file)
+        try:
+            st = path.stat()
+            if st.st_mode & stat.S_IRWXO:
+                raise ConfigError(f"[api] password_file {path} is readable by other users; chmod 600 it")
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"[api] password_file {path}: {exc.strerror}") from None
+    return ""
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration. ``path`` None means ``$CALLN_CONFIG`` or defaults only."""
+    env = os.environ if env is None else env
+    path = path or env.get("CALLN_CONFIG") or None
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration {path} is not valid TOML: {exc}") from None
+    for name in raw:
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown configuration section [{name}]")
+    sections = {}
+    for f in dataclasses.fields(Config):
+        cls = f.default_factory  # type: ignore[misc]
+        sections[f.name] = _section(cls, raw.get(f.name, {}), env, f.name)
+    api = sections["api"]
+    sections["api"] = dataclasses.replace(api, password=_read_password(api, env))
+    return Config(**sections)

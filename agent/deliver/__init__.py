@@ -1,0 +1,1 @@
+"""Delivery: the durable spool, the CallN API client, and the audio encoder."""

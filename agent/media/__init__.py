@@ -1,0 +1,1 @@
+"""Media: RTP streams, codecs, DTMF and the mixer that makes one recording per call."""

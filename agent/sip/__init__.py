@@ -1,0 +1,1 @@
+"""SIP: message parsing, SDP, and the call tracker (dialog state machine)."""
