@@ -1,0 +1,1 @@
+"""Calls: the dialog state machine (tracker), end reasons, identities and the call record."""

@@ -1,0 +1,88 @@
+"""The Call record the tracker keeps for one dialog, and its parties.
+
+A Call is mutable while the dialog lives and read once when it ends (to build the
+call record). It holds no sockets and no files; the engine attaches a media
+object to ``call.media`` for the RTP side.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+CALLER = 0   # side index, also the RTP direction "sent by the caller"
+CALLEE = 1
+
+
+class CallState(enum.Enum):
+    CALLING = "calling"          # initial INVITE sent, no provisional answer yet
+    EARLY = "early"              # 1xx seen (ringing, early media)
+    CHALLENGED = "challenged"    # 401/407/3xx: waiting for the INVITE that follows
+    CONFIRMED = "confirmed"      # 2xx to the initial INVITE
+    ENDED = "ended"
+
+
+@dataclass(slots=True)
+class Party:
+    """What we learnt about one side of the call."""
+
+    sip_addr: str = ""                       # ip:port its SIP came from
+    sip_mac: bytes = b""                     # source MAC of its SIP frames
+    rtp_mac: bytes = b""                     # source MAC of the RTP it sent
+    sdp_endpoints: list[tuple[str, int]] = field(default_factory=list)  # in order announced
+    seen_endpoint: tuple[str, int] | None = None   # where its RTP actually came from
+    rtpmaps: dict[int, Any] = field(default_factory=dict)  # pt -> RtpMap, latest SDP wins
+    fmtp: dict[int, str] = field(default_factory=dict)     # pt -> fmtp parameters, latest SDP wins
+    on_hold: bool = False                    # its latest SDP says sendonly/inactive/0.0.0.0
+    user_agent: str = ""
+    encrypted_sdp: bool = False
+
+
+@dataclass(slots=True)
+class Call:
+    callid: str
+    start_ts_ns: int
+    from_tag: str = ""
+    to_tag: str = ""
+    state: CallState = CallState.CALLING
+    transport: str = "udp"
+    partial_start: bool = False
+    invite_cseq: int = -1                    # CSeq of the current initial-INVITE transaction
+    answer_ts_ns: int | None = None
+    end_ts_ns: int | None = None
+    end_reason: str | None = None
+    final_status: int | None = None
+    cancel_requested: bool = False
+    challenge_deadline_ns: int | None = None
+    last_sip_ns: int = 0
+    last_media_ns: int | None = None
+    # identities (raw header values kept for the record)
+    from_header: str = ""
+    to_header: str = ""
+    request_uri: str = ""
+    from_addr: Any = None                    # NameAddr
+    to_addr: Any = None                      # NameAddr
+    pai: list[Any] = field(default_factory=list)      # NameAddr list from the initial INVITE
+    rpid: Any = None
+    diversion: list[Any] = field(default_factory=list)
+    connected: Any = None                    # NameAddr of the answering party (PAI/RPID in 2xx/UPDATE)
+    session_id: str = ""
+    codecs_offered: list[str] = field(default_factory=list)
+    codecs_answered: list[str] = field(default_factory=list)
+    parties: tuple[Party, Party] = field(default_factory=lambda: (Party(), Party()))
+    dtmf: list[dict[str, Any]] = field(default_factory=list)
+    reinvites: int = 0
+    media: Any = None                        # engine-owned media capture (CallMedia)
+
+    @property
+    def answered(self) -> bool:
+        return self.answer_ts_ns is not None
+
+    @property
+    def ended(self) -> bool:
+        return self.state is CallState.ENDED
+
+    def key(self, leg: int = 0) -> str:
+        """The delivered-ledger key: one call, however often it is replayed."""
+        return f"{self.callid}|{self.from_tag}|{self.start_ts_ns}|{leg}"

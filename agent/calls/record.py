@@ -1,0 +1,160 @@
+"""The call record: one JSON-ready dict per finished call.
+
+Carries the 14 CallN API v1 fields under their exact names (every value a string)
+plus the agent's own fields. ``inspect --json`` prints it, ``replay --out`` writes
+it beside the recording, the spool stores it. Field names are a stable contract
+(see README "Call record").
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from functools import lru_cache
+from typing import Any
+
+from agent.calls.call import CALLEE, CALLER, Call
+from agent.calls.identity import callee_identity, caller_identity
+from agent.calls.macs import MacTable
+from agent.calls.numbers import normalise_number
+from agent.config import Config
+
+API_FIELDS = (
+    "startdatetimeutc", "callername", "callerphone", "callerdtmf", "callermacaddress",
+    "callermediaendpoint", "destinationname", "destinationphone", "destinationdtmf",
+    "destinationmacaddress", "destinationmediaendpoint", "clientoperatingsystem",
+    "servername", "location",
+)
+
+
+@lru_cache(maxsize=1)
+def host_operating_system() -> str:
+    """e.g. ``Linux 6.1.0-18-amd64 x86_64 (Debian GNU/Linux 12 (bookworm))``."""
+    text = f"{platform.system()} {platform.release()} {platform.machine()}"
+    try:
+        pretty = platform.freedesktop_os_release().get("PRETTY_NAME")
+    except OSError:
+        pretty = None
+    return f"{text} ({pretty})" if pretty else text
+
+
+def utc_text(ts_ns: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS`` in UTC, truncated to the second (API format)."""
+    when = _dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=_dt.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def endpoint_text(endpoint: tuple[str, int] | None) -> str:
+    if endpoint is None:
+        return ""
+    ip, port = endpoint
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _media_endpoint(call: Call, side: int) -> tuple[str, str]:
+    party = call.parties[side]
+    sdp = endpoint_text(party.sdp_endpoints[0]) if party.sdp_endpoints else ""
+    seen = endpoint_text(party.seen_endpoint)
+    return sdp, seen
+
+
+def _party_ip(call: Call, side: int) -> str:
+    party = call.parties[side]
+    if party.seen_endpoint:
+        return party.seen_endpoint[0]
+    if party.sdp_endpoints:
+        return party.sdp_endpoints[0][0]
+    host = party.sip_addr.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+def _name_addr_text(addr: Any) -> str:
+    if addr is None:
+        return ""
+    display = f'"{addr.display}" ' if addr.display else ""
+    return f"{display}<{addr.uri.raw}>"
+
+
+def build_record(call: Call, config: Config, macs: MacTable,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The call record of an ended call (``extra`` adds media fields: streams, recording...)."""
+    caller_name, caller_raw = caller_identity(call, config.sip.caller_identity)
+    ruri_user = ""
+    if call.request_uri:
+        from agent.sip.uri import parse_uri  # local: only needed once per call
+        try:
+            ruri_user = parse_uri(call.request_uri).user or ""
+        except ValueError:
+            ruri_user = ""
+    callee_name, callee_raw = callee_identity(call, config.sip.callee_identity, ruri_user)
+    digits = {"caller": "", "callee": ""}
+    for press in call.dtmf:
+        digits[press["side"]] += press["digit"]
+    media = {}
+    macs_text = {}
+    for side, name in ((CALLER, "caller"), (CALLEE, "callee")):
+        party = call.parties[side]
+        sdp_ep, seen_ep = _media_endpoint(call, side)
+        mac = macs.mac_for(_party_ip(call, side), party.rtp_mac, party.sip_mac)
+        macs_text[name] = mac
+        media[name] = {"sdp_endpoint": sdp_ep, "seen_endpoint": seen_ep, "mac": mac,
+                       "sip_addr": party.sip_addr}
+    duration_ms = 0
+    if call.answer_ts_ns is not None and call.end_ts_ns is not None:
+        duration_ms = max(0, (call.end_ts_ns - call.answer_ts_ns) // 1_000_000)
+    connected = {"name": "", "phone": ""}
+    if call.connected is not None:
+        connected = {"name": call.connected.display or "", "phone": call.connected.uri.user or ""}
+    record: dict[str, Any] = {
+        "startdatetimeutc": utc_text(call.start_ts_ns),
+        "callername": caller_name,
+        "callerphone": normalise_number(caller_raw, config.numbers),
+        "callerdtmf": digits["caller"],
+        "callermacaddress": macs_text["caller"],
+        "callermediaendpoint": media["caller"]["seen_endpoint"] or media["caller"]["sdp_endpoint"],
+        "destinationname": callee_name,
+        "destinationphone": normalise_number(callee_raw, config.numbers),
+        "destinationdtmf": digits["callee"],
+        "destinationmacaddress": macs_text["callee"],
+        "destinationmediaendpoint": media["callee"]["seen_endpoint"] or media["callee"]["sdp_endpoint"],
+        "clientoperatingsystem": host_operating_system(),
+        "servername": config.agent.servername,
+        "location": config.agent.location,
+        "callid": call.callid,
+        "from_tag": call.from_tag,
+        "to_tag": call.to_tag,
+        "leg": 0,
+        "answered": call.answered,
+        "end_reason": call.end_reason,
+        "final_status": call.final_status,
+        "partial_start": call.partial_start,
+        "start_ts_ns": call.start_ts_ns,
+        "answer_ts_ns": call.answer_ts_ns,
+        "end_ts_ns": call.end_ts_ns,
+        "duration_ms": duration_ms,
+        "transport": call.transport,
+        "codecs_offered": call.codecs_offered,
+        "codecs_answered": call.codecs_answered,
+        "user_agents": {"caller": call.parties[CALLER].user_agent,
+                        "callee": call.parties[CALLEE].user_agent},
+        "connected": connected,
+        "raw": {"from": call.from_header, "to": call.to_header, "request_uri": call.request_uri,
+                "caller_number": caller_raw, "callee_number": callee_raw,
+                "pai": [_name_addr_text(a) for a in call.pai], "rpid": _name_addr_text(call.rpid),
+                "diversion": [_name_addr_text(a) for a in call.diversion]},
+        "media": media,
+        "dtmf": list(call.dtmf),
+        "encrypted": call.parties[CALLER].encrypted_sdp or call.parties[CALLEE].encrypted_sdp,
+        "conversation_id": call.session_id or call.callid,
+        "reinvites": call.reinvites,
+        "streams": [],
+        "recording": None,
+    }
+    if extra:
+        record.update(extra)
+    return record
+
+
+def api_fields(record: dict[str, Any]) -> dict[str, str]:
+    """The POST /api/call body: exactly the 14 v1 fields, each a string."""
+    return {name: str(record.get(name) or "") for name in API_FIELDS}

@@ -1,0 +1,374 @@
+"""The call tracker: a pure state machine from SIP messages (and packet time) to calls.
+
+Events in: ``on_sip(msg, dgram)`` for every parsed SIP message, ``on_media(call,
+side, ts_ns)`` when RTP is seen for a call, and ``on_time(now_ns)`` as packet time
+advances. Events out: ``CallStarted``, ``CallAnswered``, ``EndpointClaimed`` and
+``CallEnded``. No sockets, no files, no wall clock: replaying a capture twice gives
+the same calls.
+
+It also owns the media map, ``endpoints``: ``(ip, port) -> (call, side)``, the one
+dict the engine's RTP fast path looks packets up in. The newest SDP that claims an
+endpoint takes it over (ports are reused; a PBX moves media with re-INVITEs).
+
+This module is where a call ends; the reasons are in ``end_reason.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from agent.calls.call import CALLEE, CALLER, Call, CallState
+from agent.calls.end_reason import EndReason, rejected
+from agent.config import SipSection
+from agent.errors import ParseError
+from agent.net.datagram import Datagram
+from agent.sip.dtmf_info import parse_dtmf_info
+from agent.sip.sdp import parse_sdp
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+CHALLENGE_WAIT_NS = 32 * NS          # RFC 3261 timer B: how long a 401/407/3xx waits for the new INVITE
+HOLD_ADDRS = ("0.0.0.0", "::")
+
+
+@dataclass(slots=True, frozen=True)
+class CallStarted:
+    call: Call
+
+
+@dataclass(slots=True, frozen=True)
+class CallAnswered:
+    call: Call
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointClaimed:
+    """A call's side announced a media endpoint (the engine replays RTP held for it)."""
+    call: Call
+    side: int
+    endpoint: tuple[str, int]
+
+
+@dataclass(slots=True, frozen=True)
+class CallEnded:
+    call: Call
+
+
+Event = CallStarted | CallAnswered | EndpointClaimed | CallEnded
+
+
+class CallTracker:
+    def __init__(self, config: SipSection, counters) -> None:
+        self.config = config
+        self.counters = counters
+        self.calls: dict[str, Call] = {}
+        self.endpoints: dict[tuple[str, int], tuple[Call, int]] = {}
+        # Ended Call-IDs -> time they ended: late BYEs and retransmissions create nothing.
+        self._tombstones: OrderedDict[str, int] = OrderedDict()
+        self._rtp_timeout_ns = int(config.rtp_timeout_s * NS)
+        self._signalling_timeout_ns = int(config.signalling_timeout_s * NS)
+        self._ringing_timeout_ns = int(config.ringing_timeout_s * NS)
+        self._max_duration_ns = int(config.max_duration_s * NS)
+        self._tombstone_ns = int(config.tombstone_s * NS)
+
+    # ------------------------------------------------------------------ SIP
+
+    def on_sip(self, msg, dgram: Datagram) -> list[Event]:
+        callid = msg.call_id
+        if not callid:
+            self.counters["sip.skip.no_callid"] += 1
+            return []
+        ts_ns = dgram.ts_ns
+        call = self.calls.get(callid)
+        events: list[Event] = []
+        if call is None:
+            if callid in self._tombstones:
+                self.counters["sip.after_end"] += 1
+                return []
+            call = self._open(msg, dgram, events)
+            if call is None:
+                return events
+        call.last_sip_ns = max(call.last_sip_ns, ts_ns)
+        side = self._sender_side(call, msg)
+        party = call.parties[side]
+        if not party.sip_addr:
+            party.sip_addr = _ep(dgram.src_ip, dgram.src_port)
+            party.sip_mac = dgram.src_mac
+        ua = msg.user_agent
+        if ua and not party.user_agent:
+            party.user_agent = ua
+        if msg.is_request:
+            self._on_request(call, msg, side, ts_ns, events)
+        else:
+            self._on_response(call, msg, side, ts_ns, events)
+        if not call.ended:
+            self._take_sdp(call, msg, side, events)
+        return events
+
+    def _open(self, msg, dgram: Datagram, events: list[Event]) -> Call | None:
+        """Open a call for a Call-ID we have not seen: from its INVITE, or mid-dialog."""
+        method = msg.method
+        if msg.is_request and method == "INVITE" and not msg.to_tag:
+            call = Call(callid=msg.call_id, start_ts_ns=dgram.ts_ns)
+        elif method in ("INVITE", "BYE", "UPDATE", "INFO", "PRACK", "ACK") and (
+                msg.to_tag or not msg.is_request):
+            # The INVITE was not captured (started mid-call, mirror drop): open from in-dialog
+            # traffic. For responses From/To still name caller and callee; for requests we assume
+            # the sender is the caller (no better information).
+            if msg.is_request and method == "ACK":
+                return None
+            call = Call(callid=msg.call_id, start_ts_ns=dgram.ts_ns, partial_start=True,
+                        state=CallState.CONFIRMED if (msg.is_request or 200 <= (msg.status_code or 0) < 300)
+                        else CallState.EARLY)
+            if call.state is CallState.CONFIRMED:
+                call.answer_ts_ns = dgram.ts_ns
+            call.invite_cseq = msg.cseq_num if method == "INVITE" else -1
+            self.counters["calls.partial_start"] += 1
+        else:
+            return None
+        call.transport = dgram.transport
+        call.from_tag = msg.from_tag or ""
+        call.to_tag = msg.to_tag or ""
+        call.from_header = msg.header("from") or ""
+        call.to_header = msg.header("to") or ""
+        call.from_addr = msg.from_addr
+        call.to_addr = msg.to_addr
+        if msg.is_request and method == "INVITE":
+            call.request_uri = msg.request_uri or ""
+            call.invite_cseq = msg.cseq_num
+            call.pai = list(msg.pai)
+            call.rpid = msg.rpid
+            call.diversion = list(msg.diversion)
+            call.session_id = msg.session_id or ""
+        self.calls[call.callid] = call
+        self.counters["calls.started"] += 1
+        events.append(CallStarted(call))
+        log.info("call start %s partial=%s", call.callid, call.partial_start)
+        return call
+
+    def _sender_side(self, call: Call, msg) -> int:
+        """Requests come from the side whose tag is in From; responses from the other one."""
+        from_is_caller = (msg.from_tag or "") == call.from_tag or not call.from_tag
+        if msg.is_request:
+            return CALLER if from_is_caller else CALLEE
+        return CALLEE if from_is_caller else CALLER
+
+    def _on_request(self, call: Call, msg, side: int, ts_ns: int, events: list[Event]) -> None:
+        method = msg.method
+        if method == "INVITE":
+            if call.state is CallState.CONFIRMED:
+                if msg.cseq_num != call.invite_cseq:
+                    call.reinvites += 1
+                return
+            # A new INVITE after 401/407/3xx (or a retransmission) keeps the same call.
+            if msg.cseq_num != call.invite_cseq and call.state is CallState.CHALLENGED:
+                call.state = CallState.CALLING
+                call.challenge_deadline_ns = None
+                call.final_status = None
+                self.counters["calls.auth_retry"] += 1
+            call.invite_cseq = msg.cseq_num
+            if msg.pai:
+                call.pai = list(msg.pai)
+            return
+        if method == "CANCEL":
+            if not call.answered:
+                call.cancel_requested = True
+            return
+        if method == "BYE":
+            self._end(call, ts_ns, EndReason.BYE.value, events)
+            return
+        if method == "UPDATE" and side == CALLEE:
+            self._connected_from(call, msg)
+        if method == "INFO":
+            found = parse_dtmf_info(msg.content_type or "", msg.body)
+            if found:
+                digit, duration_ms = found
+                call.dtmf.append({"digit": digit, "side": "caller" if side == CALLER else "callee",
+                                  "offset_ms": (ts_ns - call.start_ts_ns) // 1_000_000,
+                                  "source": "sip_info", "duration_ms": duration_ms})
+
+    def _on_response(self, call: Call, msg, side: int, ts_ns: int, events: list[Event]) -> None:
+        code = msg.status_code or 0
+        if msg.cseq_method != "INVITE":
+            # Only 481/408 end a dialog from inside it (RFC 5057); a BYE's 200 changes nothing.
+            if call.state is CallState.CONFIRMED and code in (408, 481) and msg.cseq_method != "BYE":
+                self._end(call, ts_ns, EndReason.DIALOG_ERROR.value, events)
+            if msg.cseq_method == "UPDATE" and 200 <= code < 300 and side == CALLEE:
+                self._connected_from(call, msg)
+            return
+        initial = call.state is not CallState.CONFIRMED and (
+            call.invite_cseq < 0 or msg.cseq_num == call.invite_cseq)
+        if not initial:
+            # Response to a re-INVITE: 488 (declined T.38, say) leaves the call as it is.
+            if code in (408, 481):
+                self._end(call, ts_ns, EndReason.DIALOG_ERROR.value, events)
+            return
+        if 100 < code < 200:
+            if call.state is CallState.CALLING:
+                call.state = CallState.EARLY
+            return
+        if 200 <= code < 300:
+            call.state = CallState.CONFIRMED
+            call.answer_ts_ns = ts_ns
+            call.final_status = code
+            call.to_tag = msg.to_tag or call.to_tag
+            if msg.to_addr is not None:
+                call.to_addr = msg.to_addr if call.to_addr is None else call.to_addr
+            self._connected_from(call, msg)
+            self.counters["calls.answered"] += 1
+            events.append(CallAnswered(call))
+            log.info("call answered %s", call.callid)
+            return
+        if code >= 300:
+            call.final_status = code
+            if call.cancel_requested:
+                self._end(call, ts_ns, EndReason.CANCEL.value, events)
+            elif code in (401, 407) or 300 <= code < 400:
+                call.state = CallState.CHALLENGED
+                call.challenge_deadline_ns = ts_ns + CHALLENGE_WAIT_NS
+            else:
+                self._end(call, ts_ns, rejected(code), events)
+
+    def _connected_from(self, call: Call, msg) -> None:
+        who = msg.pai[0] if msg.pai else msg.rpid
+        if who is not None:
+            call.connected = who
+
+    # ------------------------------------------------------------------ SDP and media
+
+    def _take_sdp(self, call: Call, msg, side: int, events: list[Event]) -> None:
+        body = msg.sdp_body()
+        if not body:
+            return
+        try:
+            sdp = parse_sdp(body)
+        except ParseError:
+            self.counters["sdp.skip.malformed"] += 1
+            return
+        party = call.parties[side]
+        audio = [m for m in sdp.media if m.kind == "audio"]
+        if not audio:
+            return
+        hold = False
+        rtpmaps: dict[int, object] = {}
+        fmtp: dict[int, str] = {}
+        for m in audio:
+            if m.encrypted:
+                party.encrypted_sdp = True
+            if m.port == 0:
+                continue
+            if m.is_hold:
+                hold = True
+            rtpmaps.update(m.rtpmaps)
+            fmtp.update(m.fmtp)
+            ip = m.connection_ip
+            if ip and ip not in HOLD_ADDRS:
+                self._claim(call, side, (ip, m.port), events)
+        if rtpmaps:
+            party.rtpmaps = rtpmaps
+            party.fmtp = fmtp
+            names = [f"{r.encoding}/{r.clock_rate_hz}" for pt, r in rtpmaps.items()
+                     if pt in audio[0].payload_types]
+            if side == CALLER and not call.codecs_offered:
+                call.codecs_offered = names
+            elif side == CALLEE and not call.codecs_answered:
+                call.codecs_answered = names
+        party.on_hold = hold
+
+    def _claim(self, call: Call, side: int, endpoint: tuple[str, int], events: list[Event]) -> None:
+        party = call.parties[side]
+        if endpoint not in party.sdp_endpoints:
+            party.sdp_endpoints.append(endpoint)
+        holder = self.endpoints.get(endpoint)
+        if holder is not None and holder[0] is call and holder[1] == side:
+            return
+        self.endpoints[endpoint] = (call, side)
+        events.append(EndpointClaimed(call, side, endpoint))
+        if holder is not None and holder[0] is not call:
+            old = holder[0]
+            self.counters["media.endpoint_taken_over"] += 1
+            if not any(h[0] is old for h in self.endpoints.values()):
+                # The newer dialog owns every endpoint the old one had: it is over.
+                self._end(old, old.last_media_ns or old.last_sip_ns, EndReason.MEDIA_TAKEN_OVER.value, events)
+
+    def on_media(self, call: Call, side: int, ts_ns: int, src: tuple[str, int], src_mac: bytes) -> None:
+        """RTP from ``side`` of ``call`` was seen (the engine calls this once per packet batch)."""
+        call.last_media_ns = ts_ns
+        party = call.parties[side]
+        if party.seen_endpoint is None:
+            party.seen_endpoint = src
+            party.rtp_mac = src_mac
+
+    # ------------------------------------------------------------------ time
+
+    def on_time(self, now_ns: int) -> list[Event]:
+        events: list[Event] = []
+        for call in list(self.calls.values()):
+            reason, at_ns = self._timeout(call, now_ns)
+            if reason:
+                self._end(call, at_ns, reason, events)
+        cutoff = now_ns - self._tombstone_ns
+        while self._tombstones:
+            callid, ended_ns = next(iter(self._tombstones.items()))
+            if ended_ns >= cutoff:
+                break
+            self._tombstones.popitem(last=False)
+        return events
+
+    def _timeout(self, call: Call, now_ns: int) -> tuple[str | None, int]:
+        if now_ns - call.start_ts_ns > self._max_duration_ns:
+            return EndReason.MAX_DURATION.value, now_ns
+        if call.state is CallState.CHALLENGED:
+            if call.challenge_deadline_ns is not None and now_ns > call.challenge_deadline_ns:
+                return rejected(call.final_status or 0), call.last_sip_ns
+            return None, 0
+        if call.state is not CallState.CONFIRMED:
+            if now_ns - call.last_sip_ns > self._ringing_timeout_ns and (
+                    call.last_media_ns is None or now_ns - call.last_media_ns > self._rtp_timeout_ns):
+                reason = EndReason.CANCEL.value if call.cancel_requested else EndReason.SIGNALLING_TIMEOUT.value
+                return reason, call.last_sip_ns
+            return None, 0
+        if call.last_media_ns is None:
+            # No RTP was ever seen (SIP-only capture, encrypted transport): only signalling ages it.
+            if now_ns - call.last_sip_ns > self._signalling_timeout_ns:
+                return EndReason.SIGNALLING_TIMEOUT.value, call.last_sip_ns
+            return None, 0
+        last_alive = max(call.last_media_ns, call.last_sip_ns)
+        on_hold = call.parties[CALLER].on_hold or call.parties[CALLEE].on_hold
+        if on_hold:
+            # Hold only pauses the media timer; a dialog silent for the signalling timeout ends.
+            if now_ns - last_alive > self._signalling_timeout_ns:
+                return EndReason.SIGNALLING_TIMEOUT.value, last_alive
+            return None, 0
+        if now_ns - last_alive > self._rtp_timeout_ns:
+            return EndReason.RTP_TIMEOUT.value, last_alive
+        return None, 0
+
+    def finish_all(self, now_ns: int, reason: str = EndReason.CAPTURE_END.value) -> list[Event]:
+        """End every call still open (end of capture, shutdown) with what was captured."""
+        events: list[Event] = []
+        for call in list(self.calls.values()):
+            end_ns = max(call.last_sip_ns, call.last_media_ns or 0)
+            self._end(call, end_ns, reason, events)
+        return events
+
+    def _end(self, call: Call, ts_ns: int, reason: str, events: list[Event]) -> None:
+        if call.ended:
+            return
+        call.state = CallState.ENDED
+        call.end_ts_ns = max(ts_ns, call.start_ts_ns)
+        call.end_reason = reason
+        self.calls.pop(call.callid, None)
+        self._tombstones[call.callid] = call.end_ts_ns
+        for endpoint in [ep for ep, (c, _) in self.endpoints.items() if c is call]:
+            del self.endpoints[endpoint]
+        self.counters[f"calls.ended.{reason}"] += 1
+        events.append(CallEnded(call))
+        log.info("call end %s reason=%s", call.callid, reason)
+
+
+def _ep(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"

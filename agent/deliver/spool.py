@@ -1,0 +1,460 @@
+"""The durable spool: finished calls waiting for (or done with) upload.
+
+Owns the on-disk layout, atomic writes, the dedup ledger and each call's upload
+state. It does no HTTP (that is ``uploader.py``) and no encoding.
+
+Layout under ``dir`` (mode 0700)::
+
+    calls/<id>/record.json   the call record (record_format.md), written once
+    calls/<id>/audio.<ext>   the recording (or generated silence)
+    calls/<id>/state.json    upload state, rewritten atomically after every step
+    ledger/<sha256(key)>     one small file per call key ever accepted:
+                             "queued <id>" then "delivered <id>" / "skipped <id>"
+    tmp/                     enqueue builds a call here, then renames it into calls/
+    retry.signal             touched by ``retry`` so a running uploader re-reads states
+
+A call becomes visible only by the atomic rename of its complete directory, so a
+crash during enqueue leaves at most litter in ``tmp/`` (cleaned at start).
+The ledger uses exclusive file creation, so two processes enqueueing the same
+call cannot both win. Undelivered calls are never deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+import wave
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError
+
+# States of a call in the spool.
+READY = "ready"
+CREATED = "created"
+UPLOADING = "uploading"
+DELIVERED = "delivered"
+DELIVERED_UNCONFIRMED = "delivered_unconfirmed"
+PARKED = "parked"
+SKIPPED_UNANSWERED = "skipped_unanswered"
+
+ACTIVE_STATES = frozenset({READY, CREATED, UPLOADING})
+DONE_STATES = frozenset({DELIVERED, DELIVERED_UNCONFIRMED, SKIPPED_UNANSWERED})
+RETRYABLE_BY_OPERATOR = frozenset({PARKED, SKIPPED_UNANSWERED, DELIVERED_UNCONFIRMED})
+
+_EXT_FOR_TYPE = {"audio/mpeg": "mp3", "audio/wav": "wav", "audio/x-wav": "wav"}
+_TYPE_FOR_EXT = {"mp3": "audio/mpeg", "wav": "audio/wav"}
+
+
+def call_key(record: dict[str, Any]) -> str:
+    """The dedup / ledger key of a call (record_format.md)."""
+    return f"{record.get('callid', '')}|{record.get('from_tag', '')}|{record.get('start_ts_ns', '')}|{record.get('leg', 0)}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def silence_wav(duration_ms: int = 1000, sample_rate_hz: int = 8000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate_hz)
+        w.writeframes(b"\x00\x00" * (sample_rate_hz * duration_ms // 1000))
+    return buf.getvalue()
+
+
+@dataclass(slots=True)
+class SpoolEntry:
+    """A read-only snapshot of one spooled call (state plus record)."""
+    id: str
+    key: str
+    state: str
+    reason: str
+    record: dict[str, Any]
+    audio_path: Path | None
+    content_type: str
+    tempcallid: str | None
+    next_chunk: int
+    total_chunks: int | None
+    last_chunk_attempted: bool
+    restarts: int
+    enqueued_at: float           # wall clock, seconds since the epoch
+    delivered_at: float | None
+    raw_state: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+class Spool:
+    """The durable queue of finished calls. Thread-safe within one process."""
+
+    def __init__(self, dir: Path, *, retention_days: float = 0.0,
+                 counters: Counter | None = None) -> None:
+        self.dir = Path(dir)
+        self.retention_days = retention_days
+        self.counters: Counter = counters if counters is not None else Counter()
+        self._lock = threading.RLock()
+        self._states: dict[str, dict[str, Any]] = {}
+        self._signal_mtime_ns = -1
+        created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if created:
+            os.chmod(self.dir, 0o700)
+        for sub in ("calls", "ledger", "tmp"):
+            (self.dir / sub).mkdir(exist_ok=True, mode=0o700)
+        self.calls_dir = self.dir / "calls"
+        self.ledger_dir = self.dir / "ledger"
+        self.tmp_dir = self.dir / "tmp"
+        self._signal = self.dir / "retry.signal"
+        self.refresh(full=True)
+
+    # ------------------------------------------------------------------ enqueue
+    def enqueue(self, record: dict[str, Any], audio_path: Path | None, content_type: str | None,
+                *, upload_no_audio: bool = False, upload_unanswered: bool = False) -> str | None:
+        """Add a finished call durably. Returns its spool id, or None for a duplicate."""
+        key = call_key(record)
+        if self._ledger_lookup(key) is not None:
+            self.counters["deliver.spool.duplicate"] += 1
+            return None
+        call_id = f"{time.time_ns():016x}-{uuid.uuid4().hex[:8]}"
+        answered = bool(record.get("answered", True))
+        state: dict[str, Any] = {
+            "id": call_id, "key": key, "state": READY, "reason": "",
+            "tempcallid": None, "next_chunk": 1, "total_chunks": None, "chunk_bytes": None,
+            "audio_size": None, "gzip": False, "last_chunk_attempted": False,
+            "restarts": 0, "enqueued_at": time.time(), "delivered_at": None,
+            "audio_file": None, "content_type": "",
+        }
+        work = self.tmp_dir / call_id
+        work.mkdir(mode=0o700)
+        try:
+            audio_file = None
+            if audio_path is not None:
+                ctype = content_type or _TYPE_FOR_EXT.get(Path(audio_path).suffix.lstrip(".").lower(), "audio/mpeg")
+                audio_file = f"audio.{_EXT_FOR_TYPE.get(ctype, 'bin')}"
+                self._move_in(Path(audio_path), work / audio_file)
+                state["content_type"] = ctype
+            elif (answered and upload_no_audio) or (not answered and upload_unanswered):
+                audio_file = "audio.wav"
+                write_atomic(work / audio_file, silence_wav(), sync_dir=False)
+                state["content_type"] = "audio/wav"
+                self.counters["deliver.spool.silence_generated"] += 1
+            state["audio_file"] = audio_file
+            if not answered and not upload_unanswered:
+                state["state"] = SKIPPED_UNANSWERED
+                self.counters["deliver.spool.skipped_unanswered"] += 1
+            elif audio_file is None:
+                why = str(record.get("no_audio_reason") or "unknown")
+                state["state"] = PARKED
+                state["reason"] = f"no_audio:{why}"
+                self.counters["deliver.spool.parked_no_audio"] += 1
+            write_atomic(work / "record.json", _dumps(record), sync_dir=False)
+            write_atomic(work / "state.json", _dumps(state), sync_dir=False)
+            fsync_dir(work)
+            # Claim the key only once the call is complete on disk; the exclusive
+            # create is what makes two concurrent enqueues of one call safe.
+            if not self._ledger_claim(key, call_id):
+                shutil.rmtree(work, ignore_errors=True)
+                self.counters["deliver.spool.duplicate"] += 1
+                return None
+            os.replace(work, self.calls_dir / call_id)
+            fsync_dir(self.calls_dir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        if state["state"] == SKIPPED_UNANSWERED:
+            self._ledger_mark(key, "skipped", call_id)
+        with self._lock:
+            self._states[call_id] = state
+        self.counters["deliver.spool.enqueued"] += 1
+        return call_id
+
+    @staticmethod
+    def _move_in(src: Path, dst: Path) -> None:
+        try:
+            os.replace(src, dst)
+        except OSError:
+            # Another filesystem (EXDEV) or a read-only source: copy, fsync, then drop the source.
+            with open(src, "rb") as fin, open(dst, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+            try:
+                os.unlink(src)
+            except OSError:
+                pass
+            return
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ ledger
+    def _ledger_path(self, key: str) -> Path:
+        return self.ledger_dir / hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _ledger_lookup(self, key: str) -> str | None:
+        """The ledger line for key if the call is known (queued, delivered or skipped)."""
+        path = self._ledger_path(key)
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        kind, _, call_id = text.partition(" ")
+        # tmp/ before calls/: a concurrent enqueue renames tmp/<id> into calls/<id>.
+        if kind == "queued" and not (self.tmp_dir / call_id).exists() \
+                and not (self.calls_dir / call_id).exists():
+            return None  # litter of a crash between claim and rename: not a real call
+        return text or None
+
+    def _ledger_claim(self, key: str, call_id: str) -> bool:
+        path = self._ledger_path(key)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if self._ledger_lookup(key) is not None:
+                    return False
+                path.unlink(missing_ok=True)  # stale claim from a crashed enqueue
+                continue
+            try:
+                os.write(fd, f"queued {call_id}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.ledger_dir)
+            return True
+        return False
+
+    def _ledger_mark(self, key: str, kind: str, call_id: str) -> None:
+        write_atomic(self._ledger_path(key), f"{kind} {call_id}\n".encode())
+
+    def is_known(self, record: dict[str, Any]) -> bool:
+        return self._ledger_lookup(call_key(record)) is not None
+
+    # ------------------------------------------------------------------ state
+    def refresh(self, *, full: bool = False) -> None:
+        """Pick up calls enqueued by other processes and states changed by ``retry``."""
+        try:
+            mtime = self._signal.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        full = full or mtime != self._signal_mtime_ns
+        self._signal_mtime_ns = mtime
+        try:
+            names = {e.name for e in os.scandir(self.calls_dir) if e.is_dir() and not e.name.startswith(".")}
+        except FileNotFoundError:
+            names = set()
+        with self._lock:
+            for gone in set(self._states) - names:
+                del self._states[gone]
+            for name in sorted(names):
+                if full or name not in self._states:
+                    st = self._read_state(name)
+                    if st is not None:
+                        self._states[name] = st
+        if full:
+            self._reconcile()
+            self._clean_tmp()
+
+    def _read_state(self, call_id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.calls_dir / call_id / "state.json").read_bytes())
+        except (OSError, ValueError):
+            self.counters["deliver.spool.unreadable_state"] += 1
+            return None
+
+    def _reconcile(self) -> None:
+        # A crash between writing "delivered" to the ledger and to the state file.
+        with self._lock:
+            items = list(self._states.items())
+        for call_id, st in items:
+            if st["state"] in ACTIVE_STATES:
+                line = self._ledger_lookup(st["key"])
+                if line and line.startswith("delivered"):
+                    st = dict(st, state=DELIVERED, delivered_at=st.get("delivered_at") or time.time())
+                    self.save_state(st)
+
+    def _clean_tmp(self) -> None:
+        for e in os.scandir(self.tmp_dir):
+            # Only litter old enough not to be another process's enqueue in progress.
+            try:
+                if time.time() - e.stat().st_mtime > 3600:
+                    shutil.rmtree(e.path, ignore_errors=True)
+            except OSError:
+                pass
+
+    def state_of(self, call_id: str) -> dict[str, Any]:
+        """A copy of the call's state dict (raises KeyError)."""
+        with self._lock:
+            return copy.deepcopy(self._states[call_id])
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Persist a call's state atomically, then update the in-memory view."""
+        call_id = state["id"]
+        write_atomic(self.calls_dir / call_id / "state.json", _dumps(state))
+        with self._lock:
+            self._states[call_id] = copy.deepcopy(state)
+
+    def record_of(self, call_id: str) -> dict[str, Any]:
+        return json.loads((self.calls_dir / call_id / "record.json").read_bytes())
+
+    def audio_path_of(self, state: dict[str, Any]) -> Path | None:
+        name = state.get("audio_file")
+        return self.calls_dir / state["id"] / name if name else None
+
+    def ids_in_state(self, states: frozenset[str] | set[str]) -> list[str]:
+        with self._lock:
+            return sorted(i for i, st in self._states.items() if st["state"] in states)
+
+    def mark_done(self, state: dict[str, Any], final_state: str) -> None:
+        """Delivered (confirmed or not): ledger first, then state, then retention."""
+        self._ledger_mark(state["key"], "delivered", state["id"])
+        state["state"] = final_state
+        state["delivered_at"] = time.time()
+        self.save_state(state)
+        if self.retention_days <= 0:
+            self._delete(state["id"])
+
+    def _delete(self, call_id: str) -> None:
+        path = self.calls_dir / call_id
+        # Rename first so a half-deleted directory is never mistaken for a call.
+        trash = self.tmp_dir / f"del-{call_id}"
+        try:
+            os.replace(path, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+        with self._lock:
+            self._states.pop(call_id, None)
+
+    def purge_expired(self, now_wall: float | None = None) -> int:
+        """Delete done calls older than the retention period. Undelivered calls stay."""
+        now_wall = time.time() if now_wall is None else now_wall
+        limit_s = self.retention_days * 86400.0
+        n = 0
+        for call_id in self.ids_in_state(DONE_STATES):
+            with self._lock:
+                st = self._states.get(call_id)
+            if st is None:
+                continue
+            done_at = st.get("delivered_at") or st.get("enqueued_at") or now_wall
+            if now_wall - done_at >= limit_s:
+                self._delete(call_id)
+                n += 1
+        return n
+
+    # ------------------------------------------------------------------ operator API
+    def list(self) -> list[SpoolEntry]:
+        with self._lock:
+            ids = sorted(self._states)
+        out = []
+        for i in ids:
+            try:
+                out.append(self.get(i))
+            except KeyError:
+                pass
+        return out
+
+    def get(self, id: str) -> SpoolEntry:
+        with self._lock:
+            st = self._states.get(id)
+        if st is None:
+            st = self._read_state(id) if (self.calls_dir / id).is_dir() else None
+            if st is None:
+                raise KeyError(id)
+        try:
+            record = self.record_of(id)
+        except (OSError, ValueError):
+            record = {}
+        return SpoolEntry(
+            id=id, key=st["key"], state=st["state"], reason=st.get("reason", ""), record=record,
+            audio_path=self.audio_path_of(st), content_type=st.get("content_type", ""),
+            tempcallid=st.get("tempcallid"), next_chunk=st.get("next_chunk", 1),
+            total_chunks=st.get("total_chunks"), last_chunk_attempted=bool(st.get("last_chunk_attempted")),
+            restarts=st.get("restarts", 0), enqueued_at=st.get("enqueued_at", 0.0),
+            delivered_at=st.get("delivered_at"), raw_state=copy.deepcopy(st))
+
+    def retry(self, id: str) -> None:
+        """Put a parked / skipped / unconfirmed call back to ``ready`` (a fresh step 1)."""
+        with self._lock:
+            st = self._states.get(id)
+            if st is None:
+                raise KeyError(id)
+            st = copy.deepcopy(st)
+        if st["state"] not in RETRYABLE_BY_OPERATOR:
+            raise AgentError(f"call {id} is {st['state']}, not parked: nothing to retry")
+        if not st.get("audio_file"):
+            raise AgentError(f"call {id} has no audio ({st.get('reason')}); "
+                             "enable upload_no_audio and enqueue again, or leave it parked")
+        if st["state"] == SKIPPED_UNANSWERED:
+            self._ledger_mark(st["key"], "queued", id)
+        st.update(state=READY, reason="", tempcallid=None, next_chunk=1,
+                  last_chunk_attempted=False, total_chunks=None, chunk_bytes=None, delivered_at=None)
+        self.save_state(st)
+        self._touch_signal()
+        self.counters["deliver.spool.retried"] += 1
+
+    def retry_parked(self) -> int:
+        n = 0
+        for i in self.ids_in_state({PARKED}):
+            try:
+                self.retry(i)
+                n += 1
+            except AgentError:
+                pass  # no audio: stays parked
+        return n
+
+    def _touch_signal(self) -> None:
+        self._signal.touch()
+        os.utime(self._signal)
+        self._signal_mtime_ns = self._signal.stat().st_mtime_ns
+
+    def pending_count(self) -> int:
+        return len(self.ids_in_state(ACTIVE_STATES))
+
+    def summary(self) -> dict[str, int]:
+        with self._lock:
+            return dict(Counter(st["state"] for st in self._states.values()))
+
+    def oldest_undelivered_age_s(self, now_wall: float | None = None) -> float:
+        """Age of the oldest call not yet delivered (active or parked); 0.0 when none."""
+        now_wall = time.time() if now_wall is None else now_wall
+        with self._lock:
+            times = [st.get("enqueued_at", now_wall) for st in self._states.values()
+                     if st["state"] in ACTIVE_STATES or st["state"] == PARKED]
+        return max(0.0, now_wall - min(times)) if times else 0.0
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")

@@ -1,0 +1,432 @@
+"""The uploader: drives spooled calls through the CallN v1 protocol.
+
+Owns the per-call state machine (ready → created → uploading → delivered |
+delivered_unconfirmed | parked), back-off (per call, exponential with jitter),
+the account-wide pauses (401 auth, 403 quota, 406 config) and retention.
+It never blocks capture: it runs in its own threads over the durable spool,
+persisting state after every step so a kill -9 anywhere resumes safely.
+HTTP details live in ``client.py``; storage in ``spool.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.config import ApiSection
+from agent.deliver import client as cl
+from agent.deliver.spool import (ACTIVE_STATES, CREATED, DELIVERED, DELIVERED_UNCONFIRMED,
+                                 PARKED, READY, UPLOADING, Spool)
+from agent.errors import AgentError, ConfigError
+
+log = logging.getLogger("agent.deliver")
+
+KILL_ENV = "CALLN_TEST_KILL_AT"  # test hook: "point" or "point:n" → SIGKILL self at the n-th hit
+
+
+class _KillHook:
+    """Crash-test hook: kill this process with SIGKILL at a named point."""
+
+    def __init__(self) -> None:
+        spec = os.environ.get(KILL_ENV, "")
+        self.point, _, n = spec.partition(":")
+        self.remaining = int(n) if n.isdigit() else 1
+
+    def __call__(self, point: str) -> None:
+        if self.point and point == self.point:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _reread_credentials(api: ApiSection) -> ApiSection:
+    """Default credential source after a 401: the environment or the password file, again."""
+    password = os.environ.get("CALLN_PASSWORD", "")
+    if not password and api.password_file:
+        try:
+            password = Path(api.password_file).read_text().strip()
+        except OSError:
+            password = api.password
+    username = os.environ.get("CALLN_API_USERNAME", api.username)
+    return dataclasses.replace(api, username=username, password=password or api.password)
+
+
+class Uploader:
+    def __init__(self, spool: Spool, api_config: ApiSection, *, counters: Counter | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 rng: Callable[[], float] = random.random,
+                 reload_api: Callable[[], ApiSection] | None = None,
+                 transport: Any = None,
+                 backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
+                 quota_backoff_s: float = 3 * 3600.0, auth_recheck_s: float = 60.0,
+                 auth_retry_s: float = 900.0, poll_s: float = 1.0,
+                 retention_check_s: float = 3600.0) -> None:
+        cl.check_url(api_config.url)  # ConfigError at start-up for http://
+        if api_config.format not in ("mp3", "wav"):
+            raise ConfigError(f"[api] format {api_config.format!r}: expected mp3 or wav")
+        if api_config.chunk_bytes < 1:
+            raise ConfigError("[api] chunk_bytes must be positive")
+        self.spool = spool
+        self.api = api_config
+        self.counters: Counter = counters if counters is not None else spool.counters
+        self._clock, self._sleep, self._rng = clock, sleep, rng
+        self._reload_api = reload_api or (lambda: _reread_credentials(self.api))
+        self._transport = transport
+        self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
+        self.quota_backoff_s = quota_backoff_s
+        self.auth_recheck_s, self.auth_retry_s = auth_recheck_s, auth_retry_s
+        self.poll_s, self.retention_check_s = poll_s, retention_check_s
+        self._kill = _KillHook()
+        self._lock = threading.Lock()
+        self._claimed: set[str] = set()
+        self._backoff: dict[str, tuple[int, float]] = {}   # id -> (attempts, due at clock())
+        self._client: cl.CallnClient | None = None
+        self.auth_failed = False
+        self.auth_reason = ""
+        self._auth_check_at = 0.0
+        self._auth_retry_at = 0.0
+        self.quota_until: float | None = None
+        self.quota_reason = ""
+        self.config_error = ""
+        self._next_refresh = 0.0
+        self._next_purge = 0.0
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def _acquire_spool_lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.spool.dir / "uploader.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AgentError(f"another uploader is already running on spool {self.spool.dir}") from None
+        self._lock_fd = fd
+
+    def _get_client(self) -> cl.CallnClient:
+        if self._client is None:
+            self._client = cl.CallnClient(
+                self.api.url, self.api.username, self.api.password,
+                ca_bundle=self.api.ca_bundle or None, connect_timeout_s=self.api.connect_timeout_s,
+                read_timeout_s=self.api.read_timeout_s, write_timeout_s=self.api.write_timeout_s,
+                transport=self._transport)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def start_thread(self) -> None:
+        """Upload in the background, ``max_in_flight`` calls at a time."""
+        self._acquire_spool_lock()
+        self._stop.clear()
+        for i in range(max(1, self.api.max_in_flight)):
+            t = threading.Thread(target=self._worker, name=f"calln-upload-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout_s)
+        self._threads.clear()
+        self.close()
+
+    def wake(self) -> None:
+        """Look for new calls at the next opportunity (the engine calls this after enqueue)."""
+        self._next_refresh = 0.0
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                did = self.run_once()
+            except Exception:  # never let one bad call kill the upload thread
+                log.exception("upload worker error")
+                self.counters["deliver.upload.worker_error"] += 1
+                did = False
+            if not did:
+                wait = min(self.poll_s, max(0.05, self._next_wake() - self._clock()))
+                self._stop.wait(wait)
+
+    # ------------------------------------------------------------------ scheduling
+    def _paused(self) -> bool:
+        """Account-wide stops. Also where a 401 pause re-checks the credentials."""
+        now = self._clock()
+        if self.config_error:
+            return True
+        if self.quota_until is not None:
+            if now < self.quota_until:
+                return True
+            log.info("quota back-off over; trying again")
+            self.quota_until = None
+        if self.auth_failed:
+            if now < self._auth_check_at:
+                return True
+            with self._lock:
+                if not self.auth_failed or now < self._auth_check_at:
+                    return self.auth_failed
+                try:
+                    new = self._reload_api()
+                except Exception as exc:  # a broken password file must not kill the thread
+                    log.error("re-reading credentials failed: %s", exc)
+                    new = self.api
+                changed = (new.username, new.password) != (self.api.username, self.api.password)
+                if changed or now >= self._auth_retry_at:
+                    log.warning("retrying upload after 401 (%s)",
+                                "credentials changed" if changed else "pause over")
+                    self.api = new
+                    if self._client is not None:
+                        self._client.close()
+                        self._client = None
+                    self.auth_failed = False
+                    return False
+                self._auth_check_at = now + self.auth_recheck_s
+                return True
+        return False
+
+    def _next_due(self) -> str | None:
+        now = self._clock()
+        ids = self.spool.ids_in_state(ACTIVE_STATES)
+        with self._lock:
+            for call_id in ids:
+                if call_id in self._claimed:
+                    continue
+                b = self._backoff.get(call_id)
+                if b is not None and b[1] > now:
+                    continue
+                self._claimed.add(call_id)
+                return call_id
+        return None
+
+    def _next_wake(self) -> float:
+        now = self._clock()
+        times = [now + self.poll_s]
+        if self.quota_until is not None:
+            times.append(self.quota_until)
+        if self.auth_failed:
+            times.append(self._auth_check_at)
+        with self._lock:
+            times.extend(due for _, due in self._backoff.values())
+        return min(times)
+
+    def _housekeeping(self) -> None:
+        now = self._clock()
+        if now >= self._next_refresh:
+            self._next_refresh = now + self.poll_s
+            self.spool.refresh()
+        if self.spool.retention_days > 0 and now >= self._next_purge:
+            self._next_purge = now + self.retention_check_s
+            self.spool.purge_expired()
+
+    def run_once(self) -> bool:
+        """Drive one due call as far as it will go. Returns whether any request was made."""
+        self._acquire_spool_lock()
+        if self._paused():
+            return False
+        call_id = self._next_due()
+        if call_id is None:
+            self._housekeeping()
+            call_id = self._next_due()
+            if call_id is None:
+                return False
+        try:
+            self._drive(call_id)
+        finally:
+            with self._lock:
+                self._claimed.discard(call_id)
+        return True
+
+    def run_until_idle(self, deadline_s: float | None = None) -> bool:
+        """Upload until nothing is pending or retryable. False at the deadline (clock seconds
+        from now) or, with no deadline, as soon as an account-wide stop (401/406) holds."""
+        start = self._clock()
+        self._next_refresh = 0.0
+        while True:
+            did = self.run_once()
+            if not did:
+                self._next_refresh = 0.0
+                self._housekeeping()
+                if self.spool.pending_count() == 0:
+                    return True
+                if self.config_error or (deadline_s is None and self.auth_failed):
+                    return False
+                now = self._clock()
+                if deadline_s is not None and now - start >= deadline_s:
+                    return False
+                wake = self._next_wake()
+                if deadline_s is not None:
+                    wake = min(wake, start + deadline_s)
+                self._sleep(max(0.001, wake - now))
+
+    # ------------------------------------------------------------------ one call
+    def _drive(self, call_id: str) -> None:
+        while not self._stop.is_set():
+            try:
+                state = self.spool.state_of(call_id)
+            except KeyError:
+                return
+            if state["state"] not in ACTIVE_STATES or self._paused():
+                return
+            if not self._step(state):
+                return
+
+    def _fail_backoff(self, call_id: str) -> None:
+        with self._lock:
+            attempts = self._backoff.get(call_id, (0, 0.0))[0] + 1
+            delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempts - 1, 30))
+            delay *= 0.5 + self._rng()  # jitter: spread retries of many calls apart
+            self._backoff[call_id] = (attempts, self._clock() + delay)
+
+    def _ok(self, call_id: str) -> None:
+        with self._lock:
+            self._backoff.pop(call_id, None)
+
+    def _step(self, st: dict[str, Any]) -> bool:
+        """One request for the call. Returns True to continue with the same call at once."""
+        call_id = st["id"]
+        audio = self.spool.audio_path_of(st)
+        if audio is None or not audio.exists():
+            self._park(st, "audio_missing")
+            return False
+        if st["state"] == READY:
+            if st.get("total_chunks") is None:
+                # The plan is fixed once and saved before anything is sent.
+                size = audio.stat().st_size
+                st["chunk_bytes"] = self.api.chunk_bytes
+                st["audio_size"] = size
+                st["total_chunks"] = max(1, math.ceil(size / self.api.chunk_bytes))
+                if not st.get("content_type"):
+                    st["content_type"] = "audio/wav" if audio.suffix == ".wav" else "audio/mpeg"
+                st["gzip"] = st["content_type"] == "audio/wav"
+                self.spool.save_state(st)
+            try:
+                record = self.spool.record_of(call_id)
+            except (OSError, ValueError) as exc:
+                self._park(st, f"record_unreadable: {exc}")
+                return False
+            out = self._get_client().create_call(record)
+            self._kill("after_create_response")
+            if out.kind == cl.OK:
+                st.update(state=CREATED, tempcallid=out.tempcallid, next_chunk=1, last_chunk_attempted=False)
+                self.spool.save_state(st)
+                self._kill("after_create_state")
+                self.counters["deliver.upload.calls_created"] += 1
+                self._ok(call_id)
+                return True
+            return self._failure(st, out, last_chunk=False)
+
+        # created / uploading: send chunk next_chunk of the saved plan
+        n, total = int(st["next_chunk"]), int(st["total_chunks"])
+        chunk_bytes = int(st["chunk_bytes"])
+        is_last = n >= total
+        resend_of_last = is_last and bool(st.get("last_chunk_attempted"))
+        if is_last and not resend_of_last:
+            st["last_chunk_attempted"] = True  # saved BEFORE the last chunk goes out
+            self.spool.save_state(st)
+            self._kill("after_last_chunk_flag")
+        with open(audio, "rb") as fh:
+            fh.seek((n - 1) * chunk_bytes)
+            data = fh.read(chunk_bytes)
+        self._kill("before_chunk")
+        out = self._get_client().put_audio(st["tempcallid"], n, total, data, st["content_type"],
+                                           gzip_body=bool(st.get("gzip")))
+        self.counters["deliver.upload.chunks_sent"] += 1
+        self._kill("after_last_chunk_response" if is_last else "after_chunk_response")
+        if out.kind == cl.OK:
+            self._ok(call_id)
+            if is_last:
+                if not out.complete:
+                    self.counters["deliver.upload.last_chunk_not_complete"] += 1
+                self.spool.mark_done(st, DELIVERED)
+                self._kill("after_delivered")
+                self.counters["deliver.upload.delivered"] += 1
+                log.info("call %s delivered (%d chunks)", call_id, total)
+                return False
+            st.update(state=UPLOADING, next_chunk=n + 1)
+            self.spool.save_state(st)
+            return True
+        if out.kind == cl.EXPIRED:
+            if resend_of_last:
+                # The last chunk's answer was lost earlier; the id was most likely consumed by
+                # completion. Starting again would store the call twice.
+                self._ok(call_id)
+                self.spool.mark_done(st, DELIVERED_UNCONFIRMED)
+                self.counters["deliver.upload.delivered_unconfirmed"] += 1
+                log.warning("call %s: last chunk re-sent after a lost answer got 404: "
+                            "counted as delivered (unconfirmed)", call_id)
+                return False
+            restarts = int(st.get("restarts", 0)) + 1
+            st.update(state=READY, tempcallid=None, next_chunk=1, last_chunk_attempted=False,
+                      restarts=restarts)
+            self.spool.save_state(st)
+            self.counters["deliver.upload.expired_restart"] += 1
+            log.info("call %s: temp id expired at chunk %d/%d, starting again", call_id, n, total)
+            if restarts >= 3:
+                self._fail_backoff(call_id)  # a server that expires every id must not make us spin
+                return False
+            return True
+        return self._failure(st, out, last_chunk=is_last)
+
+    def _failure(self, st: dict[str, Any], out: cl.Outcome, *, last_chunk: bool) -> bool:
+        call_id = st["id"]
+        if last_chunk and not out.response_lost and st.get("last_chunk_attempted"):
+            # The server answered (or nothing was sent): the last chunk did not complete the call.
+            st["last_chunk_attempted"] = False
+            self.spool.save_state(st)
+        if out.kind == cl.TRANSIENT:
+            self.counters["deliver.upload.transient"] += 1
+            self._fail_backoff(call_id)
+            log.info("call %s: transient failure (%s), backing off", call_id, out.reason)
+            return False
+        if out.kind == cl.PARK:
+            self._park(st, out.reason)
+            return False
+        if out.kind == cl.AUTH:
+            with self._lock:
+                if not self.auth_failed:
+                    self.counters["deliver.upload.auth_failed"] += 1
+                    now = self._clock()
+                    self.auth_failed = True
+                    self.auth_reason = out.reason
+                    self._auth_check_at = now + self.auth_recheck_s
+                    self._auth_retry_at = now + self.auth_retry_s
+            log.error("CallN API refused the credentials of user %r (401): all uploading stopped, "
+                      "calls stay spooled; fix the username/password", self.api.username)
+            return False
+        if out.kind == cl.QUOTA:
+            self.counters["deliver.upload.quota"] += 1
+            self.quota_until = self._clock() + self.quota_backoff_s
+            self.quota_reason = out.reason
+            log.error("CallN quota reached (%s): uploads paused for %.0f s", out.reason, self.quota_backoff_s)
+            return False
+        if out.kind == cl.CONFIG:
+            self.counters["deliver.upload.config_error"] += 1
+            self.config_error = out.reason or f"HTTP {out.status}"
+            log.error("CallN API configuration error (%s): uploading stopped", self.config_error)
+            return False
+        self._fail_backoff(call_id)
+        return False
+
+    def _park(self, st: dict[str, Any], reason: str) -> None:
+        st.update(state=PARKED, reason=reason, tempcallid=None, next_chunk=1, last_chunk_attempted=False)
+        self.spool.save_state(st)
+        self._ok(st["id"])
+        self.counters["deliver.upload.parked"] += 1
+        log.warning("call %s parked: %s", st["id"], reason)

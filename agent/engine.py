@@ -1,0 +1,294 @@
+"""The engine: wires frames → datagrams → SIP / RTP → calls → finished calls.
+
+One engine serves replay and live capture: it is fed ``(ts_ns, linktype, frame)``
+and runs every timeout on packet time. It does no rendering, spooling or HTTP:
+each ended call is handed to ``on_finished`` as a :class:`FinishedCall` (record +
+media log + stream specs), and the caller decides what happens next.
+
+The RTP fast path is ``feed`` → ``FrameDecoder.decode`` → one or two dict lookups
+in ``tracker.endpoints`` → ``CallMedia.on_rtp``. Everything else (SIP, SDP,
+timeouts) is rare and written for clarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.calls.call import CALLEE, CALLER, Call
+from agent.calls.end_reason import EndReason
+from agent.calls.macs import MacTable
+from agent.calls.record import build_record
+from agent.calls.tracker import CallEnded, CallTracker, EndpointClaimed
+from agent.config import Config
+from agent.counters import new_counters
+from agent.errors import ParseError
+from agent.media.render import CodecInfo, StreamSpec
+from agent.media.stream import CallMedia
+from agent.net.datagram import TCP, Datagram
+from agent.net.decode import FrameDecoder
+from agent.sip.framing import SipStreamFramer
+from agent.sip.message import looks_like_sip, parse_message
+
+log = logging.getLogger(__name__)
+
+NS = 1_000_000_000
+TICK_NS = NS                       # timeouts are checked once per second of packet time
+PENDING_RTP_NS = 2 * NS            # RTP held while its SDP may still be on the way
+PENDING_RTP_MAX = 20_000
+TCP_FLOWS_MAX = 10_000
+TCP_FLOW_IDLE_NS = 300 * NS
+
+
+@dataclass(slots=True)
+class FinishedCall:
+    call: Call
+    record: dict[str, Any]
+    media_log: Path | None                      # the call's RTP payload log (None: no media)
+    streams: list[StreamSpec] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, config: Config, on_finished: Callable[[FinishedCall], None], *,
+                 counters=None, workdir: Path | None = None) -> None:
+        self.config = config
+        self.counters = counters if counters is not None else new_counters()
+        self.on_finished = on_finished
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="calln-work-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.decoder = FrameDecoder(self.counters)
+        self.tracker = CallTracker(config.sip, self.counters)
+        self.macs = MacTable(router_ip_threshold=config.sip.router_mac_ip_threshold,
+                             l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
+        self.sip_ports = frozenset(config.capture.sip_ports)
+        self._endpoints = self.tracker.endpoints       # the fast-path dict
+        self._pending_rtp: deque[Datagram] = deque()
+        self._tcp_framers: dict[tuple[str, int, str, int], SipStreamFramer | None] = {}
+        self._tcp_last_ns: dict[tuple[str, int, str, int], int] = {}
+        self._next_tick_ns = 0
+        self._media_seq = 0
+        self.now_ns = 0
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, ts_ns: int, linktype: int, frame: bytes) -> None:
+        if ts_ns >= self._next_tick_ns:
+            self._tick(ts_ns)
+        if ts_ns > self.now_ns:
+            self.now_ns = ts_ns
+        dgram = self.decoder.decode(ts_ns, linktype, frame)
+        if dgram is None:
+            return
+        if dgram.transport is TCP or dgram.transport == TCP:
+            self._tcp(dgram)
+            return
+        endpoints = self._endpoints
+        hit = endpoints.get((dgram.dst_ip, dgram.dst_port))
+        if hit is not None:
+            self._media(hit[0], 1 - hit[1], dgram)
+            return
+        hit = endpoints.get((dgram.src_ip, dgram.src_port))
+        if hit is not None:
+            self._media(hit[0], hit[1], dgram)
+            return
+        payload = dgram.payload
+        if dgram.dst_port in self.sip_ports or dgram.src_port in self.sip_ports or looks_like_sip(payload):
+            self._sip_bytes(payload, dgram, stream=False)
+        elif len(payload) >= 12 and payload[0] & 0xC0 == 0x80:
+            self._hold_rtp(dgram)
+        else:
+            self.counters["udp.unmatched"] += 1
+
+    def _media(self, call: Call, sender: int, dgram: Datagram) -> None:
+        party = call.parties[sender]
+        if party.seen_endpoint is None:
+            self.macs.observe(dgram.src_mac, dgram.src_ip)
+            self.tracker.on_media(call, sender, dgram.ts_ns, (dgram.src_ip, dgram.src_port), dgram.src_mac)
+        else:
+            call.last_media_ns = dgram.ts_ns
+        media = call.media
+        if media is not None:
+            if not media.on_rtp(sender, dgram.ts_ns, f"{dgram.src_ip}:{dgram.src_port}",
+                                f"{dgram.dst_ip}:{dgram.dst_port}", dgram.payload):
+                self.counters["rtp.skip.not_rtp"] += 1
+
+    def _hold_rtp(self, dgram: Datagram) -> None:
+        """Keep RTP with no call yet for ~2 s: its SDP may arrive just after it."""
+        pending = self._pending_rtp
+        pending.append(dgram)
+        if len(pending) > PENDING_RTP_MAX:
+            pending.popleft()
+            self.counters["rtp.pending_overflow"] += 1
+
+    def _tcp(self, dgram: Datagram) -> None:
+        flow = (dgram.src_ip, dgram.src_port, dgram.dst_ip, dgram.dst_port)
+        framers = self._tcp_framers
+        framer = framers.get(flow, False)
+        if framer is False:
+            payload = dgram.payload
+            if dgram.dst_port in self.sip_ports or dgram.src_port in self.sip_ports or looks_like_sip(payload):
+                framer = SipStreamFramer()
+            else:
+                framer = None                   # not SIP: remember, so we do not look again
+                self.counters["tcp.not_sip_flows"] += 1
+            if len(framers) >= TCP_FLOWS_MAX:
+                self._expire_tcp(self.now_ns, force=True)
+            framers[flow] = framer
+        self._tcp_last_ns[flow] = dgram.ts_ns
+        if framer is None:
+            return
+        for message in framer.feed(dgram.payload):
+            self._sip_bytes(message, dgram, stream=True)
+        if framer.kind in ("websocket", "tls") and not getattr(framer, "_counted", False):
+            self.counters[f"sip.undecodable.{framer.kind}_flows"] += 1
+            framer._counted = True  # type: ignore[attr-defined]
+
+    def _sip_bytes(self, data: bytes, dgram: Datagram, *, stream: bool) -> None:
+        try:
+            msg = parse_message(bytes(data), stream=stream)
+        except ParseError:
+            self.counters["sip.skip.malformed"] += 1
+            return
+        self.counters["sip.messages"] += 1
+        self.macs.observe(dgram.src_mac, dgram.src_ip)
+        for event in self.tracker.on_sip(msg, dgram):
+            self._on_event(event)
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, EndpointClaimed):
+            call = event.call
+            if call.media is None:
+                call.media = self._new_media(call)
+            self._replay_pending(event.endpoint)
+        elif isinstance(event, CallEnded):
+            self._finish(event.call)
+
+    def _new_media(self, call: Call) -> CallMedia:
+        self._media_seq += 1
+        path = self.workdir / f"call-{self._media_seq:08d}.rtp"
+
+        def clock_rate_for_pt(direction: int, pt: int, call: Call = call) -> int:
+            codecs = _codecs_for_direction(call, direction)
+            info = codecs.get(pt)
+            return info.clock_rate_hz if info else 8000
+
+        return CallMedia(path, clock_rate_for_pt=clock_rate_for_pt)
+
+    def _replay_pending(self, endpoint: tuple[str, int]) -> None:
+        pending = self._pending_rtp
+        if not pending:
+            return
+        keep: deque[Datagram] = deque()
+        matched = []
+        for dgram in pending:
+            if (dgram.dst_ip, dgram.dst_port) == endpoint or (dgram.src_ip, dgram.src_port) == endpoint:
+                matched.append(dgram)
+            else:
+                keep.append(dgram)
+        if matched:
+            self._pending_rtp = keep
+            self.counters["rtp.pending_adopted"] += len(matched)
+            endpoints = self._endpoints
+            for dgram in matched:
+                hit = endpoints.get((dgram.dst_ip, dgram.dst_port))
+                if hit is not None:
+                    self._media(hit[0], 1 - hit[1], dgram)
+                else:
+                    hit = endpoints.get((dgram.src_ip, dgram.src_port))
+                    if hit is not None:
+                        self._media(hit[0], hit[1], dgram)
+
+    def _finish(self, call: Call) -> None:
+        extra: dict[str, Any] = {}
+        media_log = None
+        specs: list[StreamSpec] = []
+        if call.media is not None:
+            media = call.media
+            media.close()
+            streams = []
+            for info in media.streams:
+                stats = info.stats
+                streams.append({
+                    "index": info.index, "direction": info.direction, "ssrc": stats.ssrc,
+                    "packets": stats.packets, "lost": stats.lost, "duplicated": stats.duplicated,
+                    "reordered": stats.reordered, "late": stats.late,
+                    "jitter_ms": round(stats.jitter_ms, 3), "src": stats.src, "dst": stats.dst,
+                    "payload_types": {str(k): v for k, v in stats.payload_types.items()},
+                })
+                specs.append(StreamSpec(index=info.index, direction=info.direction,
+                                        codecs=_codecs_for_direction(call, info.direction)))
+            extra["streams"] = streams
+            if getattr(media, "zrtp_seen", False):
+                extra["encrypted"] = True
+            log_path = getattr(media, "log_path", None) or getattr(media, "path", None)
+            if log_path is not None and Path(log_path).exists():
+                media_log = Path(log_path)
+            call.media = None
+        record = build_record(call, self.config, self.macs, extra)
+        self.counters["calls.finished"] += 1
+        self.on_finished(FinishedCall(call=call, record=record, media_log=media_log, streams=specs))
+
+    # ------------------------------------------------------------------ time
+
+    def _tick(self, ts_ns: int) -> None:
+        self._next_tick_ns = ts_ns + TICK_NS
+        if self.now_ns == 0:
+            return
+        now = max(ts_ns, self.now_ns)
+        for event in self.tracker.on_time(now):
+            self._on_event(event)
+        self.decoder.expire(now)
+        pending = self._pending_rtp
+        cutoff = now - PENDING_RTP_NS
+        while pending and pending[0].ts_ns < cutoff:
+            pending.popleft()
+            self.counters["rtp.unmatched"] += 1
+        self._expire_tcp(now)
+
+    def _expire_tcp(self, now_ns: int, force: bool = False) -> None:
+        idle = TCP_FLOW_IDLE_NS if not force else 0
+        stale = [flow for flow, last in self._tcp_last_ns.items() if now_ns - last > idle]
+        if force and not stale:
+            stale = list(self._tcp_last_ns)[: max(1, len(self._tcp_last_ns) // 10)]
+        for flow in stale:
+            self._tcp_framers.pop(flow, None)
+            self._tcp_last_ns.pop(flow, None)
+
+    def advance(self, now_ns: int) -> None:
+        """Move packet time forward with no packet (live capture on a quiet tap)."""
+        if now_ns > self.now_ns:
+            self.now_ns = now_ns
+            self._tick(now_ns)
+
+    def finish(self, reason: str = EndReason.CAPTURE_END.value) -> None:
+        """End every call in progress with what was captured."""
+        for event in self.tracker.finish_all(self.now_ns, reason):
+            self._on_event(event)
+        self.counters["rtp.unmatched"] += len(self._pending_rtp)
+        self._pending_rtp.clear()
+
+    def close(self) -> None:
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:
+    """PT map for media sent by side ``direction``: the receiver's rtpmap first (it defined
+    what it wants to receive), the sender's as fallback (phones differ, many break RFC 3264)."""
+    sender = call.parties[direction]
+    receiver = call.parties[CALLEE if direction == CALLER else CALLER]
+    codecs: dict[int, CodecInfo] = {}
+    for party in (sender, receiver):          # receiver last: it wins
+        for pt, rtpmap in party.rtpmaps.items():
+            codecs[pt] = CodecInfo(encoding=rtpmap.encoding, clock_rate_hz=rtpmap.clock_rate_hz,
+                                   channels=rtpmap.channels, fmtp=party.fmtp.get(pt))
+    return codecs

@@ -1,0 +1,70 @@
+"""RTP wire format (RFC 3550), ZRTP recognition and RFC 4733 telephone-event payloads.
+
+Owns the byte-level parsing used on the RTP fast path: one ``struct.unpack_from`` per
+packet, no per-packet objects, ``None`` for anything that is not plain RTP (too short,
+wrong version, RTCP multiplexed on the RTP port, CSRC list / header extension / padding
+running past the end). Does not own stream state (``stream.py``) or decoding.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["parse_rtp", "is_zrtp", "parse_telephone_event", "RTP_HEADER_BYTES"]
+
+RTP_HEADER_BYTES = 12
+
+_HDR = struct.Struct("!BBHII")
+_EXT_HDR = struct.Struct("!HH")
+_EVENT = struct.Struct("!BBH")
+
+RtpFields = tuple[int, bool, int, int, int, int, int]
+
+
+def parse_rtp(data: bytes) -> RtpFields | None:
+    """``(payload_type, marker, seq, rtp_ts, ssrc, payload_start, payload_end)`` or None.
+
+    None when the datagram is not RTP: shorter than 12 bytes, version != 2, RTCP
+    multiplexed on the RTP port (RFC 5761: the second byte 192..223, i.e. the RTCP packet
+    types 192..223 seen as marker + PT 64..95, which RTP must not use), or a CSRC list,
+    header extension or padding count that runs past the end of the datagram.
+    """
+    n = len(data)
+    if n < 12:
+        return None
+    b0, b1, seq, ts, ssrc = _HDR.unpack_from(data, 0)
+    if b0 >> 6 != 2:
+        return None
+    if 192 <= b1 <= 223:
+        return None  # RTCP (SR 200, RR 201, SDES, BYE, APP, feedback, XR) on a muxed port
+    start = 12 + ((b0 & 0x0F) << 2)
+    if b0 & 0x10:  # header extension: 16-bit profile, 16-bit length in 32-bit words
+        if start + 4 > n:
+            return None
+        _profile, words = _EXT_HDR.unpack_from(data, start)
+        start += 4 + (words << 2)
+    end = n
+    if b0 & 0x20:  # padding: the last byte counts the padding bytes, itself included
+        pad = data[n - 1]
+        if pad == 0:
+            return None
+        end = n - pad
+    if start > end:
+        return None
+    return b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, start, end
+
+
+def is_zrtp(data: bytes) -> bool:
+    """True for a ZRTP packet (RFC 6189): first byte 0x10 and the magic cookie 'ZRTP' at 4."""
+    return len(data) >= 12 and data[0] == 0x10 and data[4:8] == b"ZRTP"
+
+
+def parse_telephone_event(payload: bytes) -> tuple[int, bool, int, int] | None:
+    """``(event, end, volume, duration_ticks)`` of an RFC 4733 event payload, or None.
+
+    Only the first 4-byte event block is read (redundant blocks repeat older events).
+    """
+    if len(payload) < 4:
+        return None
+    event, flags, duration = _EVENT.unpack_from(payload, 0)
+    return event, bool(flags & 0x80), flags & 0x3F, duration

@@ -1,0 +1,315 @@
+"""Capture-side media of one call: RTP streams, their reorder windows, stats and the media log.
+
+Owns per-stream sequence tracking (16-bit wrap, duplicates, bounded reordering, late
+packets, loss, restarts), the RFC 3550 interarrival-jitter estimate and handing released
+packets, in extended-sequence order per stream, to the call's ``MediaLogWriter``.
+Does not own routing datagrams to calls (the engine knows the call and the direction),
+decoding or timing of audio (``render.py`` places packets by RTP timestamp later).
+
+Per packet this is plain Python over ``struct``: one ``parse_rtp``, one dict lookup, a few
+integer comparisons and an append to a bytearray; no logging and no per-packet objects on
+the in-order path.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from agent.media.medialog import MediaLogWriter
+from agent.media.rtp import is_zrtp, parse_rtp
+
+__all__ = ["StreamStats", "StreamInfo", "CallMedia", "MAX_DROPOUT", "MAX_MISORDER"]
+
+# RFC 3550 A.1: a forward jump beyond MAX_DROPOUT or a backward one beyond MAX_MISORDER is
+# not loss or reordering but a sequence restart (confirmed by the next packet following it).
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
+_CN_PT = 13
+
+
+@dataclass(slots=True)
+class StreamStats:
+    ssrc: int = 0
+    src: str = ""                  # "ip:port" the first packet came from
+    dst: str = ""
+    packets: int = 0               # packets accepted (neither duplicate nor late)
+    bytes: int = 0                 # payload bytes of accepted packets
+    lost: int = 0                  # sequence slots that never arrived
+    duplicated: int = 0            # copies of a packet already accepted (dropped)
+    reordered: int = 0             # accepted after a higher sequence number
+    late: int = 0                  # arrived after its slot was released as lost (dropped)
+    jitter_ms: float = 0.0         # RFC 3550 interarrival jitter at the end, in ms
+    first_arrival_ns: int = 0
+    last_arrival_ns: int = 0
+    payload_types: dict[int, int] = field(default_factory=dict)  # pt -> accepted packets
+
+
+@dataclass(slots=True)
+class StreamInfo:
+    index: int                     # stream_index in the media log
+    direction: int                 # 0 = caller→callee, 1 = callee→caller
+    ssrc: int
+    stats: StreamStats
+
+
+class _Stream:
+    """Mutable per-stream state (one per SSRC and direction; not a per-packet object)."""
+
+    __slots__ = ("index", "direction", "ssrc", "stats", "next_ext", "max_ext", "first_ext",
+                 "seq_offset", "window", "window_since_ns", "skipped", "pending",
+                 "clock_hz", "jitter_ticks", "prev_arrival_ns", "prev_ts")
+
+    def __init__(self, index: int, direction: int, ssrc: int, seq: int) -> None:
+        self.index = index
+        self.direction = direction
+        self.ssrc = ssrc
+        self.stats = StreamStats(ssrc=ssrc)
+        self.next_ext = seq          # next extended sequence number to release to the log
+        self.max_ext = seq - 1       # highest extended sequence number accepted
+        self.first_ext = seq
+        self.seq_offset = 0          # added to wire seq after a confirmed restart
+        self.window: dict[int, tuple[int, int, int, bool, bytes]] = {}
+        self.window_since_ns = 0
+        self.skipped: set[int] = set()   # recent slots released as lost (to tell late from dup)
+        self.pending: tuple[int, int, int, int, bool, bytes] | None = None  # restart probation
+        self.clock_hz = 0
+        self.jitter_ticks = 0.0
+        self.prev_arrival_ns = -1
+        self.prev_ts = 0
+
+
+class CallMedia:
+    """All RTP of one call, fed packet by packet, released in order to one media log."""
+
+    def __init__(self, log_path: Path, *,
+                 clock_rate_for_pt: Callable[[int, int], int] | None = None,
+                 reorder_window_packets: int = 32,
+                 reorder_window_ns: int = 200_000_000,
+                 counters: Counter | None = None) -> None:
+        self.log = MediaLogWriter(log_path)
+        self._clock_rate_for_pt = clock_rate_for_pt
+        self.reorder_window_packets = reorder_window_packets
+        self.reorder_window_ns = reorder_window_ns
+        self.counters = counters
+        self._by_key: dict[tuple[int, int], _Stream] = {}
+        self._streams: list[_Stream] = []
+        self.first_arrival_ns: int | None = None
+        self.last_arrival_ns: int | None = None
+        self.not_rtp = 0          # datagrams that were neither RTP, RTCP nor ZRTP
+        self.rtcp = 0             # RTCP multiplexed on the RTP port (ignored)
+        self.zrtp_packets = 0
+        self.zrtp_seen = False    # the media is (about to be) SRTP-encrypted
+        self.bad_seq = 0          # packets dropped as unconfirmed sequence jumps
+        self.closed = False
+
+    # ------------------------------------------------------------------ fast path
+    def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
+        """Take one UDP payload of the call's media. False when it is not RTP.
+
+        ZRTP returns True (it is media of the call) but is not logged.
+        """
+        f = parse_rtp(data)
+        if f is None:
+            return self._not_rtp(data)
+        pt, marker, seq, ts, ssrc, ps, pe = f
+        st = self._by_key.get((direction, ssrc))
+        if st is None:
+            st = self._new_stream(direction, ssrc, seq, src, dst, arrival_ns)
+        if self.last_arrival_ns is None or arrival_ns > self.last_arrival_ns:
+            self.last_arrival_ns = arrival_ns
+
+        seq = (seq + st.seq_offset) & 0xFFFF
+        d = (seq - st.max_ext) & 0xFFFF
+        if d >= 0x8000:
+            d -= 0x10000
+        ext = st.max_ext + d
+
+        if ext > st.max_ext + MAX_DROPOUT or ext < st.next_ext - MAX_MISORDER:
+            return self._big_jump(st, seq, ts, arrival_ns, pt, marker, data[ps:pe])
+        if ext < st.next_ext or ext in st.window:
+            self._too_old(st, ext)
+            return True
+        self._accept(st, ext, ts, arrival_ns, pt, marker, data, ps, pe)
+        return True
+
+    def _accept(self, st: _Stream, ext: int, ts: int, arrival_ns: int, pt: int,
+                marker: bool, data: bytes, ps: int, pe: int) -> None:
+        stats = st.stats
+        stats.packets += 1
+        stats.bytes += pe - ps
+        stats.last_arrival_ns = arrival_ns
+        pts = stats.payload_types
+        pts[pt] = pts.get(pt, 0) + 1
+        if ext > st.max_ext:
+            st.max_ext = ext
+        else:
+            stats.reordered += 1
+
+        # RFC 3550 6.4.1 interarrival jitter, in RTP ticks, over packets in arrival order.
+        clock = st.clock_hz
+        if not clock and pt != _CN_PT:
+            clock = st.clock_hz = self._clock_for(st.direction, pt)
+        if clock:
+            if st.prev_arrival_ns >= 0:
+                dts = (ts - st.prev_ts) & 0xFFFFFFFF
+                if dts >= 0x80000000:
+                    dts -= 0x100000000
+                dev = (arrival_ns - st.prev_arrival_ns) * clock / 1e9 - dts
+                if dev < 0:
+                    dev = -dev
+                st.jitter_ticks += (dev - st.jitter_ticks) / 16.0
+            st.prev_arrival_ns = arrival_ns
+            st.prev_ts = ts
+
+        if ext == st.next_ext and not st.window:
+            # Fast path: in order, nothing held back.
+            self.log.append(st.index, ext, ts, arrival_ns, pt, marker, data[ps:pe])
+            st.next_ext = ext + 1
+            return
+        if not st.window:
+            st.window_since_ns = arrival_ns
+        st.window[ext] = (ts, arrival_ns, pt, marker, data[ps:pe])
+        self._drain(st, arrival_ns, force=False)
+
+    # ------------------------------------------------------------------ slow paths
+    def _not_rtp(self, data: bytes) -> bool:
+        if is_zrtp(data):
+            self.zrtp_seen = True
+            self.zrtp_packets += 1
+            self._count("media.zrtp")
+            return True
+        if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:
+            self.rtcp += 1
+            self._count("media.skip.rtcp_mux")
+        else:
+            self.not_rtp += 1
+            self._count("media.skip.not_rtp")
+        return False
+
+    def _count(self, name: str) -> None:
+        if self.counters is not None:
+            self.counters[name] += 1
+
+    def _clock_for(self, direction: int, pt: int) -> int:
+        if self._clock_rate_for_pt is None:
+            return 8000
+        try:
+            rate = self._clock_rate_for_pt(direction, pt)
+        except Exception:  # the engine's lookup must never break capture
+            rate = 0
+        return rate if rate and rate > 0 else 8000
+
+    def _new_stream(self, direction: int, ssrc: int, seq: int, src: str, dst: str,
+                    arrival_ns: int) -> _Stream:
+        # A new SSRC in a direction (transfer, re-anchoring PBX) ends the reordering of
+        # the older streams of that direction: release what they still hold.
+        for other in self._streams:
+            if other.direction == direction and other.window:
+                self._drain(other, arrival_ns, force=True)
+        st = _Stream(len(self._streams), direction, ssrc, seq)
+        st.stats.src = src
+        st.stats.dst = dst
+        st.stats.first_arrival_ns = arrival_ns
+        self._streams.append(st)
+        self._by_key[(direction, ssrc)] = st
+        if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
+            self.first_arrival_ns = arrival_ns
+        self._count("media.streams")
+        return st
+
+    def _too_old(self, st: _Stream, ext: int) -> None:
+        stats = st.stats
+        if ext in st.skipped:
+            # Its slot was already given up as lost: it is late, not lost.
+            st.skipped.discard(ext)
+            stats.late += 1
+            stats.lost -= 1
+        elif ext < st.first_ext:
+            stats.late += 1   # sent before the first packet we saw: never counted as lost
+        else:
+            stats.duplicated += 1
+
+    def _big_jump(self, st: _Stream, seq: int, ts: int, arrival_ns: int, pt: int,
+                  marker: bool, payload: bytes) -> bool:
+        """A sequence jump too large for loss or reordering: restart only if confirmed."""
+        pending = st.pending
+        if pending is None or (pending[0] + 1) & 0xFFFF != seq:
+            if pending is not None:
+                self.bad_seq += 1
+                self._count("media.skip.bad_seq")
+            st.pending = (seq, ts, arrival_ns, pt, marker, payload)
+            return True
+        # Two consecutive packets agree: the sender restarted its sequence numbers.
+        st.pending = None
+        self._drain(st, arrival_ns, force=True)
+        st.next_ext = st.max_ext + 1
+        st.seq_offset = (st.seq_offset + st.next_ext - pending[0]) & 0xFFFF
+        st.skipped.clear()
+        p_seq, p_ts, p_arr, p_pt, p_marker, p_payload = pending
+        self._accept(st, st.next_ext, p_ts, p_arr, p_pt, p_marker, p_payload, 0, len(p_payload))
+        self._accept(st, st.next_ext, ts, arrival_ns, pt, marker, payload, 0, len(payload))
+        self._count("media.seq_restart")
+        return True
+
+    def _drain(self, st: _Stream, now_ns: int, *, force: bool) -> None:
+        """Release the window in sequence order; skip a gap when the window is full, has
+        waited too long, or ``force`` (close / new SSRC)."""
+        w = st.window
+        log = self.log
+        released = False
+        while w:
+            rec = w.pop(st.next_ext, None)
+            if rec is not None:
+                ts, arr, pt, marker, payload = rec
+                log.append(st.index, st.next_ext, ts, arr, pt, marker, payload)
+                st.next_ext += 1
+                released = True
+                continue
+            if (force or len(w) > self.reorder_window_packets
+                    or now_ns - st.window_since_ns > self.reorder_window_ns):
+                lo = min(w)
+                st.stats.lost += lo - st.next_ext
+                st.skipped.update(range(max(st.next_ext, lo - MAX_MISORDER), lo))
+                st.next_ext = lo
+                continue
+            break
+        if w and released:
+            st.window_since_ns = min(r[1] for r in w.values())
+        if len(st.skipped) > 4 * MAX_MISORDER:
+            floor = st.next_ext - MAX_MISORDER
+            st.skipped = {e for e in st.skipped if e >= floor}
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def streams(self) -> list[StreamInfo]:
+        out = []
+        for st in self._streams:
+            if st.clock_hz:
+                st.stats.jitter_ms = round(st.jitter_ticks * 1000.0 / st.clock_hz, 3)
+            out.append(StreamInfo(st.index, st.direction, st.ssrc, st.stats))
+        return out
+
+    @property
+    def packets(self) -> int:
+        return sum(st.stats.packets for st in self._streams)
+
+    @property
+    def log_path(self) -> Path:
+        return self.log.path
+
+    def close(self) -> None:
+        """Release every window and flush the log (idempotent)."""
+        if self.closed:
+            return
+        for st in self._streams:
+            if st.window:
+                self._drain(st, self.last_arrival_ns or 0, force=True)
+            if st.pending is not None:
+                self.bad_seq += 1
+                self._count("media.skip.bad_seq")
+                st.pending = None
+        self.log.close()
+        self.closed = True
