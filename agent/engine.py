@@ -44,6 +44,10 @@ PENDING_RTP_NS = 2 * NS            # RTP held while its SDP may still be on the 
 PENDING_RTP_MAX = 20_000
 TCP_FLOWS_MAX = 10_000
 TCP_FLOW_IDLE_NS = 300 * NS
+# A capture timestamp that jumps further than this (either way) is a clock error, not time
+# passing: engine time continues from where it was. Real quiet spells are shorter, and a live
+# tap advances time with the wall clock when no packets arrive.
+CLOCK_JUMP_NS = 24 * 3600 * NS
 
 
 @dataclass(slots=True)
@@ -74,15 +78,22 @@ class Engine:
         self._tcp_last_ns: dict[tuple[str, int, str, int], int] = {}
         self._next_tick_ns = 0
         self._media_seq = 0
+        self._clock_offset_ns = 0
         self.now_ns = 0
 
     # ------------------------------------------------------------------ input
 
     def feed(self, ts_ns: int, linktype: int, frame: bytes) -> None:
-        if ts_ns >= self._next_tick_ns:
-            self._tick(ts_ns)
-        if ts_ns > self.now_ns:
+        ts_ns += self._clock_offset_ns
+        now_ns = self.now_ns
+        if ts_ns > now_ns:
+            if ts_ns - now_ns > CLOCK_JUMP_NS and now_ns:
+                ts_ns = self._clock_jump(ts_ns)
+            if ts_ns >= self._next_tick_ns:
+                self._tick(ts_ns)
             self.now_ns = ts_ns
+        elif now_ns - ts_ns > CLOCK_JUMP_NS:
+            ts_ns = self._clock_jump(ts_ns)
         dgram = self.decoder.decode(ts_ns, linktype, frame)
         if dgram is None:
             return
@@ -105,6 +116,15 @@ class Engine:
             self._hold_rtp(dgram)
         else:
             self.counters["udp.unmatched"] += 1
+
+    def _clock_jump(self, ts_ns: int) -> int:
+        """Re-base capture time after a jump so that it continues 1 ms after engine time."""
+        corrected = self.now_ns + 1_000_000
+        self._clock_offset_ns += corrected - ts_ns
+        self.counters["capture.clock_jumps"] += 1
+        log.warning("capture clock jumped by %.0f s; continuing from packet time",
+                    (ts_ns - self.now_ns) / NS)
+        return corrected
 
     def _media(self, call: Call, sender: int, dgram: Datagram) -> None:
         party = call.parties[sender]
@@ -246,7 +266,6 @@ class Engine:
         now = max(ts_ns, self.now_ns)
         for event in self.tracker.on_time(now):
             self._on_event(event)
-        self.decoder.expire(now)
         pending = self._pending_rtp
         cutoff = now - PENDING_RTP_NS
         while pending and pending[0].ts_ns < cutoff:

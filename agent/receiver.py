@@ -228,6 +228,7 @@ class ReceiverServer:
         self._index: list[dict[str, Any]] = self._load_index()
         self.url = ""
         self.plain_url = ""
+        self.ca_path: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> tuple[str, Path]:
@@ -239,6 +240,7 @@ class ReceiverServer:
         self._serve(srv)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"https://{host}:{srv.server_address[1]}"
+        self.ca_path = ca
         if self.plain_port is not None:
             plain = _Server((self.host, self.plain_port), self, None)
             self._serve(plain)

@@ -186,6 +186,7 @@ class Dialog:
     cseq: int = 1
     branch_n: int = 0
     compact: bool = False
+    established: bool = False  # a tagged 1xx/2xx was sent: requests now carry the To tag
 
     def _branch(self, who: str) -> str:
         self.branch_n += 1
@@ -224,7 +225,8 @@ class Dialog:
         else:
             ruri = self.ruri()
             frm = self.from_value()
-            to = self.to_value(to_tag)
+            to = self.to_value(to_tag if to_tag is not None
+                               else (self.to_tag if self.established else ""))
         hdrs = [
             (self.h("Via"), via),
             ("Max-Forwards", "70"),
@@ -246,6 +248,8 @@ class Dialog:
                  body: bytes = b"", to_tag: str | None = None, from_caller: bool = False,
                  sender: Party | None = None) -> bytes:
         """A response to a request whose Via was ``via``."""
+        if 101 <= code < 300 and to_tag != "":
+            self.established = True
         if from_caller:  # response to an in-dialog request the callee sent
             frm = f"{name_addr(self.callee, self.callee_uri)};tag={self.to_tag}"
             to = self.from_value()
@@ -497,7 +501,7 @@ def sc_tcp_split() -> Capture:
     seg(t + 1 * MS, b, a, "SA")
     seg(t + 2 * MS, a, b, "A")
     inv, via = d.request("INVITE", body=sdp(a, 1001))
-    cut1, cut2 = 300, 650
+    cut1, cut2 = len(inv) // 3, 2 * len(inv) // 3
     parts = [inv[:cut1], inv[cut1:cut2], inv[cut2:]]
     seq2 = seq_a + cut1
     seg(T0, a, b, "PA", parts[0])
@@ -898,6 +902,7 @@ def sc_partial_start() -> Capture:
     d = Dialog("partial_start-0001@callntest.example", a, b, from_tag="ft-partial",
                to_tag="tt-partial")
     d.cseq = 20
+    d.established = True  # the dialog was set up before the capture began
     ri, via = d.request("INVITE", body=sdp(a, 1001, version=5))
     cap.add(T0, a, b, udp(a, b, ri))
     cap.add(T0 + 20 * MS, b, a, udp(b, a, d.response(200, "OK", via, "INVITE", 20,

@@ -30,7 +30,7 @@ from agent.sip.sdp import parse_sdp
 log = logging.getLogger(__name__)
 
 NS = 1_000_000_000
-CHALLENGE_WAIT_NS = 32 * NS          # RFC 3261 timer B: how long a 401/407/3xx waits for the new INVITE
+CHALLENGE_WAIT_NS = 180 * NS        # after 401/407/3xx: time for a person to type a password, or a redirect
 HOLD_ADDRS = ("0.0.0.0", "::")
 
 
@@ -224,7 +224,8 @@ class CallTracker:
             return
         if code >= 300:
             call.final_status = code
-            if call.cancel_requested:
+            if call.cancel_requested or code == 487:
+                # 487 Request Terminated answers a CANCEL, even one the tap did not see.
                 self._end(call, ts_ns, EndReason.CANCEL.value, events)
             elif code in (401, 407) or 300 <= code < 400:
                 call.state = CallState.CHALLENGED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,8 @@ class CallnClient:
             kwargs["transport"] = transport
         self._http = httpx.Client(
             auth=httpx.BasicAuth(username, password), timeout=timeout,
-            verify=ca_bundle if ca_bundle else True, follow_redirects=False, **kwargs)
+            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
+            follow_redirects=False, **kwargs)
 
     def close(self) -> None:
         self._http.close()

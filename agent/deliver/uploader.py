@@ -330,7 +330,7 @@ class Uploader:
                 self.counters["deliver.upload.calls_created"] += 1
                 self._ok(call_id)
                 return True
-            return self._failure(st, out, last_chunk=False)
+            return self._failure(st, out, first_last_chunk=False)
 
         # created / uploading: send chunk next_chunk of the saved plan
         n, total = int(st["next_chunk"]), int(st["total_chunks"])
@@ -382,12 +382,14 @@ class Uploader:
                 self._fail_backoff(call_id)  # a server that expires every id must not make us spin
                 return False
             return True
-        return self._failure(st, out, last_chunk=is_last)
+        # Only this attempt's flag may be cleared: an earlier unanswered attempt stays unknown.
+        return self._failure(st, out, first_last_chunk=is_last and not resend_of_last)
 
-    def _failure(self, st: dict[str, Any], out: cl.Outcome, *, last_chunk: bool) -> bool:
+    def _failure(self, st: dict[str, Any], out: cl.Outcome, *, first_last_chunk: bool) -> bool:
         call_id = st["id"]
-        if last_chunk and not out.response_lost and st.get("last_chunk_attempted"):
-            # The server answered (or nothing was sent): the last chunk did not complete the call.
+        if first_last_chunk and not out.response_lost:
+            # The first send of the last chunk was answered (or never left): it did not
+            # complete the call, so a later 404 means "expired", not "consumed".
             st["last_chunk_attempted"] = False
             self.spool.save_state(st)
         if out.kind == cl.TRANSIENT:

@@ -233,14 +233,14 @@ class PyAVDecoder(Decoder):
         import av  # imported lazily: G.711-only deployments never load libavcodec
 
         self._av = av
-        self._codec_name = codec_name
+        self.codec_name = codec_name
         self._codec_channels = codec_channels
         self._options = dict(options or {})
         self.frame_bytes = frame_bytes
         self._ctx = self._open()
 
     def _open(self):  # -> av.AudioCodecContext
-        ctx = self._av.CodecContext.create(self._codec_name, "r")
+        ctx = self._av.CodecContext.create(self.codec_name, "r")
         ctx.sample_rate = self.sample_rate_hz
         ctx.layout = "stereo" if self._codec_channels == 2 else "mono"
         if self._options:

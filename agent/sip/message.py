@@ -77,6 +77,7 @@ MANDATORY_HEADERS = ("call-id", "from", "to", "cseq")
 _TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
+_TOKEN_BYTES = frozenset("".join(sorted(_TOKEN_CHARS)).encode())
 # Control bytes other than HT/LF/CR never appear in a SIP head; their presence is binary junk.
 _BINARY_JUNK = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -119,8 +120,6 @@ def looks_like_sip(payload: bytes) -> bool:
     return method.isalpha() or all(c in _TOKEN_BYTES for c in method)
 
 
-_TOKEN_BYTES = frozenset("".join(sorted(_TOKEN_CHARS)).encode())
-
 
 @dataclass(slots=True)
 class SipMessage:
@@ -162,18 +161,28 @@ class SipMessage:
                     out.append(value)
         return out
 
-    # -- mandatory headers (validated in parse_message) -------------------------
+    # -- mandatory headers (validated and cached by parse_message) -----------------
+    # The fallbacks let a hand-built SipMessage (tests, synthetic events) work too.
     @property
     def call_id(self) -> str:
-        return self._cache["call_id"]
+        cached = self._cache.get("call_id")
+        if cached is None:
+            cached = self._cache["call_id"] = self.header("call-id") or ""
+        return cached
 
     @property
     def from_addr(self) -> NameAddr:
-        return self._cache["from"]
+        cached = self._cache.get("from")
+        if cached is None:
+            cached = self._cache["from"] = parse_name_addr(self.header("from") or "")
+        return cached
 
     @property
     def to_addr(self) -> NameAddr:
-        return self._cache["to"]
+        cached = self._cache.get("to")
+        if cached is None:
+            cached = self._cache["to"] = parse_name_addr(self.header("to") or "")
+        return cached
 
     @property
     def from_tag(self) -> str | None:
@@ -185,11 +194,17 @@ class SipMessage:
 
     @property
     def cseq_num(self) -> int:
-        return self._cache["cseq"][0]
+        return self._cseq()[0]
 
     @property
     def cseq_method(self) -> str:
-        return self._cache["cseq"][1]
+        return self._cseq()[1]
+
+    def _cseq(self) -> tuple[int, str]:
+        cached = self._cache.get("cseq")
+        if cached is None:
+            cached = self._cache["cseq"] = _parse_cseq(self.header("cseq") or "")
+        return cached
 
     # -- optional headers -------------------------------------------------------
     @property
@@ -356,6 +371,18 @@ def _parse_uint(text: str, what: str, max_digits: int = 10) -> int:
     return int(text)
 
 
+def _parse_cseq(value: str) -> tuple[int, str]:
+    parts = value.split()
+    if len(parts) != 2:
+        raise SipParseError("bad CSeq")
+    number = _parse_uint(parts[0], "CSeq number")
+    if number >= 2**32:
+        raise SipParseError("CSeq number out of range")
+    if not set(parts[1]) <= _TOKEN_CHARS:
+        raise SipParseError("bad CSeq method")
+    return number, parts[1]
+
+
 def _parse_start_line(line: str) -> tuple[bool, str, str | None, int | None, str]:
     if line[:4].upper() == "SIP/":
         parts = line.split(" ", 2)
@@ -441,16 +468,7 @@ def parse_message(
     cache["call_id"] = call_id
     cache["from"] = parse_name_addr(msg.header("from") or "")
     cache["to"] = parse_name_addr(msg.header("to") or "")
-    cseq_parts = (msg.header("cseq") or "").split()
-    if len(cseq_parts) != 2:
-        raise SipParseError("bad CSeq")
-    cseq_num = _parse_uint(cseq_parts[0], "CSeq number")
-    if cseq_num >= 2**32:
-        raise SipParseError("CSeq number out of range")
-    cseq_method = cseq_parts[1]
-    if not set(cseq_method) <= _TOKEN_CHARS:
-        raise SipParseError("bad CSeq method")
-    cache["cseq"] = (cseq_num, cseq_method)
+    cseq_num, cseq_method = cache["cseq"] = _parse_cseq(msg.header("cseq") or "")
     if not is_request:
         msg.method = cseq_method
 

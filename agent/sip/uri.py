@@ -9,6 +9,7 @@ list, tags of dialogs): that is ``message.py`` and the call tracker.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -148,6 +149,14 @@ def _parse_port(text: str, raw: str) -> int:
     return port
 
 
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _split_hostport(hostport: str, raw: str) -> tuple[str, int | None]:
     hostport = hostport.strip()
     if hostport.startswith("["):
@@ -167,8 +176,11 @@ def _split_hostport(hostport: str, raw: str) -> tuple[str, int | None]:
     if not colon:
         host, port = hostport, ""
     elif ":" in host:
-        # Several colons without brackets: a bare IPv6 address (seen in the wild).
-        return hostport, None
+        # Several colons without brackets: a bare IPv6 address (seen in the wild), maybe
+        # followed by ":port". A ninth group (or a "::" address plus a group) is the port.
+        if _is_ipv6(hostport) or not _is_ipv6(host):
+            return hostport, None
+        return host, _parse_port(port, raw)
     if not host:
         raise SipParseError(f"empty host in URI {raw!r}")
     if any(c in host for c in ' \t<>"'):

@@ -460,3 +460,17 @@ def test_looks_like_sip_is_fast_on_rtp():
         looks_like_sip(rtp)
     # Generous bound (2 µs/packet) so a loaded CI box passes; typical is ~0.1 µs.
     assert time.perf_counter() - start < 0.2
+
+
+def test_hand_built_message_views_work_without_parse():
+    from agent.sip.message import SipMessage
+
+    msg = SipMessage(
+        is_request=True, method="BYE", request_uri="sip:u@h", status_code=None, reason="",
+        headers=[("call-id", "hb-1"), ("from", "<sip:a@b>;tag=x"), ("to", "<sip:u@h>;tag=y"),
+                 ("cseq", "4 BYE")],
+        body=b"",
+    )
+    assert msg.call_id == "hb-1"
+    assert msg.from_tag == "x" and msg.to_tag == "y"
+    assert (msg.cseq_num, msg.cseq_method) == (4, "BYE")

@@ -164,3 +164,13 @@ def test_split_header_values_respects_quotes_and_angles():
 
 def test_split_header_values_skips_empty_elements():
     assert split_header_values(" a , ,b,") == ["a", "b"]
+
+
+def test_bare_ipv6_host_with_trailing_port_group():
+    # From sip_ipv6_udp.pcap: a bracket-less IPv6 address followed by ":5060".
+    uri = parse_uri("sip:4321@fec0:0:0:0:216:d3ff:fe0d:22c:5060")
+    assert uri.host == "fec0:0:0:0:216:d3ff:fe0d:22c"
+    assert uri.port == 5060
+    bare = parse_uri("sip:9876@fe80:0:0:0:21a:a0ff:fe07:32e0")
+    assert bare.host == "fe80:0:0:0:21a:a0ff:fe07:32e0"
+    assert bare.port is None

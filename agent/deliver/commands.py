@@ -1,0 +1,125 @@
+"""The operator commands of delivery: ``spool`` (list / show / retry) and ``receiver``.
+
+Owns only argument parsing and printing; the work is in spool.py and receiver.py.
+The lead's cli.py calls ``register(subparsers)``; each handler is ``handler(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from agent.config import load_config
+from agent.errors import AgentError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    sp = subparsers.add_parser("spool", help="inspect the upload spool and retry parked calls")
+    sp.add_argument("--dir", default=None, help="spool directory (default: [spool] dir)")
+    ssub = sp.add_subparsers(dest="spool_cmd", required=True)
+    p = ssub.add_parser("list", help="one line per spooled call")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = ssub.add_parser("show", help="state and record of one call")
+    p.add_argument("id")
+    p = ssub.add_parser("retry", help="put a parked call (or all with --parked) back in the queue")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--parked", action="store_true", help="retry every parked call")
+    sp.set_defaults(func=spool_command)
+
+    rp = subparsers.add_parser("receiver", help="run a local CallN-compatible HTTPS receiver")
+    rp.add_argument("--host", default="127.0.0.1")
+    rp.add_argument("--port", type=int, default=8443)
+    rp.add_argument("--plain-port", type=int, default=None,
+                    help="also listen for plain HTTP here (answers 406 SSL must be used)")
+    rp.add_argument("--dir", default="./received", help="where completed calls are stored")
+    rp.add_argument("--username", default="agent")
+    rp.add_argument("--password", default=None, help="default: $CALLN_PASSWORD or 'secret'")
+    rp.add_argument("--cert-dir", default=None, help="default: DIR/certs")
+    rp.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered 500")
+    rp.add_argument("--drop-rate", type=float, default=0.0, help="fraction of connections closed unanswered")
+    rp.add_argument("--slow-ms", type=int, default=0)
+    rp.add_argument("--quota", type=int, default=None, help="answer 403 once N calls are stored")
+    rp.add_argument("--expire-after-chunks", type=int, default=0)
+    rp.add_argument("--fail-first", type=int, default=0)
+    rp.add_argument("--unknown-phone", action="append", default=[], help="answer 405 for this number")
+    rp.add_argument("--mp3-only", action="store_true", help="refuse audio/wav like the guide's text")
+    rp.set_defaults(func=receiver_command)
+
+
+def _spool_from_args(args: argparse.Namespace):
+    from agent.deliver.spool import Spool
+    cfg = load_config(getattr(args, "config", None))
+    return Spool(Path(args.dir or cfg.spool.dir), retention_days=cfg.spool.retention_days)
+
+
+def spool_command(args: argparse.Namespace) -> int:
+    try:
+        spool = _spool_from_args(args)
+        if args.spool_cmd == "list":
+            for e in spool.list():
+                if args.json:
+                    print(json.dumps({"id": e.id, "state": e.state, "reason": e.reason,
+                                      "callerphone": e.record.get("callerphone", ""),
+                                      "destinationphone": e.record.get("destinationphone", ""),
+                                      "startdatetimeutc": e.record.get("startdatetimeutc", ""),
+                                      "next_chunk": e.next_chunk, "total_chunks": e.total_chunks}))
+                else:
+                    print(f"{e.id}  {e.state:<22} {e.record.get('startdatetimeutc', ''):<19}  "
+                          f"{e.record.get('callerphone', '')} -> {e.record.get('destinationphone', '')}"
+                          f"{'  ' + e.reason if e.reason else ''}")
+            summary = spool.summary()
+            print("# " + ", ".join(f"{k}={v}" for k, v in sorted(summary.items())) if summary else "# empty",
+                  file=sys.stderr)
+            return 0
+        if args.spool_cmd == "show":
+            e = spool.get(args.id)
+            print(json.dumps({"state": e.raw_state, "record": e.record}, indent=2, ensure_ascii=False))
+            return 0
+        if args.spool_cmd == "retry":
+            if args.parked:
+                print(f"{spool.retry_parked()} parked call(s) back in the queue")
+                return 0
+            if not args.id:
+                print("spool retry: give an ID or --parked", file=sys.stderr)
+                return 2
+            spool.retry(args.id)
+            print(f"{args.id} back in the queue")
+            return 0
+    except KeyError as exc:
+        print(f"no such call in the spool: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except AgentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def receiver_command(args: argparse.Namespace) -> int:
+    import os
+
+    from agent.receiver import Faults, ReceiverServer
+    password = args.password if args.password is not None else os.environ.get("CALLN_PASSWORD", "secret")
+    faults = Faults(fail_rate=args.fail_rate, drop_rate=args.drop_rate, slow_ms=args.slow_ms,
+                    fail_first=args.fail_first, expire_after_chunks=args.expire_after_chunks)
+    rx = ReceiverServer(Path(args.dir), host=args.host, port=args.port, username=args.username,
+                        password=password, cert_dir=Path(args.cert_dir) if args.cert_dir else None,
+                        plain_port=args.plain_port, quota=args.quota,
+                        unknown_phones=tuple(args.unknown_phone), accept_wav=not args.mp3_only,
+                        faults=faults)
+    url, ca = rx.start()
+    print(f"CallN receiver on {url}  (CA certificate: {ca}; calls stored in {rx.dir})", flush=True)
+    if rx.plain_url:
+        print(f"plain HTTP (answers 406) on {rx.plain_url}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.is_set():
+        time.sleep(0.2)
+    rx.stop()
+    print(f"stopped; {len(rx.stored_calls())} call(s) stored", flush=True)
+    return 0

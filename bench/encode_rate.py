@@ -1,0 +1,106 @@
+"""MP3 encoding capacity: audio-seconds encoded per CPU-second, and calls per core.
+
+Feeds a speech-like signal (tones + noise, so LAME cannot coast on silence) to
+``agent.media.encoder`` in 20 ms chunks, as the renderer does, and measures process CPU
+time. ``--hour`` also encodes one hour of 16 kHz mono and samples RSS every 10 minutes of
+audio to show memory stays flat.
+
+    python3 bench/encode_rate.py [--seconds 120] [--hour]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.media.encoder import open_encoder  # noqa: E402
+
+CONCURRENT_CALLS = 1000
+
+
+def speech_like(rate_hz: int, seconds: float, channels: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate_hz * seconds)) / rate_hz
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)  # syllable-rate amplitude changes
+    x = envelope * (3000 * np.sin(2 * np.pi * 220 * t) + 1500 * np.sin(2 * np.pi * 1100 * t))
+    x = x + rng.normal(0, 600, size=t.shape)
+    mono = np.clip(x, -32768, 32767).astype(np.int16)
+    return mono if channels == 1 else np.stack([mono, np.roll(mono, 1234)], axis=1)
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def measure(rate_hz: int, channels: int, kbps: int, seconds: float, tmp: str) -> float:
+    pcm = speech_like(rate_hz, seconds, channels)
+    chunk = rate_hz // 50  # 20 ms
+    path = os.path.join(tmp, f"bench_{rate_hz}_{channels}.mp3")
+    cpu0 = time.process_time()
+    enc = open_encoder(path, "mp3", rate_hz, channels, bitrate_kbps=kbps)
+    for start in range(0, len(pcm), chunk):
+        enc.write(pcm[start : start + chunk])
+    result = enc.close()
+    cpu_s = time.process_time() - cpu0
+    rate = seconds / cpu_s
+    print(
+        f"{rate_hz:>6} Hz {'mono  ' if channels == 1 else 'stereo'} {kbps:>3} kbit/s: "
+        f"{seconds:.0f} s audio in {cpu_s:.2f} CPU-s = {rate:7.1f} audio-s/CPU-s "
+        f"({result.bytes_written} bytes) -> {rate:7.1f} concurrent calls per core, "
+        f"{CONCURRENT_CALLS / rate:5.2f} cores for {CONCURRENT_CALLS} concurrent calls"
+    )
+    os.unlink(path)
+    return rate
+
+
+def hour_rss(tmp: str) -> None:
+    rate_hz, minute = 16000, speech_like(16000, 60.0, 1)
+    chunk = rate_hz // 50
+    path = os.path.join(tmp, "hour.mp3")
+    enc = open_encoder(path, "mp3", rate_hz, 1, bitrate_kbps=32)
+    cpu0 = time.process_time()
+    print(f"1-hour encode, RSS before: {rss_kib()} KiB")
+    for m in range(60):
+        for start in range(0, len(minute), chunk):
+            enc.write(minute[start : start + chunk])
+        if m % 10 == 9:
+            print(f"  after {m + 1:2d} min of audio: RSS {rss_kib()} KiB")
+    result = enc.close()
+    print(
+        f"  done: {result.duration_ms / 1000:.0f} s, {result.bytes_written} bytes, "
+        f"{time.process_time() - cpu0:.1f} CPU-s"
+    )
+    os.unlink(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=120.0, help="audio per measurement")
+    ap.add_argument("--hour", action="store_true", help="also run the 1-hour RSS check")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(16000, 1, 32, args.seconds, tmp)  # the agent's default
+        measure(8000, 1, 32, args.seconds, tmp)  # MPEG-2.5
+        measure(16000, 2, 48, args.seconds, tmp)  # stereo (caller left, callee right)
+        if args.hour:
+            hour_rss(tmp)
+    print(
+        "calls per core = audio-s per CPU-s: a core keeps up with that many calls being "
+        "recorded at once (encoding only; decode and mix are extra)."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Every pcaps/*.truth.json against ``calln-agent inspect --json`` of its capture.
+
+Calls are matched by Call-ID; the number of calls must be equal; every field listed in the
+truth must equal the record's value. The "audio" block is checked through the record's
+streams: packets summed per direction (0 = caller->callee) and the set of SSRCs per direction.
+Tone checks on decoded audio live elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _captures_testlib import (PCAPS_DIR, capture_of, compare_call, inspect_cached, load_truth,
+                               truth_files)
+
+TRUTHS = truth_files()
+
+
+def test_truth_files_exist() -> None:
+    # The generator (23 scenarios) plus the SIPp recording.
+    assert len(TRUTHS) >= 24, [p.name for p in TRUTHS]
+    for t in TRUTHS:
+        assert capture_of(t).is_file(), t.name
+        assert capture_of(t).stat().st_size < 200_000, t.name
+
+
+@pytest.mark.parametrize("truth_path", TRUTHS, ids=lambda p: p.name.removesuffix(".truth.json"))
+def test_capture_matches_truth(truth_path: Path) -> None:
+    truth = load_truth(truth_path)
+    records = inspect_cached(str(PCAPS_DIR / truth["capture"]))
+    got_ids = sorted(r["callid"] for r in records)
+    want_ids = sorted(c["callid"] for c in truth["calls"])
+    assert got_ids == want_ids, f"calls differ: got {got_ids}, want {want_ids}"
+    by_id = {r["callid"]: r for r in records}
+    diffs = []
+    for call in truth["calls"]:
+        diffs += [f"{call['callid']}: {d}" for d in compare_call(by_id[call["callid"]], call)]
+    assert not diffs, f"{truth['capture']}: " + "\n".join(diffs)
