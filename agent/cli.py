@@ -93,8 +93,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.out and not args.deliver:
         raise AgentError("replay needs --out DIR or --deliver")
     if args.deliver:
-        from agent.deliver.commands import deliver_replay
-        return deliver_replay(args, config)
+        from agent.delivery import replay_and_deliver
+        status, summary = replay_and_deliver(args.captures, config, deadline_s=args.deadline_s,
+                                             progress=not args.quiet, workers=args.workers)
+        print("spool: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.items())))
+        if status:
+            print(f"calln-agent: delivery not finished within {args.deadline_s:.0f} s; "
+                  "the spool keeps the rest (calln-agent spool list)", file=sys.stderr)
+        return status
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []

@@ -8,7 +8,8 @@ pcapng containers are written here byte by byte so the output is identical on ev
 randomness). The µ-law encoder is written here on purpose, independent of
 ``agent.media.g711``, so the captures are an independent oracle for the agent's decoder.
 
-Usage: ``python3 pcaps/make_pcaps.py [scenario ...]`` (default: all scenarios).
+Usage: ``python3 pcaps/make_pcaps.py [--out DIR] [scenario ...]`` (default: all scenarios,
+written next to this script).
 
 Conventions shared by every scenario (also stated in each truth file):
 - caller RTP carries a 440 Hz tone, callee RTP a 1000 Hz tone, PCMU (PT 0), 20 ms packets.
@@ -1041,13 +1042,13 @@ def write_pcapng(path: Path, linktype: int, frames: list[tuple[int, bytes]]) -> 
     path.write_bytes(bytes(out))
 
 
-def build(name: str) -> Path:
+def build(name: str, out_dir: Path = OUT_DIR) -> Path:
     MAC_SEQ[0] = sum(ord(c) for c in name) * 8  # per-scenario MACs, independent of run order
     cap = SCENARIOS[name]()
     cap.pkts.sort(key=Pkt.key)
     frames = [(p.ts_ns, frame(cap.link, p)) for p in cap.pkts]
     fname = f"{name}.{cap.fmt}"
-    path = OUT_DIR / fname
+    path = out_dir / fname
     (write_pcapng if cap.fmt == "pcapng" else write_pcap)(path, LINKTYPES[cap.link], frames)
     truth = {
         "capture": fname,
@@ -1060,15 +1061,22 @@ def build(name: str) -> Path:
             "the party's RTP (else its SDP); first_rtp_offset_ms relative to the first INVITE; "
             "direction 0 = caller->callee."),
     }
-    (OUT_DIR / f"{name}.truth.json").write_text(json.dumps(truth, indent=2, ensure_ascii=False)
+    (out_dir / f"{name}.truth.json").write_text(json.dumps(truth, indent=2, ensure_ascii=False)
                                                 + "\n", encoding="utf-8")
     return path
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(SCENARIOS)
-    for n in names:
-        p = build(n)
+    out_dir = OUT_DIR
+    if argv[:1] == ["--out"]:
+        out_dir, argv = Path(argv[1]), argv[2:]
+        out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [n for n in argv if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s): {unknown}; known: {list(SCENARIOS)}", file=sys.stderr)
+        return 2
+    for n in argv or list(SCENARIOS):
+        p = build(n, out_dir)
         print(f"{p.name}: {p.stat().st_size} bytes")
     return 0
 

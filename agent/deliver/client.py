@@ -7,7 +7,7 @@ makes no retry decisions: that is the uploader's job.
 
 from __future__ import annotations
 
-import gzip
+import gzip as _gzip
 import json
 import ssl
 from dataclasses import dataclass
@@ -108,12 +108,12 @@ class CallnClient:
         return _classify(resp)
 
     def put_audio(self, tempcallid: str, chunk_no: int, total_chunks: int | None,
-                  data: bytes, content_type: str, gzip_body: bool = False) -> Outcome:
+                  data: bytes, content_type: str, gzip: bool = False) -> Outcome:
         total = "*" if total_chunks is None else str(total_chunks)
         headers = {"Content-Type": content_type, "Content-Range": f"chunk {chunk_no}/{total}"}
-        if gzip_body:
+        if gzip:
             # mtime=0: a re-sent chunk is byte-identical on the wire too.
-            data = gzip.compress(data, compresslevel=6, mtime=0)
+            data = _gzip.compress(data, compresslevel=6, mtime=0)
             headers["Content-Encoding"] = "gzip"
         resp = self._send("PUT", f"{self.base_url}/api/callaudio/{tempcallid}", headers, data)
         if isinstance(resp, Outcome):

@@ -304,6 +304,8 @@ class Spool:
                 if line and line.startswith("delivered"):
                     st = dict(st, state=DELIVERED, delivered_at=st.get("delivered_at") or time.time())
                     self.save_state(st)
+                    if self.retention_days <= 0:
+                        self._delete(call_id)
 
     def _clean_tmp(self) -> None:
         for e in os.scandir(self.tmp_dir):

@@ -101,7 +101,8 @@ class Uploader:
         self._next_refresh = 0.0
         self._next_purge = 0.0
         self._lock_fd: int | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()        # the running threads' stop signal (new per start)
+        self._never = threading.Event()       # foreground calls (run_once/run_until_idle) never stop
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -136,9 +137,9 @@ class Uploader:
     def start_thread(self) -> None:
         """Upload in the background, ``max_in_flight`` calls at a time."""
         self._acquire_spool_lock()
-        self._stop.clear()
+        self._stop = stop = threading.Event()
         for i in range(max(1, self.api.max_in_flight)):
-            t = threading.Thread(target=self._worker, name=f"calln-upload-{i}", daemon=True)
+            t = threading.Thread(target=self._worker, args=(stop,), name=f"calln-upload-{i}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -153,17 +154,17 @@ class Uploader:
         """Look for new calls at the next opportunity (the engine calls this after enqueue)."""
         self._next_refresh = 0.0
 
-    def _worker(self) -> None:
-        while not self._stop.is_set():
+    def _worker(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                did = self.run_once()
+                did = self._run_once(stop)
             except Exception:  # never let one bad call kill the upload thread
                 log.exception("upload worker error")
                 self.counters["deliver.upload.worker_error"] += 1
                 did = False
             if not did:
                 wait = min(self.poll_s, max(0.05, self._next_wake() - self._clock()))
-                self._stop.wait(wait)
+                stop.wait(wait)
 
     # ------------------------------------------------------------------ scheduling
     def _paused(self) -> bool:
@@ -231,12 +232,15 @@ class Uploader:
         if now >= self._next_refresh:
             self._next_refresh = now + self.poll_s
             self.spool.refresh()
-        if self.spool.retention_days > 0 and now >= self._next_purge:
+        if now >= self._next_purge:
             self._next_purge = now + self.retention_check_s
             self.spool.purge_expired()
 
     def run_once(self) -> bool:
         """Drive one due call as far as it will go. Returns whether any request was made."""
+        return self._run_once(self._never)
+
+    def _run_once(self, stop: threading.Event) -> bool:
         self._acquire_spool_lock()
         if self._paused():
             return False
@@ -247,11 +251,10 @@ class Uploader:
             if call_id is None:
                 return False
         try:
-            self._drive(call_id)
+            return self._drive(call_id, stop)
         finally:
             with self._lock:
                 self._claimed.discard(call_id)
-        return True
 
     def run_until_idle(self, deadline_s: float | None = None) -> bool:
         """Upload until nothing is pending or retryable. False at the deadline (clock seconds
@@ -276,16 +279,19 @@ class Uploader:
                 self._sleep(max(0.001, wake - now))
 
     # ------------------------------------------------------------------ one call
-    def _drive(self, call_id: str) -> None:
-        while not self._stop.is_set():
+    def _drive(self, call_id: str, stop: threading.Event) -> bool:
+        stepped = False
+        while not stop.is_set():
             try:
                 state = self.spool.state_of(call_id)
             except KeyError:
-                return
+                break
             if state["state"] not in ACTIVE_STATES or self._paused():
-                return
+                break
+            stepped = True
             if not self._step(state):
-                return
+                break
+        return stepped
 
     def _fail_backoff(self, call_id: str) -> None:
         with self._lock:
@@ -346,7 +352,7 @@ class Uploader:
             data = fh.read(chunk_bytes)
         self._kill("before_chunk")
         out = self._get_client().put_audio(st["tempcallid"], n, total, data, st["content_type"],
-                                           gzip_body=bool(st.get("gzip")))
+                                           gzip=bool(st.get("gzip")))
         self.counters["deliver.upload.chunks_sent"] += 1
         self._kill("after_last_chunk_response" if is_last else "after_chunk_response")
         if out.kind == cl.OK:

@@ -39,6 +39,7 @@ class Decoder:
     rtp_clock_hz: int
     sample_rate_hz: int
     channels_out: int = 1
+    errors: int  # payloads rejected so far (the caller turns this into a counter)
 
     def __init__(self, encoding: str, rtp_clock_hz: int, sample_rate_hz: int) -> None:
         self.encoding = encoding

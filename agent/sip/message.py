@@ -433,7 +433,11 @@ def parse_message(
     else:
         # No blank line: tolerated when the message simply has no body.
         head, rest = data.rstrip(b"\r\n"), b""
-    if _BINARY_JUNK.search(head):
+    # Binary junk: NUL anywhere in the head, or any control byte in the start line.
+    # Other control bytes inside header values are tolerated: real devices emit them
+    # (an Alcatel OmniPCX writes raw bytes into Via branches) and tshark accepts them.
+    first_eol = head.find(b"\n")
+    if b"\x00" in head or _BINARY_JUNK.search(head, 0, first_eol if first_eol >= 0 else len(head)):
         raise SipParseError("binary bytes in the message head")
     lines = _decode_head(head).split("\n")
     is_request, method, request_uri, status_code, reason = _parse_start_line(
@@ -468,9 +472,9 @@ def parse_message(
     cache["call_id"] = call_id
     cache["from"] = parse_name_addr(msg.header("from") or "")
     cache["to"] = parse_name_addr(msg.header("to") or "")
-    cseq_num, cseq_method = cache["cseq"] = _parse_cseq(msg.header("cseq") or "")
+    cache["cseq"] = _parse_cseq(msg.header("cseq") or "")
     if not is_request:
-        msg.method = cseq_method
+        msg.method = cache["cseq"][1]
 
     lengths = {
         _parse_uint(v, "Content-Length") for n, v in headers if n == "content-length"

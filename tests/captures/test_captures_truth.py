@@ -38,3 +38,17 @@ def test_capture_matches_truth(truth_path: Path) -> None:
     for call in truth["calls"]:
         diffs += [f"{call['callid']}: {d}" for d in compare_call(by_id[call["callid"]], call)]
     assert not diffs, f"{truth['capture']}: " + "\n".join(diffs)
+
+
+@pytest.mark.slow  # regenerates all 23 scenarios (~10 s)
+def test_generator_is_deterministic(tmp_path: Path) -> None:
+    """make_pcaps.py reproduces the committed captures and truth files byte for byte."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(PCAPS_DIR / "make_pcaps.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert len(made) == 46
+    for name in made:
+        assert (tmp_path / name).read_bytes() == (PCAPS_DIR / name).read_bytes(), name

@@ -57,7 +57,7 @@ def test_put_audio_headers_mp3(httpx_mock, client) -> None:
 def test_put_audio_wav_gzip_and_complete(httpx_mock, client) -> None:
     httpx_mock.add_response(method="PUT", url=BASE + "/api/callaudio/t1", json={"status": "complete"})
     data = b"RIFF" + bytes(2000)
-    out = client.put_audio("t1", 3, 3, data, "audio/wav", gzip_body=True)
+    out = client.put_audio("t1", 3, 3, data, "audio/wav", gzip=True)
     assert out.kind == cl.OK and out.complete
     [req] = httpx_mock.get_requests()
     assert req.headers["Content-Type"] == "audio/wav"

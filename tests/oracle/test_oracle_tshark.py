@@ -121,6 +121,7 @@ def _truth_for(capture: Path) -> dict | None:
     return load_truth(t) if t.is_file() else None
 
 
+@pytest.mark.slow  # ~2 s a capture (two tshark runs); rerun whenever pcaps/ changes
 @pytest.mark.parametrize("capture", CAPTURES, ids=lambda p: p.name)
 def test_truth_agrees_with_tshark(capture: Path) -> None:
     truth = _truth_for(capture)

@@ -462,6 +462,22 @@ def test_looks_like_sip_is_fast_on_rtp():
     assert time.perf_counter() - start < 0.2
 
 
+def test_control_bytes_inside_a_header_value_are_tolerated():
+    # Seen in erspan_sip_ipv4_udp.pcapng: raw bytes in a Via branch of a real 481.
+    data = (b"SIP/2.0 481 Call leg/Transaction does not exist\r\n"
+            b"Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-5af571e&Sy\x18\x01\r\n"
+            b"From: sip:20008909@192.168.1.191;tag=1\r\nTo: sip:x@y\r\nCall-ID: c\r\nCSeq: 1 BYE\r\n\r\n")
+    msg = parse_message(data)
+    assert msg.status_code == 481
+    assert msg.via_branch == "z9hG4bK-5af571e&Sy\x18\x01"
+
+
+def test_control_bytes_in_the_start_line_are_rejected():
+    data = b"INVITE sip:u@h\x01 SIP/2.0\r\nCall-ID: x\r\nFrom: <sip:a@b>\r\nTo: <sip:u@h>\r\nCSeq: 1 INVITE\r\n\r\n"
+    with pytest.raises(SipParseError):
+        parse_message(data)
+
+
 def test_hand_built_message_views_work_without_parse():
     from agent.sip.message import SipMessage
 

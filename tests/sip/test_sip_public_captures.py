@@ -34,6 +34,8 @@ UDP_FILES = [
     "magicjack_short_call.pcap",
     "sip_call_rtp_g711.pcap",
     "sip_ipv6_udp.pcap",
+    "erspan_sip_ipv4_udp.pcapng",  # includes raw control bytes inside Via branches
+    "asterisk_zfone_xlite.pcap",
 ]
 TCP_FILES = ["sip-over-tcp.pcap", "fragmented_tcp_sip.pcap", "sip_tcp_websocket.pcap"]
 
@@ -54,7 +56,7 @@ def _udp_messages(name: str) -> tuple[dict[int, tuple[str, SipMessage]], int]:
         payload = bytes(udp.payload)
         if not looks_like_sip(payload):
             continue
-        ip = pkt.getlayer(scapy_all.IP) or pkt.getlayer(scapy_all.IPv6)
+        ip = udp.underlayer  # the innermost IP (ERSPAN/GRE captures have two)
         try:
             src = f"[{ip.src}]" if ":" in ip.src else ip.src
             messages[frame_no] = (f"{src}:{udp.sport}", parse_message(payload))

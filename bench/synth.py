@@ -1,0 +1,117 @@
+"""Synthetic capture writer for benchmarks: many concurrent G.711 calls, written fast.
+
+Scapy is far too slow for a million packets, so frames are packed with struct here
+(the test captures in pcaps/ are built with scapy). Each call: INVITE (with SDP),
+180, 200 (with SDP), ACK, then 20 ms PCMU packets both ways, then BYE / 200.
+Call starts are staggered so ``concurrent`` calls overlap for most of the file.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+ETH_CALLER = bytes.fromhex("020000000001")
+ETH_PBX = bytes.fromhex("020000000002")
+PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+T0_S = 1_768_471_200          # 2026-01-15 10:00:00 UTC
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack("!10H", header))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def udp_frame(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes,
+              sport: int, dport: int, payload: bytes, ip_id: int = 0) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ip_id & 0xFFFF, 0x4000, 64, 17, 0,
+                     src_ip, dst_ip)
+    ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
+    return dst_mac + src_mac + b"\x08\x00" + ip + udp
+
+
+def _sdp(ip: str, port: int) -> str:
+    return (f"v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+            f"a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\n")
+
+
+def _sip(start_line: str, callid: str, from_tag: str, to_tag: str, cseq: str,
+         caller: str, callee: str, body: str = "") -> bytes:
+    to = f"<sip:{callee}@pbx.example>" + (f";tag={to_tag}" if to_tag else "")
+    headers = (f"{start_line}\r\nVia: SIP/2.0/UDP 10.1.0.1;branch=z9hG4bK{callid[:8]}\r\n"
+               f"From: \"Caller {caller}\" <sip:{caller}@pbx.example>;tag={from_tag}\r\n"
+               f"To: {to}\r\nCall-ID: {callid}\r\nCSeq: {cseq}\r\n"
+               f"Contact: <sip:{caller}@10.1.0.1>\r\n")
+    if body:
+        headers += "Content-Type: application/sdp\r\n"
+    headers += f"Content-Length: {len(body)}\r\n\r\n"
+    return (headers + body).encode()
+
+
+def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
+                ptime_ms: int = 20) -> int:
+    """Write the capture; returns the number of packets written."""
+    packets_per_call = int(duration_s * 1000 / ptime_ms)
+    stagger_ns = int(duration_s * 1e9 / concurrent) if concurrent else 0
+    tone = bytes((0x80 + int(40 * math.sin(2 * math.pi * 440 * i / 8000))) & 0xFF for i in range(160))
+    written = 0
+    with open(path, "wb") as fh:
+        fh.write(PCAP_HEADER)
+        # Calls are generated in start order; frames of overlapping calls are merged by time
+        # with a small heap of per-call generators.
+        import heapq
+
+        def call_frames(n: int):
+            start_ns = T0_S * 10**9 + n * stagger_ns
+            a_ip = bytes([10, 1, (n >> 8) & 0xFF, n & 0xFF])
+            b_ip = bytes([10, 2, (n >> 8) & 0xFF, n & 0xFF])
+            a_txt, b_txt = ".".join(map(str, a_ip)), ".".join(map(str, b_ip))
+            a_port, b_port = 20000 + 2 * (n % 10000), 30000 + 2 * (n % 10000)
+            caller, callee = f"1{n:06d}", f"2{n:06d}"
+            callid, ftag, ttag = f"bench-{n}@10.1.0.1", f"f{n}", f"t{n}"
+            sig = [
+                (0, a_ip, b_ip, _sip(f"INVITE sip:{callee}@pbx.example SIP/2.0", callid, ftag, "", "1 INVITE",
+                                     caller, callee, _sdp(a_txt, a_port))),
+                (5_000_000, b_ip, a_ip, _sip("SIP/2.0 180 Ringing", callid, ftag, ttag, "1 INVITE", caller, callee)),
+                (20_000_000, b_ip, a_ip, _sip("SIP/2.0 200 OK", callid, ftag, ttag, "1 INVITE", caller, callee,
+                                              _sdp(b_txt, b_port))),
+                (25_000_000, a_ip, b_ip, _sip(f"ACK sip:{callee}@pbx.example SIP/2.0", callid, ftag, ttag, "1 ACK",
+                                              caller, callee)),
+            ]
+            for off, src, dst, payload in sig:
+                yield start_ns + off, udp_frame(ETH_CALLER if src == a_ip else ETH_PBX,
+                                                ETH_PBX if src == a_ip else ETH_CALLER, src, dst, 5060, 5060, payload)
+            media_ns = start_ns + 30_000_000
+            ssrc_a, ssrc_b = 0x1000 + n, 0x2000 + n
+            for i in range(packets_per_call):
+                t = media_ns + i * ptime_ms * 1_000_000
+                hdr_a = struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, (i * 160) & 0xFFFFFFFF, ssrc_a)
+                hdr_b = struct.pack("!BBHII", 0x80, 0, (i + 7) & 0xFFFF, (i * 160 + 999) & 0xFFFFFFFF, ssrc_b)
+                yield t, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, a_port, b_port, hdr_a + tone, i)
+                yield t + 300_000, udp_frame(ETH_PBX, ETH_CALLER, b_ip, a_ip, b_port, a_port, hdr_b + tone, i)
+            end = media_ns + packets_per_call * ptime_ms * 1_000_000
+            yield end, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, 5060, 5060,
+                                 _sip(f"BYE sip:{callee}@pbx.example SIP/2.0", callid, ftag, ttag, "2 BYE", caller, callee))
+            yield end + 10_000_000, udp_frame(ETH_PBX, ETH_CALLER, b_ip, a_ip, 5060, 5060,
+                                              _sip("SIP/2.0 200 OK", callid, ftag, ttag, "2 BYE", caller, callee))
+
+        gens = (call_frames(n) for n in range(calls))
+        for ts_ns, frame in heapq.merge(*gens, key=lambda item: item[0]):
+            fh.write(struct.pack("<IIII", ts_ns // 10**9, (ts_ns % 10**9) // 1000, len(frame), len(frame)))
+            fh.write(frame)
+            written += 1
+    return written
+
+
+if __name__ == "__main__":
+    import sys
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/synth.pcap")
+    n = write_calls(out, calls=int(sys.argv[2]) if len(sys.argv) > 2 else 200,
+                    concurrent=int(sys.argv[3]) if len(sys.argv) > 3 else 200,
+                    duration_s=float(sys.argv[4]) if len(sys.argv) > 4 else 60.0)
+    print(f"{n} packets -> {out}")
