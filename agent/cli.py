@@ -150,18 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_replay)
 
+    from agent.deliver.commands import register as register_delivery
+    register_delivery(sub)
+    from agent.demo import register as register_demo
+    register_demo(sub)
     try:
-        from agent.deliver.commands import register
-    except ImportError:                 # delivery not installed in this build
-        register = None
-    if register is not None:
-        register(sub)
-    try:
-        from agent.demo import register as register_demo
+        from agent.run import register as register_run    # live capture daemon: run, check-config
     except ImportError:
-        register_demo = None
-    if register_demo is not None:
-        register_demo(sub)
+        register_run = None
+    if register_run is not None:
+        register_run(sub)
     return parser
 
 

@@ -73,6 +73,7 @@ class SipSection:
     mac_format: str = "plain_upper"      # plain_upper | colon_lower | colon_upper
     router_mac_ip_threshold: int = 8     # a MAC seen for more IPs than this is a router
     pbx_addresses: tuple[str, ...] = ()
+    max_calls: int = 20000               # concurrent dialogs; beyond it unanswered calls without media are evicted
 
 
 @dataclass(frozen=True, slots=True)

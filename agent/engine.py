@@ -44,10 +44,9 @@ PENDING_RTP_NS = 2 * NS            # RTP held while its SDP may still be on the 
 PENDING_RTP_MAX = 20_000
 TCP_FLOWS_MAX = 10_000
 TCP_FLOW_IDLE_NS = 300 * NS
-# A capture timestamp that jumps further than this (either way) is a clock error, not time
-# passing: engine time continues from where it was. Real quiet spells are shorter, and a live
-# tap advances time with the wall clock when no packets arrive.
-CLOCK_JUMP_NS = 24 * 3600 * NS
+# Packet time that leaps further than this is either a quiet spell or a clock jump; the
+# first packet after it decides which (see _after_gap).
+GAP_NS = 3600 * NS
 
 
 @dataclass(slots=True)
@@ -78,25 +77,57 @@ class Engine:
         self._tcp_last_ns: dict[tuple[str, int, str, int], int] = {}
         self._next_tick_ns = 0
         self._media_seq = 0
-        self._clock_offset_ns = 0
+        self._offset_ns = 0                 # correction after clock jumps (see _after_gap)
         self.now_ns = 0
 
     # ------------------------------------------------------------------ input
 
     def feed(self, ts_ns: int, linktype: int, frame: bytes) -> None:
-        ts_ns += self._clock_offset_ns
-        now_ns = self.now_ns
-        if ts_ns > now_ns:
-            if ts_ns - now_ns > CLOCK_JUMP_NS and now_ns:
-                ts_ns = self._clock_jump(ts_ns)
+        # Engine time never runs backwards (interfaces interleave slightly out of order;
+        # backward clock jumps inside a file are re-based by the capture reader).
+        ts_ns += self._offset_ns
+        if ts_ns > self.now_ns:
+            if ts_ns - self.now_ns > GAP_NS and self.now_ns:
+                self._after_gap(ts_ns, linktype, frame)
+                return
             if ts_ns >= self._next_tick_ns:
                 self._tick(ts_ns)
             self.now_ns = ts_ns
-        elif now_ns - ts_ns > CLOCK_JUMP_NS:
-            ts_ns = self._clock_jump(ts_ns)
         dgram = self.decoder.decode(ts_ns, linktype, frame)
-        if dgram is None:
-            return
+        if dgram is not None:
+            self._dispatch(dgram)
+
+    def _after_gap(self, ts_ns: int, linktype: int, frame: bytes) -> None:
+        """Packet time leapt forward by more than GAP_NS. If the packet continues a call in
+        progress, no call lasts through an hour of total silence on the tap: it is the
+        capture clock that jumped, and time is re-based to continue 1 ms on (no call ends
+        wrongly, no giant silence). Otherwise it was a quiet spell: time really passed, and
+        the timeouts run at the new time before the packet is handled."""
+        dgram = self.decoder.decode(ts_ns, linktype, frame)
+        if dgram is not None and self._continues_a_call(dgram):
+            corrected = self.now_ns + 1_000_000
+            self._offset_ns += corrected - ts_ns
+            self.counters["capture.clock_jumps"] += 1
+            log.warning("capture clock jumped %+.0f s inside call traffic; re-basing packet time",
+                        (ts_ns - corrected) / NS)
+            dgram.ts_ns = ts_ns = corrected
+        else:
+            self._tick(ts_ns)
+        self.now_ns = ts_ns
+        if dgram is not None:
+            self._dispatch(dgram)
+
+    def _continues_a_call(self, dgram: Datagram) -> bool:
+        if (dgram.dst_ip, dgram.dst_port) in self._endpoints or (dgram.src_ip, dgram.src_port) in self._endpoints:
+            return True
+        if dgram.transport == TCP or not looks_like_sip(dgram.payload):
+            return False
+        try:
+            return self.tracker.knows(parse_message(bytes(dgram.payload)).call_id)
+        except ParseError:
+            return False
+
+    def _dispatch(self, dgram: Datagram) -> None:
         if dgram.transport is TCP or dgram.transport == TCP:
             self._tcp(dgram)
             return
@@ -116,15 +147,6 @@ class Engine:
             self._hold_rtp(dgram)
         else:
             self.counters["udp.unmatched"] += 1
-
-    def _clock_jump(self, ts_ns: int) -> int:
-        """Re-base capture time after a jump so that it continues 1 ms after engine time."""
-        corrected = self.now_ns + 1_000_000
-        self._clock_offset_ns += corrected - ts_ns
-        self.counters["capture.clock_jumps"] += 1
-        log.warning("capture clock jumped by %.0f s; continuing from packet time",
-                    (ts_ns - self.now_ns) / NS)
-        return corrected
 
     def _media(self, call: Call, sender: int, dgram: Datagram) -> None:
         party = call.parties[sender]
@@ -201,7 +223,8 @@ class Engine:
             info = codecs.get(pt)
             return info.clock_rate_hz if info else 8000
 
-        return CallMedia(path, clock_rate_for_pt=clock_rate_for_pt)
+        return CallMedia(path, clock_rate_for_pt=clock_rate_for_pt,
+                         codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction))
 
     def _replay_pending(self, endpoint: tuple[str, int]) -> None:
         pending = self._pending_rtp

@@ -113,13 +113,11 @@ class CallTracker:
         method = msg.method
         if msg.is_request and method == "INVITE" and not msg.to_tag:
             call = Call(callid=msg.call_id, start_ts_ns=dgram.ts_ns)
-        elif method in ("INVITE", "BYE", "UPDATE", "INFO", "PRACK", "ACK") and (
-                msg.to_tag or not msg.is_request):
+        elif (msg.is_request and msg.to_tag and method in ("INVITE", "BYE", "UPDATE", "INFO", "PRACK")) or (
+                not msg.is_request and method == "INVITE"):
             # The INVITE was not captured (started mid-call, mirror drop): open from in-dialog
             # traffic. For responses From/To still name caller and callee; for requests we assume
             # the sender is the caller (no better information).
-            if msg.is_request and method == "ACK":
-                return None
             call = Call(callid=msg.call_id, start_ts_ns=dgram.ts_ns, partial_start=True,
                         state=CallState.CONFIRMED if (msg.is_request or 200 <= (msg.status_code or 0) < 300)
                         else CallState.EARLY)
@@ -128,6 +126,9 @@ class CallTracker:
             call.invite_cseq = msg.cseq_num if method == "INVITE" else -1
             self.counters["calls.partial_start"] += 1
         else:
+            return None
+        if len(self.calls) >= self.config.max_calls and not self._make_room(dgram.ts_ns, events):
+            self.counters["calls.refused_limit"] += 1
             return None
         call.transport = dgram.transport
         call.from_tag = msg.from_tag or ""
@@ -148,6 +149,16 @@ class CallTracker:
         events.append(CallStarted(call))
         log.info("call start %s partial=%s", call.callid, call.partial_start)
         return call
+
+    def _make_room(self, ts_ns: int, events: list[Event]) -> bool:
+        """At sip.max_calls: end the oldest unanswered call that has no media (a scanner's
+        INVITE flood looks like that) so real calls are never evicted or starved."""
+        for call in self.calls.values():            # insertion order: oldest first
+            if not call.answered and call.last_media_ns is None:
+                self._end(call, ts_ns, EndReason.EVICTED.value, events)
+                self.counters["calls.evicted"] += 1
+                return True
+        return False
 
     def _sender_side(self, call: Call, msg) -> int:
         """Requests come from the side whose tag is in From; responses from the other one."""
@@ -206,6 +217,8 @@ class CallTracker:
             if code in (408, 481):
                 self._end(call, ts_ns, EndReason.DIALOG_ERROR.value, events)
             return
+        if msg.to_tag and (code >= 200 or not call.to_tag):
+            call.to_tag = msg.to_tag          # the final answer's tag wins over forks' 1xx
         if 100 < code < 200:
             if call.state is CallState.CALLING:
                 call.state = CallState.EARLY
@@ -214,7 +227,6 @@ class CallTracker:
             call.state = CallState.CONFIRMED
             call.answer_ts_ns = ts_ns
             call.final_status = code
-            call.to_tag = msg.to_tag or call.to_tag
             if msg.to_addr is not None:
                 call.to_addr = msg.to_addr if call.to_addr is None else call.to_addr
             self._connected_from(call, msg)
@@ -294,6 +306,10 @@ class CallTracker:
             if not any(h[0] is old for h in self.endpoints.values()):
                 # The newer dialog owns every endpoint the old one had: it is over.
                 self._end(old, old.last_media_ns or old.last_sip_ns, EndReason.MEDIA_TAKEN_OVER.value, events)
+
+    def knows(self, callid: str) -> bool:
+        """True for a call in progress or one that ended recently (tombstone)."""
+        return callid in self.calls or callid in self._tombstones
 
     def on_media(self, call: Call, side: int, ts_ns: int, src: tuple[str, int], src_mac: bytes) -> None:
         """RTP from ``side`` of ``call`` was seen (the engine calls this once per packet batch)."""

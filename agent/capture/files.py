@@ -9,11 +9,20 @@ concatenated). Does not own: parsing a file (agent.capture.pcapfile).
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from agent.capture.pcapfile import Record, read_capture
 from agent.errors import CaptureFormatError
+
+log = logging.getLogger(__name__)
+
+# Inside ONE file, a timestamp more than this far behind the newest one is a clock error (a
+# capture host whose clock was stepped back), not interleaving slack between interfaces: the
+# rest of the file is re-based to continue 1 ms after the newest record. Forward jumps cannot be
+# told from a quiet spell here; the engine decides those (see Engine._after_gap).
+MAX_BACKWARD_JUMP_NS = 10 * 10**9
 
 # Names we treat as captures when a directory is given.
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".gz")
@@ -58,8 +67,25 @@ def open_captures(paths: Iterable[str | Path], counters) -> Iterator[Record]:
     """
     files = iter_capture_paths(paths)
     if len(files) == 1:
-        return read_capture(files[0], counters)
+        return _steady(read_capture(files[0], counters), counters, files[0])
     return _merge(files, counters)
+
+
+def _steady(records: Iterator[Record], counters, path: Path) -> Iterator[Record]:
+    """Re-base the timestamps of one file across backward clock jumps (MAX_BACKWARD_JUMP_NS)."""
+    offset = 0
+    last = None
+    for ts_ns, linktype, frame in records:
+        ts_ns += offset
+        if last is not None and last - ts_ns > MAX_BACKWARD_JUMP_NS:
+            counters["capture.clock_jumps"] += 1
+            log.warning("%s: capture clock jumps by %+.0f s; continuing from the previous record",
+                        path, (ts_ns - last) / 1e9)
+            offset += last + 1_000_000 - ts_ns
+            ts_ns = last + 1_000_000
+        if last is None or ts_ns > last:
+            last = ts_ns
+        yield ts_ns, linktype, frame
 
 
 def _first_ts(path: Path, counters) -> int | None:
@@ -83,7 +109,7 @@ def _merge(files: list[Path], counters) -> Iterator[Record]:
     while pending or heap:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, idx, path = pending.pop()
-            it = read_capture(path, counters)
+            it = _steady(read_capture(path, counters), counters, path)
             rec = next(it, None)
             if rec is not None:
                 heapq.heappush(heap, (rec[0], idx, rec, it))

@@ -86,9 +86,11 @@ class CallMedia:
 
     def __init__(self, log_path: Path, *,
                  clock_rate_for_pt: Callable[[int, int], int] | None = None,
+                 codecs_for_direction: Callable[[int], dict] | None = None,
                  reorder_window_packets: int = 32,
                  reorder_window_ns: int = 200_000_000,
                  counters: Counter | None = None) -> None:
+        self.codecs_for_direction = codecs_for_direction   # direction -> {pt: CodecInfo} (DTMF, event PTs)
         self.log = MediaLogWriter(log_path)
         self._clock_rate_for_pt = clock_rate_for_pt
         self.reorder_window_packets = reorder_window_packets
