@@ -57,6 +57,24 @@ class CaptureSection:
     sip_ports: tuple[int, ...] = (5060,)
     snaplen: int = 65535
     buffer_mb: int = 256
+    # Live capture (agent.capture.live, agent.run); added for issue 7.
+    promiscuous: bool = True             # needs CAP_NET_ADMIN-free packet membership; SPAN ports need it
+    bpf_filter: str = ""                 # replaces the generated filter entirely; empty = generated
+    bpf_extra: str = ""                  # OR-ed into the generated filter (e.g. "tcp port 5080")
+    block_kb: int = 1024                 # TPACKET_V3 block size; buffer_mb / block_kb blocks
+    block_timeout_ms: int = 100          # a partly filled block is handed over after this long
+    idle_advance_s: float = 1.0          # no packet for this long: engine time follows the wall clock
+    max_render_queue: int = 256          # finished calls waiting for a renderer before back-pressure
+    shutdown_timeout_s: float = 60.0     # SIGTERM: rendering + spooling must finish within this
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSection:
+    listen: str = "127.0.0.1:9731"       # Prometheus /metrics and /health; empty = off
+    health_no_packets_s: float = 300.0   # unhealthy when no packet seen for this long (0 = never)
+    health_upload_failing_s: float = 900.0  # unhealthy when uploads fail for this long
+    health_min_free_mb: int = 1024       # unhealthy when the spool's disk has less free space
+    log_json: bool = False               # one JSON object per log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +122,7 @@ class Config:
     sip: SipSection = field(default_factory=SipSection)
     recording: RecordingSection = field(default_factory=RecordingSection)
     numbers: NumbersSection = field(default_factory=NumbersSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
