@@ -68,6 +68,10 @@ class Call:
     diversion: list[Any] = field(default_factory=list)
     connected: Any = None                    # NameAddr of the answering party (PAI/RPID in 2xx/UPDATE)
     session_id: str = ""
+    history_info: list[str] = field(default_factory=list)   # raw History-Info values of the INVITE
+    replaces: str = ""                       # Call-ID named by the INVITE's Replaces header
+    referred_by: str = ""                    # raw Referred-By of the INVITE (a transfer target leg)
+    refers: list[tuple[int, str]] = field(default_factory=list)  # (ts_ns, raw Refer-To) of REFERs
     codecs_offered: list[str] = field(default_factory=list)
     codecs_answered: list[str] = field(default_factory=list)
     parties: tuple[Party, Party] = field(default_factory=lambda: (Party(), Party()))

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 NS = 1_000_000_000
 CHALLENGE_WAIT_NS = 180 * NS        # after 401/407/3xx: time for a person to type a password, or a redirect
 HOLD_ADDRS = ("0.0.0.0", "::")
+MAX_REFERS = 8                      # a dialog that REFERs more often than this is not a person
 
 
 @dataclass(slots=True, frozen=True)
@@ -144,6 +145,7 @@ class CallTracker:
             call.rpid = msg.rpid
             call.diversion = list(msg.diversion)
             call.session_id = msg.session_id or ""
+            _take_leg_headers(call, msg)
         self.calls[call.callid] = call
         self.counters["calls.started"] += 1
         events.append(CallStarted(call))
@@ -183,6 +185,9 @@ class CallTracker:
             call.invite_cseq = msg.cseq_num
             if msg.pai:
                 call.pai = list(msg.pai)
+            if msg.diversion and not call.diversion:
+                call.diversion = list(msg.diversion)
+            _take_leg_headers(call, msg)
             return
         if method == "CANCEL":
             if not call.answered:
@@ -190,6 +195,11 @@ class CallTracker:
             return
         if method == "BYE":
             self._end(call, ts_ns, EndReason.BYE.value, events)
+            return
+        if method == "REFER":
+            refer_to = msg.header("refer-to")
+            if refer_to and len(call.refers) < MAX_REFERS:
+                call.refers.append((ts_ns, refer_to))
             return
         if method == "UPDATE" and side == CALLEE:
             self._connected_from(call, msg)
@@ -385,6 +395,18 @@ class CallTracker:
         self.counters[f"calls.ended.{reason}"] += 1
         events.append(CallEnded(call))
         log.info("call end %s reason=%s", call.callid, reason)
+
+
+def _take_leg_headers(call: Call, msg) -> None:
+    """Headers that tie a dialog to others (transfers, forwards): kept raw for ``legs.py``."""
+    if not call.history_info:
+        call.history_info = msg.header_values("history-info")[:16]
+    replaces = msg.header("replaces")
+    if replaces and not call.replaces:
+        call.replaces = replaces.split(";", 1)[0].strip()
+    referred_by = msg.header("referred-by")
+    if referred_by and not call.referred_by:
+        call.referred_by = referred_by.strip()
 
 
 def _ep(ip: str, port: int) -> str:
