@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.end_reason import EndReason
+from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
 from agent.calls.record import build_record
 from agent.calls.tracker import CallEnded, CallTracker, EndpointClaimed
@@ -49,6 +51,41 @@ TCP_FLOW_IDLE_NS = 300 * NS
 GAP_NS = 3600 * NS
 
 
+class EndpointMap(dict):
+    """The tracker's media map ``(ip, port) -> (call, side)``, mirrored for the fused fast
+    path under a packed key (4-byte IPv4 address + 2-byte port, as they sit in the frame), with
+    each endpoint's text label. The tracker only assigns and deletes single keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packed: dict[bytes, tuple[Call, int]] = {}
+        self.labels: dict[bytes, str] = {}
+
+    def __setitem__(self, endpoint: tuple[str, int], value: tuple[Call, int]) -> None:
+        super().__setitem__(endpoint, value)
+        key = _packed_ipv4(endpoint)
+        if key is not None:
+            self.packed[key] = value
+            self.labels[key] = f"{endpoint[0]}:{endpoint[1]}"
+
+    def __delitem__(self, endpoint: tuple[str, int]) -> None:
+        super().__delitem__(endpoint)
+        key = _packed_ipv4(endpoint)
+        if key is not None:
+            self.packed.pop(key, None)
+            self.labels.pop(key, None)
+
+
+def _packed_ipv4(endpoint: tuple[str, int]) -> bytes | None:
+    ip, port = endpoint
+    if ":" in ip or not 0 <= port <= 0xFFFF:
+        return None
+    try:
+        return socket.inet_aton(ip) + port.to_bytes(2, "big")
+    except OSError:
+        return None
+
+
 @dataclass(slots=True)
 class FinishedCall:
     call: Call
@@ -59,7 +96,8 @@ class FinishedCall:
 
 class Engine:
     def __init__(self, config: Config, on_finished: Callable[[FinishedCall], None], *,
-                 counters=None, workdir: Path | None = None) -> None:
+                 counters=None, workdir: Path | None = None,
+                 grouper: ConversationGrouper | None = None) -> None:
         self.config = config
         self.counters = counters if counters is not None else new_counters()
         self.on_finished = on_finished
@@ -71,7 +109,14 @@ class Engine:
         self.macs = MacTable(router_ip_threshold=config.sip.router_mac_ip_threshold,
                              l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
         self.sip_ports = frozenset(config.capture.sip_ports)
-        self._endpoints = self.tracker.endpoints       # the fast-path dict
+        self.tracker.endpoints = self._endpoints = EndpointMap()   # the fast-path dict
+        self._packed = self._endpoints.packed
+        self._labels = self._endpoints.labels
+        self._dedup = self.decoder.dedup
+        # [legs edit] PBX legs: finished dialogs pass through the conversation grouper
+        # (agent/calls/legs.py), which links them and marks the legs not to upload.
+        self.grouper = grouper if grouper is not None else ConversationGrouper(
+            config.sip, live=self.tracker.calls, counters=self.counters)
         self._pending_rtp: deque[Datagram] = deque()
         self._tcp_framers: dict[tuple[str, int, str, int], SipStreamFramer | None] = {}
         self._tcp_last_ns: dict[tuple[str, int, str, int], int] = {}
@@ -93,6 +138,26 @@ class Engine:
             if ts_ns >= self._next_tick_ns:
                 self._tick(ts_ns)
             self.now_ns = ts_ns
+        # The fused RTP fast path: Ethernet II / IPv4 without options / UDP, unfragmented, to or
+        # from a known media endpoint whose sender was already seen (first packets take the full
+        # path for MAC and latching). No Datagram, no text addresses; identical semantics.
+        if (linktype == 1 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45
+                and frame[23] == 17 and not (frame[20] & 0x3F or frame[21])):
+            total = (frame[16] << 8) | frame[17]
+            if 28 <= total <= len(frame) - 14:
+                packed = self._packed
+                dst_key = frame[30:34] + frame[36:38]
+                hit = packed.get(dst_key)
+                if hit is not None:
+                    sender = 1 - hit[1]
+                else:
+                    hit = packed.get(frame[26:30] + frame[34:36])
+                    sender = hit[1] if hit is not None else 0
+                if hit is not None:
+                    call = hit[0]
+                    if call.parties[sender].seen_endpoint is not None and self._fast_media(
+                            call, sender, ts_ns, frame, total, dst_key):
+                        return
         dgram = self.decoder.decode(ts_ns, linktype, frame)
         if dgram is not None:
             self._dispatch(dgram)
@@ -147,6 +212,28 @@ class Engine:
             self._hold_rtp(dgram)
         else:
             self.counters["udp.unmatched"] += 1
+
+    def _fast_media(self, call: Call, sender: int, ts_ns: int, frame: bytes, total: int,
+                    dst_key: bytes) -> bool:
+        """RTP of a known call straight from the frame. False: let the full path decide."""
+        ulen = (frame[38] << 8) | frame[39]
+        if not 8 <= ulen <= total - 20:
+            return False
+        end = 34 + ulen
+        dedup = self._dedup
+        if dedup is not None and dedup.is_duplicate(
+                ts_ns, hash(((frame[18] << 8) | frame[19], frame[26:34], frame[34:end]))):
+            self.counters["net.duplicate"] += 1    # the same frame mirrored twice
+            return True
+        call.last_media_ns = ts_ns
+        media = call.media
+        if media is not None:
+            labels = self._labels
+            src = labels.get(frame[26:30] + frame[34:36]) or "{}:{}".format(
+                socket.inet_ntoa(frame[26:30]), (frame[34] << 8) | frame[35])
+            if not media.on_rtp(sender, ts_ns, src, labels.get(dst_key, ""), frame[42:end]):
+                self.counters["rtp.skip.not_rtp"] += 1
+        return True
 
     def _media(self, call: Call, sender: int, dgram: Datagram) -> None:
         party = call.parties[sender]
@@ -224,7 +311,9 @@ class Engine:
             return info.clock_rate_hz if info else 8000
 
         return CallMedia(path, clock_rate_for_pt=clock_rate_for_pt,
-                         codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction))
+                         codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction),
+                         # DTMF (issue 6): drop telephone-event payloads before the log when redacting
+                         redact_dtmf=self.config.recording.redact_dtmf_digits)
 
     def _replay_pending(self, endpoint: tuple[str, int]) -> None:
         pending = self._pending_rtp
@@ -257,6 +346,7 @@ class Engine:
         if call.media is not None:
             media = call.media
             media.close()
+            _add_media_dtmf(call, media)    # DTMF (issue 6): RFC 4733 presses join SIP INFO ones
             streams = []
             for info in media.streams:
                 stats = info.stats
@@ -276,9 +366,14 @@ class Engine:
             if log_path is not None and Path(log_path).exists():
                 media_log = Path(log_path)
             call.media = None
+        if self.config.recording.redact_dtmf_digits:   # DTMF (issue 6): PCI redaction
+            for press in call.dtmf:
+                press["digit"] = ""
         record = build_record(call, self.config, self.macs, extra)
         self.counters["calls.finished"] += 1
-        self.on_finished(FinishedCall(call=call, record=record, media_log=media_log, streams=specs))
+        finished = FinishedCall(call=call, record=record, media_log=media_log, streams=specs)
+        for ready in self.grouper.feed(finished, max(self.now_ns, call.end_ts_ns or 0)):  # [legs edit]
+            self.on_finished(ready)
 
     # ------------------------------------------------------------------ time
 
@@ -289,6 +384,8 @@ class Engine:
         now = max(ts_ns, self.now_ns)
         for event in self.tracker.on_time(now):
             self._on_event(event)
+        for ready in self.grouper.release(now):      # [legs edit]
+            self.on_finished(ready)
         pending = self._pending_rtp
         cutoff = now - PENDING_RTP_NS
         while pending and pending[0].ts_ns < cutoff:
@@ -315,6 +412,8 @@ class Engine:
         """End every call in progress with what was captured."""
         for event in self.tracker.finish_all(self.now_ns, reason):
             self._on_event(event)
+        for ready in self.grouper.flush():           # [legs edit]
+            self.on_finished(ready)
         self.counters["rtp.unmatched"] += len(self._pending_rtp)
         self._pending_rtp.clear()
 
@@ -334,3 +433,13 @@ def _codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:
             codecs[pt] = CodecInfo(encoding=rtpmap.encoding, clock_rate_hz=rtpmap.clock_rate_hz,
                                    channels=rtpmap.channels, fmtp=party.fmtp.get(pt))
     return codecs
+
+
+def _add_media_dtmf(call: Call, media: CallMedia) -> None:
+    """DTMF (issue 6): append the media's RFC 4733 key presses to ``call.dtmf`` (SIP INFO
+    presses are already there) and keep the list in call-time order."""
+    for ev in getattr(media, "dtmf_events", ()):
+        call.dtmf.append({"digit": ev["digit"], "side": "caller" if ev["direction"] == CALLER else "callee",
+                          "offset_ms": (ev["ts_ns"] - call.start_ts_ns) // 1_000_000,
+                          "source": ev["source"], "duration_ms": ev["duration_ms"]})
+    call.dtmf.sort(key=lambda press: press["offset_ms"])
