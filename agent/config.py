@@ -58,7 +58,7 @@ class CaptureSection:
     snaplen: int = 65535
     buffer_mb: int = 256
     # Live capture (agent.capture.live, agent.run); added for issue 7.
-    promiscuous: bool = True             # needs CAP_NET_ADMIN-free packet membership; SPAN ports need it
+    promiscuous: bool = True             # receive frames not addressed to us (a SPAN port needs it)
     bpf_filter: str = ""                 # replaces the generated filter entirely; empty = generated
     bpf_extra: str = ""                  # OR-ed into the generated filter (e.g. "tcp port 5080")
     block_kb: int = 1024                 # TPACKET_V3 block size; buffer_mb / block_kb blocks
@@ -89,7 +89,7 @@ class SipSection:
     tombstone_s: float = 120.0
     l2_networks: tuple[str, ...] = ()    # CIDRs whose MACs are trusted; empty = all
     mac_format: str = "plain_upper"      # plain_upper | colon_lower | colon_upper
-    router_mac_ip_threshold: int = 8     # a MAC seen for more IPs than this is a router
+    router_mac_ip_threshold: int = 1     # a MAC sending for more IPv4 addresses than this is a router
     pbx_addresses: tuple[str, ...] = ()
     max_calls: int = 20000               # concurrent dialogs; beyond it unanswered calls without media are evicted
 
@@ -101,6 +101,8 @@ class RecordingSection:
     sample_rate_hz: int = 16000  # output rate; 0 = highest rate present in the call
     mp3_bitrate_kbps: int = 32
     workers: int = 0             # encoder processes; 0 = number of CPUs
+    mask_dtmf_audio: bool = False     # PCI: silence DTMF tones / key-press spans in recordings
+    redact_dtmf_digits: bool = False  # PCI: never send or store the digits pressed
 
 
 @dataclass(frozen=True, slots=True)

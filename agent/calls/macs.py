@@ -16,7 +16,7 @@ MAX_IPS_TRACKED = 64   # per MAC: enough to call it a router, bounded memory
 
 
 class MacTable:
-    def __init__(self, *, router_ip_threshold: int = 8, l2_networks: tuple[str, ...] = (),
+    def __init__(self, *, router_ip_threshold: int = 1, l2_networks: tuple[str, ...] = (),
                  mac_format: str = "plain_upper") -> None:
         if mac_format not in MAC_FORMATS:
             raise ValueError(f"mac_format must be one of {MAC_FORMATS}")
@@ -36,7 +36,11 @@ class MacTable:
             ips.add(ip)
 
     def is_router(self, mac: bytes) -> bool:
-        return len(self._ips_by_mac.get(mac, ())) > self.router_ip_threshold
+        """A device has one IPv4 address; a router forwards for many. IPv6 hosts use several
+        addresses (link-local, stable, temporary), so IPv6 gets four times the allowance."""
+        ips = self._ips_by_mac.get(mac, ())
+        v6 = sum(1 for ip in ips if ":" in ip)
+        return len(ips) - v6 > self.router_ip_threshold or v6 > 4 * self.router_ip_threshold
 
     def mac_for(self, ip: str, *candidates: bytes) -> str:
         """The formatted MAC for a party at ``ip``, from the first usable candidate, or ""."""
