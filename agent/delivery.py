@@ -34,9 +34,17 @@ class SpoolSink:
         self.uploader = uploader
         self.enqueued = 0
         self.duplicates = 0
+        self.legs_skipped = 0
 
     def __call__(self, rendered: Rendered) -> None:
         record = rendered.record
+        if record.get("upload") is False:
+            # [legs edit] a PBX leg whose talk another leg of the conversation uploads
+            # (agent/calls/legs.py): not spooled, so each second of audio is uploaded once.
+            if rendered.audio_path is not None:
+                rendered.audio_path.unlink(missing_ok=True)
+            self.legs_skipped += 1
+            return
         fmt = (record.get("recording") or {}).get("format", self.config.api.format)
         content_type = CONTENT_TYPES.get(fmt) if rendered.audio_path else None
         spool_id = self.spool.enqueue(record, rendered.audio_path, content_type,

@@ -4,6 +4,11 @@ The engine hands each ended call here. Rendering (decode, mix, encode) is CPU
 heavy, so it runs in a ``ProcessPoolExecutor`` and never in the capture loop; the
 result (recording + JSON record) goes to a destination: a plain output directory
 (``replay --out``) or the spool (``--deliver``, ``run``).
+
+DTMF (issue 6): the worker also looks for in-band tones in each direction that carried no
+RFC 4733 / SIP INFO key press, and with ``mask_dtmf_audio`` silences every key press; the
+digits it finds are merged into the record here (``merge_inband_dtmf``), which recomputes
+``callerdtmf`` / ``destinationdtmf``. With ``redact_dtmf_digits`` every digit is blanked.
 """
 
 from __future__ import annotations
@@ -46,28 +51,72 @@ class Rendered:
     no_audio_reason: str
 
 
+SIP_INFO_PRESS_MS = 250    # masked span of a SIP INFO press that states no duration
+
+
+def dtmf_plan(record: dict[str, Any], mask: bool) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
+    """(directions to scan for in-band tones, key-press spans to silence in packet-time ns)."""
+    presses = record.get("dtmf") or []
+    signalled = {0 if p.get("side") == "caller" else 1 for p in presses}
+    directions = tuple(d for d in (0, 1) if d not in signalled)
+    spans: list[tuple[int, int]] = []
+    if mask:
+        start = int(record.get("start_ts_ns") or 0)
+        for p in presses:
+            at = start + int(p.get("offset_ms") or 0) * 1_000_000
+            dur = p.get("duration_ms") or SIP_INFO_PRESS_MS
+            spans.append((at, at + int(dur) * 1_000_000))
+    return directions, spans
+
+
+def merge_inband_dtmf(record: dict[str, Any], inband: list[dict], *, redact: bool) -> dict[str, Any]:
+    """A copy of ``record`` with in-band presses added to ``dtmf`` (call-time order) and the
+    v1 digit strings recomputed; every digit blanked when ``redact``."""
+    start = int(record.get("start_ts_ns") or 0)
+    presses = [dict(p) for p in record.get("dtmf") or []]
+    for ev in inband:
+        presses.append({"digit": ev["digit"], "side": "caller" if ev["direction"] == 0 else "callee",
+                        "offset_ms": (ev["ts_ns"] - start) // 1_000_000, "source": ev["source"],
+                        "duration_ms": ev["duration_ms"]})
+    presses.sort(key=lambda p: p.get("offset_ms") or 0)
+    if redact:
+        for p in presses:
+            p["digit"] = ""
+    digits = {"caller": "", "callee": ""}
+    for p in presses:
+        digits["caller" if p.get("side") == "caller" else "callee"] += p["digit"]
+    return dict(record, dtmf=presses, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])
+
+
 def _render_job(media_log: Path | None, streams, out_path: Path, settings: RecordingSection,
-                fmt: str, encrypted: bool) -> tuple[Path | None, dict[str, Any] | None, str]:
-    """Runs in a worker process. Returns (audio path, recording fields, no-audio reason)."""
+                fmt: str, encrypted: bool, record: dict[str, Any] | None = None,
+                ) -> tuple[Path | None, dict[str, Any] | None, str, list[dict]]:
+    """Runs in a worker process. Returns (audio path, recording fields, no-audio reason,
+    in-band DTMF presses)."""
     if encrypted:
-        return None, None, "encrypted"
+        return None, None, "encrypted", []
     if media_log is None or not streams:
-        return None, None, "no_rtp"
+        return None, None, "no_rtp", []
+    directions, spans = dtmf_plan(record or {}, settings.mask_dtmf_audio)
     try:
         result = render_recording(media_log, streams, out_path, fmt=fmt, channels=settings.channels,
                                   sample_rate_hz=settings.sample_rate_hz,
-                                  bitrate_kbps=settings.mp3_bitrate_kbps)
+                                  bitrate_kbps=settings.mp3_bitrate_kbps,
+                                  inband_dtmf_directions=directions, mask_spans_ns=spans,
+                                  mask_inband=settings.mask_dtmf_audio)
     finally:
         try:
             os.unlink(media_log)
         except OSError:
             pass
     if result.path is None or result.duration_ms <= 0:
-        return None, None, "undecodable" if result.undecodable else "no_audio"
+        return None, None, "undecodable" if result.undecodable else "no_audio", []
     fields = {"file": Path(result.path).name, "format": result.fmt,
               "sample_rate_hz": result.sample_rate_hz, "channels": result.channels,
               "duration_ms": result.duration_ms, "undecodable": list(result.undecodable)}
-    return Path(result.path), fields, ""
+    if settings.mask_dtmf_audio:
+        fields["dtmf_masked_ms"] = result.masked_ms
+    return Path(result.path), fields, "", list(result.dtmf)
 
 
 class Recorder:
@@ -95,17 +144,20 @@ class Recorder:
         base = recording_basename(record, self._seq)
         out_path = self.out_dir / f"{base}.{self.fmt}"
         future = self.pool.submit(_render_job, finished.media_log, finished.streams, out_path,
-                                  self.settings, self.fmt, bool(record.get("encrypted")))
+                                  self.settings, self.fmt, bool(record.get("encrypted")),
+                                  {k: record.get(k) for k in ("dtmf", "start_ts_ns")})
         future.add_done_callback(lambda f, record=record: self._done(f, record))
         self._futures.append(future)
 
     def _done(self, future: Future, record: dict[str, Any]) -> None:
         try:
-            audio_path, fields, reason = future.result()
+            audio_path, fields, reason, inband = future.result()
         except Exception as exc:           # a worker crash must not lose the call
             log.error("rendering call %s failed: %s", record.get("callid"), exc)
             self.errors += 1
-            audio_path, fields, reason = None, None, f"render_failed:{type(exc).__name__}"
+            audio_path, fields, reason, inband = None, None, f"render_failed:{type(exc).__name__}", []
+        if inband or self.settings.redact_dtmf_digits:
+            record = merge_inband_dtmf(record, inband, redact=self.settings.redact_dtmf_digits)
         record = dict(record, recording=fields)
         if reason:
             record["no_audio_reason"] = reason

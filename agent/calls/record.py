@@ -16,7 +16,7 @@ from typing import Any
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.identity import callee_identity, caller_identity
 from agent.calls.macs import MacTable
-from agent.calls.numbers import normalise_number
+from agent.calls.numbers import is_feature_code, normalise_number
 from agent.config import Config
 
 API_FIELDS = (
@@ -104,7 +104,14 @@ def build_record(call: Call, config: Config, macs: MacTable,
         duration_ms = max(0, (call.end_ts_ns - call.answer_ts_ns) // 1_000_000)
     connected = {"name": "", "phone": ""}
     if call.connected is not None:
-        connected = {"name": call.connected.display or "", "phone": call.connected.uri.user or ""}
+        connected = {"name": (call.connected.display or "").strip(),
+                     "phone": normalise_number(call.connected.uri.user or "", config.numbers)}
+    destination_phone = normalise_number(callee_raw, config.numbers)
+    if is_feature_code(callee_raw):
+        # *8, **201: a service code is never a party's number; the party reached is
+        # (legs.py fills it from the conversation when the answer did not name it).
+        destination_phone = connected["phone"]
+        callee_name = connected["name"] or callee_name
     record: dict[str, Any] = {
         "startdatetimeutc": utc_text(call.start_ts_ns),
         "callername": caller_name,
@@ -113,7 +120,7 @@ def build_record(call: Call, config: Config, macs: MacTable,
         "callermacaddress": macs_text["caller"],
         "callermediaendpoint": media["caller"]["seen_endpoint"] or media["caller"]["sdp_endpoint"],
         "destinationname": callee_name,
-        "destinationphone": normalise_number(callee_raw, config.numbers),
+        "destinationphone": destination_phone,
         "destinationdtmf": digits["callee"],
         "destinationmacaddress": macs_text["callee"],
         "destinationmediaendpoint": media["callee"]["seen_endpoint"] or media["callee"]["sdp_endpoint"],
@@ -141,11 +148,15 @@ def build_record(call: Call, config: Config, macs: MacTable,
         "raw": {"from": call.from_header, "to": call.to_header, "request_uri": call.request_uri,
                 "caller_number": caller_raw, "callee_number": callee_raw,
                 "pai": [_name_addr_text(a) for a in call.pai], "rpid": _name_addr_text(call.rpid),
-                "diversion": [_name_addr_text(a) for a in call.diversion]},
+                "diversion": [_name_addr_text(a) for a in call.diversion],
+                "history_info": list(call.history_info), "replaces": call.replaces,
+                "referred_by": call.referred_by, "refer_to": [to for _, to in call.refers]},
         "media": media,
         "dtmf": list(call.dtmf),
         "encrypted": call.parties[CALLER].encrypted_sdp or call.parties[CALLEE].encrypted_sdp,
-        "conversation_id": call.session_id or call.callid,
+        "conversation_id": call.session_id or call.callid,   # legs.py links PBX legs
+        "upload": True,                 # legs.py: False for a leg another leg's upload covers
+        "leg_of": "",                   # legs.py: the conversation_id of a leg not uploaded
         "reinvites": call.reinvites,
         "streams": [],
         "recording": None,

@@ -67,14 +67,15 @@ _VLAN = struct.Struct("!HH").pack
 
 # ---------------------------------------------------------------------- BPF
 
-def build_filter(capture: CaptureSection) -> str:
+def build_filter(capture: CaptureSection, linktype: int = 1) -> str:
     """The capture filter text (tcpdump syntax) the configuration asks for.
 
     SIP on the configured ports (UDP and TCP), every UDP datagram (RTP ports are
     negotiated in SDP, so they cannot be listed), IPv4 non-first fragments (they carry
     no ports) and IPv6 fragments, tunnels (GRE/ERSPAN, IP-in-IP, 6in4; VXLAN is UDP)
     and the same behind one or two VLAN tags (the kernel strips the outer tag before
-    the filter runs; QinQ leaves the inner one in the frame).
+    the filter runs; QinQ leaves the inner one in the frame). VLAN variants exist only
+    on Ethernet (``linktype`` 1): other link types carry no tags libpcap can match.
     """
     if capture.bpf_filter.strip():
         return capture.bpf_filter.strip()
@@ -83,6 +84,8 @@ def build_filter(capture: CaptureSection) -> str:
              f"or ip proto 47 or ip proto 4 or ip proto 41 or ip6 proto 47 or ip6 proto 4 or ip6 proto 41")
     if capture.bpf_extra.strip():
         inner += f" or ({capture.bpf_extra.strip()})"
+    if linktype != LINKTYPE_ETHERNET:
+        return inner
     # `vlan` shifts the offsets of everything after it, so the tagged variants nest.
     return f"({inner}) or (vlan and (({inner}) or (vlan and ({inner}))))"
 
@@ -203,15 +206,16 @@ class LiveSource:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self, deliver: Callable[[int, int, bytes], None], max_blocks: int = 64) -> int:
+    def read(self, deliver: Callable[[int, int, bytes], None], max_blocks: int = 64) -> tuple[int, int]:
         """Hand every packet of the ready blocks to ``deliver(ts_ns, linktype, frame)``; returns
-        the number of packets. The hot path: one struct unpack and one slice per packet."""
+        (packets, bytes). The hot path: one struct unpack and one slice per packet."""
         mm = self.mm
         bs = self.block_size
         nr = self.block_nr
         linktype = self.linktype
         block = self._block
         total = 0
+        nbytes = 0
         for _ in range(max_blocks):
             base = block * bs
             status, num, first = _BLOCK_HDR(mm, base + _BLOCK_STATUS)
@@ -228,12 +232,13 @@ class LiveSource:
                     frame = frame[:12] + _VLAN(tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100,
                                                tci) + frame[12:]
                 deliver(sec * 1_000_000_000 + nsec, linktype, frame)
+                nbytes += caplen
                 pkt += nxt
             total += num
             _STATUS_ZERO(mm, base + _BLOCK_STATUS, TP_STATUS_KERNEL)   # give the block back
             block = (block + 1) % nr
         self._block = block
-        return total
+        return total, nbytes
 
     def poll_stats(self) -> RingStats:
         """Accumulate the kernel counters (PACKET_STATISTICS resets on every read)."""
@@ -262,14 +267,14 @@ def open_sources(interfaces: Iterable[str], capture: CaptureSection) -> list[Liv
     interfaces = list(interfaces)
     if not interfaces:
         raise ConfigError("no capture interface: set [capture] interfaces or pass --interface")
-    expr = build_filter(capture)
     compiled: dict[int, list | None] = {}
     sources: list[LiveSource] = []
     try:
         for name in interfaces:
             linktype = interface_linktype(name)
             if linktype not in compiled:
-                compiled[linktype] = compile_filter(expr, linktype=linktype, snaplen=capture.snaplen)
+                compiled[linktype] = compile_filter(build_filter(capture, linktype), linktype=linktype,
+                                                    snaplen=capture.snaplen)
                 if compiled[linktype] is None:
                     log.warning("tcpdump not found: capturing on %s without a kernel filter", name)
             sources.append(LiveSource(name, buffer_mb=max(1, capture.buffer_mb // len(interfaces)),

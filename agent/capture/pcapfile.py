@@ -8,9 +8,14 @@ or 2, ``if_tsoffset``), EPB, SPB and the obsolete Packet Block; other blocks are
 skipped. Does not own: link-layer decoding (agent.net) or merging several files
 (agent.capture.files).
 
-Damage handling: a truncated last record or a corrupt block is logged once with
-its byte offset, counted (``capture.truncated`` / ``capture.corrupt``) and ends
-that file; a file that is not a capture at all raises CaptureFormatError.
+Damage handling: a truncated last record is logged with its byte offset and
+counted (``capture.truncated``); it ends the file. A corrupt record header or
+block (impossible length, garbage written into the middle of the file) is
+counted (``capture.corrupt``) and the reader scans forward (at most
+RESYNC_SCAN_BYTES) for the next place where consecutive plausible records start,
+resuming there (``capture.resynced``, bytes skipped in
+``capture.resync_skipped_bytes``); if none is found the rest of the file is
+skipped. A file that is not a capture at all raises CaptureFormatError.
 The record loop works on large chunks with ``struct.unpack_from`` because this
 is the hot path of replay.
 """
@@ -32,6 +37,13 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 1 << 20
 # Largest record we believe; anything larger is a corrupt length field, not a frame.
 MAX_RECORD_BYTES = 1 << 24
+# Records longer than the snap length are corrupt, but some writers put a too-small snaplen in
+# the header (or 0): never distrust a length below this floor.
+MIN_TRUSTED_SNAPLEN = 262_144
+# How far past a corrupt header we search for the next good record before giving up.
+RESYNC_SCAN_BYTES = 8 << 20
+# Two consecutive records found while resyncing are believed only if their clocks agree this well.
+_RESYNC_MAX_STEP_S = 86_400
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
@@ -132,8 +144,10 @@ def read_capture(path: str | Path, counters) -> Iterator[Record]:
             f"{path}: not a pcap or pcapng capture (magic {head.hex()})")
 
 
-def _warn(path: Path, counters, kind: str, offset: int, detail: str) -> None:
-    counters["capture." + kind] += 1
+def _warn(path: Path, counters, kind: str, offset: int, detail: str, *,
+          count: bool = True) -> None:
+    if count:
+        counters["capture." + kind] += 1
     log.warning("%s: %s capture at byte offset %d (%s); rest of file skipped",
                 path, kind, offset, detail)
 
@@ -141,11 +155,15 @@ def _warn(path: Path, counters, kind: str, offset: int, detail: str) -> None:
 def _read_pcap(path: Path, ch: _Chunks, counters, endian: str, magic: int) -> Iterator[Record]:
     if not ch.need(24):
         raise CaptureFormatError(f"{path}: pcap global header truncated")
-    _, _vmaj, _vmin, _zone, _sigfigs, _snaplen, network = struct.unpack_from(
+    _, _vmaj, _vmin, _zone, _sigfigs, snaplen, network = struct.unpack_from(
         endian + "IHHiIII", ch.buf, 0)
     linktype = network & 0xFFFF   # upper bits carry FCS length flags
     ch.pos = 24
     frac_mult = 1 if magic == PCAP_MAGIC_NS else 1000
+    frac_max = 1_000_000_000 if magic == PCAP_MAGIC_NS else 1_000_000
+    # Frames above the snap length are accepted (some writers lie in the header); only the
+    # resync scan, which must not believe garbage, holds records to it.
+    scan_cap_max = min(MAX_RECORD_BYTES, max(snaplen, MIN_TRUSTED_SNAPLEN))
     hdr_len = 24 if magic == PCAP_MAGIC_KUZNETZOV else 16
     unpack = struct.Struct(endian + "IIII").unpack_from
     # Local copies: the loop below runs once per packet.
@@ -158,20 +176,36 @@ def _read_pcap(path: Path, ch: _Chunks, counters, endian: str, magic: int) -> It
             if not ch.need(hdr_len):
                 break
             buf, pos, blen = ch.buf, ch.pos, len(ch.buf)
-        sec, frac, caplen, _origlen = unpack(buf, pos)
-        if caplen > MAX_RECORD_BYTES:
-            ch.pos = pos
-            _warn(path, counters, "corrupt", ch.offset(), f"record length {caplen}")
-            return
-        start = pos + hdr_len
-        end = start + caplen
-        if end > blen:
+        sec, frac, caplen, origlen = unpack(buf, pos)
+        bad = caplen > MAX_RECORD_BYTES or caplen > origlen or not origlen or frac >= frac_max
+        if not bad and pos + hdr_len + caplen > blen:
             ch.pos = pos
             if not ch.need(hdr_len + caplen):
-                break
+                # Runs past the end of the file: a cut last record, unless good records
+                # follow (then this length is corrupt).
+                probe_from = ch.pos
+                bad = not ch.error and _resync_pcap(ch, unpack, hdr_len, scan_cap_max,
+                                                    frac_max) >= 0
+                ch.pos = probe_from   # at EOF need() reads nothing: the window did not move
+                if not bad:
+                    break
             buf, pos, blen = ch.buf, ch.pos, len(ch.buf)
-            start = pos + hdr_len
-            end = start + caplen
+        if bad:
+            # A header no writer produces: a wrong length earlier or garbage here.
+            ch.pos = pos
+            bad_at = ch.offset()
+            counters["capture.corrupt"] += 1
+            skipped = _resync_pcap(ch, unpack, hdr_len, scan_cap_max, frac_max)
+            if skipped < 0:
+                _warn(path, counters, "corrupt", bad_at,
+                      f"record header sec={sec} frac={frac} caplen={caplen} origlen={origlen}",
+                      count=False)
+                return
+            _resynced(path, counters, bad_at, skipped)
+            buf, pos, blen = ch.buf, ch.pos, len(ch.buf)
+            continue
+        start = pos + hdr_len
+        end = start + caplen
         yield sec * 1_000_000_000 + frac * frac_mult, linktype, buf[start:end]
         pos = end
     if ch.leftover():
@@ -179,6 +213,40 @@ def _read_pcap(path: Path, ch: _Chunks, counters, endian: str, magic: int) -> It
               ch.error or f"{ch.leftover()} bytes of a partial record")
     elif ch.error:
         _warn(path, counters, "truncated", ch.offset(), ch.error)
+
+
+def _resync_pcap(ch: _Chunks, unpack, hdr_len: int, cap_max: int, frac_max: int) -> int:
+    """Scan forward from the corrupt header at ``ch.pos`` for the next offset where a plausible
+    record header is followed by another one (or by the exact end of the file). Leaves
+    ``ch.pos`` there and returns the bytes skipped, or -1 when none is found in
+    RESYNC_SCAN_BYTES. Empty records are not believed here: runs of zero bytes look like them."""
+
+    def plausible(sec: int, frac: int, caplen: int, origlen: int) -> bool:
+        return 0 < caplen <= cap_max and caplen <= origlen <= MAX_RECORD_BYTES and frac < frac_max
+
+    start = ch.offset()
+    ch.pos += 1
+    while ch.offset() - start < RESYNC_SCAN_BYTES:
+        if not ch.need(hdr_len):
+            return -1
+        sec, frac, caplen, origlen = unpack(ch.buf, ch.pos)
+        if plausible(sec, frac, caplen, origlen):
+            nxt = hdr_len + caplen
+            if ch.need(nxt + hdr_len):
+                sec2, frac2, cap2, orig2 = unpack(ch.buf, ch.pos + nxt)
+                if plausible(sec2, frac2, cap2, orig2) and abs(sec2 - sec) <= _RESYNC_MAX_STEP_S:
+                    return ch.offset() - start
+            elif ch.leftover() == nxt and not ch.error:
+                return ch.offset() - start        # the file's last record
+        ch.pos += 1
+    return -1
+
+
+def _resynced(path: Path, counters, bad_at: int, skipped: int) -> None:
+    counters["capture.resynced"] += 1
+    counters["capture.resync_skipped_bytes"] += skipped
+    log.warning("%s: corrupt capture at byte offset %d; skipped %d bytes to the next good record",
+                path, bad_at, skipped)
 
 
 def _tsresol_to_ns(code: int) -> tuple[int, int]:
@@ -241,19 +309,29 @@ def _read_pcapng(path: Path, ch: _Chunks, counters) -> Iterator[Record]:
             ifaces = []
         first = False
         blen = u32(buf, pos + 4)[0]
+        problem = ""
         if blen < 12 or blen & 3 or blen > MAX_RECORD_BYTES:
-            _warn(path, counters, "corrupt", ch.offset(), f"block length {blen}")
-            return
-        if not ch.need(blen):
-            break
-        buf, pos = ch.buf, ch.pos
-        if u32(buf, pos + blen - 4)[0] != blen:
-            _warn(path, counters, "corrupt", ch.offset(), "block trailer length mismatch")
-            return
-        if btype == _BT_EPB:
-            if blen < 32:
-                _warn(path, counters, "corrupt", ch.offset(), "short enhanced packet block")
+            problem = f"block length {blen}"
+        elif not ch.need(blen):
+            if ch.eof and not ch.error and _pcapng_resync(ch, u32, probe=True) < 0:
+                break                       # a block cut by the end of the file: truncated
+            problem = f"block length {blen} runs past the end of the file"
+        else:
+            buf, pos = ch.buf, ch.pos
+            if u32(buf, pos + blen - 4)[0] != blen:
+                problem = "block trailer length mismatch"
+            elif btype == _BT_EPB and blen < 32:
+                problem = "short enhanced packet block"
+        if problem:
+            bad_at = ch.offset()
+            counters["capture.corrupt"] += 1
+            skipped = _pcapng_resync(ch, u32)
+            if skipped < 0:
+                _warn(path, counters, "corrupt", bad_at, problem, count=False)
                 return
+            _resynced(path, counters, bad_at, skipped)
+            continue
+        if btype == _BT_EPB:
             if_id, ts_hi, ts_lo, caplen, _orig = epb(buf, pos + 8)
             if if_id >= len(ifaces) or 28 + caplen > blen - 4:
                 counters["capture.corrupt"] += 1
@@ -292,3 +370,32 @@ def _read_pcapng(path: Path, ch: _Chunks, counters) -> Iterator[Record]:
               ch.error or f"{ch.leftover()} bytes of a partial block")
     elif ch.error:
         _warn(path, counters, "truncated", ch.offset(), ch.error)
+
+
+# Block types a resync may land on (not SHB: a new section would also change the byte order).
+_RESYNC_BLOCK_TYPES = frozenset((_BT_IDB, _BT_OPB, _BT_SPB, 4, 5, _BT_EPB, 0x0A, 0x0BAD, 0x40000BAD))
+
+
+def _pcapng_resync(ch: _Chunks, u32, *, probe: bool = False) -> int:
+    """Scan forward (4-byte steps: blocks are 32-bit aligned) from the bad block at ``ch.pos``
+    for a known block type whose length is sane and whose trailer repeats it. Leaves ``ch.pos``
+    there and returns the bytes skipped, or -1 when none is found in RESYNC_SCAN_BYTES.
+    ``probe`` only asks whether such a block exists (``ch.pos`` is restored)."""
+    origin = ch.pos
+    start = ch.offset()
+    ch.pos += 4
+    found = -1
+    while ch.offset() - start < RESYNC_SCAN_BYTES:
+        if not ch.need(12):
+            break
+        buf, pos = ch.buf, ch.pos
+        if u32(buf, pos)[0] in _RESYNC_BLOCK_TYPES:
+            blen = u32(buf, pos + 4)[0]
+            if 12 <= blen <= MAX_RECORD_BYTES and not blen & 3 and ch.need(blen) \
+                    and u32(ch.buf, ch.pos + blen - 4)[0] == blen:
+                found = ch.offset() - start
+                break
+        ch.pos += 4
+    if probe:
+        ch.pos = origin   # probes run at EOF only: need() read nothing, the window did not slide
+    return found

@@ -10,11 +10,16 @@ flags u8 (bit0 = marker) | payload_len u16 | payload bytes.
 
 Does not own ordering (``stream.py`` releases records in sequence order per stream) nor
 decoding (``render.py``). A write failure (disk full, permissions) never raises to the
-capture loop: the writer records ``failed`` and drops further audio.
+capture loop: the writer records ``failed``, cuts any partial batch off the file (a torn
+record would desynchronise the reader), drops that batch and the audio that follows, and
+tries again at every later batch, so recording resumes by itself when space returns. One
+log line per failure and per recovery, never per packet.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +29,8 @@ __all__ = ["MediaLogWriter", "read_media_log", "RECORD_HEADER", "MediaRecord"]
 RECORD_HEADER = struct.Struct("<HHIqBBH")  # 20 bytes
 FLUSH_BYTES = 64 * 1024
 
+log = logging.getLogger(__name__)
+
 # (stream_index, seq, rtp_ts, arrival_ns, pt, marker, payload)
 MediaRecord = tuple[int, int, int, int, int, bool, bytes]
 
@@ -31,22 +38,24 @@ MediaRecord = tuple[int, int, int, int, int, bool, bytes]
 class MediaLogWriter:
     """Buffered appender of media records to one call's log file."""
 
-    __slots__ = ("path", "flush_bytes", "bytes_written", "records", "dropped", "failed", "_buf")
+    __slots__ = ("path", "flush_bytes", "bytes_written", "records", "dropped", "failed",
+                 "lost_at_failure", "failures", "recoveries", "_buf", "_buf_records")
 
     def __init__(self, path: Path | str, *, flush_bytes: int = FLUSH_BYTES) -> None:
         self.path = Path(path)
         self.flush_bytes = flush_bytes
         self.bytes_written = 0     # bytes that reached the file
         self.records = 0           # records accepted into the buffer
-        self.dropped = 0           # records discarded because the log failed
-        self.failed: str | None = None
+        self.dropped = 0           # records appended while the log was failing, then discarded
+        self.lost_at_failure = 0   # records of the batches whose write failed first
+        self.failures = 0          # healthy -> failing transitions
+        self.recoveries = 0        # failing -> healthy transitions
+        self.failed: str | None = None   # the last write error while failing, else None
         self._buf = bytearray()
+        self._buf_records = 0
 
     def append(self, stream_index: int, seq: int, rtp_ts: int, arrival_ns: int, pt: int,
                marker: bool, payload: bytes | memoryview) -> None:
-        if self.failed is not None:
-            self.dropped += 1
-            return
         buf = self._buf
         # payload_len is u16: a UDP payload cannot exceed it, but clamp defensively.
         n = len(payload)
@@ -57,22 +66,55 @@ class MediaLogWriter:
                                   arrival_ns, pt & 0x7F, 1 if marker else 0, n)
         buf += payload
         self.records += 1
+        self._buf_records += 1
         if len(buf) >= self.flush_bytes:
             self.flush()
 
     def flush(self) -> None:
-        """Append the buffered records to the file (open, write, close)."""
-        if not self._buf or self.failed is not None:
+        """Append the buffered records to the file (open, write, close).
+
+        On failure the file is cut back to its size before this batch and the batch is
+        discarded; the next batch tries again."""
+        if not self._buf:
             return
+        size = -1
+        fd = -1
         try:
-            with open(self.path, "ab") as fh:
-                fh.write(self._buf)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            size = os.fstat(fd).st_size
+            view = memoryview(self._buf)
+            while view:
+                view = view[os.write(fd, view):]
         except OSError as exc:  # disk full, permission, vanished directory
-            self.failed = f"{type(exc).__name__}: {exc}"
-            self._buf = bytearray()
+            if size >= 0:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+            self._failed(exc)
             return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if self.failed is not None:
+            self.failed = None
+            self.recoveries += 1
+            log.warning("%s: media log writable again; recording resumes", self.path.name)
         self.bytes_written += len(self._buf)
         self._buf = bytearray()
+        self._buf_records = 0
+
+    def _failed(self, exc: OSError) -> None:
+        if self.failed is None:
+            self.failures += 1
+            self.lost_at_failure += self._buf_records
+            log.warning("%s: cannot write media log (%s: %s); dropping audio until it can",
+                        self.path.name, type(exc).__name__, exc.strerror or exc)
+        else:
+            self.dropped += self._buf_records
+        self.failed = f"{type(exc).__name__}: {exc}"
+        self._buf = bytearray()
+        self._buf_records = 0
 
     def close(self) -> None:
         self.flush()

@@ -15,6 +15,12 @@ interpolation would, and it is stateful, so a run of audio fed in 1-second piece
 seams. A run is kept open across small gaps (≤ 2 s, filled with zeros), because building
 a resampler costs ~0.5 ms and lossy calls would otherwise build one per lost packet.
 
+DTMF (issue 6): before mixing, the direction files can be scanned for in-band DTMF tones
+(``inband_dtmf_directions``: the recorder asks only for directions that carried no RFC 4733
+or SIP INFO presses, so a key is never counted twice), and spans can be silenced in both
+directions (``mask_spans_ns``: key presses signalled out of band; ``mask_inband``: the
+tones found). Found tones come back in ``RenderResult.dtmf``.
+
 Does not own capture-side ordering (``stream.py``), codecs (``codecs.py``) or the file
 format (``encoder.py``).
 """
@@ -29,6 +35,7 @@ from typing import BinaryIO
 import numpy as np
 
 from agent.media.codecs import Decoder, is_comfort_noise, is_telephone_event, make_decoder
+from agent.media.dtmf import InbandDtmfDetector
 from agent.media.encoder import open_encoder
 from agent.media.medialog import read_media_log
 from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec, StreamTimeline
@@ -39,6 +46,7 @@ _NS = 1_000_000_000
 _MARGIN_NS = 2 * _NS            # room before the first packet for early-placed audio
 _MAX_FILL_S = 2                 # gaps up to this long stay inside one resampler run
 _CN_PT = 13
+DTMF_MASK_GUARD_MS = 40         # silence this much either side of a key press / tone
 
 
 @dataclass(slots=True)
@@ -53,6 +61,9 @@ class RenderResult:
     per_direction_ms: list[int] = field(default_factory=lambda: [0, 0])
     first_audio_offset_ms: list[int | None] = field(default_factory=lambda: [None, None])
     reanchors: int = 0              # timeline re-anchorings (clock drift, timestamp jumps)
+    # in-band DTMF found: dicts digit, direction, ts_ns (packet time), duration_ms, source
+    dtmf: list[dict] = field(default_factory=list)
+    masked_ms: int = 0              # audio silenced by DTMF masking (both directions)
 
 
 class _DirectionFile:
@@ -225,12 +236,17 @@ def _work_rate(streams: list[StreamSpec]) -> int:
 
 def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, *,
                      fmt: str = "mp3", channels: int = 1, sample_rate_hz: int = 16000,
-                     bitrate_kbps: int = 32, start_ns: int | None = None) -> RenderResult:
+                     bitrate_kbps: int = 32, start_ns: int | None = None,
+                     inband_dtmf_directions: tuple[int, ...] = (),
+                     mask_spans_ns: list[tuple[int, int]] | tuple = (),
+                     mask_inband: bool = False) -> RenderResult:
     """Decode, place, mix and encode one call. See the module docstring.
 
     ``sample_rate_hz=0`` renders at the highest native rate of the decoders the call
     actually used. t=0 is ``start_ns`` if given, else the first audio packet of the call.
     With no decodable audio nothing is written and ``path`` is None.
+    ``mask_spans_ns`` are (start_ns, end_ns) in packet time, silenced with a guard of
+    ``DTMF_MASK_GUARD_MS`` either side.
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, not {channels}")
@@ -310,6 +326,11 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
             return RenderResult(None, fmt, sample_rate_hz or work_rate, channels, 0,
                                 audio_packets, sorted(undecodable), [0, 0], [None, None],
                                 reanchors)
+        dtmf = _inband_dtmf(dirfiles, inband_dtmf_directions, base_ns, work_rate)
+        spans = list(mask_spans_ns)
+        if mask_inband:
+            spans += [(e["ts_ns"], e["ts_ns"] + e["duration_ms"] * 1_000_000) for e in dtmf]
+        masked_ms = _mask(dirfiles, spans, base_ns, work_rate)
         out_rate = work_rate if sample_rate_hz > 0 else (used_max_rate or work_rate)
         result = _mix_and_encode(dirfiles, t0, end, work_rate, out_rate, out_path, fmt,
                                  channels, bitrate_kbps)
@@ -321,11 +342,55 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
             first_audio_offset_ms=[
                 None if df.first_sample is None else (df.first_sample - t0) * 1000 // work_rate
                 for df in dirfiles],
-            reanchors=reanchors,
+            reanchors=reanchors, dtmf=dtmf, masked_ms=masked_ms,
         )
     finally:
         for df in dirfiles:
             df.close()
+
+
+def _inband_dtmf(dirfiles: list[_DirectionFile], directions: tuple[int, ...], base_ns: int,
+                 rate: int) -> list[dict]:
+    """Scan the asked directions' decoded audio for DTMF tones (one second per read)."""
+    found: list[dict] = []
+    for d in directions:
+        df = dirfiles[d] if d in (0, 1) else None
+        if df is None or df.first_sample is None:
+            continue
+        det = InbandDtmfDetector(rate)
+        pos = df.first_sample
+        while pos < df.end_sample:
+            n = min(rate, df.end_sample - pos)
+            det.feed(df.read(pos, n))
+            pos += n
+        for span in det.finish():
+            found.append({"digit": span.digit, "direction": d,
+                          "ts_ns": base_ns + (df.first_sample + span.start_sample) * _NS // rate,
+                          "duration_ms": span.duration_ms(rate), "source": "inband"})
+    found.sort(key=lambda e: (e["ts_ns"], e["direction"]))
+    return found
+
+
+def _mask(dirfiles: list[_DirectionFile], spans: list[tuple[int, int]], base_ns: int,
+          rate: int) -> int:
+    """Silence each span (plus guard) in both directions; returns the ms silenced."""
+    guard = DTMF_MASK_GUARD_MS * rate // 1000
+    masked = 0
+    for start_ns, end_ns in spans:
+        a = (start_ns - base_ns) * rate // _NS - guard
+        b = (end_ns - base_ns) * rate // _NS + guard
+        a = max(a, 0)
+        hit = False
+        for df in dirfiles:
+            hi = min(b, df.end_sample)
+            if df.fh is None or hi <= a:
+                continue
+            df.fh.seek(a * 2)
+            df.fh.write(bytes(2 * (hi - a)))
+            hit = True
+        if hit:
+            masked += (b - a) * 1000 // rate
+    return masked
 
 
 def _mix_and_encode(dirfiles: list[_DirectionFile], t0: int, end: int, work_rate: int,

@@ -3,6 +3,11 @@
 Owns per-stream sequence tracking (16-bit wrap, duplicates, bounded reordering, late
 packets, loss, restarts), the RFC 3550 interarrival-jitter estimate and handing released
 packets, in extended-sequence order per stream, to the call's ``MediaLogWriter``.
+RFC 4733 telephone-events are recognised here as packets are accepted (the payload
+types come from ``codecs_for_direction``: the receiver's rtpmap first) and handed to one
+``dtmf.TelephoneEventTracker`` per stream; ``dtmf_events`` lists the key presses. With
+``redact_dtmf`` the event payloads are dropped before the log (the record keeps its
+sequence slot with an empty payload), so no digit ever reaches the disk.
 Does not own routing datagrams to calls (the engine knows the call and the direction),
 decoding or timing of audio (``render.py`` places packets by RTP timestamp later).
 
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from agent.media.codecs import is_telephone_event
+from agent.media.dtmf import TelephoneEventTracker
 from agent.media.medialog import MediaLogWriter
 from agent.media.rtp import is_zrtp, parse_rtp
 
@@ -60,7 +67,8 @@ class _Stream:
 
     __slots__ = ("index", "direction", "ssrc", "stats", "next_ext", "max_ext", "first_ext",
                  "seq_offset", "window", "window_since_ns", "skipped", "pending",
-                 "clock_hz", "jitter_ticks", "prev_arrival_ns", "prev_ts")
+                 "clock_hz", "jitter_ticks", "prev_arrival_ns", "prev_ts", "event_pts",
+                 "dtmf")
 
     def __init__(self, index: int, direction: int, ssrc: int, seq: int) -> None:
         self.index = index
@@ -79,6 +87,8 @@ class _Stream:
         self.jitter_ticks = 0.0
         self.prev_arrival_ns = -1
         self.prev_ts = 0
+        self.event_pts: dict[int, int] = {}     # telephone-event pt -> clock rate (Hz)
+        self.dtmf: TelephoneEventTracker | None = None
 
 
 class CallMedia:
@@ -89,7 +99,8 @@ class CallMedia:
                  codecs_for_direction: Callable[[int], dict] | None = None,
                  reorder_window_packets: int = 32,
                  reorder_window_ns: int = 200_000_000,
-                 counters: Counter | None = None) -> None:
+                 counters: Counter | None = None,
+                 redact_dtmf: bool = False) -> None:
         self.codecs_for_direction = codecs_for_direction   # direction -> {pt: CodecInfo} (DTMF, event PTs)
         self.log = MediaLogWriter(log_path)
         self._clock_rate_for_pt = clock_rate_for_pt
@@ -105,6 +116,7 @@ class CallMedia:
         self.zrtp_packets = 0
         self.zrtp_seen = False    # the media is (about to be) SRTP-encrypted
         self.bad_seq = 0          # packets dropped as unconfirmed sequence jumps
+        self.redact_dtmf = redact_dtmf
         self.closed = False
 
     # ------------------------------------------------------------------ fast path
@@ -144,7 +156,16 @@ class CallMedia:
         stats.bytes += pe - ps
         stats.last_arrival_ns = arrival_ns
         pts = stats.payload_types
-        pts[pt] = pts.get(pt, 0) + 1
+        seen = pts.get(pt)
+        if seen is None:
+            # First packet of this PT in the stream (rare): learn whether it is an event PT.
+            seen = 0
+            st.event_pts = self._event_pts(st.direction)
+        pts[pt] = seen + 1
+        if pt in st.event_pts:
+            self._on_event(st, pt, ts, arrival_ns, data[ps:pe])
+            if self.redact_dtmf:
+                data, ps, pe = b"", 0, 0
         if ext > st.max_ext:
             st.max_ext = ext
         else:
@@ -190,6 +211,22 @@ class CallMedia:
             self.not_rtp += 1
             self._count("media.skip.not_rtp")
         return False
+
+    def _event_pts(self, direction: int) -> dict[int, int]:
+        if self.codecs_for_direction is None:
+            return {}
+        try:
+            codecs = self.codecs_for_direction(direction)
+        except Exception:  # the engine's lookup must never break capture
+            return {}
+        return {pt: (info.clock_rate_hz or 8000) for pt, info in codecs.items()
+                if is_telephone_event(info.encoding)}
+
+    def _on_event(self, st: _Stream, pt: int, ts: int, arrival_ns: int, payload: bytes) -> None:
+        tracker = st.dtmf
+        if tracker is None:
+            tracker = st.dtmf = TelephoneEventTracker(st.direction, st.event_pts.get(pt, 8000))
+        tracker.on_packet(ts, arrival_ns, payload)
 
     def _count(self, name: str) -> None:
         if self.counters is not None:
@@ -295,6 +332,17 @@ class CallMedia:
         return out
 
     @property
+    def dtmf_events(self) -> list[dict]:
+        """RFC 4733 key presses of every stream, in time order: dicts with digit,
+        direction (0/1), ts_ns (key start, packet time), duration_ms, source "rfc4733"."""
+        events = []
+        for st in self._streams:
+            if st.dtmf is not None:
+                events += st.dtmf.events()
+        events.sort(key=lambda e: (e.ts_ns, e.direction))
+        return [e.as_dict() for e in events]
+
+    @property
     def packets(self) -> int:
         return sum(st.stats.packets for st in self._streams)
 
@@ -315,3 +363,11 @@ class CallMedia:
                 st.pending = None
         self.log.close()
         self.closed = True
+        if self.counters is not None:
+            for st in self._streams:
+                if st.dtmf is not None:
+                    self.counters["media.dtmf.rfc4733_presses"] += len(st.dtmf.events())
+                    if st.dtmf.other_events:
+                        self.counters["media.dtmf.other_events"] += st.dtmf.other_events
+                    if st.dtmf.malformed:
+                        self.counters["media.dtmf.malformed"] += st.dtmf.malformed

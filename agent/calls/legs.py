@@ -1,0 +1,405 @@
+"""PBX legs: link dialogs into conversations and decide which leg is uploaded.
+
+A PBX (a B2BUA: Asterisk, FreePBX, an SBC) turns one phone call into several SIP
+dialogs, each with its own Call-ID. Uploading each would upload the same talk two or
+three times. :class:`ConversationGrouper` sits between the engine's finished calls
+and the recorder: ``feed(finished, now_ns)`` / ``release(now_ns)`` / ``flush()`` each
+return the finished calls that are ready, with ``conversation_id``, ``leg``,
+``upload`` and ``leg_of`` set in their records. Pure: no I/O, packet time only.
+
+Two dialogs belong to one conversation when (any of):
+- ``session_id``: they carry the same RFC 7989 Session-ID and overlap in time;
+- ``media``: they announce or use the same RTP ip:port and overlap in time (Asterisk
+  direct media: both legs end up pointing at the phones);
+- ``pbx``: the later one starts within ``LINK_WINDOW_NS`` of the earlier, from the address
+  that received the earlier one (or from a configured ``[sip] pbx_addresses`` address),
+  and their dialled numbers or their caller numbers match (equal, or one ends with the
+  other when the PBX adds a prefix);
+- ``connected``: they overlap, share a SIP address (the PBX), and one's connected party
+  (PAI/RPID of its answer) is the other's caller (call pickup: ``*8`` bridges two phones);
+- ``replaces``: the later one's INVITE carries ``Replaces:`` naming the earlier Call-ID;
+- ``refer``: the earlier one carried a REFER whose Refer-To names the later one's dialled
+  number (or whose embedded Replaces names its Call-ID), and the later one started within
+  ``TRANSFER_WINDOW_NS`` after the REFER.
+
+Transfers (the rule). A transfer never merges audio and never duplicates it: every dialog
+keeps its own record, all dialogs of the call are linked by one ``conversation_id``, and
+each second of audio is uploaded once. Through a PBX (REFER to the PBX, or INVITE with
+Replaces) the phone's leg to the PBX carries the whole talk (before and after the
+transfer), so it is the one upload and the legs to the first and second callee are
+``upload: False``. Phone to phone (no PBX), the transferred party's first dialog and its
+new dialog hold different seconds, so both are uploaded, one after the other, linked.
+
+Leg policy ``conversation`` (default): answered legs are ranked (media seen, a phone on
+one side, earliest start) and taken greedily while their talk time does not overlap a
+leg already taken by more than ``OVERLAP_TOLERANCE_NS`` (or half the shorter talk); an unanswered conversation
+uploads its best leg only. The first uploaded leg carries the caller of the
+conversation's first dialog, the dialled number of its own dialog, and in ``connected``
+the party actually reached (PAI/RPID of the answer, else the To of the answered leg the
+PBX placed last). A dialled feature code (``*8``, ``**201``) is never a number: it becomes
+the party reached (its own connected identity, else the conversation's first caller).
+Other legs get ``upload: False`` and ``leg_of: <conversation_id>``. Policy
+``every_leg`` uploads every dialog (still linked).
+
+A finished leg is held until every dialog linked to it has ended and ``grace_ns`` of
+packet time has passed after the last end, so memory is bounded by that window (and by
+``max_held``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from agent.calls.call import CALLEE, CALLER, Call
+from agent.calls.numbers import compact_number, is_feature_code
+
+NS = 1_000_000_000
+LINK_WINDOW_NS = 2 * NS
+TRANSFER_WINDOW_NS = 10 * NS
+GRACE_NS = 5 * NS
+OVERLAP_TOLERANCE_NS = 2 * NS
+MIN_SUFFIX_DIGITS = 6
+MAX_HELD = 50_000
+LIVE_RECHECK_NS = 10 * NS
+FOREVER = 1 << 62
+HOLD_IPS = frozenset({"0.0.0.0", "::"})
+
+
+# ---------------------------------------------------------------------- call facts
+
+def _host(addr: str) -> str:
+    """IP of an ``ip:port`` / ``[v6]:port`` SIP address."""
+    if addr.startswith("["):
+        return addr[1:addr.find("]")]
+    return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+
+
+def _user(addr: Any) -> str:
+    return (addr.uri.user or "") if addr is not None else ""
+
+
+def dialled(call: Call) -> str:
+    user = _user(call.to_addr)
+    if not user and call.request_uri:
+        user = call.request_uri.split(":", 1)[-1].split("@", 1)[0].split(";", 1)[0]
+    return compact_number(user) if user else ""
+
+
+def caller_number(call: Call) -> str:
+    user = _user(call.from_addr)
+    if user.lower() in ("anonymous", "") and call.pai:
+        user = _user(call.pai[0])
+    return compact_number(user) if user else ""
+
+
+def numbers_match(a: str, b: str) -> bool:
+    """Equal, or (both numbers of 6+ digits) one ends with the other (a prefix was added)."""
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    da, db = a.lstrip("+"), b.lstrip("+")
+    if not (da.isdigit() and db.isdigit()):
+        # "12675941249_Uclx8s" vs "+12675941249": a SIP user whose leading digits are the number
+        head_a = "".join(ch for ch in _takewhile_digits(da))
+        head_b = "".join(ch for ch in _takewhile_digits(db))
+        if not head_a or not head_b or (head_a == da and head_b == db):
+            return False
+        da, db = head_a, head_b
+    short, long_ = sorted((da, db), key=len)
+    return len(short) >= MIN_SUFFIX_DIGITS and long_.endswith(short)
+
+
+def _takewhile_digits(text: str) -> str:
+    n = 0
+    while n < len(text) and text[n].isdigit():
+        n += 1
+    return text[:n]
+
+
+def media_endpoints(call: Call) -> set[tuple[str, int]]:
+    out: set[tuple[str, int]] = set()
+    for party in call.parties:
+        out.update(ep for ep in party.sdp_endpoints if ep[0] not in HOLD_IPS and ep[1])
+        if party.seen_endpoint is not None:
+            out.add(party.seen_endpoint)
+    return out
+
+
+def _sip_hosts(call: Call) -> set[str]:
+    return {_host(p.sip_addr) for p in call.parties if p.sip_addr}
+
+
+def _connected_number(call: Call) -> str:
+    user = _user(call.connected)
+    return compact_number(user) if user else ""
+
+
+def _end(call: Call) -> int:
+    return call.end_ts_ns if call.end_ts_ns is not None else FOREVER
+
+
+def _overlap(a: Call, b: Call) -> bool:
+    return a.start_ts_ns <= _end(b) and b.start_ts_ns <= _end(a)
+
+
+def _refer_target(refer_to: str) -> tuple[str, str]:
+    """(dialled user, Replaces Call-ID) of a raw Refer-To value."""
+    text = refer_to.strip()
+    if "<" in text and ">" in text:
+        text = text[text.index("<") + 1:text.index(">")]
+    uri, _, headers = text.partition("?")
+    user = uri.split(":", 1)[-1].split("@", 1)[0].split(";", 1)[0] if "@" in uri else ""
+    replaces = ""
+    for part in headers.split("&"):
+        key, _, value = part.partition("=")
+        if key.lower() == "replaces":
+            from urllib.parse import unquote
+            replaces = unquote(value).split(";", 1)[0]
+    return (compact_number(user) if user else ""), replaces
+
+
+def link_reason(a: Call, b: Call, pbx_ips: frozenset[str] = frozenset()) -> str | None:
+    """Why dialogs ``a`` and ``b`` are one conversation, or None."""
+    if a is b or a.callid == b.callid:
+        return None
+    first, second = (a, b) if (a.start_ts_ns, a.callid) <= (b.start_ts_ns, b.callid) else (b, a)
+    if second.replaces and second.replaces == first.callid:
+        return "replaces"
+    if first.replaces and first.replaces == second.callid:
+        return "replaces"
+    for refer_ts, refer_to in first.refers:
+        if 0 <= second.start_ts_ns - refer_ts <= TRANSFER_WINDOW_NS:
+            target, replaces = _refer_target(refer_to)
+            if replaces and replaces == second.callid:
+                return "refer"
+            if target and numbers_match(target, dialled(second)):
+                return "refer"
+    if not _overlap(a, b):
+        return None
+    if a.session_id and a.session_id == b.session_id:
+        return "session_id"
+    if second.start_ts_ns - first.start_ts_ns <= LINK_WINDOW_NS:
+        relay = _host(second.parties[CALLER].sip_addr)
+        if relay and (relay == _host(first.parties[CALLEE].sip_addr) or relay in pbx_ips):
+            if numbers_match(dialled(first), dialled(second)) or \
+                    numbers_match(caller_number(first), caller_number(second)):
+                return "pbx"
+    if _sip_hosts(a) & _sip_hosts(b):
+        if numbers_match(_connected_number(a), caller_number(b)) or \
+                numbers_match(_connected_number(b), caller_number(a)):
+            return "connected"
+    shared = media_endpoints(a) & media_endpoints(b)
+    if shared:
+        return "media"
+    return None
+
+
+# ---------------------------------------------------------------------- grouping
+
+@dataclass(slots=True)
+class _Conversation:
+    legs: list[Any] = field(default_factory=list)      # FinishedCall
+    last_end_ns: int = 0
+    reasons: set[str] = field(default_factory=set)
+    next_live_check_ns: int = 0     # a conversation waiting for a live dialog is re-checked rarely
+
+
+class ConversationGrouper:
+    """Links finished dialogs into conversations and applies the leg policy (see module doc)."""
+
+    def __init__(self, sip_config: Any = None, *, live: Mapping[str, Call] | None = None,
+                 counters: Any = None, policy: str = "conversation", grace_ns: int = GRACE_NS,
+                 max_held: int = MAX_HELD) -> None:
+        if policy not in ("conversation", "every_leg"):
+            raise ValueError(f"unknown leg policy {policy!r}")
+        self.pbx_ips = frozenset(getattr(sip_config, "pbx_addresses", ()) or ())
+        self.live = live if live is not None else {}
+        self.counters = counters
+        self.policy = policy
+        self.grace_ns = grace_ns
+        self.max_held = max_held
+        self._pending: list[_Conversation] = []
+        self._held = 0
+
+    # -- input ---------------------------------------------------------------------
+
+    def feed(self, finished: Any, now_ns: int = 0) -> list[Any]:
+        """Take one finished dialog; returns the finished dialogs whose conversation is done."""
+        call = finished.call
+        merged = _Conversation(legs=[finished], last_end_ns=call.end_ts_ns or call.start_ts_ns)
+        keep: list[_Conversation] = []
+        for conv in self._pending:
+            reason = self._links(conv, call)
+            if reason:
+                merged.legs.extend(conv.legs)
+                merged.last_end_ns = max(merged.last_end_ns, conv.last_end_ns)
+                merged.reasons |= conv.reasons | {reason}
+                self._count(f"legs.linked.{reason}")
+            else:
+                keep.append(conv)
+        keep.append(merged)
+        self._pending = keep
+        self._held += 1
+        out = self.release(now_ns)
+        while self._held > self.max_held and self._pending:
+            self._count("legs.released_over_limit")
+            out += self._emit(self._pending.pop(0))
+        return out
+
+    def _links(self, conv: _Conversation, call: Call) -> str | None:
+        for leg in conv.legs:
+            reason = link_reason(leg.call, call, self.pbx_ips)
+            if reason:
+                return reason
+        return None
+
+    def release(self, now_ns: int) -> list[Any]:
+        """Conversations whose dialogs all ended more than the grace period ago."""
+        out: list[Any] = []
+        keep: list[_Conversation] = []
+        for conv in self._pending:
+            if now_ns - conv.last_end_ns < self.grace_ns or now_ns < conv.next_live_check_ns:
+                keep.append(conv)
+            elif self._waits_for_live(conv):
+                conv.next_live_check_ns = now_ns + LIVE_RECHECK_NS
+                keep.append(conv)
+            else:
+                out += self._emit(conv)
+        self._pending = keep
+        return out
+
+    def flush(self) -> list[Any]:
+        """Everything held (end of capture, shutdown)."""
+        out: list[Any] = []
+        for conv in self._pending:
+            out += self._emit(conv)
+        self._pending = []
+        return out
+
+    def _waits_for_live(self, conv: _Conversation) -> bool:
+        for live_call in list(self.live.values()):
+            if not live_call.ended and self._links(conv, live_call):
+                return True
+        return False
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if self.counters is not None:
+            self.counters[name] += n
+
+    # -- policy --------------------------------------------------------------------
+
+    def _emit(self, conv: _Conversation) -> list[Any]:
+        legs = sorted(conv.legs, key=lambda f: (f.call.start_ts_ns, f.call.callid))
+        self._held -= len(legs)
+        first = legs[0].call
+        conversation_id = first.session_id or first.callid
+        pbx = self._pbx_ips_of(legs)
+        chosen = self._choose(legs, pbx) if self.policy == "conversation" else list(legs)
+        for index, fin in enumerate(legs):
+            record = fin.record
+            record["conversation_id"] = conversation_id
+            record["leg"] = index
+            upload = fin in chosen
+            record["upload"] = upload
+            record["leg_of"] = "" if upload else conversation_id
+            if len(legs) > 1:
+                record["conversation_legs"] = len(legs)
+            self._fix_feature_code(fin, legs)
+        if len(legs) > 1 and chosen:
+            lead = min(chosen, key=lambda f: (f.call.start_ts_ns, f.call.callid))
+            self._carry_identities(lead, legs, pbx)
+        if len(legs) > 1:
+            self._count("legs.conversations_multi")
+            self._count("legs.not_uploaded", len(legs) - len(chosen))
+        return legs
+
+    def _pbx_ips_of(self, legs: list[Any]) -> frozenset[str]:
+        """Configured PBX addresses plus any address that received one leg and placed another."""
+        received = {_host(f.call.parties[CALLEE].sip_addr) for f in legs}
+        placed = {_host(f.call.parties[CALLER].sip_addr) for f in legs}
+        return self.pbx_ips | ((received & placed) - {""})
+
+    def _choose(self, legs: list[Any], pbx: frozenset[str]) -> list[Any]:
+        def rank(fin: Any) -> tuple:
+            call = fin.call
+            seen = any(p.seen_endpoint is not None for p in call.parties)
+            phone = any(_host(p.sip_addr) not in pbx for p in call.parties if p.sip_addr)
+            return (not seen, not phone, call.start_ts_ns, call.callid)
+
+        answered = [f for f in legs if f.call.answered]
+        if not answered:
+            return [min(legs, key=rank)]
+        chosen: list[Any] = []
+        for fin in sorted(answered, key=rank):
+            call = fin.call
+            start, end = call.answer_ts_ns or call.start_ts_ns, _end(call)
+            clash = False
+            for other in chosen:
+                o_start, o_end = other.call.answer_ts_ns or other.call.start_ts_ns, _end(other.call)
+                shared_ns = min(end, o_end) - max(start, o_start)
+                shorter_ns = min(end - start, o_end - o_start)
+                if shared_ns > min(OVERLAP_TOLERANCE_NS, shorter_ns // 2):
+                    clash = True
+                    break
+            if not clash:
+                chosen.append(fin)
+        return chosen
+
+    def _reached(self, lead: Any, legs: list[Any], pbx: frozenset[str]) -> dict[str, str] | None:
+        """The party the conversation reached: an answer's PAI/RPID, else the To of the
+        answered leg the PBX placed last."""
+        own = lead.record.get("connected") or {}
+        if own.get("phone") or own.get("name"):
+            return None
+        later = [f for f in legs if f is not lead and f.call.answered]
+        for fin in sorted(later, key=lambda f: f.call.start_ts_ns, reverse=True):
+            placed_by_pbx = _host(fin.call.parties[CALLER].sip_addr) in pbx
+            if not placed_by_pbx:
+                continue
+            conn = fin.record.get("connected") or {}
+            if conn.get("phone"):
+                return dict(conn)
+            if not is_feature_code(dialled(fin.call)) and fin.record.get("destinationphone"):
+                return {"name": fin.record.get("destinationname", ""),
+                        "phone": fin.record["destinationphone"]}
+        return None
+
+    def _carry_identities(self, lead: Any, legs: list[Any], pbx: frozenset[str]) -> None:
+        record = lead.record
+        first = legs[0]
+        if first is not lead:
+            record["callername"] = first.record["callername"]
+            record["callerphone"] = first.record["callerphone"]
+        reached = self._reached(lead, legs, pbx)
+        if reached:
+            record["connected"] = reached
+        if not record.get("destinationphone") and record["connected"].get("phone"):
+            record["destinationphone"] = record["connected"]["phone"]
+
+    def _fix_feature_code(self, fin: Any, legs: list[Any]) -> None:
+        """A dialled ``*8`` becomes the party reached, never the number."""
+        record = fin.record
+        if not is_feature_code(record.get("raw", {}).get("callee_number", "")):
+            return
+        conn = record.get("connected") or {}
+        if conn.get("phone"):
+            record["destinationphone"] = conn["phone"]
+            record["destinationname"] = conn.get("name", "") or record.get("destinationname", "")
+            return
+        first = legs[0]
+        if first is not fin and fin.call.answered:
+            record["destinationphone"] = first.record["callerphone"]
+            record["destinationname"] = first.record["callername"]
+        else:
+            record["destinationphone"] = ""
+
+
+def group_all(finished: Iterable[Any], sip_config: Any = None, **kwargs: Any) -> list[Any]:
+    """Group a complete list of finished dialogs at once (tests, offline tools)."""
+    grouper = ConversationGrouper(sip_config, **kwargs)
+    out: list[Any] = []
+    for fin in sorted(finished, key=lambda f: f.call.end_ts_ns or f.call.start_ts_ns):
+        out += grouper.feed(fin, fin.call.end_ts_ns or fin.call.start_ts_ns)
+    return out + grouper.flush()

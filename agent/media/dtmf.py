@@ -1,0 +1,312 @@
+"""DTMF key presses found in the media: RFC 4733 telephone-events and in-band tones.
+
+Owns two pure detectors (no I/O, no clocks of their own):
+
+* ``TelephoneEventTracker``: the RFC 4733 / RFC 2833 events of ONE RTP stream. A key press
+  is identified by the event's RTP timestamp (every packet of one event repeats it), so the
+  growing-duration updates, the three redundant end packets, duplicates, reordering and
+  the loss of the first or of some end packets all still give exactly one press. A key held
+  longer than the 16-bit duration field is sent as several segments with new timestamps
+  (RFC 4733 2.5.1.3): a segment that starts where an unfinished segment of the same event
+  reached is merged into it. Events above 15 (fax/modem tones, Cisco NSE 192+) are never
+  digits and are only counted.
+* ``InbandDtmfDetector``: tones inside decoded audio, a Goertzel-style filter bank (a Hann
+  window, three probes per DTMF frequency so the frequency and level can be interpolated)
+  with ITU-T Q.24-like acceptance rules: per-tone level, twist, frequency tolerance, the
+  winning tone well above the others of its group, the two tones carrying most of the
+  block's energy (what rejects speech), a minimum duration and a minimum pause.
+
+Does not own which packets are events (``stream.py`` knows the payload types per
+direction), placing audio on the call timeline or masking (``render.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.media.rtp import parse_telephone_event
+
+__all__ = ["DTMF_DIGITS", "DtmfEvent", "ToneSpan", "TelephoneEventTracker",
+           "InbandDtmfDetector", "detect_inband", "digit_for_event", "DTMF_LOW_HZ", "DTMF_HIGH_HZ"]
+
+DTMF_DIGITS = "0123456789*#ABCD"          # RFC 4733 events 0..15
+DTMF_LOW_HZ = (697, 770, 852, 941)
+DTMF_HIGH_HZ = (1209, 1336, 1477, 1633)
+_KEYPAD = ("123A", "456B", "789C", "*0#D")  # [row][column]
+_NS = 1_000_000_000
+_MAX_EVENTS = 10_000                       # per stream: a bound against garbage streams
+
+
+def digit_for_event(event: int) -> str | None:
+    """The key of an RFC 4733 event code, None above 15 (not a DTMF digit)."""
+    return DTMF_DIGITS[event] if 0 <= event <= 15 else None
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfEvent:
+    digit: str
+    direction: int        # 0 = caller→callee, 1 = callee→caller
+    ts_ns: int            # key start, packet (arrival) time base
+    duration_ms: int
+    source: str           # "rfc4733" | "inband"
+
+    def as_dict(self) -> dict:
+        return {"digit": self.digit, "direction": self.direction, "ts_ns": self.ts_ns,
+                "duration_ms": self.duration_ms, "source": self.source}
+
+
+class _Press:
+    __slots__ = ("event", "start_ns", "last_ns", "duration", "ended")
+
+    def __init__(self, event: int, start_ns: int, arrival_ns: int, duration: int,
+                 ended: bool) -> None:
+        self.event = event
+        self.start_ns = start_ns
+        self.last_ns = arrival_ns
+        self.duration = duration
+        self.ended = ended
+
+
+class TelephoneEventTracker:
+    """RFC 4733 events of one stream, keyed by their RTP timestamp (see module docstring)."""
+
+    __slots__ = ("direction", "clock_rate_hz", "_presses", "other_events", "malformed",
+                 "_other_ts")
+
+    def __init__(self, direction: int, clock_rate_hz: int = 8000) -> None:
+        self.direction = direction
+        self.clock_rate_hz = clock_rate_hz if clock_rate_hz > 0 else 8000
+        self._presses: dict[int, _Press] = {}
+        self._other_ts: set[int] = set()
+        self.other_events = 0      # distinct non-digit events (event > 15)
+        self.malformed = 0         # event payloads shorter than 4 bytes
+
+    def on_packet(self, rtp_ts: int, arrival_ns: int, payload: bytes) -> None:
+        parsed = parse_telephone_event(payload)
+        if parsed is None:
+            self.malformed += 1
+            return
+        event, end, _volume, duration = parsed
+        if event > 15:
+            if rtp_ts not in self._other_ts and len(self._other_ts) < _MAX_EVENTS:
+                self._other_ts.add(rtp_ts)
+                self.other_events += 1
+            return
+        # The packet carrying duration d was sent about d after the key went down.
+        start_ns = arrival_ns - duration * _NS // self.clock_rate_hz
+        press = self._presses.get(rtp_ts)
+        if press is None:
+            if len(self._presses) >= _MAX_EVENTS:
+                return
+            self._presses[rtp_ts] = _Press(event, start_ns, arrival_ns, duration, end)
+            return
+        if press.event != event:
+            return   # a different event reusing a live timestamp: broken sender, keep the first
+        if start_ns < press.start_ns:
+            press.start_ns = start_ns
+        if arrival_ns > press.last_ns:
+            press.last_ns = arrival_ns
+        if duration > press.duration:
+            press.duration = duration
+        if end:
+            press.ended = True
+
+    def events(self) -> list[DtmfEvent]:
+        """One DtmfEvent per key press, in time order."""
+        items = sorted(self._presses.items(), key=lambda kv: kv[1].start_ns)
+        # Continuation segments of a long key hold: tolerance of 50 ms of RTP clock.
+        tol = self.clock_rate_hz // 20
+        merged: list[list] = []   # [rtp_ts, press, total_ticks]
+        for ts, press in items:
+            if merged:
+                prev_ts, prev, total = merged[-1]
+                gap = (ts - prev_ts) & 0xFFFFFFFF
+                if (prev.event == press.event and not prev.ended and gap < 0x80000000
+                        and gap <= total + tol):
+                    merged[-1] = [ts, _Press(prev.event, prev.start_ns, press.last_ns,
+                                             press.duration, press.ended),
+                                  gap + press.duration]
+                    merged[-1][1].duration = gap + press.duration  # whole hold
+                    continue
+            merged.append([ts, press, press.duration])
+        out = []
+        for _ts, press, total in merged:
+            out.append(DtmfEvent(DTMF_DIGITS[press.event], self.direction, press.start_ns,
+                                 total * 1000 // self.clock_rate_hz, "rfc4733"))
+        return out
+
+
+# --------------------------------------------------------------------------- in-band
+
+
+@dataclass(frozen=True, slots=True)
+class ToneSpan:
+    digit: str
+    start_sample: int     # at the rate the detector was fed
+    end_sample: int       # exclusive
+
+    def duration_ms(self, rate_hz: int) -> int:
+        return (self.end_sample - self.start_sample) * 1000 // rate_hz
+
+
+# Level reference: a full-scale int16 sine is +3.17 dBm0 (G.711), so 0 dBm0 ≈ 22 400 peak.
+_DBM0_PEAK = 32124 / 10 ** (3.17 / 20)
+
+
+class InbandDtmfDetector:
+    """Streaming DTMF tone detector over int16 mono PCM (see module docstring).
+
+    Feed any number of chunks with ``feed``; ``finish`` returns the tone spans found, in
+    samples of the input rate from the first sample fed. Rates that are multiples of
+    8 kHz are averaged down to 8 kHz first (DTMF tops out at 1633 Hz).
+    """
+
+    def __init__(self, rate_hz: int = 8000, *, block_ms: float = 25.6, hop_ms: float = 8.0,
+                 min_level_dbm0: float = -32.0, normal_twist_db: float = 8.0,
+                 reverse_twist_db: float = 6.0, freq_tolerance: float = 0.03,
+                 relative_peak_db: float = 8.0, min_tone_fraction: float = 0.8,
+                 min_hits: int = 4, min_pause_blocks: int = 3) -> None:
+        if rate_hz <= 0:
+            raise ValueError("rate_hz must be positive")
+        self.rate_hz = rate_hz
+        self.factor = rate_hz // 8000 if rate_hz % 8000 == 0 and rate_hz > 8000 else 1
+        self.det_rate = rate_hz // self.factor
+        self.n = max(32, int(round(self.det_rate * block_ms / 1000)))
+        self.hop = max(1, int(round(self.det_rate * hop_ms / 1000)))
+        self.min_power = (_DBM0_PEAK * 10 ** (min_level_dbm0 / 20)) ** 2 / 2
+        self.normal_twist = 10 ** (normal_twist_db / 10)
+        self.reverse_twist = 10 ** (reverse_twist_db / 10)
+        self.freq_tolerance = freq_tolerance
+        self.relative_peak = 10 ** (relative_peak_db / 10)
+        self.min_tone_fraction = min_tone_fraction
+        self.min_hits = min_hits
+        self.min_pause_blocks = min_pause_blocks
+        # Basis: 8 frequencies x 3 probes (-1/2 bin, 0, +1/2 bin), Hann-windowed cos and sin.
+        n = np.arange(self.n)
+        self.window = 0.5 - 0.5 * np.cos(2 * np.pi * (n + 0.5) / self.n)
+        self.wsum = float(self.window.sum())
+        self.half_bin_hz = self.det_rate / self.n  # probe spacing: one bin (name kept short)
+        freqs = []
+        for f in DTMF_LOW_HZ + DTMF_HIGH_HZ:
+            freqs += [f - self.half_bin_hz, f, f + self.half_bin_hz]
+        ang = 2 * np.pi * np.outer(n, np.array(freqs)) / self.det_rate
+        self.basis = np.concatenate([np.cos(ang), np.sin(ang)], axis=1) * self.window[:, None]
+        self.nominal = np.array(DTMF_LOW_HZ + DTMF_HIGH_HZ, dtype=np.float64)
+        # streaming state
+        self._carry = np.zeros(0, dtype=np.float64)     # undecimated remainder
+        self._buf = np.zeros(0, dtype=np.float64)       # decimated samples not yet consumed
+        self._buf_pos = 0                                # decimated index of _buf[0]
+        self._next_block = 0                             # decimated index of the next block
+        self._cur = -1
+        self._hits = 0
+        self._first_hit = 0
+        self._last_hit = 0
+        self._misses = 0
+        self._spans: list[ToneSpan] = []
+
+    # ----------------------------------------------------------------- input
+    def feed(self, pcm: np.ndarray) -> None:
+        x = np.asarray(pcm, dtype=np.float64).reshape(-1)
+        if self.factor > 1:
+            if self._carry.size:
+                x = np.concatenate([self._carry, x])
+            usable = x.size - x.size % self.factor
+            self._carry = x[usable:]
+            x = x[:usable].reshape(-1, self.factor).mean(axis=1)
+        if x.size == 0:
+            return
+        buf = np.concatenate([self._buf, x]) if self._buf.size else x
+        start = self._next_block - self._buf_pos
+        avail = buf.size - start
+        if avail >= self.n:
+            nb = (avail - self.n) // self.hop + 1
+            view = np.lib.stride_tricks.sliding_window_view(buf[start:], self.n)[::self.hop][:nb]
+            self._decide(view)
+            self._next_block += nb * self.hop
+        drop = self._next_block - self._buf_pos
+        if drop > 0:
+            buf = buf[drop:]
+            self._buf_pos += drop
+        self._buf = buf.copy() if buf.base is not None else buf
+
+    def _decide(self, blocks: np.ndarray) -> None:
+        proj = blocks @ self.basis                          # (nb, 48)
+        k = self.nominal.size * 3
+        power = (proj[:, :k] ** 2 + proj[:, k:] ** 2) * (2.0 / self.wsum ** 2)
+        power = power.reshape(-1, 8, 3) + 1e-9
+        lp = np.log(power)
+        a, b, c = lp[:, :, 0], lp[:, :, 1], lp[:, :, 2]
+        denom = a - 2 * b + c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = np.where(denom < 0, 0.5 * (a - c) / denom, 0.0)
+        delta = np.clip(delta, -3, 3)
+        peak = np.exp(b - 0.25 * (a - c) * delta)           # interpolated tone power
+        offset_hz = delta * self.half_bin_hz
+        total = (blocks ** 2 * self.window).sum(axis=1) / self.wsum + 1e-9
+        # Pick and compare tones on the centre probes: an off-centre tone would inflate
+        # its neighbour's interpolated peak (the neighbour's outer probe sits near it).
+        center = power[:, :, 1]
+        rows = np.argmax(center[:, :4], axis=1)
+        cols = np.argmax(center[:, 4:], axis=1)
+        idx = np.arange(blocks.shape[0])
+        p_row = peak[idx, rows]
+        p_col = peak[idx, 4 + cols]
+        low = center[:, :4].copy()
+        low[idx, rows] = 0
+        high = center[:, 4:].copy()
+        high[idx, cols] = 0
+        ok = ((p_row >= self.min_power) & (p_col >= self.min_power)
+              & (p_row <= p_col * self.normal_twist) & (p_col <= p_row * self.reverse_twist)
+              & (p_row >= low.max(axis=1) * self.relative_peak)
+              & (p_col >= high.max(axis=1) * self.relative_peak)
+              & (np.abs(offset_hz[idx, rows]) <= self.nominal[rows] * self.freq_tolerance)
+              & (np.abs(offset_hz[idx, 4 + cols]) <= self.nominal[4 + cols] * self.freq_tolerance)
+              & (p_row + p_col >= self.min_tone_fraction * total))
+        codes = np.where(ok, rows * 4 + cols, -1)
+        pos = self._next_block
+        for code in codes.tolist():
+            self._step(code, pos)
+            pos += self.hop
+
+    def _step(self, code: int, pos: int) -> None:
+        if code >= 0 and code == self._cur:
+            self._hits += 1
+            self._last_hit = pos
+            self._misses = 0
+            return
+        confirmed = self._cur >= 0 and self._hits >= self.min_hits
+        if confirmed:
+            self._misses += 1
+            if self._misses < self.min_pause_blocks:
+                return           # a short drop inside a tone (loss, noise burst): same key
+            self._emit()
+        self._cur = code
+        self._hits = 1 if code >= 0 else 0
+        self._first_hit = self._last_hit = pos
+        self._misses = 0
+
+    def _emit(self) -> None:
+        r, c = divmod(self._cur, 4)
+        f = self.factor
+        self._spans.append(ToneSpan(_KEYPAD[r][c], self._first_hit * f,
+                                    (self._last_hit + self.n) * f))
+        self._cur = -1
+        self._hits = 0
+        self._misses = 0
+
+    def finish(self) -> list[ToneSpan]:
+        """Close a tone still running at the end and return every span found."""
+        if self._cur >= 0 and self._hits >= self.min_hits:
+            self._emit()
+        self._cur = -1
+        self._hits = 0
+        return list(self._spans)
+
+
+def detect_inband(pcm: np.ndarray, rate_hz: int = 8000, **kwargs) -> list[ToneSpan]:
+    """Convenience: run an ``InbandDtmfDetector`` over one whole signal."""
+    det = InbandDtmfDetector(rate_hz, **kwargs)
+    det.feed(pcm)
+    return det.finish()

@@ -1,0 +1,185 @@
+"""Observability of a running agent: Prometheus text exposition and a health endpoint.
+
+Owns: turning a snapshot of the agent's state (counters of the capture process and
+the uploader, ring statistics, spool summary) into the Prometheus text format,
+deciding health (no packets, uploads failing, disk low), and a small stdlib
+``http.server`` on a configurable local address serving ``/metrics`` and
+``/health``. Does not own: collecting the numbers (agent.run supplies a snapshot
+function) or any capture logic. Never exposes credentials or audio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything /metrics and /health show, taken at one moment."""
+    counters: Mapping[str, int] = field(default_factory=dict)   # dotted names, all processes
+    active_calls: int = 0
+    ring_drops: int = 0
+    kernel_drops: int = 0
+    render_queue: int = 0
+    spool_states: Mapping[str, int] = field(default_factory=dict)
+    spool_oldest_undelivered_s: float = 0.0
+    spool_free_mb: float = -1.0
+    seconds_since_packet: float = 0.0
+    upload_failing_s: float = 0.0
+    capture_alive: bool = True
+    up_since_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthLimits:
+    no_packets_s: float = 300.0
+    upload_failing_s: float = 900.0
+    min_free_mb: int = 1024
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _sum_prefix(counters: Mapping[str, int], *prefixes: str) -> int:
+    return sum(v for k, v in counters.items() if k.startswith(prefixes))
+
+
+def render_metrics(snap: Snapshot) -> str:
+    """The Prometheus text exposition format (version 0.0.4)."""
+    c = snap.counters
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+            num = repr(float(value)) if isinstance(value, float) else str(int(value))
+            lines.append(f"{name}{{{lab}}} {num}" if lab else f"{name} {num}")
+
+    metric("calln_packets_total", "counter", "Frames handed to the engine.", [({}, c.get("capture.frames", 0))])
+    metric("calln_bytes_total", "counter", "Bytes of the frames handed to the engine.",
+           [({}, c.get("capture.bytes", 0))])
+    parser = _sum_prefix(c, "net.skip.", "sip.skip.", "rtp.skip.")
+    metric("calln_drops_total", "counter", "Packets lost or skipped, by where.",
+           [({"kind": "kernel"}, snap.kernel_drops), ({"kind": "ring"}, snap.ring_drops),
+            ({"kind": "parser"}, parser)])
+    metric("calln_active_calls", "gauge", "Calls in progress.", [({}, snap.active_calls)])
+    reasons = sorted((k[len("calls.end_reason."):], v) for k, v in c.items() if k.startswith("calls.end_reason."))
+    metric("calln_calls_finished_total", "counter", "Calls ended, by end reason.",
+           [({"reason": r}, v) for r, v in reasons] or [({"reason": "bye"}, 0)])
+    metric("calln_recordings_written_total", "counter", "Recordings rendered and spooled.",
+           [({}, c.get("recorder.recordings", 0))])
+    metric("calln_render_queue", "gauge", "Finished calls waiting for or in rendering.",
+           [({}, snap.render_queue)])
+    metric("calln_render_backpressure_total", "counter", "Times the capture loop waited for renderers.",
+           [({}, c.get("recorder.backpressure", 0))])
+    metric("calln_uploads_total", "counter", "Upload outcomes.",
+           [({"result": "delivered"}, c.get("deliver.upload.delivered", 0)
+             + c.get("deliver.upload.delivered_unconfirmed", 0)),
+            ({"result": "retried"}, c.get("deliver.upload.transient", 0)
+             + c.get("deliver.upload.expired_restart", 0)),
+            ({"result": "parked"}, c.get("deliver.upload.parked", 0))])
+    metric("calln_spool_calls", "gauge", "Calls in the spool, by state.",
+           [({"state": s}, n) for s, n in sorted(snap.spool_states.items())] or [({"state": "ready"}, 0)])
+    metric("calln_spool_oldest_undelivered_seconds", "gauge", "Age of the oldest call not yet delivered.",
+           [({}, float(snap.spool_oldest_undelivered_s))])
+    metric("calln_spool_free_megabytes", "gauge", "Free space on the spool's filesystem.",
+           [({}, float(snap.spool_free_mb))])
+    metric("calln_seconds_since_last_packet", "gauge", "Seconds since the capture saw a packet.",
+           [({}, float(snap.seconds_since_packet))])
+    metric("calln_capture_up", "gauge", "1 while the capture process runs.", [({}, int(snap.capture_alive))])
+    # Every other named counter, for diagnosis (what was skipped and why).
+    metric("calln_events_total", "counter", "The agent's internal event counters.",
+           [({"name": k}, v) for k, v in sorted(c.items()) if v])
+    return "\n".join(lines) + "\n"
+
+
+def health(snap: Snapshot, limits: HealthLimits) -> tuple[bool, list[str]]:
+    """(healthy, reasons when not)."""
+    reasons = []
+    if not snap.capture_alive:
+        reasons.append("capture process not running")
+    if limits.no_packets_s > 0 and snap.seconds_since_packet > limits.no_packets_s:
+        reasons.append(f"no packets for {snap.seconds_since_packet:.0f} s")
+    if limits.upload_failing_s > 0 and snap.upload_failing_s > limits.upload_failing_s:
+        reasons.append(f"uploads failing for {snap.upload_failing_s:.0f} s")
+    if snap.spool_free_mb >= 0 and snap.spool_free_mb < limits.min_free_mb:
+        reasons.append(f"spool disk low ({snap.spool_free_mb:.0f} MB free)")
+    return not reasons, reasons
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9731' / '[::1]:9731' / ':9731' → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"[metrics] listen {listen!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class MetricsServer:
+    """Serves /metrics and /health from ``snapshot()`` in a daemon thread."""
+
+    def __init__(self, listen: str, snapshot: Callable[[], Snapshot],
+                 limits: Callable[[], HealthLimits]) -> None:
+        host, port = parse_listen(listen)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                path = self.path.split("?", 1)[0]
+                try:
+                    snap = outer.snapshot()
+                except Exception:                    # a metrics bug must not kill the agent
+                    log.exception("metrics snapshot failed")
+                    self.send_error(500)
+                    return
+                if path == "/metrics":
+                    body = render_metrics(snap).encode()
+                    code, ctype = 200, "text/plain; version=0.0.4; charset=utf-8"
+                elif path in ("/health", "/healthz"):
+                    ok, reasons = health(snap, outer.limits())
+                    body = json.dumps({"status": "ok" if ok else "unhealthy", "reasons": reasons}).encode()
+                    code, ctype = (200 if ok else 503), "application/json"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.snapshot = snapshot
+        self.limits = limits
+        family_server = ThreadingHTTPServer
+        if ":" in host:
+            import socket
+
+            class V6(ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+            family_server = V6
+        self.server = family_server((host, port), Handler)
+        self.server.daemon_threads = True
+        self.address = self.server.server_address[:2]
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="calln-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)

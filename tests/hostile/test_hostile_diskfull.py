@@ -1,0 +1,145 @@
+"""Disk full under the spool's working area: capture goes on, audio that cannot be written
+is dropped (logged), nothing already there is damaged, and recording resumes with space.
+
+Uses a 1 MiB tmpfs mounted for the test (root only; skipped otherwise)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agent.config import Config
+from agent.engine import Engine
+from agent.media.medialog import MediaLogWriter, read_media_log
+from agent.media.render import render_recording
+
+from _hostile_lib import PCAPS, essentials, read_records, run_engine
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "spool"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=1000", "tmpfs",
+                           str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(fs: Path) -> Path:
+    """Fill the filesystem completely; returns the filler file."""
+    filler = fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_media_log_resumes_after_disk_full_without_torn_records(small_fs, caplog):
+    caplog.set_level(logging.WARNING, logger="agent.media.medialog")
+    path = small_fs / "call.media"
+    w = MediaLogWriter(path, flush_bytes=10_000)
+    for i in range(100):                       # ~18 kB: written
+        w.append(0, i, i * 160, i, 0, False, b"a" * 160)
+    w.flush()
+    before = path.stat().st_size
+    filler = _fill(small_fs)
+    for i in range(100, 300):                  # disk full: these batches fail
+        w.append(0, i, i * 160, i, 0, False, b"b" * 160)
+    assert w.failed is not None and "No space" in w.failed
+    assert path.stat().st_size == before       # the partial batch was cut off again
+    filler.unlink()                            # space returns
+    for i in range(300, 400):
+        w.append(0, i, i * 160, i, 0, False, b"c" * 160)
+    w.close()
+    assert w.failed is None and w.failures == 1 and w.recoveries == 1
+    seqs = [r[1] for r in read_media_log(path)]
+    assert seqs[:100] == list(range(100)) and seqs[-100:] == list(range(300, 400))
+    lost = 200 - (len(seqs) - 200)
+    assert w.lost_at_failure + w.dropped == lost and lost > 0
+    assert all(r[6] in (b"a" * 160, b"b" * 160, b"c" * 160) for r in read_media_log(path))
+    text = caplog.text
+    assert "cannot write media log" in text and "recording resumes" in text
+
+
+def test_engine_on_a_full_disk_keeps_capturing_and_recovers(small_fs):
+    work = small_fs / "work"
+    work.mkdir()
+    done = small_fs / "done"
+    done.mkdir()
+    old = done / "earlier-call.mp3"            # something already in the spool
+    old.write_bytes(os.urandom(100_000))
+    old_sha = _sha(old)
+    filler = _fill(small_fs)
+
+    want, _ = run_engine(PCAPS / "multi_call.pcap")
+    rendered: dict[str, float] = {}
+    records: list[dict] = []
+
+    def on_finished(f):
+        records.append(f.record)
+        if f.media_log is not None and f.media_log.exists() and f.media_log.stat().st_size:
+            res = render_recording(f.media_log, f.streams, small_fs.parent / f"{len(records)}.wav",
+                                   fmt="wav")
+            rendered[f.record["callid"]] = res.duration_ms
+            f.media_log.unlink()
+
+    counters: Counter = Counter()
+    engine = Engine(Config(), on_finished, counters=counters, workdir=work)
+    recs = read_records(PCAPS / "multi_call.pcap")
+    for ts, lt, frame in recs[:340]:           # call 1 ends (BYE) while the disk is full
+        engine.feed(ts, lt, frame)
+    filler.unlink()                            # space returns
+    for ts, lt, frame in recs[340:]:
+        engine.feed(ts, lt, frame)
+    engine.finish()
+
+    assert _sha(old) == old_sha                # the spool's content is untouched
+    by_id = {r["callid"]: r for r in records}
+    assert len(by_id) == 3
+    for w in want:                             # signalling and stats are complete for all
+        assert essentials(by_id[w["callid"]]) == essentials(w)
+    c1, c2, c3 = (f"multi_call-000{i}@callntest.example" for i in (1, 2, 3))
+    assert c1 not in rendered                  # its audio could not be written
+    # Calls still running when space returned record again (they flush at their end).
+    assert rendered[c2] > 1500 and rendered[c3] > 1500
+
+
+@pytest.mark.xfail(strict=False, reason="engine/stream do not count media-log failures: "
+                   "CallMedia/Engine._finish should copy MediaLogWriter.lost_at_failure/dropped/"
+                   "failures into counters (e.g. media.log_dropped_packets) and the record")
+def test_engine_counts_audio_dropped_on_full_disk(small_fs):
+    work = small_fs / "work"
+    work.mkdir()
+    filler = _fill(small_fs)
+    counters: Counter = Counter()
+    engine = Engine(Config(), lambda f: None, counters=counters, workdir=work)
+    for ts, lt, frame in read_records(PCAPS / "basic_udp.pcap"):
+        engine.feed(ts, lt, frame)
+    engine.finish()
+    filler.unlink()
+    assert any(k.startswith("media.log") and v > 0 for k, v in counters.items()), dict(counters)
