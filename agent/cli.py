@@ -154,12 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_delivery(sub)
     from agent.demo import register as register_demo
     register_demo(sub)
-    try:
-        from agent.run import register as register_run    # live capture daemon: run, check-config
-    except ImportError:
-        register_run = None
-    if register_run is not None:
-        register_run(sub)
+    from agent.run import register as register_run    # live capture daemon: run, check-config
+    register_run(sub)
     return parser
 
 
