@@ -32,7 +32,7 @@ def test_small_flood_keeps_real_calls_intact(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="agent/calls/legs.py ConversationGrouper.feed compares every "
                    "finished dialog with every pending conversation (link_reason per leg): "
-                   "O(finished x held) — thousands of scanner INVITEs ending together take minutes")
+                   "O(finished x held): cost grows quadratically with scanner INVITEs ending together (100,000: hours)")
 def test_flood_of_unanswered_invites_is_linear(tmp_path):
     build(tmp_path / "f.pcap", scans=6000, calls=1, duration_s=1.0)
     started = time.monotonic()
