@@ -141,7 +141,7 @@ class Engine:
         # The fused RTP fast path: Ethernet II / IPv4 without options / UDP, unfragmented, to or
         # from a known media endpoint whose sender was already seen (first packets take the full
         # path for MAC and latching). No Datagram, no text addresses; identical semantics.
-        if (linktype == 1 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45
+        if (linktype == 1 and len(frame) >= 42 and frame[12] == 8 and frame[13] == 0 and frame[14] == 0x45
                 and frame[23] == 17 and not (frame[20] & 0x3F or frame[21])):
             total = (frame[16] << 8) | frame[17]
             if 28 <= total <= len(frame) - 14:

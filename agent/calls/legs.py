@@ -62,6 +62,8 @@ OVERLAP_TOLERANCE_NS = 2 * NS
 MIN_SUFFIX_DIGITS = 6
 MAX_HELD = 50_000
 LIVE_RECHECK_NS = 10 * NS
+HOT_KEY_LIMIT = 64          # held conversations per index key (more: a scanner, not a call)
+LIVE_SCAN_LIMIT = 256       # up to this many live dialogs are scanned directly
 FOREVER = 1 << 62
 HOLD_IPS = frozenset({"0.0.0.0", "::"})
 
@@ -198,16 +200,57 @@ def link_reason(a: Call, b: Call, pbx_ips: frozenset[str] = frozenset()) -> str 
 
 # ---------------------------------------------------------------------- grouping
 
+def _number_keys(number: str) -> set[tuple[str, str]]:
+    """Index keys under which two numbers that ``numbers_match`` always meet: the number
+    itself, and the last MIN_SUFFIX_DIGITS of its (leading) digits."""
+    keys = {("num", number)}
+    digits = number.lstrip("+")
+    if not digits.isdigit():
+        digits = _takewhile_digits(digits)
+    if digits:
+        keys.add(("num", digits[-MIN_SUFFIX_DIGITS:]))
+    return keys
+
+
+def link_keys(call: Call) -> set[tuple[str, Any]]:
+    """Every value ``link_reason`` compares, as index keys: two dialogs that link share at
+    least one key, so candidates come from an index instead of a scan of everything held."""
+    keys: set[tuple[str, Any]] = {("cid", call.callid)}
+    if call.replaces:
+        keys.add(("cid", call.replaces))
+    for _ts, refer_to in call.refers:
+        target, replaces = _refer_target(refer_to)
+        if replaces:
+            keys.add(("cid", replaces))
+        if target:
+            keys |= _number_keys(target)
+    if call.session_id:
+        keys.add(("sid", call.session_id))
+    for number in (dialled(call), caller_number(call), _connected_number(call)):
+        if number:
+            keys |= _number_keys(number)
+    keys.update(("ep", ep) for ep in media_endpoints(call))
+    return keys
+
+
 @dataclass(slots=True)
 class _Conversation:
+    id: int
     legs: list[Any] = field(default_factory=list)      # FinishedCall
     last_end_ns: int = 0
     reasons: set[str] = field(default_factory=set)
+    keys: set[tuple[str, Any]] = field(default_factory=set)
     next_live_check_ns: int = 0     # a conversation waiting for a live dialog is re-checked rarely
 
 
 class ConversationGrouper:
-    """Links finished dialogs into conversations and applies the leg policy (see module doc)."""
+    """Links finished dialogs into conversations and applies the leg policy (see module doc).
+
+    Held conversations are indexed by ``link_keys`` so a flood of unrelated dialogs (a
+    scanner's INVITEs) costs a few dict lookups each, not a comparison with everything held.
+    A key shared by more than ``HOT_KEY_LIMIT`` held conversations (a scanner reusing one
+    SDP address) stops being indexed: no real conversation has that many legs.
+    """
 
     def __init__(self, sip_config: Any = None, *, live: Mapping[str, Call] | None = None,
                  counters: Any = None, policy: str = "conversation", grace_ns: int = GRACE_NS,
@@ -220,33 +263,64 @@ class ConversationGrouper:
         self.policy = policy
         self.grace_ns = grace_ns
         self.max_held = max_held
-        self._pending: list[_Conversation] = []
+        self._pending: dict[int, _Conversation] = {}          # insertion order = age
+        self._index: dict[tuple[str, Any], set[int]] = {}
+        self._next_id = 0
         self._held = 0
+        self._live_index: dict[tuple[str, Any], list[Call]] = {}
+        self._live_index_ns: int | None = None
 
     # -- input ---------------------------------------------------------------------
 
     def feed(self, finished: Any, now_ns: int = 0) -> list[Any]:
         """Take one finished dialog; returns the finished dialogs whose conversation is done."""
         call = finished.call
-        merged = _Conversation(legs=[finished], last_end_ns=call.end_ts_ns or call.start_ts_ns)
-        keep: list[_Conversation] = []
-        for conv in self._pending:
+        self._next_id += 1
+        merged = _Conversation(id=self._next_id, legs=[finished],
+                               last_end_ns=call.end_ts_ns or call.start_ts_ns, keys=link_keys(call))
+        candidates: set[int] = set()
+        for key in merged.keys:
+            candidates |= self._index.get(key, set())
+        for conv_id in sorted(candidates):
+            conv = self._pending[conv_id]
             reason = self._links(conv, call)
             if reason:
+                self._unindex(conv)
                 merged.legs.extend(conv.legs)
                 merged.last_end_ns = max(merged.last_end_ns, conv.last_end_ns)
                 merged.reasons |= conv.reasons | {reason}
+                merged.keys |= conv.keys
                 self._count(f"legs.linked.{reason}")
-            else:
-                keep.append(conv)
-        keep.append(merged)
-        self._pending = keep
+        self._pending[merged.id] = merged
+        self._reindex(merged)
         self._held += 1
         out = self.release(now_ns)
         while self._held > self.max_held and self._pending:
             self._count("legs.released_over_limit")
-            out += self._emit(self._pending.pop(0))
+            out += self._emit(self._pop(next(iter(self._pending))))
         return out
+
+    def _reindex(self, conv: _Conversation) -> None:
+        for key in conv.keys:
+            ids = self._index.setdefault(key, set())
+            if len(ids) < HOT_KEY_LIMIT:
+                ids.add(conv.id)
+            else:
+                self._count("legs.hot_key")
+
+    def _unindex(self, conv: _Conversation) -> None:
+        self._pending.pop(conv.id, None)
+        for key in conv.keys:
+            ids = self._index.get(key)
+            if ids is not None:
+                ids.discard(conv.id)
+                if not ids:
+                    del self._index[key]
+
+    def _pop(self, conv_id: int) -> _Conversation:
+        conv = self._pending[conv_id]
+        self._unindex(conv)
+        return conv
 
     def _links(self, conv: _Conversation, call: Call) -> str | None:
         for leg in conv.legs:
@@ -258,28 +332,44 @@ class ConversationGrouper:
     def release(self, now_ns: int) -> list[Any]:
         """Conversations whose dialogs all ended more than the grace period ago."""
         out: list[Any] = []
-        keep: list[_Conversation] = []
-        for conv in self._pending:
+        for conv in list(self._pending.values()):
             if now_ns - conv.last_end_ns < self.grace_ns or now_ns < conv.next_live_check_ns:
-                keep.append(conv)
-            elif self._waits_for_live(conv):
+                continue
+            if self._waits_for_live(conv, now_ns):
                 conv.next_live_check_ns = now_ns + LIVE_RECHECK_NS
-                keep.append(conv)
             else:
-                out += self._emit(conv)
-        self._pending = keep
+                out += self._emit(self._pop(conv.id))
         return out
 
     def flush(self) -> list[Any]:
         """Everything held (end of capture, shutdown)."""
         out: list[Any] = []
-        for conv in self._pending:
-            out += self._emit(conv)
-        self._pending = []
+        for conv_id in list(self._pending):
+            out += self._emit(self._pop(conv_id))
         return out
 
-    def _waits_for_live(self, conv: _Conversation) -> bool:
-        for live_call in list(self.live.values()):
+    def _waits_for_live(self, conv: _Conversation, now_ns: int) -> bool:
+        """Is a dialog still in progress linked to this conversation? With few live dialogs
+        they are all checked; with many (a flood) candidates come from an index of the live
+        dialogs' keys, rebuilt at most every LIVE_RECHECK_NS of packet time."""
+        live = self.live
+        if len(live) <= LIVE_SCAN_LIMIT:
+            candidates: Iterable[Call] = list(live.values())
+        else:
+            if self._live_index_ns is None or now_ns - self._live_index_ns >= LIVE_RECHECK_NS:
+                index: dict[tuple[str, Any], list[Call]] = {}
+                for live_call in list(live.values()):
+                    for key in link_keys(live_call):
+                        bucket = index.setdefault(key, [])
+                        if len(bucket) < HOT_KEY_LIMIT:
+                            bucket.append(live_call)
+                self._live_index, self._live_index_ns = index, now_ns
+            found: dict[int, Call] = {}
+            for key in conv.keys:
+                for live_call in self._live_index.get(key, ()):
+                    found[id(live_call)] = live_call
+            candidates = found.values()
+        for live_call in candidates:
             if not live_call.ended and self._links(conv, live_call):
                 return True
         return False
