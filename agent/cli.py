@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     recorder = Recorder(config.recording, out_dir, on_rendered, fmt=args.format, workers=args.workers)
     try:
         engine = replay(args.captures, config, recorder, progress=not args.quiet,
-                        workdir=out_dir / ".work")
+                        workdir=out_dir / ".work", defer_media=True)
     finally:
         recorder.close()
     engine.close()
@@ -121,6 +122,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"{len(written)} call(s), {with_audio} recording(s) in {out_dir}")
     if args.counters:
         sys.stderr.write(_counters_summary(engine.counters) + "\n")
+        sys.stderr.write(f"recorder worker CPU: {recorder.worker_cpu_s:.2f} s\n")
+    shutil.rmtree(out_dir / ".work", ignore_errors=True)
     return 0 if recorder.errors == 0 else 1
 
 

@@ -76,7 +76,7 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
     try:
         try:
             engine = replay(captures, config, recorder, counters=counters, workdir=work / "media",
-                            progress=progress)
+                            progress=progress, defer_media=True)
         finally:
             recorder.close()
         engine.close()

@@ -6,7 +6,8 @@ each ended call is handed to ``on_finished`` as a :class:`FinishedCall` (record 
 media log + stream specs), and the caller decides what happens next.
 
 The RTP fast path is ``feed`` → ``FrameDecoder.decode`` → one or two dict lookups
-in ``tracker.endpoints`` → ``CallMedia.on_rtp``. Everything else (SIP, SDP,
+in ``tracker.endpoints`` → ``MediaCapture.on_rtp`` (an append to the call's raw
+log; sequencing runs when the call has ended). Everything else (SIP, SDP,
 timeouts) is rare and written for clarity.
 """
 
@@ -26,13 +27,13 @@ from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.end_reason import EndReason
 from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
-from agent.calls.record import build_record
+from agent.calls.record import build_record, merge_dtmf_presses
 from agent.calls.tracker import CallEnded, CallTracker, EndpointClaimed
 from agent.config import Config
 from agent.counters import new_counters
 from agent.errors import ParseError
 from agent.media.render import CodecInfo, StreamSpec
-from agent.media.stream import CallMedia
+from agent.media.stream import MediaCapture, MediaPlan, sequence_capture
 from agent.net.datagram import TCP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.sip.framing import SipStreamFramer
@@ -90,15 +91,19 @@ def _packed_ipv4(endpoint: tuple[str, int]) -> bytes | None:
 class FinishedCall:
     call: Call
     record: dict[str, Any]
-    media_log: Path | None                      # the call's RTP payload log (None: no media)
+    media_log: Path | None          # the ordered media log, or the raw one when media_plan is set
     streams: list[StreamSpec] = field(default_factory=list)
+    media_plan: MediaPlan | None = None   # set: media not sequenced yet (see complete_media)
 
 
 class Engine:
     def __init__(self, config: Config, on_finished: Callable[[FinishedCall], None], *,
                  counters=None, workdir: Path | None = None,
-                 grouper: ConversationGrouper | None = None) -> None:
+                 grouper: ConversationGrouper | None = None, defer_media: bool = False) -> None:
         self.config = config
+        # defer_media: FinishedCall carries the raw media log + a MediaPlan and the consumer
+        # (the recorder's worker processes) sequences it; else records are complete here.
+        self.defer_media = defer_media
         self.counters = counters if counters is not None else new_counters()
         self.on_finished = on_finished
         self._own_workdir = workdir is None
@@ -301,19 +306,13 @@ class Engine:
         elif isinstance(event, CallEnded):
             self._finish(event.call)
 
-    def _new_media(self, call: Call) -> CallMedia:
+    def _new_media(self, call: Call) -> MediaCapture:
         self._media_seq += 1
         path = self.workdir / f"call-{self._media_seq:08d}.rtp"
-
-        def clock_rate_for_pt(direction: int, pt: int, call: Call = call) -> int:
-            codecs = _codecs_for_direction(call, direction)
-            info = codecs.get(pt)
-            return info.clock_rate_hz if info else 8000
-
-        return CallMedia(path, clock_rate_for_pt=clock_rate_for_pt,
-                         codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction),
-                         # DTMF (issue 6): drop telephone-event payloads before the log when redacting
-                         redact_dtmf=self.config.recording.redact_dtmf_digits)
+        # DTMF (issue 6): with redaction the digit of telephone-events never reaches the disk
+        return MediaCapture(path, redact_dtmf=self.config.recording.redact_dtmf_digits,
+                            codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction),
+                            counters=self.counters)
 
     def _replay_pending(self, endpoint: tuple[str, int]) -> None:
         pending = self._pending_rtp
@@ -341,37 +340,33 @@ class Engine:
 
     def _finish(self, call: Call) -> None:
         extra: dict[str, Any] = {}
-        media_log = None
-        specs: list[StreamSpec] = []
+        raw_log = None
+        plan = None
         if call.media is not None:
             media = call.media
-            media.close()
-            _add_media_dtmf(call, media)    # DTMF (issue 6): RFC 4733 presses join SIP INFO ones
-            streams = []
-            for info in media.streams:
-                stats = info.stats
-                streams.append({
-                    "index": info.index, "direction": info.direction, "ssrc": stats.ssrc,
-                    "packets": stats.packets, "lost": stats.lost, "duplicated": stats.duplicated,
-                    "reordered": stats.reordered, "late": stats.late,
-                    "jitter_ms": round(stats.jitter_ms, 3), "src": stats.src, "dst": stats.dst,
-                    "payload_types": {str(k): v for k, v in stats.payload_types.items()},
-                })
-                specs.append(StreamSpec(index=info.index, direction=info.direction,
-                                        codecs=_codecs_for_direction(call, info.direction)))
-            extra["streams"] = streams
-            if getattr(media, "zrtp_seen", False):
-                extra["encrypted"] = True
-            log_path = getattr(media, "log_path", None) or getattr(media, "path", None)
-            if log_path is not None and Path(log_path).exists():
-                media_log = Path(log_path)
             call.media = None
+            media.close()
+            plan = media.plan({CALLER: _codecs_for_direction(call, CALLER),
+                               CALLEE: _codecs_for_direction(call, CALLEE)})
+            if media.zrtp_seen:
+                extra["encrypted"] = True
+            if media.log_path.exists():
+                raw_log = media.log_path
         if self.config.recording.redact_dtmf_digits:   # DTMF (issue 6): PCI redaction
             for press in call.dtmf:
                 press["digit"] = ""
         record = build_record(call, self.config, self.macs, extra)
         self.counters["calls.finished"] += 1
-        finished = FinishedCall(call=call, record=record, media_log=media_log, streams=specs)
+        if raw_log is None:
+            finished = FinishedCall(call=call, record=record, media_log=None)
+        elif self.defer_media:
+            # Sequencing (reorder, stats, RFC 4733) runs with the rendering, in a worker.
+            finished = FinishedCall(call=call, record=record, media_log=raw_log, media_plan=plan)
+        else:
+            ordered = raw_log.with_suffix(".ordered")
+            record, specs = complete_media(record, raw_log, plan, ordered,
+                                           redact=self.config.recording.redact_dtmf_digits)
+            finished = FinishedCall(call=call, record=record, media_log=ordered, streams=specs)
         for ready in self.grouper.feed(finished, max(self.now_ns, call.end_ts_ns or 0)):  # [legs edit]
             self.on_finished(ready)
 
@@ -435,11 +430,40 @@ def _codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:
     return codecs
 
 
-def _add_media_dtmf(call: Call, media: CallMedia) -> None:
-    """DTMF (issue 6): append the media's RFC 4733 key presses to ``call.dtmf`` (SIP INFO
-    presses are already there) and keep the list in call-time order."""
-    for ev in getattr(media, "dtmf_events", ()):
-        call.dtmf.append({"digit": ev["digit"], "side": "caller" if ev["direction"] == CALLER else "callee",
-                          "offset_ms": (ev["ts_ns"] - call.start_ts_ns) // 1_000_000,
-                          "source": ev["source"], "duration_ms": ev["duration_ms"]})
-    call.dtmf.sort(key=lambda press: press["offset_ms"])
+def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
+                   redact: bool) -> tuple[dict[str, Any], list[StreamSpec]]:
+    """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log``: returns
+    the record completed with per-stream counters and RFC 4733 key presses, and the stream
+    specs ``render_recording`` needs. The raw log is deleted. Runs in the capture process for
+    ``inspect`` and in a worker process for recordings."""
+    media = sequence_capture(raw_log, ordered_log, plan)
+    raw_log.unlink(missing_ok=True)
+    streams, specs = [], []
+    for info in media.streams:
+        stats = info.stats
+        streams.append({
+            "index": info.index, "direction": info.direction, "ssrc": stats.ssrc,
+            "packets": stats.packets, "lost": stats.lost, "duplicated": stats.duplicated,
+            "reordered": stats.reordered, "late": stats.late,
+            "jitter_ms": round(stats.jitter_ms, 3), "src": stats.src, "dst": stats.dst,
+            "payload_types": {str(k): v for k, v in stats.payload_types.items()},
+        })
+        specs.append(StreamSpec(index=info.index, direction=info.direction,
+                                codecs=plan.codecs.get(info.direction, {})))
+    for direction in (CALLER, CALLEE) if plan.log_failures else ():
+        # Packets seen on the wire but never written (disk full): still on record, as such.
+        logged = sum(st["packets"] + st["duplicated"] + st["late"] for st in streams
+                     if st["direction"] == direction)
+        missing = plan.captured_packets[direction] - logged
+        if missing > 0:
+            streams.append({"index": -1, "direction": direction, "ssrc": None, "packets": missing,
+                            "lost": 0, "duplicated": 0, "reordered": 0, "late": 0, "jitter_ms": 0.0,
+                            "src": "", "dst": "", "payload_types": {}, "unrecorded": True})
+    start_ns = int(record.get("start_ts_ns") or 0)
+    presses = [{"digit": ev["digit"], "side": "caller" if ev["direction"] == CALLER else "callee",
+                "offset_ms": (ev["ts_ns"] - start_ns) // 1_000_000, "source": ev["source"],
+                "duration_ms": ev["duration_ms"]} for ev in media.dtmf_events]
+    record = merge_dtmf_presses(dict(record, streams=streams), presses, redact=redact)
+    if media.zrtp_seen:
+        record["encrypted"] = True
+    return record, specs

@@ -19,14 +19,17 @@ import multiprocessing
 import os
 import re
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from agent.config import RecordingSection
-from agent.engine import FinishedCall
+from agent.calls.record import merge_dtmf_presses
+from agent.engine import FinishedCall, complete_media
 from agent.media.render import render_recording
+from agent.media.stream import MediaPlan
 
 log = logging.getLogger(__name__)
 
@@ -70,53 +73,49 @@ def dtmf_plan(record: dict[str, Any], mask: bool) -> tuple[tuple[int, ...], list
 
 
 def merge_inband_dtmf(record: dict[str, Any], inband: list[dict], *, redact: bool) -> dict[str, Any]:
-    """A copy of ``record`` with in-band presses added to ``dtmf`` (call-time order) and the
-    v1 digit strings recomputed; every digit blanked when ``redact``."""
+    """``record`` with the in-band presses the worker found (direction/ts_ns dicts) merged in."""
     start = int(record.get("start_ts_ns") or 0)
-    presses = [dict(p) for p in record.get("dtmf") or []]
-    for ev in inband:
-        presses.append({"digit": ev["digit"], "side": "caller" if ev["direction"] == 0 else "callee",
-                        "offset_ms": (ev["ts_ns"] - start) // 1_000_000, "source": ev["source"],
-                        "duration_ms": ev["duration_ms"]})
-    presses.sort(key=lambda p: p.get("offset_ms") or 0)
-    if redact:
-        for p in presses:
-            p["digit"] = ""
-    digits = {"caller": "", "callee": ""}
-    for p in presses:
-        digits["caller" if p.get("side") == "caller" else "callee"] += p["digit"]
-    return dict(record, dtmf=presses, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])
+    presses = [{"digit": ev["digit"], "side": "caller" if ev["direction"] == 0 else "callee",
+                "offset_ms": (ev["ts_ns"] - start) // 1_000_000, "source": ev["source"],
+                "duration_ms": ev["duration_ms"]} for ev in inband]
+    return merge_dtmf_presses(record, presses, redact=redact)
 
 
-def _render_job(media_log: Path | None, streams, out_path: Path, settings: RecordingSection,
-                fmt: str, encrypted: bool, record: dict[str, Any] | None = None,
-                ) -> tuple[Path | None, dict[str, Any] | None, str, list[dict]]:
-    """Runs in a worker process. Returns (audio path, recording fields, no-audio reason,
-    in-band DTMF presses)."""
-    if encrypted:
-        return None, None, "encrypted", []
-    if media_log is None or not streams:
-        return None, None, "no_rtp", []
-    directions, spans = dtmf_plan(record or {}, settings.mask_dtmf_audio)
+def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, out_path: Path,
+                settings: RecordingSection, fmt: str, record: dict[str, Any],
+                ) -> tuple[Path | None, dict[str, Any] | None, str, list[dict], dict[str, Any], float]:
+    """Runs in a worker process: sequence the call's media if the engine deferred it, then
+    decode, mix and encode. Returns (audio path, recording fields, no-audio reason, in-band
+    DTMF presses, the record (completed), CPU seconds this job used)."""
+    cpu_start = time.process_time()
     try:
+        if media_plan is not None and media_log is not None:
+            ordered = media_log.with_suffix(".ordered")
+            record, streams = complete_media(record, media_log, media_plan, ordered,
+                                             redact=settings.redact_dtmf_digits)
+            media_log = ordered
+        if record.get("encrypted"):
+            return None, None, "encrypted", [], record, time.process_time() - cpu_start
+        if media_log is None or not streams:
+            return None, None, "no_rtp", [], record, time.process_time() - cpu_start
+        directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
         result = render_recording(media_log, streams, out_path, fmt=fmt, channels=settings.channels,
                                   sample_rate_hz=settings.sample_rate_hz,
                                   bitrate_kbps=settings.mp3_bitrate_kbps,
                                   inband_dtmf_directions=directions, mask_spans_ns=spans,
                                   mask_inband=settings.mask_dtmf_audio)
     finally:
-        try:
-            os.unlink(media_log)
-        except OSError:
-            pass
+        if media_log is not None:
+            media_log.unlink(missing_ok=True)
+    cpu_s = time.process_time() - cpu_start
     if result.path is None or result.duration_ms <= 0:
-        return None, None, "undecodable" if result.undecodable else "no_audio", []
+        return None, None, "undecodable" if result.undecodable else "no_audio", [], record, cpu_s
     fields = {"file": Path(result.path).name, "format": result.fmt,
               "sample_rate_hz": result.sample_rate_hz, "channels": result.channels,
               "duration_ms": result.duration_ms, "undecodable": list(result.undecodable)}
     if settings.mask_dtmf_audio:
         fields["dtmf_masked_ms"] = result.masked_ms
-    return Path(result.path), fields, "", list(result.dtmf)
+    return Path(result.path), fields, "", list(result.dtmf), record, cpu_s
 
 
 class Recorder:
@@ -137,21 +136,22 @@ class Recorder:
         self._lock = threading.Lock()
         self._futures: list[Future] = []
         self.errors = 0
+        self.worker_cpu_s = 0.0         # CPU the workers spent (benchmarks: audio-s per CPU-s)
 
     def __call__(self, finished: FinishedCall) -> None:
         self._seq += 1
         record = finished.record
         base = recording_basename(record, self._seq)
         out_path = self.out_dir / f"{base}.{self.fmt}"
-        future = self.pool.submit(_render_job, finished.media_log, finished.streams, out_path,
-                                  self.settings, self.fmt, bool(record.get("encrypted")),
-                                  {k: record.get(k) for k in ("dtmf", "start_ts_ns")})
+        future = self.pool.submit(_render_job, finished.media_log, finished.streams, finished.media_plan,
+                                  out_path, self.settings, self.fmt, record)
         future.add_done_callback(lambda f, record=record: self._done(f, record))
         self._futures.append(future)
 
     def _done(self, future: Future, record: dict[str, Any]) -> None:
         try:
-            audio_path, fields, reason, inband = future.result()
+            audio_path, fields, reason, inband, record, cpu_s = future.result()
+            self.worker_cpu_s += cpu_s
         except Exception as exc:           # a worker crash must not lose the call
             log.error("rendering call %s failed: %s", record.get("callid"), exc)
             self.errors += 1

@@ -20,10 +20,12 @@ PROGRESS_AFTER_S = 3.0
 
 
 def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[FinishedCall], None],
-           *, counters=None, workdir: Path | None = None, progress: bool = True) -> Engine:
-    """Replay every capture in ``paths`` (merged by time); returns the engine (counters, etc.)."""
+           *, counters=None, workdir: Path | None = None, progress: bool = True,
+           defer_media: bool = False) -> Engine:
+    """Replay every capture in ``paths`` (merged by time); returns the engine (counters, etc.).
+    ``defer_media``: the sink sequences media itself (the recorder does, in its workers)."""
     paths = list(paths)
-    engine = Engine(config, on_finished, counters=counters, workdir=workdir)
+    engine = Engine(config, on_finished, counters=counters, workdir=workdir, defer_media=defer_media)
     frames = open_captures(paths, engine.counters)
     feed = engine.feed
     started = time.monotonic()

@@ -158,7 +158,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
         log.info(_call_line(finished.record))
         queue(finished)
 
-    engine = Engine(config, on_finished, counters=counters, workdir=work / "media")
+    engine = Engine(config, on_finished, counters=counters, workdir=work / "media",
+                    defer_media=True)   # sequencing runs in the recorder's workers, off the capture loop
     feed = engine.feed
     poller = select.poll()
     by_fd = {}

@@ -169,3 +169,19 @@ def build_record(call: Call, config: Config, macs: MacTable,
 def api_fields(record: dict[str, Any]) -> dict[str, str]:
     """The POST /api/call body: exactly the 14 v1 fields, each a string."""
     return {name: str(record.get(name) or "") for name in API_FIELDS}
+
+
+def merge_dtmf_presses(record: dict[str, Any], presses: list[dict[str, Any]], *,
+                       redact: bool) -> dict[str, Any]:
+    """A copy of ``record`` with key ``presses`` (dicts: digit, side, offset_ms, source,
+    duration_ms) added to ``dtmf`` in call-time order and the v1 digit strings recomputed;
+    every digit blanked when ``redact`` (PCI: the times of the presses stay, the digits go)."""
+    merged = [dict(p) for p in record.get("dtmf") or []] + [dict(p) for p in presses]
+    merged.sort(key=lambda p: p.get("offset_ms") or 0)
+    if redact:
+        for press in merged:
+            press["digit"] = ""
+    digits = {"caller": "", "callee": ""}
+    for press in merged:
+        digits["caller" if press.get("side") == "caller" else "callee"] += press["digit"]
+    return dict(record, dtmf=merged, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])

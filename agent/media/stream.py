@@ -1,6 +1,15 @@
-"""Capture-side media of one call: RTP streams, their reorder windows, stats and the media log.
+"""Media of one call: the capture-side raw log, and the sequencer (streams, reorder
+windows, stats, RFC 4733 events, the ordered media log) that runs on it later.
 
-Owns per-stream sequence tracking (16-bit wrap, duplicates, bounded reordering, late
+Two stages, so the capture loop does as little as possible per packet:
+
+1. ``MediaCapture`` (capture process, per packet): checks the packet is RTP and appends it,
+   whole, with its arrival time and direction, to the call's raw log. Nothing else.
+2. ``sequence_capture`` (when the call has ended, in a worker process for recordings, inline
+   for ``inspect``): replays the raw log through ``CallMedia`` with the call's final codec map
+   (``MediaPlan``), which writes the ordered media log that ``render.py`` reads.
+
+``CallMedia`` owns per-stream sequence tracking (16-bit wrap, duplicates, bounded reordering, late
 packets, loss, restarts), the RFC 3550 interarrival-jitter estimate and handing released
 packets, in extended-sequence order per stream, to the call's ``MediaLogWriter``.
 RFC 4733 telephone-events are recognised here as packets are accepted (the payload
@@ -25,10 +34,11 @@ from typing import Callable
 
 from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
-from agent.media.medialog import MediaLogWriter
+from agent.media.medialog import MediaLogWriter, read_media_log
 from agent.media.rtp import is_zrtp, parse_rtp
 
-__all__ = ["StreamStats", "StreamInfo", "CallMedia", "MAX_DROPOUT", "MAX_MISORDER"]
+__all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "sequence_capture",
+           "MAX_DROPOUT", "MAX_MISORDER"]
 
 # RFC 3550 A.1: a forward jump beyond MAX_DROPOUT or a backward one beyond MAX_MISORDER is
 # not loss or reordering but a sequence restart (confirmed by the next packet following it).
@@ -371,3 +381,136 @@ class CallMedia:
                         self.counters["media.dtmf.other_events"] += st.dtmf.other_events
                     if st.dtmf.malformed:
                         self.counters["media.dtmf.malformed"] += st.dtmf.malformed
+
+
+# ---------------------------------------------------------------------- capture stage
+
+@dataclass(slots=True)
+class MediaPlan:
+    """What the sequencer needs to finish a call's media later, possibly in another process."""
+    codecs: dict[int, dict]              # direction -> {pt: CodecInfo}, the call's final SDP view
+    labels: list[tuple[int, int, str, str]] = field(default_factory=list)  # (record no, direction, src, dst)
+    redact_dtmf: bool = False
+    zrtp_seen: bool = False
+    captured_packets: tuple[int, int] = (0, 0)   # per direction, as counted at capture time
+    log_failures: int = 0                        # the raw log could not be written (disk full)
+
+
+class MediaCapture:
+    """Capture-side media of one call: appends each RTP packet, whole, to the raw log.
+
+    Per packet: a version/RTCP check, an identity check of the source label, one append.
+    ZRTP is noted (the media is about to be encrypted) and not logged. With ``redact_dtmf``
+    the event code of telephone-event packets is zeroed before the log, so no digit ever
+    reaches the disk while press times and durations (needed for masking) survive.
+    """
+
+    __slots__ = ("log", "labels", "_last_src", "first_arrival_ns", "last_arrival_ns", "not_rtp", "packets",
+                 "rtcp", "zrtp_packets", "zrtp_seen", "redact_dtmf", "_is_event", "_codecs", "counters")
+
+    def __init__(self, log_path: Path, *, codecs_for_direction: Callable[[int], dict] | None = None,
+                 redact_dtmf: bool = False, counters: Counter | None = None) -> None:
+        self.log = MediaLogWriter(log_path)
+        self.labels: list[tuple[int, int, str, str]] = []
+        self._last_src: list[str | None] = [None, None]
+        self.packets = [0, 0]     # RTP packets captured per direction (kept even if the disk is full)
+        self.first_arrival_ns: int | None = None
+        self.last_arrival_ns: int | None = None
+        self.not_rtp = 0
+        self.rtcp = 0
+        self.zrtp_packets = 0
+        self.zrtp_seen = False
+        self.redact_dtmf = redact_dtmf
+        self._is_event: dict[int, bool] = {}
+        self._codecs = codecs_for_direction
+        self.counters = counters
+
+    def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
+        """Take one UDP payload of the call's media. False when it is not RTP."""
+        if len(data) < 12 or data[0] & 0xC0 != 0x80 or 192 <= data[1] <= 223:
+            return self._not_rtp(data)
+        if src is not self._last_src[direction] and src != self._last_src[direction]:
+            self._last_src[direction] = src
+            self.labels.append((self.log.records, direction, src, dst))
+        if self.redact_dtmf and self._event_pt(direction, data[1] & 0x7F):
+            data = _without_event_code(data)
+        if self.first_arrival_ns is None:
+            self.first_arrival_ns = arrival_ns
+        self.last_arrival_ns = arrival_ns
+        self.packets[direction] += 1
+        self.log.append(direction, 0, 0, arrival_ns, 0, False, data)
+        return True
+
+    def _not_rtp(self, data: bytes) -> bool:
+        if is_zrtp(data):
+            self.zrtp_seen = True
+            self.zrtp_packets += 1
+            return True
+        if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:
+            self.rtcp += 1
+        else:
+            self.not_rtp += 1
+        return False
+
+    def _event_pt(self, direction: int, pt: int) -> bool:
+        key = direction << 8 | pt
+        known = self._is_event.get(key)
+        if known is None:
+            codecs = self._codecs(direction) if self._codecs is not None else {}
+            info = codecs.get(pt)
+            known = self._is_event[key] = info is not None and is_telephone_event(info.encoding)
+        return known
+
+    @property
+    def log_path(self) -> Path:
+        return self.log.path
+
+    def close(self) -> None:
+        self.log.close()
+        if self.counters is not None and self.log.failures:
+            self.counters["media.log.failures"] += self.log.failures
+            self.counters["media.log.dropped_packets"] += self.log.dropped + self.log.lost_at_failure
+
+    def plan(self, codecs: dict[int, dict]) -> MediaPlan:
+        return MediaPlan(codecs=codecs, labels=list(self.labels), redact_dtmf=self.redact_dtmf,
+                         zrtp_seen=self.zrtp_seen, captured_packets=tuple(self.packets),
+                         log_failures=self.log.failures)
+
+
+def _without_event_code(data: bytes) -> bytes:
+    """The packet with the RFC 4733 event code (first payload byte) zeroed."""
+    start = 12 + ((data[0] & 0x0F) << 2)
+    if data[0] & 0x10 and start + 4 <= len(data):
+        start += 4 + (int.from_bytes(data[start + 2:start + 4], "big") << 2)
+    if start >= len(data):
+        return data
+    return data[:start] + b"\0" + data[start + 1:]
+
+
+def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
+                     counters: Counter | None = None) -> CallMedia:
+    """Run the raw log of a call through ``CallMedia``: reorder, stats, RFC 4733 events, and
+    the ordered media log at ``ordered_path``. Returns the closed ``CallMedia``."""
+    codecs = plan.codecs
+
+    def clock_rate_for_pt(direction: int, pt: int) -> int:
+        info = codecs.get(direction, {}).get(pt)
+        return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000
+
+    media = CallMedia(ordered_path, clock_rate_for_pt=clock_rate_for_pt,
+                      codecs_for_direction=lambda direction: codecs.get(direction, {}),
+                      redact_dtmf=plan.redact_dtmf, counters=counters)
+    labels = plan.labels
+    next_label = 0
+    current = [("", ""), ("", "")]
+    for number, (direction, _seq, _ts, arrival_ns, _pt, _marker, data) in enumerate(read_media_log(raw_path)):
+        while next_label < len(labels) and labels[next_label][0] <= number:
+            _n, label_direction, src, dst = labels[next_label]
+            current[label_direction] = (src, dst)
+            next_label += 1
+        src, dst = current[direction & 1]
+        media.on_rtp(direction & 1, arrival_ns, src, dst, data)
+    media.close()
+    if plan.zrtp_seen:
+        media.zrtp_seen = True
+    return media

@@ -129,9 +129,6 @@ def test_engine_on_a_full_disk_keeps_capturing_and_recovers(small_fs):
     assert rendered[c2] > 1500 and rendered[c3] > 1500
 
 
-@pytest.mark.xfail(strict=False, reason="engine/stream do not count media-log failures: "
-                   "CallMedia/Engine._finish should copy MediaLogWriter.lost_at_failure/dropped/"
-                   "failures into counters (e.g. media.log_dropped_packets) and the record")
 def test_engine_counts_audio_dropped_on_full_disk(small_fs):
     work = small_fs / "work"
     work.mkdir()

@@ -13,14 +13,7 @@ from fuzz.targets import TARGETS
 EXAMPLES = {"engine": 60, "capture_reader": 150, "frame_decoder": 120}
 
 
-ENGINE_SHORT_FRAME_BUG = ("agent/engine.py Engine.feed fused RTP fast path reads frame[12..23] "
-                          "before checking len(frame): a runt Ethernet frame (< 24 bytes) raises "
-                          "IndexError out of the engine")
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=ENGINE_SHORT_FRAME_BUG))
-    if n == "engine" else n for n in sorted(TARGETS)])
+@pytest.mark.parametrize("name", sorted(TARGETS))
 def test_fuzz_target_short_run(name, caplog):
     caplog.set_level(logging.ERROR)
     strategy, check = TARGETS[name]
@@ -39,7 +32,6 @@ def test_fuzz_runner_reports_ok(capsys):
     assert "uri" in out and "rtp" in out and "FAILED" not in out
 
 
-@pytest.mark.xfail(strict=False, reason=ENGINE_SHORT_FRAME_BUG)
 @pytest.mark.parametrize("frame", [b"", b"\x00" * 10, b"\x00" * 12 + b"\x08\x00\x45" + b"\x00" * 5])
 def test_engine_survives_runt_frames(tmp_path, frame):
     from collections import Counter
