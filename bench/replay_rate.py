@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -27,14 +28,22 @@ sys.path.insert(0, str(HERE))
 from synth import write_calls  # noqa: E402
 
 
+WORKER_CPU = re.compile(r"recorder worker CPU: ([0-9.]+) s")
+
+
 def run_child(cmd: list[str]) -> tuple[float, float, int]:
-    """Run cmd; return (wall s, CPU s of it and its children, peak RSS in MiB)."""
+    """Run cmd; return (wall s, CPU s, peak RSS in MiB of the main process).
+
+    CPU counts the process and its waited-for children; the recorder's worker processes
+    (children of a forkserver) are not waited for by us, so `replay --counters` reports
+    their CPU itself and it is added here."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     # A fresh process per command, so ru_maxrss is that command's own peak.
     wrapper = [sys.executable, "-c",
                "import resource,subprocess,sys;"
-               "p=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
+               "p=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,text=True);"
+               "sys.stderr.write(p.stderr);"
                "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
                "print(r.ru_maxrss, file=sys.stderr);sys.exit(p.returncode)", *cmd]
     proc = subprocess.run(wrapper, stderr=subprocess.PIPE, text=True)
@@ -43,6 +52,9 @@ def run_child(cmd: list[str]) -> tuple[float, float, int]:
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    workers = WORKER_CPU.search(proc.stderr)
+    if workers:
+        cpu += float(workers.group(1))
     peak_kib = int(proc.stderr.strip().splitlines()[-1])
     return wall, cpu, peak_kib // 1024
 
@@ -79,7 +91,7 @@ def main() -> int:
         rows.append(("tshark -z sip,stat", wall, cpu, rss))
     out = Path(tempfile.mkdtemp(prefix="calln-bench-out-"))
     try:
-        wall, cpu, rss = run_child(agent + ["replay", "-q", "--out", str(out), "--format", "wav", str(capture)])
+        wall, cpu, rss = run_child(agent + ["replay", "-q", "--counters", "--out", str(out), "--format", "wav", str(capture)])
         rows.append(("calln-agent replay --format wav", wall, cpu, rss))
         if not args.skip_tshark and shutil.which("tshark"):
             wall, cpu, rss = run_child(["tshark", "-n", "-q", "-r", str(capture), "-z", "rtp,streams"])
@@ -87,7 +99,7 @@ def main() -> int:
         shutil.rmtree(out)
         out.mkdir()
         if not args.skip_mp3:
-            wall, cpu, rss = run_child(agent + ["replay", "-q", "--out", str(out), "--format", "mp3", str(capture)])
+            wall, cpu, rss = run_child(agent + ["replay", "-q", "--counters", "--out", str(out), "--format", "mp3", str(capture)])
             rows.append(("calln-agent replay --format mp3", wall, cpu, rss))
             mp3_cpu = cpu
     finally:
