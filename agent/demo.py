@@ -15,7 +15,7 @@ import tempfile
 import wave
 from pathlib import Path
 
-from agent.config import ApiSection, Config, SpoolSection, load_config
+from agent.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CAPTURES = ("pcaps/multi_call.pcap", "pcaps/sipp_g711a.pcap")

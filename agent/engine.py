@@ -14,7 +14,6 @@ timeouts) is rare and written for clarity.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import tempfile

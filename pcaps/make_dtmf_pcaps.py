@@ -19,16 +19,15 @@ Usage: ``python3 pcaps/make_dtmf_pcaps.py [--out DIR] [scenario ...]``.
 
 from __future__ import annotations
 
-import json
 import struct
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_pcaps import (MAC_SEQ, MS, OUT_DIR, PTIME_MS, SAMPLES_PER_PACKET, T0,  # noqa: E402
-                        Capture, Dialog, Pkt, audio_truth, bye_and_ok, call_truth, frame,
-                        phone, ssrc_for, tone_payload, udp, write_pcap, LINKTYPES)
+from make_pcaps import (MS, OUT_DIR, PTIME_MS, SAMPLES_PER_PACKET, T0,  # noqa: E402
+                        Capture, Dialog, audio_truth, bye_and_ok, call_truth,
+                        phone, ssrc_for, tone_payload, udp, run_cli, write_scenario)
 from scapy.all import UDP, Raw  # noqa: E402
 
 
@@ -224,38 +223,20 @@ SCENARIOS = {"dtmf_rfc4733": sc_rfc4733, "dtmf_pt_mismatch": sc_pt_mismatch,
              "dtmf_sipinfo": sc_sipinfo}
 
 
+NOTES = ("Caller audio a 440 Hz tone, callee 1000 Hz, PCMU 20 ms; RFC 4733 events "
+         "replace audio packets while a key is down and share the audio stream's "
+         "SSRC and sequence numbers; the end packet's copies share one seq. RTP "
+         "packet counts are distinct (SSRC, seq) on the wire (lost packets absent, "
+         "duplicates once). direction 0 = caller->callee.")
+
+
 def build(name: str, out_dir: Path = OUT_DIR) -> Path:
-    MAC_SEQ[0] = sum(ord(c) for c in name) * 8
-    cap = SCENARIOS[name]()
-    cap.pkts.sort(key=Pkt.key)
-    frames = [(p.ts_ns, frame(cap.link, p)) for p in cap.pkts]
-    path = out_dir / f"{name}.pcap"
-    write_pcap(path, LINKTYPES[cap.link], frames)
-    truth = {
-        "capture": path.name,
-        "description": cap.description,
-        "generator": "pcaps/make_dtmf_pcaps.py",
-        "calls": cap.calls,
-        "notes": "Caller audio a 440 Hz tone, callee 1000 Hz, PCMU 20 ms; RFC 4733 events "
-                 "replace audio packets while a key is down and share the audio stream's "
-                 "SSRC and sequence numbers; the end packet's copies share one seq. RTP "
-                 "packet counts are distinct (SSRC, seq) on the wire (lost packets absent, "
-                 "duplicates once). direction 0 = caller->callee.",
-    }
-    (out_dir / f"{name}.truth.json").write_text(json.dumps(truth, indent=2, ensure_ascii=False)
-                                                + "\n", encoding="utf-8")
-    return path
+    return write_scenario(name, SCENARIOS[name], out_dir, generator="pcaps/make_dtmf_pcaps.py",
+                          notes=NOTES)
 
 
 def main(argv: list[str]) -> int:
-    out_dir = OUT_DIR
-    if argv[:1] == ["--out"]:
-        out_dir, argv = Path(argv[1]), argv[2:]
-        out_dir.mkdir(parents=True, exist_ok=True)
-    for n in argv or list(SCENARIOS):
-        p = build(n, out_dir)
-        print(f"{p.name}: {p.stat().st_size} bytes")
-    return 0
+    return run_cli(argv, SCENARIOS, build)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Usage: ``python3 pcaps/make_pbx_pcaps.py [--out DIR] [scenario ...]``.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -235,43 +234,20 @@ SCENARIOS = {"pbx_b2bua": sc_b2bua, "pbx_transfer": sc_transfer, "pbx_pickup": s
              "pbx_forward": sc_forward, "pbx_doubled": sc_doubled}
 
 
+NOTES = ("PBX 10.0.0.1 relays media (its own RTP port per leg). Leg fields: conversation_id, "
+         "leg (order of start), upload (exactly one true per conversation here), leg_of. "
+         "Conventions as make_pcaps.py: caller 440 Hz, callee 1000 Hz, PCMU 20 ms; "
+         "direction 0 = caller->callee.")
+
+
 def build(name: str, out_dir: Path = OUT_DIR) -> Path:
     seed = "pbx_b2bua" if name == "pbx_doubled" else name    # identical MACs to the single copy
-    mp.MAC_SEQ[0] = sum(ord(ch) for ch in seed) * 8
-    cap = SCENARIOS[name]()
-    cap.pkts.sort(key=mp.Pkt.key)
-    frames = [(p.ts_ns, mp.frame(cap.link, p)) for p in cap.pkts]
-    fname = f"{name}.{cap.fmt}"
-    path = out_dir / fname
-    mp.write_pcap(path, mp.LINKTYPES[cap.link], frames)
-    truth = {
-        "capture": fname,
-        "description": cap.description,
-        "generator": "pcaps/make_pbx_pcaps.py",
-        "calls": cap.calls,
-        "notes": "PBX 10.0.0.1 relays media (its own RTP port per leg). Leg fields: conversation_id, "
-                 "leg (order of start), upload (exactly one true per conversation here), leg_of. "
-                 "Conventions as make_pcaps.py: caller 440 Hz, callee 1000 Hz, PCMU 20 ms; "
-                 "direction 0 = caller->callee.",
-    }
-    (out_dir / f"{name}.truth.json").write_text(json.dumps(truth, indent=2, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
-    return path
+    return mp.write_scenario(name, SCENARIOS[name], out_dir, generator="pcaps/make_pbx_pcaps.py",
+                             notes=NOTES, mac_seed=seed)
 
 
 def main(argv: list[str]) -> int:
-    out_dir = OUT_DIR
-    if argv[:1] == ["--out"]:
-        out_dir, argv = Path(argv[1]), argv[2:]
-        out_dir.mkdir(parents=True, exist_ok=True)
-    unknown = [n for n in argv if n not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenario(s): {unknown}; known: {list(SCENARIOS)}", file=sys.stderr)
-        return 2
-    for n in argv or list(SCENARIOS):
-        p = build(n, out_dir)
-        print(f"{p.name}: {p.stat().st_size} bytes")
-    return 0
+    return mp.run_cli(argv, SCENARIOS, build)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scapy.all import IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw, fragment, raw
@@ -1042,9 +1043,18 @@ def write_pcapng(path: Path, linktype: int, frames: list[tuple[int, bytes]]) -> 
     path.write_bytes(bytes(out))
 
 
-def build(name: str, out_dir: Path = OUT_DIR) -> Path:
-    MAC_SEQ[0] = sum(ord(c) for c in name) * 8  # per-scenario MACs, independent of run order
-    cap = SCENARIOS[name]()
+STD_NOTES = ("Conventions: caller tone 440 Hz, callee 1000 Hz, PCMU 20 ms; MAC = source MAC of "
+             "the party's RTP frames (else SIP frames); media endpoint = first source ip:port of "
+             "the party's RTP (else its SDP); first_rtp_offset_ms relative to the first INVITE; "
+             "direction 0 = caller->callee.")
+
+
+def write_scenario(name: str, make: Callable[[], "Capture"], out_dir: Path, *, generator: str,
+                   notes: str, mac_seed: str | None = None, scenario_notes_first: bool = False) -> Path:
+    """Build one scenario and write ``<name>.<fmt>`` and ``<name>.truth.json`` (shared by the
+    DTMF and PBX generators, so every generator writes files the same way)."""
+    MAC_SEQ[0] = sum(ord(c) for c in (mac_seed or name)) * 8  # per-scenario MACs, independent of run order
+    cap = make()
     cap.pkts.sort(key=Pkt.key)
     frames = [(p.ts_ns, frame(cap.link, p)) for p in cap.pkts]
     fname = f"{name}.{cap.fmt}"
@@ -1053,32 +1063,38 @@ def build(name: str, out_dir: Path = OUT_DIR) -> Path:
     truth = {
         "capture": fname,
         "description": cap.description,
-        "generator": "pcaps/make_pcaps.py",
+        "generator": generator,
         "calls": cap.calls,
-        "notes": (cap.notes + " " if cap.notes else "") + (
-            "Conventions: caller tone 440 Hz, callee 1000 Hz, PCMU 20 ms; MAC = source MAC of "
-            "the party's RTP frames (else SIP frames); media endpoint = first source ip:port of "
-            "the party's RTP (else its SDP); first_rtp_offset_ms relative to the first INVITE; "
-            "direction 0 = caller->callee."),
+        "notes": (cap.notes + " " if scenario_notes_first and cap.notes else "") + notes,
     }
     (out_dir / f"{name}.truth.json").write_text(json.dumps(truth, indent=2, ensure_ascii=False)
                                                 + "\n", encoding="utf-8")
     return path
 
 
-def main(argv: list[str]) -> int:
+def build(name: str, out_dir: Path = OUT_DIR) -> Path:
+    return write_scenario(name, SCENARIOS[name], out_dir, generator="pcaps/make_pcaps.py",
+                          notes=STD_NOTES, scenario_notes_first=True)
+
+
+def run_cli(argv: list[str], scenarios: dict, build_one: Callable[[str, Path], Path]) -> int:
+    """``[--out DIR] [scenario ...]`` for every generator."""
     out_dir = OUT_DIR
     if argv[:1] == ["--out"]:
         out_dir, argv = Path(argv[1]), argv[2:]
         out_dir.mkdir(parents=True, exist_ok=True)
-    unknown = [n for n in argv if n not in SCENARIOS]
+    unknown = [n for n in argv if n not in scenarios]
     if unknown:
-        print(f"unknown scenario(s): {unknown}; known: {list(SCENARIOS)}", file=sys.stderr)
+        print(f"unknown scenario(s): {unknown}; known: {list(scenarios)}", file=sys.stderr)
         return 2
-    for n in argv or list(SCENARIOS):
-        p = build(n, out_dir)
+    for n in argv or list(scenarios):
+        p = build_one(n, out_dir)
         print(f"{p.name}: {p.stat().st_size} bytes")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(argv, SCENARIOS, build)
 
 
 if __name__ == "__main__":
