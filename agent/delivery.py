@@ -70,7 +70,9 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
     work = Path(config.spool.dir) / "work"
     sink = SpoolSink(spool, config, uploader)
     # Recordings are made in the format the API will receive.
-    recorder = Recorder(config.recording, work / "rendered", sink, fmt=config.api.format, workers=workers)
+    # A PBX leg whose talk another leg uploads is spooled nowhere: do not spend CPU on its audio.
+    recorder = Recorder(config.recording, work / "rendered", sink, fmt=config.api.format, workers=workers,
+                        render_if=lambda record: record.get("upload") is not False)
     uploader.start_thread()
     started = time.monotonic()
     try:

@@ -123,12 +123,14 @@ class Recorder:
 
     def __init__(self, settings: RecordingSection, out_dir: Path,
                  on_rendered: Callable[[Rendered], None], *, fmt: str | None = None,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None,
+                 render_if: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.settings = settings
         self.fmt = fmt or settings.format
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.on_rendered = on_rendered
+        self.render_if = render_if       # e.g. delivery: legs another leg uploads need no audio
         n = workers or settings.workers or os.cpu_count() or 1
         # forkserver: workers never inherit the capture loop's threads or open sockets.
         self.pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver"))
@@ -141,6 +143,13 @@ class Recorder:
     def __call__(self, finished: FinishedCall) -> None:
         self._seq += 1
         record = finished.record
+        if self.render_if is not None and not self.render_if(record):
+            if finished.media_log is not None:
+                finished.media_log.unlink(missing_ok=True)
+            with self._lock:
+                self.on_rendered(Rendered(record=dict(record, recording=None), audio_path=None,
+                                          no_audio_reason="not_rendered"))
+            return
         base = recording_basename(record, self._seq)
         out_path = self.out_dir / f"{base}.{self.fmt}"
         future = self.pool.submit(_render_job, finished.media_log, finished.streams, finished.media_plan,

@@ -149,7 +149,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
         finally:
             queue.done()
 
-    recorder = Recorder(config.recording, work / "rendered", on_rendered, fmt=config.api.format)
+    recorder = Recorder(config.recording, work / "rendered", on_rendered, fmt=config.api.format,
+                        render_if=lambda record: record.get("upload") is not False)  # legs uploaded elsewhere
     queue = RenderQueue(recorder, cap.max_render_queue, counters)
 
     def on_finished(finished) -> None:
