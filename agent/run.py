@@ -341,15 +341,21 @@ class Supervisor:
                 self._stop_capture()
                 raise AgentError("capture did not start in time")
         self.uploader.start_thread()
-        if self.metrics_listen:
-            from agent.metrics import MetricsServer
-            self.metrics = MetricsServer(self.metrics_listen, self.snapshot, self.limits)
-            self.metrics.start()
-            log.info("metrics on http://%s:%d/metrics (health: /health)", *self.metrics.address)
-        log.info("agent running: interfaces %s, spool %s, api %s", ", ".join(self.interfaces),
-                 self.config.spool.dir, self.config.api.url)
         status = 0
         try:
+            # Inside the try: a metrics address already in use must still stop capture cleanly
+            # (calls in progress are spooled) and exit with a clear error, never hang.
+            if self.metrics_listen:
+                from agent.metrics import MetricsServer
+                try:
+                    self.metrics = MetricsServer(self.metrics_listen, self.snapshot, self.limits)
+                except OSError as exc:
+                    status = 2
+                    raise AgentError(f"[metrics] listen {self.metrics_listen}: {exc.strerror}") from None
+                self.metrics.start()
+                log.info("metrics on http://%s:%d/metrics (health: /health)", *self.metrics.address)
+            log.info("agent running: interfaces %s, spool %s, api %s", ", ".join(self.interfaces),
+                     self.config.spool.dir, self.config.api.url)
             while not self._stop.is_set():
                 self._drain(0.5)
                 self._track_upload_health()
