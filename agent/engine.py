@@ -14,9 +14,11 @@ timeouts) is rare and written for clarity.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import tempfile
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,7 @@ TCP_FLOW_IDLE_NS = 300 * NS
 # Packet time that leaps further than this is either a quiet spell or a clock jump; the
 # first packet after it decides which (see _after_gap).
 GAP_NS = 3600 * NS
+DISK_CHECK_S = 2.0                 # how often free space is looked at (wall clock: disks are real)
 
 
 class EndpointMap(dict):
@@ -127,6 +130,9 @@ class Engine:
         self._next_tick_ns = 0
         self._media_seq = 0
         self._offset_ns = 0                 # correction after clock jumps (see _after_gap)
+        self._disk_checked_at = float("-inf")
+        self._disk_low = False
+        self._audio_refused: set[str] = set()   # calls that got no audio: disk below the floor
         self.now_ns = 0
 
     # ------------------------------------------------------------------ input
@@ -299,11 +305,36 @@ class Engine:
     def _on_event(self, event) -> None:
         if isinstance(event, EndpointClaimed):
             call = event.call
-            if call.media is None:
+            if call.media is None and self._disk_has_room():
                 call.media = self._new_media(call)
+            elif call.media is None:
+                self._audio_refused.add(call.callid)
             self._replay_pending(event.endpoint)
         elif isinstance(event, CallEnded):
             self._finish(event.call)
+
+    def _disk_has_room(self) -> bool:
+        """Below ``[spool] min_free_mb`` no new call starts writing audio: signalling is still
+        recorded, the spool is never endangered. Checked at most every DISK_CHECK_S."""
+        now = time.monotonic()
+        if now >= self._disk_checked_at + DISK_CHECK_S:
+            self._disk_checked_at = now
+            try:
+                st = os.statvfs(self.workdir)
+                free_mb = st.f_bavail * st.f_frsize // (1024 * 1024)
+            except OSError:
+                free_mb = None
+            low = free_mb is not None and free_mb < self.config.spool.min_free_mb
+            if low != self._disk_low:
+                self._disk_low = low
+                if low:
+                    log.error("free disk %d MB is below [spool] min_free_mb %d: new calls are recorded "
+                              "WITHOUT AUDIO until space returns", free_mb, self.config.spool.min_free_mb)
+                else:
+                    log.warning("free disk is above [spool] min_free_mb again: recording audio")
+        if self._disk_low:
+            self.counters["media.disk_low.calls_without_audio"] += 1
+        return not self._disk_low
 
     def _new_media(self, call: Call) -> MediaCapture:
         self._media_seq += 1
@@ -351,6 +382,10 @@ class Engine:
                 extra["encrypted"] = True
             if media.log_path.exists():
                 raw_log = media.log_path
+        if call.callid in self._audio_refused:
+            self._audio_refused.discard(call.callid)
+            if raw_log is None:
+                extra["no_audio_reason"] = "disk_low"
         if self.config.recording.redact_dtmf_digits:   # DTMF (issue 6): PCI redaction
             for press in call.dtmf:
                 press["digit"] = ""

@@ -168,7 +168,7 @@ class Recorder:
         if inband or self.settings.redact_dtmf_digits:
             record = merge_inband_dtmf(record, inband, redact=self.settings.redact_dtmf_digits)
         record = dict(record, recording=fields)
-        if reason:
+        if reason and not record.get("no_audio_reason"):     # keep the engine's own reason (disk_low)
             record["no_audio_reason"] = reason
         with self._lock:
             self.on_rendered(Rendered(record=record, audio_path=audio_path, no_audio_reason=reason))
