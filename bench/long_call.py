@@ -1,9 +1,10 @@
-"""Memory flatness and speed of the media path: CallMedia capture + render_recording.
+"""Memory flatness and speed of the media path: MediaCapture (the capture loop's append),
+then sequence_capture + render_recording (what a recorder worker does when the call ends).
 
 Two scenarios, each run in its own child process so each peak RSS is its own:
 
 * ``long``: one synthetic call of ``--minutes`` (default 60) of two-way PCMU at 50 pkt/s per
-  direction, with 0.5 % loss and some reordering, captured through ``CallMedia`` then
+  direction, with 0.5 % loss and some reordering, captured through ``MediaCapture`` then
   rendered to MP3 (mono, 16 kHz). A short call (``--short-minutes``) is run the same way
   as the baseline: flat memory means the two peaks are about equal.
 * ``many``: ``--calls`` (default 500) concurrent calls of ``--seconds`` each, packets
@@ -32,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from agent.media.g711 import linear_to_ulaw  # noqa: E402
 from agent.media.render import render_recording  # noqa: E402
-from agent.media.stream import CallMedia  # noqa: E402
+from agent.media.stream import MediaCapture, sequence_capture  # noqa: E402
 from agent.media.timeline import CodecInfo, StreamSpec  # noqa: E402
 
 T0 = 1_700_000_000_000_000_000
@@ -64,7 +65,7 @@ def _cpu() -> float:
 def run_long(minutes: float, workdir: Path, fmt: str) -> dict:
     payloads = _payloads()
     n = int(minutes * 60 * 50)
-    cm = CallMedia(workdir / "long.media")
+    cm = MediaCapture(workdir / "long.raw")
     t_cap, c_cap = time.perf_counter(), _cpu()
     packets = 0
     for k in range(n):
@@ -82,10 +83,11 @@ def run_long(minutes: float, workdir: Path, fmt: str) -> dict:
     cap_s = time.perf_counter() - t_cap
     cap_cpu = _cpu() - c_cap
     rss_capture = _peak_rss_mb()
-    specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in cm.streams]
     c_r = _cpu()
     t_r = time.perf_counter()
-    res = render_recording(cm.log_path, specs, workdir / f"long.{fmt}", fmt=fmt,
+    seq = sequence_capture(cm.log_path, workdir / "long.media", cm.plan({0: CODECS, 1: CODECS}))
+    specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in seq.streams]
+    res = render_recording(seq.log_path, specs, workdir / f"long.{fmt}", fmt=fmt,
                            channels=1, sample_rate_hz=16000)
     render_s = time.perf_counter() - t_r
     render_cpu = _cpu() - c_r
@@ -93,8 +95,8 @@ def run_long(minutes: float, workdir: Path, fmt: str) -> dict:
         "scenario": "long", "minutes": minutes, "packets": packets,
         "capture_pkts_per_s": round(packets / cap_s), "capture_cpu_s": round(cap_cpu, 2),
         "media_log_mb": round(cm.log.bytes_written / 2**20, 1),
-        "lost": [s.stats.lost for s in cm.streams],
-        "reordered": [s.stats.reordered for s in cm.streams],
+        "lost": [s.stats.lost for s in seq.streams],
+        "reordered": [s.stats.reordered for s in seq.streams],
         "render_wall_s": round(render_s, 2), "render_cpu_s": round(render_cpu, 2),
         "audio_s_per_cpu_s": round(res.duration_ms / 1000 / max(render_cpu, 1e-9), 1),
         "duration_ms": res.duration_ms, "fmt": fmt,
@@ -105,7 +107,7 @@ def run_long(minutes: float, workdir: Path, fmt: str) -> dict:
 
 def run_many(calls: int, seconds: float, workdir: Path, fmt: str) -> dict:
     payloads = _payloads()
-    media = [CallMedia(workdir / f"c{c}.media") for c in range(calls)]
+    media = [MediaCapture(workdir / f"c{c}.raw") for c in range(calls)]
     n = int(seconds * 50)
     t_cap, c_cap = time.perf_counter(), _cpu()
     packets = 0
@@ -120,20 +122,23 @@ def run_many(calls: int, seconds: float, workdir: Path, fmt: str) -> dict:
     for cm in media:
         cm.close()
     cap_s = time.perf_counter() - t_cap
+    cap_cpu = _cpu() - c_cap
     rss_capture = _peak_rss_mb()
     c_r, t_r = _cpu(), time.perf_counter()
     audio_ms = 0
     for c, cm in enumerate(media):
-        specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in cm.streams]
-        res = render_recording(cm.log_path, specs, workdir / f"c{c}.{fmt}", fmt=fmt,
+        seq = sequence_capture(cm.log_path, workdir / f"c{c}.media", cm.plan({0: CODECS, 1: CODECS}))
+        os.unlink(cm.log_path)
+        specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in seq.streams]
+        res = render_recording(seq.log_path, specs, workdir / f"c{c}.{fmt}", fmt=fmt,
                                channels=1, sample_rate_hz=16000)
         audio_ms += res.duration_ms
         os.unlink(res.path)
-        os.unlink(cm.log_path)
+        os.unlink(seq.log_path)
     render_cpu = _cpu() - c_r
     return {
         "scenario": "many", "calls": calls, "seconds": seconds, "packets": packets,
-        "capture_pkts_per_s": round(packets / cap_s),
+        "capture_pkts_per_s": round(packets / cap_s), "capture_cpu_s": round(cap_cpu, 2),
         "peak_rss_after_capture_mb": round(rss_capture, 1),
         "render_wall_s": round(time.perf_counter() - t_r, 2),
         "render_cpu_s": round(render_cpu, 2),
