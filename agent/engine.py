@@ -132,7 +132,6 @@ class Engine:
         self._offset_ns = 0                 # correction after clock jumps (see _after_gap)
         self._disk_checked_at = float("-inf")
         self._disk_low = False
-        self._audio_refused: set[str] = set()   # calls that got no audio: disk below the floor
         self.now_ns = 0
 
     # ------------------------------------------------------------------ input
@@ -305,10 +304,8 @@ class Engine:
     def _on_event(self, event) -> None:
         if isinstance(event, EndpointClaimed):
             call = event.call
-            if call.media is None and self._disk_has_room():
-                call.media = self._new_media(call)
-            elif call.media is None:
-                self._audio_refused.add(call.callid)
+            if call.media is None:
+                call.media = self._new_media(call, write_audio=self._disk_has_room())
             self._replay_pending(event.endpoint)
         elif isinstance(event, CallEnded):
             self._finish(event.call)
@@ -336,13 +333,13 @@ class Engine:
             self.counters["media.disk_low.calls_without_audio"] += 1
         return not self._disk_low
 
-    def _new_media(self, call: Call) -> MediaCapture:
+    def _new_media(self, call: Call, *, write_audio: bool) -> MediaCapture:
         self._media_seq += 1
         path = self.workdir / f"call-{self._media_seq:08d}.rtp"
         # DTMF (issue 6): with redaction the digit of telephone-events never reaches the disk
         return MediaCapture(path, redact_dtmf=self.config.recording.redact_dtmf_digits,
                             codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction),
-                            counters=self.counters)
+                            counters=self.counters, write_audio=write_audio)
 
     def _replay_pending(self, endpoint: tuple[str, int]) -> None:
         pending = self._pending_rtp
@@ -382,10 +379,10 @@ class Engine:
                 extra["encrypted"] = True
             if media.log_path.exists():
                 raw_log = media.log_path
-        if call.callid in self._audio_refused:
-            self._audio_refused.discard(call.callid)
-            if raw_log is None:
+            elif not media.write_audio:
+                # Disk below the floor: no audio, but the packets seen stay on record.
                 extra["no_audio_reason"] = "disk_low"
+                extra["streams"] = _unrecorded_streams(plan, [])
         if self.config.recording.redact_dtmf_digits:   # DTMF (issue 6): PCI redaction
             for press in call.dtmf:
                 press["digit"] = ""
@@ -484,15 +481,7 @@ def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, order
         })
         specs.append(StreamSpec(index=info.index, direction=info.direction,
                                 codecs=plan.codecs.get(info.direction, {})))
-    for direction in (CALLER, CALLEE) if plan.log_failures else ():
-        # Packets seen on the wire but never written (disk full): still on record, as such.
-        logged = sum(st["packets"] + st["duplicated"] + st["late"] for st in streams
-                     if st["direction"] == direction)
-        missing = plan.captured_packets[direction] - logged
-        if missing > 0:
-            streams.append({"index": -1, "direction": direction, "ssrc": None, "packets": missing,
-                            "lost": 0, "duplicated": 0, "reordered": 0, "late": 0, "jitter_ms": 0.0,
-                            "src": "", "dst": "", "payload_types": {}, "unrecorded": True})
+    streams = _unrecorded_streams(plan, streams)
     start_ns = int(record.get("start_ts_ns") or 0)
     presses = [{"digit": ev["digit"], "side": "caller" if ev["direction"] == CALLER else "callee",
                 "offset_ms": (ev["ts_ns"] - start_ns) // 1_000_000, "source": ev["source"],
@@ -501,3 +490,20 @@ def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, order
     if media.zrtp_seen:
         record["encrypted"] = True
     return record, specs
+
+
+def _unrecorded_streams(plan: MediaPlan, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``streams`` plus, per direction, the packets seen on the wire but never written (disk
+    full or below the floor): they stay on record, marked ``unrecorded``."""
+    if not plan.log_failures:
+        return streams
+    out = list(streams)
+    for direction in (CALLER, CALLEE):
+        logged = sum(st["packets"] + st["duplicated"] + st["late"] for st in streams
+                     if st["direction"] == direction)
+        missing = plan.captured_packets[direction] - logged
+        if missing > 0:
+            out.append({"index": -1, "direction": direction, "ssrc": None, "packets": missing,
+                        "lost": 0, "duplicated": 0, "reordered": 0, "late": 0, "jitter_ms": 0.0,
+                        "src": "", "dst": "", "payload_types": {}, "unrecorded": True})
+    return out

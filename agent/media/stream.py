@@ -406,11 +406,14 @@ class MediaCapture:
     """
 
     __slots__ = ("log", "labels", "_last_src", "first_arrival_ns", "last_arrival_ns", "not_rtp", "packets",
-                 "rtcp", "zrtp_packets", "zrtp_seen", "redact_dtmf", "_is_event", "_codecs", "counters")
+                 "rtcp", "zrtp_packets", "zrtp_seen", "redact_dtmf", "_is_event", "_codecs", "counters",
+                 "write_audio")
 
     def __init__(self, log_path: Path, *, codecs_for_direction: Callable[[int], dict] | None = None,
-                 redact_dtmf: bool = False, counters: Counter | None = None) -> None:
+                 redact_dtmf: bool = False, counters: Counter | None = None,
+                 write_audio: bool = True) -> None:
         self.log = MediaLogWriter(log_path)
+        self.write_audio = write_audio     # False: disk below the floor, count packets only
         self.labels: list[tuple[int, int, str, str]] = []
         self._last_src: list[str | None] = [None, None]
         self.packets = [0, 0]     # RTP packets captured per direction (kept even if the disk is full)
@@ -438,7 +441,8 @@ class MediaCapture:
             self.first_arrival_ns = arrival_ns
         self.last_arrival_ns = arrival_ns
         self.packets[direction] += 1
-        self.log.append(direction, 0, 0, arrival_ns, 0, False, data)
+        if self.write_audio:
+            self.log.append(direction, 0, 0, arrival_ns, 0, False, data)
         return True
 
     def _not_rtp(self, data: bytes) -> bool:
@@ -474,7 +478,7 @@ class MediaCapture:
     def plan(self, codecs: dict[int, dict]) -> MediaPlan:
         return MediaPlan(codecs=codecs, labels=list(self.labels), redact_dtmf=self.redact_dtmf,
                          zrtp_seen=self.zrtp_seen, captured_packets=tuple(self.packets),
-                         log_failures=self.log.failures)
+                         log_failures=self.log.failures or (0 if self.write_audio else 1))
 
 
 def _without_event_code(data: bytes) -> bytes:

@@ -27,7 +27,10 @@ def test_disk_below_floor_records_signalling_without_audio(tmp_path):
     (record,) = records
     assert record["answered"] and record["end_reason"] == "bye"
     assert record["callerphone"] == "1001" and record["destinationphone"] == "1002"
-    assert record["streams"] == [] and record["no_audio_reason"] == "disk_low"
+    assert record["no_audio_reason"] == "disk_low"
+    # the packets seen stay on record, marked as not recorded
+    assert [(s["direction"], s["packets"], s["unrecorded"]) for s in record["streams"]] == [
+        (0, 150, True), (1, 152, True)]
     assert counters["media.disk_low.calls_without_audio"] >= 1
     assert not list(tmp_path.glob("*.rtp"))                # nothing written
 

@@ -5,6 +5,8 @@ Uses a 1 MiB tmpfs mounted for the test (root only; skipped otherwise)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import errno
 import hashlib
 import logging
@@ -19,6 +21,10 @@ from agent.config import Config
 from agent.engine import Engine
 from agent.media.medialog import MediaLogWriter, read_media_log
 from agent.media.render import render_recording
+
+# These tests fill the disk for real (ENOSPC while writing); the [spool] min_free_mb floor,
+# which would stop audio before that, is tested in tests/engine/test_engine_disk_floor.py.
+NO_FLOOR = dataclasses.replace(Config(), spool=dataclasses.replace(Config().spool, min_free_mb=0))
 
 from _hostile_lib import PCAPS, essentials, read_records, run_engine
 
@@ -109,7 +115,7 @@ def test_engine_on_a_full_disk_keeps_capturing_and_recovers(small_fs):
             f.media_log.unlink()
 
     counters: Counter = Counter()
-    engine = Engine(Config(), on_finished, counters=counters, workdir=work)
+    engine = Engine(NO_FLOOR, on_finished, counters=counters, workdir=work)
     recs = read_records(PCAPS / "multi_call.pcap")
     for ts, lt, frame in recs[:340]:           # call 1 ends (BYE) while the disk is full
         engine.feed(ts, lt, frame)
@@ -134,7 +140,7 @@ def test_engine_counts_audio_dropped_on_full_disk(small_fs):
     work.mkdir()
     filler = _fill(small_fs)
     counters: Counter = Counter()
-    engine = Engine(Config(), lambda f: None, counters=counters, workdir=work)
+    engine = Engine(NO_FLOOR, lambda f: None, counters=counters, workdir=work)
     for ts, lt, frame in read_records(PCAPS / "basic_udp.pcap"):
         engine.feed(ts, lt, frame)
     engine.finish()
