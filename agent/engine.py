@@ -28,7 +28,7 @@ from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.end_reason import EndReason
 from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
-from agent.calls.record import build_record, merge_dtmf_presses
+from agent.calls.record import build_record, merge_dtmf_presses, presses_from_events
 from agent.calls.tracker import CallEnded, CallTracker, EndpointClaimed
 from agent.config import Config
 from agent.counters import new_counters
@@ -202,7 +202,7 @@ class Engine:
             return False
 
     def _dispatch(self, dgram: Datagram) -> None:
-        if dgram.transport is TCP or dgram.transport == TCP:
+        if dgram.transport == TCP:
             self._tcp(dgram)
             return
         endpoints = self._endpoints
@@ -482,10 +482,7 @@ def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, order
         specs.append(StreamSpec(index=info.index, direction=info.direction,
                                 codecs=plan.codecs.get(info.direction, {})))
     streams = _unrecorded_streams(plan, streams)
-    start_ns = int(record.get("start_ts_ns") or 0)
-    presses = [{"digit": ev["digit"], "side": "caller" if ev["direction"] == CALLER else "callee",
-                "offset_ms": (ev["ts_ns"] - start_ns) // 1_000_000, "source": ev["source"],
-                "duration_ms": ev["duration_ms"]} for ev in media.dtmf_events]
+    presses = presses_from_events(media.dtmf_events, int(record.get("start_ts_ns") or 0))
     record = merge_dtmf_presses(dict(record, streams=streams), presses, redact=redact)
     if media.zrtp_seen:
         record["encrypted"] = True

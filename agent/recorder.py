@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.config import RecordingSection
-from agent.calls.record import merge_dtmf_presses
+from agent.calls.record import merge_dtmf_presses, presses_from_events
 from agent.engine import FinishedCall, complete_media
 from agent.media.render import render_recording
 from agent.media.stream import MediaPlan
@@ -74,10 +74,7 @@ def dtmf_plan(record: dict[str, Any], mask: bool) -> tuple[tuple[int, ...], list
 
 def merge_inband_dtmf(record: dict[str, Any], inband: list[dict], *, redact: bool) -> dict[str, Any]:
     """``record`` with the in-band presses the worker found (direction/ts_ns dicts) merged in."""
-    start = int(record.get("start_ts_ns") or 0)
-    presses = [{"digit": ev["digit"], "side": "caller" if ev["direction"] == 0 else "callee",
-                "offset_ms": (ev["ts_ns"] - start) // 1_000_000, "source": ev["source"],
-                "duration_ms": ev["duration_ms"]} for ev in inband]
+    presses = presses_from_events(inband, int(record.get("start_ts_ns") or 0))
     return merge_dtmf_presses(record, presses, redact=redact)
 
 

@@ -185,3 +185,11 @@ def merge_dtmf_presses(record: dict[str, Any], presses: list[dict[str, Any]], *,
     for press in merged:
         digits["caller" if press.get("side") == "caller" else "callee"] += press["digit"]
     return dict(record, dtmf=merged, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])
+
+
+def presses_from_events(events: list[dict[str, Any]], start_ts_ns: int) -> list[dict[str, Any]]:
+    """Key presses for the record from media events (dicts with digit, direction 0/1, ts_ns,
+    duration_ms, source): side names and offsets from the call start."""
+    return [{"digit": ev["digit"], "side": "caller" if ev["direction"] == CALLER else "callee",
+             "offset_ms": (ev["ts_ns"] - start_ts_ns) // 1_000_000, "source": ev["source"],
+             "duration_ms": ev["duration_ms"]} for ev in events]
