@@ -75,6 +75,8 @@ class Call:
     codecs_offered: list[str] = field(default_factory=list)
     codecs_answered: list[str] = field(default_factory=list)
     parties: tuple[Party, Party] = field(default_factory=lambda: (Party(), Party()))
+    # media endpoints each fork (to-tag) announced before the answer; the answer drops the others
+    fork_endpoints: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     reinvites: int = 0
     media: Any = None                        # engine-owned media capture (CallMedia)

@@ -237,6 +237,7 @@ class CallTracker:
             call.state = CallState.CONFIRMED
             call.answer_ts_ns = ts_ns
             call.final_status = code
+            self._drop_other_forks(call, msg.to_tag or "")
             if msg.to_addr is not None:
                 call.to_addr = msg.to_addr if call.to_addr is None else call.to_addr
             self._connected_from(call, msg)
@@ -290,6 +291,9 @@ class CallTracker:
             ip = m.connection_ip
             if ip and ip not in HOLD_ADDRS:
                 self._claim(call, side, (ip, m.port), events)
+                if side == CALLEE and not msg.is_request and msg.to_tag and \
+                        call.state is not CallState.CONFIRMED:     # early media of one fork
+                    call.fork_endpoints.setdefault(msg.to_tag, []).append((ip, m.port))
         if rtpmaps:
             party.rtpmaps = rtpmaps
             party.fmtp = fmtp
@@ -300,6 +304,25 @@ class CallTracker:
             elif side == CALLEE and not call.codecs_answered:
                 call.codecs_answered = names
         party.on_hold = hold
+
+    def _drop_other_forks(self, call: Call, answering_tag: str) -> None:
+        """Early media from several forks: once one fork answers, only its media belongs to
+        the call; the endpoints only other forks announced are released."""
+        keep = set(call.fork_endpoints.get(answering_tag, ()))
+        party = call.parties[CALLEE]
+        for tag, announced in call.fork_endpoints.items():
+            if tag == answering_tag:
+                continue
+            for endpoint in announced:
+                if endpoint in keep:
+                    continue
+                holder = self.endpoints.get(endpoint)
+                if holder is not None and holder[0] is call:
+                    del self.endpoints[endpoint]
+                if endpoint in party.sdp_endpoints:
+                    party.sdp_endpoints.remove(endpoint)
+                self.counters["calls.fork_media_dropped"] += 1
+        call.fork_endpoints.clear()
 
     def _claim(self, call: Call, side: int, endpoint: tuple[str, int], events: list[Event]) -> None:
         party = call.parties[side]
