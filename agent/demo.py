@@ -65,7 +65,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stored = receiver.stored_calls()
     finally:
         receiver.stop()
-    print(f"spool: {summary}")
+    pending = {state: n for state, n in summary.items() if n}
+    print("spool: " + (", ".join(f"{n} {state}" for state, n in sorted(pending.items()))
+                       if pending else "every call delivered (delivered calls are removed: retention 0 days)"))
     print(f"\nthe receiver stored {len(stored)} call(s):")
     print(f"{'start (UTC)':19}  {'caller':28} {'callee':28} {'caller dtmf':11} {'callee dtmf':11} "
           f"{'audio':>7}  file")
