@@ -62,7 +62,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             finished.media_log.unlink(missing_ok=True)
         records.append(finished.record)
 
-    engine = replay(args.captures, config, on_finished, progress=not args.quiet)
+    engine = replay(args.captures, config, on_finished, progress=not args.quiet, keep_audio=False)
     engine.close()
     records.sort(key=lambda r: (r["start_ts_ns"], r["callid"]))
     out = sys.stdout

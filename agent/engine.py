@@ -34,7 +34,7 @@ from agent.config import Config
 from agent.counters import new_counters
 from agent.errors import ParseError
 from agent.media.render import CodecInfo, StreamSpec
-from agent.media.stream import MediaCapture, MediaPlan, sequence_capture
+from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capture
 from agent.net.datagram import TCP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.sip.framing import SipStreamFramer
@@ -101,11 +101,15 @@ class FinishedCall:
 class Engine:
     def __init__(self, config: Config, on_finished: Callable[[FinishedCall], None], *,
                  counters=None, workdir: Path | None = None,
-                 grouper: ConversationGrouper | None = None, defer_media: bool = False) -> None:
+                 grouper: ConversationGrouper | None = None, defer_media: bool = False,
+                 keep_audio: bool = True) -> None:
         self.config = config
         # defer_media: FinishedCall carries the raw media log + a MediaPlan and the consumer
         # (the recorder's worker processes) sequences it; else records are complete here.
         self.defer_media = defer_media
+        # keep_audio False (inspect): RTP is sequenced as it arrives into counters only; no
+        # media log is written at all and FinishedCall.media_log is None.
+        self.keep_audio = keep_audio
         self.counters = counters if counters is not None else new_counters()
         self.on_finished = on_finished
         self._own_workdir = workdir is None
@@ -333,7 +337,11 @@ class Engine:
             self.counters["media.disk_low.calls_without_audio"] += 1
         return not self._disk_low
 
-    def _new_media(self, call: Call, *, write_audio: bool) -> MediaCapture:
+    def _new_media(self, call: Call, *, write_audio: bool) -> MediaCapture | CallMedia:
+        if not self.keep_audio:
+            return CallMedia(None, redact_dtmf=self.config.recording.redact_dtmf_digits,
+                             clock_rate_for_pt=lambda direction, pt, call=call: _clock_rate(call, direction, pt),
+                             codecs_for_direction=lambda direction, call=call: _codecs_for_direction(call, direction))
         self._media_seq += 1
         path = self.workdir / f"call-{self._media_seq:08d}.rtp"
         # DTMF (issue 6): with redaction the digit of telephone-events never reaches the disk
@@ -366,39 +374,45 @@ class Engine:
                         self._media(hit[0], hit[1], dgram)
 
     def _finish(self, call: Call) -> None:
+        media, call.media = call.media, None
+        redact = self.config.recording.redact_dtmf_digits
+        if redact:                                   # DTMF (issue 6): PCI redaction
+            for press in call.dtmf:
+                press["digit"] = ""
         extra: dict[str, Any] = {}
-        raw_log = None
-        plan = None
-        if call.media is not None:
-            media = call.media
-            call.media = None
-            media.close()
-            plan = media.plan({CALLER: _codecs_for_direction(call, CALLER),
-                               CALLEE: _codecs_for_direction(call, CALLEE)})
-            if media.zrtp_seen:
-                extra["encrypted"] = True
-            if media.log_path.exists():
-                raw_log = media.log_path
-            elif not media.write_audio:
+        if media is None:
+            self._emit(FinishedCall(call=call, record=build_record(call, self.config, self.macs), media_log=None))
+            return
+        media.close()
+        codecs = {CALLER: _codecs_for_direction(call, CALLER), CALLEE: _codecs_for_direction(call, CALLEE)}
+        if isinstance(media, CallMedia):             # keep_audio False: sequenced as it arrived
+            record, _specs = media_record(build_record(call, self.config, self.macs), media, codecs,
+                                          redact=redact)
+            self._emit(FinishedCall(call=call, record=record, media_log=None))
+            return
+        plan = media.plan(codecs)
+        if media.zrtp_seen:
+            extra["encrypted"] = True
+        if not media.log_path.exists():
+            if not media.write_audio:
                 # Disk below the floor: no audio, but the packets seen stay on record.
                 extra["no_audio_reason"] = "disk_low"
                 extra["streams"] = _unrecorded_streams(plan, [])
-        if self.config.recording.redact_dtmf_digits:   # DTMF (issue 6): PCI redaction
-            for press in call.dtmf:
-                press["digit"] = ""
+            self._emit(FinishedCall(call=call, record=build_record(call, self.config, self.macs, extra),
+                                    media_log=None))
+            return
         record = build_record(call, self.config, self.macs, extra)
-        self.counters["calls.finished"] += 1
-        if raw_log is None:
-            finished = FinishedCall(call=call, record=record, media_log=None)
-        elif self.defer_media:
+        if self.defer_media:
             # Sequencing (reorder, stats, RFC 4733) runs with the rendering, in a worker.
-            finished = FinishedCall(call=call, record=record, media_log=raw_log, media_plan=plan)
-        else:
-            ordered = raw_log.with_suffix(".ordered")
-            record, specs = complete_media(record, raw_log, plan, ordered,
-                                           redact=self.config.recording.redact_dtmf_digits)
-            finished = FinishedCall(call=call, record=record, media_log=ordered, streams=specs)
-        for ready in self.grouper.feed(finished, max(self.now_ns, call.end_ts_ns or 0)):  # [legs edit]
+            self._emit(FinishedCall(call=call, record=record, media_log=media.log_path, media_plan=plan))
+            return
+        ordered = media.log_path.with_suffix(".ordered")
+        record, specs = complete_media(record, media.log_path, plan, ordered, redact=redact)
+        self._emit(FinishedCall(call=call, record=record, media_log=ordered, streams=specs))
+
+    def _emit(self, finished: FinishedCall) -> None:
+        self.counters["calls.finished"] += 1
+        for ready in self.grouper.feed(finished, max(self.now_ns, finished.call.end_ts_ns or 0)):  # [legs edit]
             self.on_finished(ready)
 
     # ------------------------------------------------------------------ time
@@ -469,6 +483,15 @@ def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, order
     ``inspect`` and in a worker process for recordings."""
     media = sequence_capture(raw_log, ordered_log, plan)
     raw_log.unlink(missing_ok=True)
+    record, specs = media_record(record, media, plan.codecs, redact=redact)
+    record["streams"] = _unrecorded_streams(plan, record["streams"])
+    return record, specs
+
+
+def media_record(record: dict[str, Any], media: CallMedia, codecs: dict[int, dict], *,
+                 redact: bool) -> tuple[dict[str, Any], list[StreamSpec]]:
+    """The record completed from a sequenced call's media: per-stream counters, RFC 4733 key
+    presses, encryption; and the stream specs ``render_recording`` needs."""
     streams, specs = [], []
     for info in media.streams:
         stats = info.stats
@@ -480,8 +503,7 @@ def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, order
             "payload_types": {str(k): v for k, v in stats.payload_types.items()},
         })
         specs.append(StreamSpec(index=info.index, direction=info.direction,
-                                codecs=plan.codecs.get(info.direction, {})))
-    streams = _unrecorded_streams(plan, streams)
+                                codecs=codecs.get(info.direction, {})))
     presses = presses_from_events(media.dtmf_events, int(record.get("start_ts_ns") or 0))
     record = merge_dtmf_presses(dict(record, streams=streams), presses, redact=redact)
     if media.zrtp_seen:
@@ -504,3 +526,8 @@ def _unrecorded_streams(plan: MediaPlan, streams: list[dict[str, Any]]) -> list[
                         "lost": 0, "duplicated": 0, "reordered": 0, "late": 0, "jitter_ms": 0.0,
                         "src": "", "dst": "", "payload_types": {}, "unrecorded": True})
     return out
+
+
+def _clock_rate(call: Call, direction: int, pt: int) -> int:
+    info = _codecs_for_direction(call, direction).get(pt)
+    return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000

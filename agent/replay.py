@@ -21,11 +21,12 @@ PROGRESS_AFTER_S = 3.0
 
 def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[FinishedCall], None],
            *, counters=None, workdir: Path | None = None, progress: bool = True,
-           defer_media: bool = False) -> Engine:
+           defer_media: bool = False, keep_audio: bool = True) -> Engine:
     """Replay every capture in ``paths`` (merged by time); returns the engine (counters, etc.).
     ``defer_media``: the sink sequences media itself (the recorder does, in its workers)."""
     paths = list(paths)
-    engine = Engine(config, on_finished, counters=counters, workdir=workdir, defer_media=defer_media)
+    engine = Engine(config, on_finished, counters=counters, workdir=workdir, defer_media=defer_media,
+                    keep_audio=keep_audio)
     frames = open_captures(paths, engine.counters)
     feed = engine.feed
     started = time.monotonic()

@@ -34,7 +34,7 @@ from typing import Callable
 
 from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
-from agent.media.medialog import MediaLogWriter, read_media_log
+from agent.media.medialog import MediaLogWriter, NullMediaLog, read_media_log
 from agent.media.rtp import is_zrtp, parse_rtp
 
 __all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "sequence_capture",
@@ -104,7 +104,7 @@ class _Stream:
 class CallMedia:
     """All RTP of one call, fed packet by packet, released in order to one media log."""
 
-    def __init__(self, log_path: Path, *,
+    def __init__(self, log_path: Path | None, *,
                  clock_rate_for_pt: Callable[[int, int], int] | None = None,
                  codecs_for_direction: Callable[[int], dict] | None = None,
                  reorder_window_packets: int = 32,
@@ -112,7 +112,8 @@ class CallMedia:
                  counters: Counter | None = None,
                  redact_dtmf: bool = False) -> None:
         self.codecs_for_direction = codecs_for_direction   # direction -> {pt: CodecInfo} (DTMF, event PTs)
-        self.log = MediaLogWriter(log_path)
+        # log_path None: counters and key presses only, no audio kept (inspect)
+        self.log = MediaLogWriter(log_path) if log_path is not None else NullMediaLog()
         self._clock_rate_for_pt = clock_rate_for_pt
         self.reorder_window_packets = reorder_window_packets
         self.reorder_window_ns = reorder_window_ns
