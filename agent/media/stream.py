@@ -27,7 +27,7 @@ the in-order path.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -101,6 +101,27 @@ class _Stream:
         self.dtmf: TelephoneEventTracker | None = None
 
 
+class _Hop:
+    """The source a direction's media is taken from, with hashes of its recent payloads."""
+
+    __slots__ = ("src", "last_ns", "recent", "_order")
+    KEEP = 64           # payloads remembered: > 1 s of 20 ms packets
+
+    def __init__(self, src: str) -> None:
+        self.src = src
+        self.last_ns = 0
+        self.recent: set[int] = set()
+        self._order: deque[int] = deque()
+
+    def remember(self, payload_hash: int) -> None:
+        if payload_hash in self.recent:
+            return
+        self.recent.add(payload_hash)
+        self._order.append(payload_hash)
+        if len(self._order) > self.KEEP:
+            self.recent.discard(self._order.popleft())
+
+
 class CallMedia:
     """All RTP of one call, fed packet by packet, released in order to one media log."""
 
@@ -128,14 +149,31 @@ class CallMedia:
         self.zrtp_seen = False    # the media is (about to be) SRTP-encrypted
         self.bad_seq = 0          # packets dropped as unconfirmed sequence jumps
         self.redact_dtmf = redact_dtmf
+        self._hops: dict[int, _Hop] = {}   # per direction: the hop its media is taken from
+        self.relay_copies = 0     # packets of a direction that came from a second hop
         self.closed = False
 
     # ------------------------------------------------------------------ fast path
     def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
         """Take one UDP payload of the call's media. False when it is not RTP.
 
-        ZRTP returns True (it is media of the call) but is not logged.
+        ZRTP returns True (it is media of the call) but is not logged. Each direction is
+        taken from one hop: a tap beside a media relay sees the same audio twice (phone →
+        relay, relay → phone), possibly with rewritten SSRCs; packets of a direction from
+        another source while the active hop is sending are relay copies, counted and dropped.
         """
+        hop = self._hops.get(direction)
+        if hop is None or hop.src == src or arrival_ns - hop.last_ns > self.reorder_window_ns:
+            if hop is None or hop.src != src:               # first hop, or the old one went quiet
+                hop = self._hops[direction] = _Hop(src)
+            hop.last_ns = arrival_ns
+            hop.remember(hash(data[12:]))
+        elif hash(data[12:]) in hop.recent:
+            # The same payload from a second source while the active hop is sending: the relay's
+            # copy (SSRC or sequence possibly rewritten). Different payloads are a real stream.
+            self.relay_copies += 1
+            self._count("media.relay_copy")
+            return True
         f = parse_rtp(data)
         if f is None:
             return self._not_rtp(data)

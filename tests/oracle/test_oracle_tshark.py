@@ -149,6 +149,11 @@ def test_truth_agrees_with_tshark(capture: Path) -> None:
             got = sum(rtp[k] for k in keys)
             assert got == audio[f"{side}_rtp_packets"], (call["callid"], side, got)
             claimed.update({k: rtp[k] for k in keys})
+        # [proxy edit] RTP a media relay forwarded (sipp_proxy_rtpengine: same SSRC/seq from
+        # the relay's IP on the second hop), listed by the truth as audio.relay_rtp.
+        for r in audio.get("relay_rtp", []):
+            assert rtp[(r["ip"], r["ssrc"])] == r["packets"], (call["callid"], r)
+            claimed[(r["ip"], r["ssrc"])] += r["packets"]
     # No RTP in the capture that the truth does not account for.
     assert claimed == +rtp, f"unclaimed RTP: {dict(+rtp - claimed)}"
 
