@@ -3,7 +3,6 @@
 import gzip
 import struct
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from scapy.all import IP, UDP, Ether, Raw

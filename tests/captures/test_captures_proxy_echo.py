@@ -20,7 +20,6 @@ one hop, no echo in the mix". Checked here by
 from __future__ import annotations
 
 import glob
-import json
 import os
 import struct
 import subprocess

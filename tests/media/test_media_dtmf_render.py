@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.media.dtmf import DTMF_HIGH_HZ, DTMF_LOW_HZ
 from agent.media.g711 import linear_to_ulaw
 from agent.media.render import DTMF_MASK_GUARD_MS, render_recording
 from agent.media.stream import CallMedia

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PUBLIC, REPO
+from tests.conftest import REPO
 
 # capture -> expected recording rate (Hz) when the output rate follows the call's codecs
 CASES = {
