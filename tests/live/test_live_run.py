@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 import time
 import urllib.request
@@ -128,3 +129,40 @@ def test_quiet_tap_still_ends_a_call_without_bye(tmp_path: Path, receiver) -> No
             status = agent.stop()
     assert status == 0
     assert ended_before_stop, agent.log_text()
+
+
+def test_sighup_applies_fixed_credentials_and_names_restart_keys(tmp_path: Path, receiver) -> None:
+    """SIGHUP reloads what is safe: a call spooled while the API refused the credentials
+    (401) is delivered once the corrected [api] section is reloaded; a changed [capture] key is
+    reported as needing a restart."""
+    require_root_netns()
+    rx, url, ca = receiver
+    cfg = write_config(tmp_path / "agent.toml", url=url, ca=ca, spool=tmp_path / "spool")
+    good = cfg.read_text()
+    cfg.write_text(good.replace('username = "agent"', 'username = "wrong"'))
+    records = pcap_frames(PCAPS / "sipp_g711a.pcap")
+    with veth_pair() as (a, b):
+        agent = AgentProcess(cfg, [b], tmp_path / "agent.log")
+        try:
+            agent.wait_ready()
+            send_frames(a, paced_by_timestamp(records, speed=4.0))
+            deadline = time.monotonic() + 60
+            while not _spooled_records(tmp_path / "spool") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _spooled_records(tmp_path / "spool"), agent.log_text()
+            time.sleep(2.0)                          # the uploader tries and gets 401
+            assert rx.stored_calls() == []
+            cfg.write_text(good.replace("buffer_mb = 16", "buffer_mb = 32"))
+            agent.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while not rx.stored_calls() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            status = agent.stop()
+    log = agent.log_text()
+    assert status == 0, log
+    calls = rx.stored_calls()
+    assert len(calls) == 1, log
+    assert calls[0].meta["callerphone"] == "sipp"
+    assert "configuration reloaded" in log
+    assert "capture.buffer_mb" in log and "need a restart" in log
