@@ -84,9 +84,14 @@ def _packed_ipv4(endpoint: tuple[str, int]) -> bytes | None:
     if ":" in ip or not 0 <= port <= 0xFFFF:
         return None
     try:
-        return socket.inet_aton(ip) + port.to_bytes(2, "big")
-    except OSError:
+        packed = socket.inet_aton(ip)
+    except (OSError, ValueError):          # not an address (SDP may carry anything)
         return None
+    # Only the canonical dotted quad, which is what packets decode to: the fast path must
+    # match exactly what the text map would ("010.0.0.1" or "1" must not become 10.0.0.1).
+    if socket.inet_ntoa(packed) != ip:
+        return None
+    return packed + port.to_bytes(2, "big")
 
 
 @dataclass(slots=True)

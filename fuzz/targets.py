@@ -384,11 +384,14 @@ def check_engine(inp) -> None:
 
     name, edits = inp
     finished = []
-    with tempfile.TemporaryDirectory(dir=_TMP) as work:
-        engine = Engine(Config(), finished.append, workdir=Path(work))
-        for ts, lt, frame in mutate_records(_records(name), edits):
-            engine.feed(ts, lt, frame)
-        engine.finish()
+    records = list(mutate_records(_records(name), edits))
+    # Every media mode: recordings (raw log, sequenced later), inline, and inspect's counters-only.
+    for mode in ({}, {"defer_media": True}, {"keep_audio": False}):
+        with tempfile.TemporaryDirectory(dir=_TMP) as work:
+            engine = Engine(Config(), finished.append, workdir=Path(work), **mode)
+            for ts, lt, frame in records:
+                engine.feed(ts, lt, frame)
+            engine.finish()
     for f in finished:
         rec = f.record
         assert isinstance(rec["callid"], str) and rec["end_reason"]

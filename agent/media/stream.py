@@ -27,6 +27,7 @@ the in-order path.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan"
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 _CN_PT = 13
+_SEQ_TS_SSRC = struct.Struct("!HII").unpack_from
 
 
 @dataclass(slots=True)
@@ -102,24 +104,21 @@ class _Stream:
 
 
 class _Hop:
-    """The source a direction's media is taken from, with hashes of its recent payloads."""
+    """The source a direction's media is taken from, with its most recent packets (kept by
+    reference: the active hop pays one deque append; only a second source compares)."""
 
-    __slots__ = ("src", "last_ns", "recent", "_order")
-    KEEP = 64           # payloads remembered: > 1 s of 20 ms packets
+    __slots__ = ("src", "last_ns", "recent")
+    KEEP = 64           # packets remembered: > 1 s of 20 ms packets
 
     def __init__(self, src: str) -> None:
         self.src = src
         self.last_ns = 0
-        self.recent: set[int] = set()
-        self._order: deque[int] = deque()
+        self.recent: deque[bytes] = deque(maxlen=self.KEEP)
 
-    def remember(self, payload_hash: int) -> None:
-        if payload_hash in self.recent:
-            return
-        self.recent.add(payload_hash)
-        self._order.append(payload_hash)
-        if len(self._order) > self.KEEP:
-            self.recent.discard(self._order.popleft())
+    def repeats(self, data: bytes) -> bool:
+        """Does ``data`` carry the payload of a recent packet of this hop (headers aside)?"""
+        payload = data[12:]
+        return any(packet[12:] == payload for packet in self.recent)
 
 
 class CallMedia:
@@ -167,17 +166,24 @@ class CallMedia:
             if hop is None or hop.src != src:               # first hop, or the old one went quiet
                 hop = self._hops[direction] = _Hop(src)
             hop.last_ns = arrival_ns
-            hop.remember(hash(data[12:]))
-        elif hash(data[12:]) in hop.recent:
+            hop.recent.append(data)
+        elif hop.repeats(data):
             # The same payload from a second source while the active hop is sending: the relay's
             # copy (SSRC or sequence possibly rewritten). Different payloads are a real stream.
             self.relay_copies += 1
             self._count("media.relay_copy")
             return True
-        f = parse_rtp(data)
-        if f is None:
-            return self._not_rtp(data)
-        pt, marker, seq, ts, ssrc, ps, pe = f
+        if len(data) >= 12 and data[0] == 0x80 and not 192 <= data[1] <= 223:
+            # The plain header nearly every packet has (no CSRC, extension or padding).
+            b1 = data[1]
+            pt, marker = b1 & 0x7F, b1 > 0x7F
+            seq, ts, ssrc = _SEQ_TS_SSRC(data, 2)
+            ps, pe = 12, len(data)
+        else:
+            f = parse_rtp(data)
+            if f is None:
+                return self._not_rtp(data)
+            pt, marker, seq, ts, ssrc, ps, pe = f
         st = self._by_key.get((direction, ssrc))
         if st is None:
             st = self._new_stream(direction, ssrc, seq, src, dst, arrival_ns)
