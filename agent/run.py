@@ -323,6 +323,9 @@ class Supervisor:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        # Uploads first: a spool already locked by another agent must fail before any capture
+        # process exists (a started capture child would keep this process from exiting).
+        self.uploader.start_thread()
         self.proc.start()
         send.close()
         self.recv = recv
@@ -340,7 +343,6 @@ class Supervisor:
             if self._stop.is_set() or time.monotonic() > deadline:
                 self._stop_capture()
                 raise AgentError("capture did not start in time")
-        self.uploader.start_thread()
         status = 0
         try:
             # Inside the try: a metrics address already in use must still stop capture cleanly
