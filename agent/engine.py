@@ -48,6 +48,7 @@ PENDING_RTP_NS = 2 * NS            # RTP held while its SDP may still be on the 
 PENDING_RTP_MAX = 20_000
 TCP_FLOWS_MAX = 10_000
 TCP_FLOW_IDLE_NS = 300 * NS
+SIP_TLS_PORT = 5061
 # Packet time that leaps further than this is either a quiet spell or a clock jump; the
 # first packet after it decides which (see _after_gap).
 GAP_NS = 3600 * NS
@@ -214,14 +215,7 @@ class Engine:
         if dgram.transport == TCP:
             self._tcp(dgram)
             return
-        endpoints = self._endpoints
-        hit = endpoints.get((dgram.dst_ip, dgram.dst_port))
-        if hit is not None:
-            self._media(hit[0], 1 - hit[1], dgram)
-            return
-        hit = endpoints.get((dgram.src_ip, dgram.src_port))
-        if hit is not None:
-            self._media(hit[0], hit[1], dgram)
+        if self._route_media(dgram):
             return
         payload = dgram.payload
         if dgram.dst_port in self.sip_ports or dgram.src_port in self.sip_ports or looks_like_sip(payload):
@@ -230,6 +224,20 @@ class Engine:
             self._hold_rtp(dgram)
         else:
             self.counters["udp.unmatched"] += 1
+
+    def _route_media(self, dgram: Datagram) -> bool:
+        """Hand RTP to its call: a packet TO a side's endpoint was sent by the other side, one
+        FROM a side's endpoint by that side (destination first: it survives NAT latching)."""
+        endpoints = self._endpoints
+        hit = endpoints.get((dgram.dst_ip, dgram.dst_port))
+        if hit is not None:
+            self._media(hit[0], 1 - hit[1], dgram)
+            return True
+        hit = endpoints.get((dgram.src_ip, dgram.src_port))
+        if hit is not None:
+            self._media(hit[0], hit[1], dgram)
+            return True
+        return False
 
     def _fast_media(self, call: Call, sender: int, ts_ns: int, frame: bytes, total: int,
                     dst_key: bytes) -> bool:
@@ -279,9 +287,8 @@ class Engine:
         framers = self._tcp_framers
         framer = framers.get(flow, False)
         if framer is False:
-            payload = dgram.payload
-            if dgram.dst_port in self.sip_ports or dgram.src_port in self.sip_ports or looks_like_sip(payload):
-                framer = SipStreamFramer()
+            if self._may_carry_sip(dgram):
+                framer = SipStreamFramer()          # it decides: SIP, WebSocket, TLS or neither
             else:
                 framer = None                   # not SIP: remember, so we do not look again
                 self.counters["tcp.not_sip_flows"] += 1
@@ -291,11 +298,28 @@ class Engine:
         self._tcp_last_ns[flow] = dgram.ts_ns
         if framer is None:
             return
+        kind_before = framer.kind
         for message in framer.feed(dgram.payload):
             self._sip_bytes(message, dgram, stream=True)
-        if framer.kind in ("websocket", "tls") and not getattr(framer, "_counted", False):
-            self.counters[f"sip.undecodable.{framer.kind}_flows"] += 1
-            framer._counted = True  # type: ignore[attr-defined]
+        if framer.kind != kind_before:                  # recognised: count each flow once
+            if framer.kind == "tls":
+                self.counters["sip.undecodable.tls_flows"] += 1     # calls the agent cannot see
+            elif framer.kind == "websocket":
+                self.counters["sip.websocket_flows"] += 1           # decoded by the framer
+            elif framer.kind == "unknown":
+                framers[flow] = None                    # not SIP after all: stop looking
+                self.counters["tcp.not_sip_flows"] += 1
+
+    def _may_carry_sip(self, dgram: Datagram) -> bool:
+        """A new TCP flow worth a SIP framer: a SIP port (or SIP-over-TLS 5061), SIP bytes, or a
+        WebSocket upgrade (SIP over WebSocket runs on any web port)."""
+        ports = self.sip_ports
+        if dgram.dst_port in ports or dgram.src_port in ports or SIP_TLS_PORT in (dgram.dst_port, dgram.src_port):
+            return True
+        payload = dgram.payload
+        if looks_like_sip(payload):
+            return True
+        return payload[:4] == b"GET " and b"websocket" in bytes(payload[:4096]).lower()
 
     def _sip_bytes(self, data: bytes, dgram: Datagram, *, stream: bool) -> None:
         try:
@@ -368,15 +392,8 @@ class Engine:
         if matched:
             self._pending_rtp = keep
             self.counters["rtp.pending_adopted"] += len(matched)
-            endpoints = self._endpoints
             for dgram in matched:
-                hit = endpoints.get((dgram.dst_ip, dgram.dst_port))
-                if hit is not None:
-                    self._media(hit[0], 1 - hit[1], dgram)
-                else:
-                    hit = endpoints.get((dgram.src_ip, dgram.src_port))
-                    if hit is not None:
-                        self._media(hit[0], hit[1], dgram)
+                self._route_media(dgram)
 
     def _finish(self, call: Call) -> None:
         media, call.media = call.media, None

@@ -133,7 +133,6 @@ class Recorder:
         self.pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver"))
         self._seq = 0
         self._lock = threading.Lock()
-        self._futures: list[Future] = []
         self.errors = 0
         self.worker_cpu_s = 0.0         # CPU the workers spent (benchmarks: audio-s per CPU-s)
 
@@ -152,7 +151,6 @@ class Recorder:
         future = self.pool.submit(_render_job, finished.media_log, finished.streams, finished.media_plan,
                                   out_path, self.settings, self.fmt, record)
         future.add_done_callback(lambda f, record=record: self._done(f, record))
-        self._futures.append(future)
 
     def _done(self, future: Future, record: dict[str, Any]) -> None:
         try:

@@ -30,8 +30,8 @@ transfer), so it is the one upload and the legs to the first and second callee a
 ``upload: False``. Phone to phone (no PBX), the transferred party's first dialog and its
 new dialog hold different seconds, so both are uploaded, one after the other, linked.
 
-Leg policy ``conversation`` (default): answered legs are ranked (media seen, a phone on
-one side, earliest start) and taken greedily while their talk time does not overlap a
+Leg policy ``conversation`` (default): answered legs are ranked (media seen, not encrypted,
+a phone on one side, earliest start) and taken greedily while their talk time does not overlap a
 leg already taken by more than ``OVERLAP_TOLERANCE_NS`` (or half the shorter talk); an unanswered conversation
 uploads its best leg only. The first uploaded leg carries the caller of the
 conversation's first dialog, the dialled number of its own dialog, and in ``connected``
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from agent.calls.call import CALLEE, CALLER, Call
-from agent.calls.numbers import compact_number, is_feature_code
+from agent.calls.numbers import compact_number, is_feature_code, is_number
 
 NS = 1_000_000_000
 LINK_WINDOW_NS = 2 * NS
@@ -417,8 +417,11 @@ class ConversationGrouper:
         def rank(fin: Any) -> tuple:
             call = fin.call
             seen = any(p.seen_endpoint is not None for p in call.parties)
+            # An encrypted leg (WebRTC DTLS-SRTP, SDES) can never give audio; its relayed
+            # plain-RTP leg can.
+            encrypted = any(p.encrypted_sdp for p in call.parties)
             phone = any(_host(p.sip_addr) not in pbx for p in call.parties if p.sip_addr)
-            return (not seen, not phone, call.start_ts_ns, call.callid)
+            return (not seen, encrypted, not phone, call.start_ts_ns, call.callid)
 
         answered = [f for f in legs if f.call.answered]
         if not answered:
@@ -461,7 +464,11 @@ class ConversationGrouper:
     def _carry_identities(self, lead: Any, legs: list[Any], pbx: frozenset[str]) -> None:
         record = lead.record
         first = legs[0]
-        if first is not lead:
+        # The conversation's first caller, unless the uploaded leg already names the caller by
+        # a number (set by the PBX) and the first dialog does not (a WebRTC client's random
+        # user, say): the API matches accounts by phone number.
+        if first is not lead and (is_number(first.record["callerphone"])
+                                  or not is_number(record["callerphone"])):
             record["callername"] = first.record["callername"]
             record["callerphone"] = first.record["callerphone"]
         reached = self._reached(lead, legs, pbx)

@@ -87,3 +87,16 @@ def test_public_capture_calls_match_truth(truth_path: Path, inspected):
             assert rec["end_reason"] in ("capture_end", "signalling_timeout", "cancel"), (where, rec["end_reason"])
         if tc["answer_time_utc"] and tc["invite_request_captured"]:
             assert rec["answered"], where
+
+
+def test_sip_over_websocket_is_decoded_and_the_plain_rtp_leg_uploaded(inspected):
+    """SIP.js over WebSocket (TCP 8080) to OpenSIPS, relayed over UDP to FreeSWITCH: both
+    dialogs are found, linked, and the upload is the leg whose media is not DTLS-SRTP."""
+    by_id = {r["callid"]: r for r in inspected("sip_tcp_websocket.pcap")}
+    ws = next(r for cid, r in by_id.items() if cid.startswith("kovfhoptshgn59q712sr"))
+    udp = next(r for cid, r in by_id.items() if cid.startswith("926ffd16-6154-1237-0"))
+    assert ws["transport"] == "tcp" and ws["encrypted"] and ws["answered"]
+    assert udp["transport"] == "udp" and not udp["encrypted"] and udp["answered"]
+    assert ws["conversation_id"] == udp["conversation_id"]
+    assert (ws["upload"], udp["upload"]) == (False, True)
+    assert udp["destinationphone"] == "9998112263382742"
