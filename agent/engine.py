@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from agent.calls.call import CALLEE, CALLER, Call
+from agent.capture.batches import FrameBatch
 from agent.calls.end_reason import EndReason
 from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
@@ -34,9 +37,11 @@ from agent.config import Config
 from agent.counters import new_counters
 from agent.errors import ParseError
 from agent.media.render import CodecInfo, StreamSpec
-from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capture
+from agent.media.stream import CallMedia, MediaCapture, MediaPlan, RtpRun, sequence_capture
 from agent.net.datagram import TCP, Datagram
 from agent.net.decode import FrameDecoder
+from agent.net.fastpath import RtpFrames, rtp_frames
+from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
 from agent.sip.message import looks_like_sip, parse_message
 
@@ -53,6 +58,12 @@ SIP_TLS_PORT = 5061
 # first packet after it decides which (see _after_gap).
 GAP_NS = 3600 * NS
 DISK_CHECK_S = 2.0                 # how often free space is looked at (wall clock: disks are real)
+# Batches (feed_batch): smaller ones are fed frame by frame; runs are routed in windows that
+# grow while they route cleanly; the slot table starts afresh above SLOTS_MAX entries.
+BATCH_MIN = 64
+RUN_WINDOW_MIN = 256
+RUN_WINDOW_MAX = 16_384
+SLOTS_MAX = 4096
 
 
 class EndpointMap(dict):
@@ -64,9 +75,11 @@ class EndpointMap(dict):
         super().__init__()
         self.packed: dict[bytes, tuple[Call, int]] = {}
         self.labels: dict[bytes, str] = {}
+        self.version = 0            # bumped on every change: the batch path's sorted copy follows it
 
     def __setitem__(self, endpoint: tuple[str, int], value: tuple[Call, int]) -> None:
         super().__setitem__(endpoint, value)
+        self.version += 1
         key = _packed_ipv4(endpoint)
         if key is not None:
             self.packed[key] = value
@@ -74,6 +87,7 @@ class EndpointMap(dict):
 
     def __delitem__(self, endpoint: tuple[str, int]) -> None:
         super().__delitem__(endpoint)
+        self.version += 1
         key = _packed_ipv4(endpoint)
         if key is not None:
             self.packed.pop(key, None)
@@ -134,6 +148,11 @@ class Engine:
         # (agent/calls/legs.py), which links them and marks the legs not to upload.
         self.grouper = grouper if grouper is not None else ConversationGrouper(
             config.sip, live=self.tracker.calls, counters=self.counters)
+        self._batch: FrameBatch | None = None     # the batch being fed (feed_batch)
+        self._fx: RtpFrames | None = None
+        self._np_keys = np.zeros(0, dtype=np.int64)
+        self._np_dst_slot = self._np_src_slot = self._np_keys
+        self._reset_slots()
         self._pending_rtp: deque[Datagram] = deque()
         self._tcp_framers: dict[tuple[str, int, str, int], SipStreamFramer | None] = {}
         self._tcp_last_ns: dict[tuple[str, int, str, int], int] = {}
@@ -211,6 +230,225 @@ class Engine:
         except ParseError:
             return False
 
+    # ------------------------------------------------------------------ batches
+
+    def feed_batch(self, batch: FrameBatch) -> None:
+        """Feed every frame of ``batch`` in order, with the same result as ``feed`` frame by frame.
+
+        Runs of plain RTP frames to or from known media endpoints (the bulk of a SPAN port)
+        are routed and de-duplicated with numpy a run at a time (``_route_run``,
+        ``_fast_run``); their media is handed to each call at the end of the batch, or
+        earlier, just before anything else touches that call (``_flush_call``). Every other
+        frame, and every frame at which packet time ticks or leaps, goes through ``feed``."""
+        n = len(batch)
+        fx = rtp_frames(batch.buf, batch.starts, batch.lens) if batch.linktype == 1 and n >= BATCH_MIN else None
+        if fx is None:
+            for i in range(n):
+                self.feed(int(batch.ts_ns[i]), batch.linktype, batch.frame(i))
+            return
+        self._batch, self._fx = batch, fx
+        try:
+            self._run_batch(batch, fx)
+        finally:
+            self._flush_all()
+            self._batch = self._fx = None
+
+    def _run_batch(self, batch: FrameBatch, fx: RtpFrames) -> None:
+        n = len(batch)
+        offset = None
+        pos = 0
+        window = RUN_WINDOW_MIN
+        while pos < n:
+            if offset != self._offset_ns:
+                # Packet time from here on (again after a clock jump re-based it): the running
+                # maximum is engine time, where ticks fall and where time leaps (GAP_NS).
+                offset = self._offset_ns
+                base = pos
+                ts = batch.ts_ns[base:] + offset if offset else batch.ts_ns[base:]
+                running = np.maximum.accumulate(np.maximum(ts, self.now_ns))
+                before = np.empty_like(running)
+                before[0] = self.now_ns
+                before[1:] = running[:-1]
+                leaps = (ts - before > GAP_NS) & (before != 0)
+                forced = np.flatnonzero(~fx.cand[base:] | leaps) + base
+            k = int(np.searchsorted(forced, pos))
+            stop = int(forced[k]) if k < len(forced) else n
+            stop = min(stop, base + int(np.searchsorted(running, self._next_tick_ns)))
+            if stop <= pos:
+                self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
+                pos += 1
+                continue
+            end = min(stop, pos + window)
+            slots = self._route_run(fx, pos, end)
+            unknown = np.flatnonzero(slots < 0)
+            if unknown.size:
+                end = pos + int(unknown[0])
+                slots = slots[:end - pos]
+                window = max(RUN_WINDOW_MIN, window // 2)
+            else:
+                window = min(window * 2, RUN_WINDOW_MAX)
+            if end > pos:
+                self._fast_run(fx, ts[pos - base:end - base], int(running[end - 1 - base]), pos, slots)
+                pos = end
+            if unknown.size:
+                self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
+                pos += 1
+
+    def _sync_map(self) -> None:
+        """The endpoint map as sorted packed keys with a slot per (call, sending side)."""
+        endpoints = self._endpoints
+        if self._np_version == endpoints.version:
+            return
+        rows = []
+        cache = self._entry_slots
+        for packed, (call, side) in self._packed.items():
+            entry = (packed, id(call), side)
+            row = cache.get(entry)
+            if row is None:
+                # A packet TO a side's endpoint was sent by the other side; one FROM it, by that side.
+                row = cache[entry] = (int.from_bytes(packed, "big"), self._slot(call, 1 - side),
+                                      self._slot(call, side))
+            rows.append(row)
+        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        table = table[np.argsort(table[:, 0])]
+        self._np_keys = table[:, 0].copy()
+        self._np_dst_slot = table[:, 1].copy()
+        self._np_src_slot = table[:, 2].copy()
+        self._np_version = endpoints.version
+
+    def _slot(self, call: Call, sender: int) -> int:
+        key = (id(call), sender)
+        slot = self._slot_of.get(key)
+        if slot is None:
+            slot = self._slot_of[key] = len(self._slots)
+            self._slots.append((call, sender))
+            no = self._call_no.get(id(call))
+            if no is None:
+                no = self._call_no[id(call)] = len(self._calls_by_no)
+                self._calls_by_no.append(call)
+            if slot >= len(self._slot_call):
+                grow = max(64, 2 * len(self._slot_call))
+                self._slot_call = np.resize(self._slot_call, grow)
+                self._slot_sender = np.resize(self._slot_sender, grow)
+                self._slot_ready = np.resize(self._slot_ready, grow)
+            self._slot_call[slot] = no
+            self._slot_sender[slot] = sender
+            self._slot_ready[slot] = call.parties[sender].seen_endpoint is not None
+        return slot
+
+    def _route_run(self, fx: RtpFrames, a: int, b: int) -> np.ndarray:
+        """The slot of every frame in [a, b), or -1 where ``feed`` would leave the fast path
+        (no endpoint known, or its sender not seen yet: the first packets take the full path)."""
+        self._sync_map()
+        keys = self._np_keys
+        if not len(keys):
+            return np.full(b - a, -1, dtype=np.int64)
+        last = len(keys) - 1
+        dst = fx.dst_key[a:b]
+        i = np.minimum(np.searchsorted(keys, dst), last)
+        src = fx.src_key[a:b]
+        j = np.minimum(np.searchsorted(keys, src), last)
+        slots = np.where(keys[i] == dst, self._np_dst_slot[i],
+                         np.where(keys[j] == src, self._np_src_slot[j], -1))
+        known = slots >= 0
+        slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = -1
+        return slots
+
+    def _fast_run(self, fx: RtpFrames, ts: np.ndarray, now_ns: int, a: int, slots: np.ndarray) -> None:
+        """What ``_fast_media`` does, for a run of routed frames: de-duplicate, note each call's
+        last media time; the media itself waits in the batch's pending list."""
+        if now_ns > self.now_ns:
+            self.now_ns = now_ns
+        b = a + len(slots)
+        idx = np.arange(a, b)
+        dedup = self._dedup
+        if dedup is not None:
+            dup = dedup.check_many(ts, fx.dedup_key[a:b])
+            dups = int(np.count_nonzero(dup))
+            if dups:
+                self.counters["net.duplicate"] += dups     # the same frame mirrored twice
+                keep = ~dup
+                idx, slots, ts = idx[keep], slots[keep], ts[keep]
+                if not len(idx):
+                    return
+        calls = self._slot_call[slots]
+        last_rev, first = np.unique(calls[::-1], return_index=True)
+        by_no = self._calls_by_no
+        for no, t in zip(last_rev.tolist(), ts[len(ts) - 1 - first].tolist()):
+            by_no[no].last_media_ns = t
+        self._pending.append((idx, slots))
+
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray]:
+        pending = self._pending
+        if len(pending) == 1:
+            return pending[0]
+        idx = np.concatenate([p[0] for p in pending])
+        slots = np.concatenate([p[1] for p in pending])
+        self._pending = [(idx, slots)]
+        return idx, slots
+
+    def _flush_call(self, call: Call) -> None:
+        """Hand ``call`` its routed batch packets now: something else is about to touch it."""
+        no = self._call_no.get(id(call))
+        if no is None:
+            return
+        idx, slots = self._take_pending()
+        mine = self._slot_call[slots] == no
+        if not mine.any():
+            return
+        rest = ~mine
+        self._pending = [(idx[rest], slots[rest])] if rest.any() else []
+        self._apply(call, idx[mine], slots[mine])
+
+    def _flush_all(self) -> None:
+        if self._pending:
+            idx, slots = self._take_pending()
+            self._pending = []
+            calls = self._slot_call[slots]
+            order = np.argsort(calls, kind="stable")
+            cuts = np.flatnonzero(np.diff(calls[order])) + 1
+            for group in np.split(order, cuts):
+                self._apply(self._calls_by_no[int(calls[group[0]])], idx[group], slots[group])
+        if len(self._slots) > SLOTS_MAX:
+            # Nothing is pending: start the slot table afresh (it holds ended calls too).
+            self._reset_slots()
+
+    def _reset_slots(self) -> None:
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._slots: list[tuple[Call, int]] = []
+        self._slot_of: dict[tuple[int, int], int] = {}
+        self._call_no: dict[int, int] = {}
+        self._calls_by_no: list[Call] = []
+        self._slot_call = np.zeros(0, dtype=np.int64)
+        self._slot_sender = np.zeros(0, dtype=np.int64)
+        self._slot_ready = np.zeros(0, dtype=bool)
+        self._entry_slots: dict[tuple[bytes, int, int], tuple[int, int, int]] = {}
+        self._np_version = -1
+
+    def _apply(self, call: Call, idx: np.ndarray, slots: np.ndarray) -> None:
+        """One call's routed packets (arrival order) into its media, as ``_fast_media`` would."""
+        media = call.media
+        if media is None:
+            return
+        fx, batch = self._fx, self._batch
+        size = fx.udp_len[idx] - 8
+        run = RtpRun(direction=self._slot_sender[slots], arrival_ns=batch.ts_ns[idx] + self._offset_ns
+                     if self._offset_ns else batch.ts_ns[idx],
+                     src_key=fx.src_key[idx], dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx],
+                     seq=fx.seq[idx], rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=size,
+                     buf=batch.buf, data_start=batch.starts[idx] + 42,
+                     src_label=self._src_label, dst_label=self._dst_label)
+        not_rtp = media.on_rtp_run(run)
+        if not_rtp:
+            self.counters["rtp.skip.not_rtp"] += not_rtp
+
+    def _src_label(self, key: int) -> str:
+        packed = key.to_bytes(6, "big")
+        return self._labels.get(packed) or "{}:{}".format(socket.inet_ntoa(packed[:4]), key & 0xFFFF)
+
+    def _dst_label(self, key: int) -> str:
+        return self._labels.get(key.to_bytes(6, "big"), "")
+
     def _dispatch(self, dgram: Datagram) -> None:
         if dgram.transport == TCP:
             self._tcp(dgram)
@@ -245,10 +483,14 @@ class Engine:
         ulen = (frame[38] << 8) | frame[39]
         if not 8 <= ulen <= total - 20:
             return False
+        if self._pending:
+            self._flush_call(call)
         end = 34 + ulen
         dedup = self._dedup
         if dedup is not None and dedup.is_duplicate(
-                ts_ns, hash(((frame[18] << 8) | frame[19], frame[26:34], frame[34:end]))):
+                ts_ns, rtp_key((frame[18] << 8) | frame[19], frame[26:30], frame[30:34], frame[34:end])
+                if looks_like_rtp(frame[42:end]) else
+                hash(((frame[18] << 8) | frame[19], frame[26:34], frame[34:end]))):
             self.counters["net.duplicate"] += 1    # the same frame mirrored twice
             return True
         call.last_media_ns = ts_ns
@@ -262,10 +504,15 @@ class Engine:
         return True
 
     def _media(self, call: Call, sender: int, dgram: Datagram) -> None:
+        if self._pending:
+            self._flush_call(call)
         party = call.parties[sender]
         if party.seen_endpoint is None:
             self.macs.observe(dgram.src_mac, dgram.src_ip)
             self.tracker.on_media(call, sender, dgram.ts_ns, (dgram.src_ip, dgram.src_port), dgram.src_mac)
+            slot = self._slot_of.get((id(call), sender))
+            if slot is not None:
+                self._slot_ready[slot] = True      # the batch path may take its packets now
         else:
             call.last_media_ns = dgram.ts_ns
         media = call.media
@@ -328,6 +575,10 @@ class Engine:
             self.counters["sip.skip.malformed"] += 1
             return
         self.counters["sip.messages"] += 1
+        if self._pending:
+            known = self.tracker.calls.get(msg.call_id)
+            if known is not None:
+                self._flush_call(known)     # its media so far, before its state changes
         self.macs.observe(dgram.src_mac, dgram.src_ip)
         for event in self.tracker.on_sip(msg, dgram):
             self._on_event(event)
@@ -337,6 +588,8 @@ class Engine:
     def _on_event(self, event) -> None:
         if isinstance(event, EndpointClaimed):
             call = event.call
+            if self._pending:
+                self._flush_call(call)
             if call.media is None:
                 call.media = self._new_media(call, write_audio=self._disk_has_room())
             self._replay_pending(event.endpoint)
@@ -396,6 +649,8 @@ class Engine:
                 self._route_media(dgram)
 
     def _finish(self, call: Call) -> None:
+        if self._pending:
+            self._flush_call(call)
         media, call.media = call.media, None
         redact = self.config.recording.redact_dtmf_digits
         if redact:                                   # DTMF (issue 6): PCI redaction

@@ -1,6 +1,6 @@
 """Replay: feed capture files through the engine, exactly as live capture does.
 
-Owns the loop from ``open_captures`` to ``Engine.feed`` plus a progress line on
+Owns the loop from ``read_batches`` to ``Engine.feed_batch`` plus a progress line on
 stderr for long files. What happens to finished calls is the caller's sink.
 """
 
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from agent.capture.files import open_captures
+from agent.capture.batches import read_batches
 from agent.config import Config
 from agent.engine import Engine, FinishedCall
 
@@ -27,15 +27,15 @@ def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[F
     paths = list(paths)
     engine = Engine(config, on_finished, counters=counters, workdir=workdir, defer_media=defer_media,
                     keep_audio=keep_audio)
-    frames = open_captures(paths, engine.counters)
-    feed = engine.feed
+    batches = read_batches(paths, engine.counters)
+    feed_batch = engine.feed_batch
     started = time.monotonic()
     packets = 0
     next_report = PROGRESS_EVERY_PACKETS
     try:
-        for ts_ns, linktype, frame in frames:
-            feed(ts_ns, linktype, frame)
-            packets += 1
+        for batch in batches:
+            feed_batch(batch)
+            packets += len(batch)
             if packets >= next_report:
                 next_report += PROGRESS_EVERY_PACKETS
                 elapsed = time.monotonic() - started

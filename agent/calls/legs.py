@@ -356,7 +356,9 @@ class ConversationGrouper:
         dialogs' keys, rebuilt at most every LIVE_RECHECK_NS of packet time."""
         live = self.live
         if len(live) <= LIVE_SCAN_LIMIT:
-            candidates: Iterable[Call] = list(live.values())
+            # Dialogs that link share a link key (see link_keys): that cheap test first.
+            keys = conv.keys
+            candidates: Iterable[Call] = [c for c in list(live.values()) if not keys.isdisjoint(link_keys(c))]
         else:
             if self._live_index_ns is None or now_ns - self._live_index_ns >= LIVE_RECHECK_NS:
                 index: dict[tuple[str, Any], list[Call]] = {}

@@ -22,11 +22,21 @@ import logging
 import os
 import struct
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["MediaLogWriter", "NullMediaLog", "read_media_log", "RECORD_HEADER", "MediaRecord"]
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+import numpy as np
+
+__all__ = ["MediaLogWriter", "NullMediaLog", "read_media_log", "read_media_log_blocks",
+           "MediaBlock", "RECORD_HEADER", "MediaRecord"]
 
 RECORD_HEADER = struct.Struct("<HHIqBBH")  # 20 bytes
+# The same header as a numpy record (packed, little-endian), for appending many at once.
+_RUN_HEADER_DTYPE = np.dtype([("stream_index", "<u2"), ("seq", "<u2"), ("rtp_ts", "<u4"), ("arrival_ns", "<i8"),
+                          ("pt", "u1"), ("flags", "u1"), ("payload_len", "<u2")])
 FLUSH_BYTES = 64 * 1024
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,35 @@ class MediaLogWriter:
         self.records += 1
         self._buf_records += 1
         if len(buf) >= self.flush_bytes:
+            self.flush()
+
+    def append_run(self, stream_index: np.ndarray, arrival_ns: np.ndarray, buf: bytes,
+                   starts: np.ndarray, sizes: np.ndarray) -> None:
+        """Append many records at once (seq, rtp_ts, pt and flags 0: the capture stage's raw
+        log): record i is ``buf[starts[i]:starts[i] + sizes[i]]``. Built with numpy when every
+        payload has the same length (a call's G.711 frames), else record by record."""
+        n = len(starts)
+        if not n:
+            return
+        size = int(sizes[0])
+        if size > 0xFFFF or not bool(np.all(sizes == size)):
+            for i in range(n):
+                start = int(starts[i])
+                self.append(int(stream_index[i]), 0, 0, int(arrival_ns[i]), 0, False,
+                            buf[start:start + int(sizes[i])])
+            return
+        out = np.zeros((n, RECORD_HEADER.size + size), dtype=np.uint8)
+        header = np.zeros(n, dtype=_RUN_HEADER_DTYPE)
+        header["stream_index"] = stream_index
+        header["arrival_ns"] = arrival_ns
+        header["payload_len"] = size
+        out[:, :RECORD_HEADER.size] = header.view(np.uint8).reshape(n, RECORD_HEADER.size)
+        if size:
+            out[:, RECORD_HEADER.size:] = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), size)[starts]
+        self._buf += out.tobytes()
+        self.records += n
+        self._buf_records += n
+        if len(self._buf) >= self.flush_bytes:
             self.flush()
 
     def flush(self) -> None:
@@ -139,6 +178,9 @@ class NullMediaLog:
                marker: bool, payload: bytes | memoryview) -> None:
         self.records += 1
 
+    def append_run(self, stream_index, arrival_ns, buf, starts, sizes) -> None:
+        self.records += len(starts)
+
     def flush(self) -> None:
         pass
 
@@ -176,3 +218,94 @@ def read_media_log(path: Path | str, *, chunk_bytes: int = 256 * 1024) -> Iterat
                 pos = end
             if not chunk:
                 return
+
+
+# The record header as a numpy structured type (same layout as RECORD_HEADER, packed).
+_HEADER_DTYPE = np.dtype([("stream", "<u2"), ("seq", "<u2"), ("ts", "<u4"), ("arrival_ns", "<i8"),
+                          ("pt", "u1"), ("flags", "u1"), ("plen", "<u2")])
+assert _HEADER_DTYPE.itemsize == RECORD_HEADER.size
+_PLEN_AT = 18                      # byte offset of payload_len inside the header
+
+
+@dataclass(slots=True)
+class MediaBlock:
+    """Consecutive whole records of a media log as arrays (one entry per record, file order).
+
+    ``data`` holds the raw bytes the records were cut from; record i's payload is
+    ``data[payload_at[i] : payload_at[i] + payload_len[i]]``."""
+    stream: np.ndarray          # uint16
+    seq: np.ndarray             # uint16
+    ts: np.ndarray              # int64 (RTP timestamps, 0..2**32-1)
+    arrival_ns: np.ndarray      # int64
+    pt: np.ndarray              # uint8
+    marker: np.ndarray          # bool
+    payload_len: np.ndarray     # int64
+    payload_at: np.ndarray      # int64, offsets into data
+    data: np.ndarray            # uint8
+
+    def __len__(self) -> int:
+        return int(self.stream.size)
+
+
+def _record_starts(buf: np.ndarray) -> tuple[np.ndarray, int]:
+    """Offsets of the whole records in ``buf`` and the offset where the rest begins.
+
+    Records are mostly one size (a G.711 stream: 160-byte payloads), so the walk guesses
+    that the next records have the size of the current one, checks all their length fields
+    at once and only steps record by record where the size changes. The guess window
+    grows while it holds and shrinks when it fails, so mixed sizes stay linear."""
+    n = buf.size
+    pos = 0
+    window = 16
+    starts: list[np.ndarray] = []
+    hsize = RECORD_HEADER.size
+    while pos + hsize <= n:
+        plen = int(buf[pos + _PLEN_AT]) | int(buf[pos + _PLEN_AT + 1]) << 8
+        size = hsize + plen
+        fit = (n - pos) // size           # records of this size that fit entirely
+        if fit == 0:
+            break
+        k = min(fit, window)
+        cand = pos + size * np.arange(k, dtype=np.int64)
+        lens = buf[cand + _PLEN_AT].astype(np.int64) | buf[cand + _PLEN_AT + 1].astype(np.int64) << 8
+        bad = np.flatnonzero(lens != plen)
+        good = int(bad[0]) if bad.size else k
+        starts.append(cand[:good])
+        pos += size * good
+        window = min(window * 4, 1 << 16) if good == k else 16
+    if not starts:
+        return np.zeros(0, dtype=np.int64), pos
+    return (starts[0] if len(starts) == 1 else np.concatenate(starts)), pos
+
+
+def _block_of(buf: np.ndarray, starts: np.ndarray) -> MediaBlock:
+    # Gather the 20 header bytes of every record, then view them as the structured type.
+    raw = buf[starts[:, None] + np.arange(RECORD_HEADER.size)]
+    hdr = raw.view(_HEADER_DTYPE).reshape(-1)
+    return MediaBlock(
+        stream=hdr["stream"].copy(), seq=hdr["seq"].copy(),
+        ts=hdr["ts"].astype(np.int64), arrival_ns=hdr["arrival_ns"].astype(np.int64),
+        pt=hdr["pt"].copy(), marker=(hdr["flags"] & 1).astype(bool),
+        payload_len=hdr["plen"].astype(np.int64), payload_at=starts + RECORD_HEADER.size,
+        data=buf)
+
+
+def read_media_log_blocks(path: Path | str, *, chunk_bytes: int = 1 << 20) -> Iterator[MediaBlock]:
+    """Stream a media log as ``MediaBlock``s of about ``chunk_bytes`` each (same records,
+    same order and same end-of-file rules as ``read_media_log``; memory is bounded by the
+    chunk size, not the call length)."""
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with fh:
+        rest = b""
+        while True:
+            chunk = fh.read(chunk_bytes)
+            if not chunk:
+                return            # a truncated last record (crash mid-write) is dropped
+            buf = np.frombuffer(rest + chunk, dtype=np.uint8)
+            starts, used = _record_starts(buf)
+            rest = buf[used:].tobytes()
+            if starts.size:
+                yield _block_of(buf, starts)

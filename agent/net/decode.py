@@ -19,7 +19,7 @@ import socket
 import struct
 
 from agent.net.datagram import TCP, UDP, Datagram
-from agent.net.dedup import Deduplicator
+from agent.net.dedup import Deduplicator, looks_like_rtp, rtp_key
 from agent.net.fragments import FragmentReassembler
 from agent.net.ip import (PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP,
                           PROTO_IPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, parse_ipv4,
@@ -86,8 +86,9 @@ class FrameDecoder:
                     dst = frame[30:34]
                     dedup = self.dedup
                     if dedup is not None and dedup.is_duplicate(
-                            ts_ns, hash(((frame[18] << 8) | frame[19], frame[26:34],
-                                         frame[l4:pend]))):
+                            ts_ns, rtp_key((frame[18] << 8) | frame[19], src, dst, frame[l4:pend])
+                            if looks_like_rtp(payload) else
+                            hash(((frame[18] << 8) | frame[19], frame[26:34], frame[l4:pend]))):
                         self.counters["net.duplicate"] += 1
                         return None
                     cache = self._ip_text
@@ -167,7 +168,9 @@ class FrameDecoder:
             payload = frame[l4off + 8:pend]
             dedup = self.dedup
             if dedup is not None and dedup.is_duplicate(
-                    ts_ns, hash((ident, src + dst, frame[l4off:pend]))):
+                    ts_ns, rtp_key(ident, src, dst, frame[l4off:pend])
+                    if len(src) == 4 and looks_like_rtp(payload) else
+                    hash((ident, src + dst, frame[l4off:pend]))):
                 c["net.duplicate"] += 1
                 return None
             return Datagram(ts_ns, self._text(src), sport, self._text(dst), dport, UDP,
