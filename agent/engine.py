@@ -36,8 +36,9 @@ from agent.calls.tracker import CallEnded, CallTracker, EndpointClaimed
 from agent.config import Config
 from agent.counters import new_counters
 from agent.errors import ParseError
-from agent.media.render import CodecInfo, StreamSpec
-from agent.media.stream import CallMedia, MediaCapture, MediaPlan, RtpRun, sequence_capture
+from agent.media.timeline import CodecInfo, StreamSpec
+from agent.media.runs import RtpRun, RunGroups
+from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capture
 from agent.net.datagram import TCP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import RtpFrames, rtp_frames
@@ -279,16 +280,16 @@ class Engine:
                 pos += 1
                 continue
             end = min(stop, pos + window)
-            slots = self._route_run(fx, pos, end)
+            slots, by_dst = self._route_run(fx, pos, end)
             unknown = np.flatnonzero(slots < 0)
             if unknown.size:
                 end = pos + int(unknown[0])
-                slots = slots[:end - pos]
+                slots, by_dst = slots[:end - pos], by_dst[:end - pos]
                 window = max(RUN_WINDOW_MIN, window // 2)
             else:
                 window = min(window * 2, RUN_WINDOW_MAX)
             if end > pos:
-                self._fast_run(fx, ts[pos - base:end - base], int(running[end - 1 - base]), pos, slots)
+                self._fast_run(fx, ts[pos - base:end - base], int(running[end - 1 - base]), pos, slots, by_dst)
                 pos = end
             if unknown.size:
                 self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
@@ -336,25 +337,27 @@ class Engine:
             self._slot_ready[slot] = call.parties[sender].seen_endpoint is not None
         return slot
 
-    def _route_run(self, fx: RtpFrames, a: int, b: int) -> np.ndarray:
+    def _route_run(self, fx: RtpFrames, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """The slot of every frame in [a, b), or -1 where ``feed`` would leave the fast path
-        (no endpoint known, or its sender not seen yet: the first packets take the full path)."""
+        (no endpoint known, or its sender not seen yet: the first packets take the full path),
+        and whether it was routed by its destination (a known endpoint) or its source."""
         self._sync_map()
         keys = self._np_keys
         if not len(keys):
-            return np.full(b - a, -1, dtype=np.int64)
+            return np.full(b - a, -1, dtype=np.int64), np.zeros(b - a, dtype=bool)
         last = len(keys) - 1
         dst = fx.dst_key[a:b]
         i = np.minimum(np.searchsorted(keys, dst), last)
         src = fx.src_key[a:b]
         j = np.minimum(np.searchsorted(keys, src), last)
-        slots = np.where(keys[i] == dst, self._np_dst_slot[i],
-                         np.where(keys[j] == src, self._np_src_slot[j], -1))
+        by_dst = keys[i] == dst
+        slots = np.where(by_dst, self._np_dst_slot[i], np.where(keys[j] == src, self._np_src_slot[j], -1))
         known = slots >= 0
         slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = -1
-        return slots
+        return slots, by_dst
 
-    def _fast_run(self, fx: RtpFrames, ts: np.ndarray, now_ns: int, a: int, slots: np.ndarray) -> None:
+    def _fast_run(self, fx: RtpFrames, ts: np.ndarray, now_ns: int, a: int, slots: np.ndarray,
+                  by_dst: np.ndarray) -> None:
         """What ``_fast_media`` does, for a run of routed frames: de-duplicate, note each call's
         last media time; the media itself waits in the batch's pending list."""
         if now_ns > self.now_ns:
@@ -368,7 +371,7 @@ class Engine:
             if dups:
                 self.counters["net.duplicate"] += dups     # the same frame mirrored twice
                 keep = ~dup
-                idx, slots, ts = idx[keep], slots[keep], ts[keep]
+                idx, slots, by_dst, ts = idx[keep], slots[keep], by_dst[keep], ts[keep]
                 if not len(idx):
                     return
         calls = self._slot_call[slots]
@@ -376,45 +379,71 @@ class Engine:
         by_no = self._calls_by_no
         for no, t in zip(last_rev.tolist(), ts[len(ts) - 1 - first].tolist()):
             by_no[no].last_media_ns = t
-        self._pending.append((idx, slots))
+        self._pending.append((idx, slots, by_dst))
 
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray]:
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pending = self._pending
         if len(pending) == 1:
             return pending[0]
-        idx = np.concatenate([p[0] for p in pending])
-        slots = np.concatenate([p[1] for p in pending])
-        self._pending = [(idx, slots)]
-        return idx, slots
+        merged = tuple(np.concatenate([p[k] for p in pending]) for k in range(3))
+        self._pending = [merged]
+        return merged
 
     def _flush_call(self, call: Call) -> None:
         """Hand ``call`` its routed batch packets now: something else is about to touch it."""
         no = self._call_no.get(id(call))
         if no is None:
             return
-        idx, slots = self._take_pending()
+        idx, slots, by_dst = self._take_pending()
         mine = self._slot_call[slots] == no
         if not mine.any():
             return
         rest = ~mine
-        self._pending = [(idx[rest], slots[rest])] if rest.any() else []
-        self._apply(call, idx[mine], slots[mine])
+        self._pending = [(idx[rest], slots[rest], by_dst[rest])] if rest.any() else []
+        self._apply(idx[mine], slots[mine], by_dst[mine])
 
     def _flush_all(self) -> None:
         if self._pending:
-            idx, slots = self._take_pending()
+            idx, slots, by_dst = self._take_pending()
             self._pending = []
-            calls = self._slot_call[slots]
-            order = np.argsort(calls, kind="stable")
-            cuts = np.flatnonzero(np.diff(calls[order])) + 1
-            for group in np.split(order, cuts):
-                self._apply(self._calls_by_no[int(calls[group[0]])], idx[group], slots[group])
+            self._apply(idx, slots, by_dst)
         if len(self._slots) > SLOTS_MAX:
             # Nothing is pending: start the slot table afresh (it holds ended calls too).
             self._reset_slots()
 
+    def _apply(self, idx: np.ndarray, slots: np.ndarray, by_dst: np.ndarray) -> None:
+        """Routed packets (batch positions, arrival order) into their calls' media, as
+        ``_fast_media`` would have, one call at a time (its groups: one per direction)."""
+        group_key = self._slot_call[slots] * 2 + self._slot_sender[slots]
+        order = np.argsort(group_key, kind="stable")
+        idx, group_key, by_dst = idx[order], group_key[order], by_dst[order]
+        starts = np.flatnonzero(np.diff(group_key, prepend=-1))
+        fx, batch = self._fx, self._batch
+        arrival = batch.ts_ns[idx]
+        if self._offset_ns:
+            arrival = arrival + self._offset_ns
+        run = RtpRun(order=idx, direction=group_key & 1, arrival_ns=arrival, src_key=fx.src_key[idx],
+                     dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx], seq=fx.seq[idx],
+                     rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=fx.udp_len[idx] - 8, buf=batch.buf,
+                     data_start=batch.starts[idx] + 42, dst_known=by_dst, label=self._label)
+        groups = RunGroups(run, starts)
+        call_of = (group_key[starts] >> 1).tolist()
+        by_no = self._calls_by_no
+        not_rtp = 0
+        g, count = 0, len(call_of)
+        while g < count:
+            h = g + 1
+            while h < count and call_of[h] == call_of[g]:
+                h += 1
+            media = by_no[call_of[g]].media
+            if media is not None:
+                not_rtp += media.take_groups(groups, g, h)
+            g = h
+        if not_rtp:
+            self.counters["rtp.skip.not_rtp"] += not_rtp
+
     def _reset_slots(self) -> None:
-        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (positions, slots, by_dst)
         self._slots: list[tuple[Call, int]] = []
         self._slot_of: dict[tuple[int, int], int] = {}
         self._call_no: dict[int, int] = {}
@@ -423,31 +452,18 @@ class Engine:
         self._slot_sender = np.zeros(0, dtype=np.int64)
         self._slot_ready = np.zeros(0, dtype=bool)
         self._entry_slots: dict[tuple[bytes, int, int], tuple[int, int, int]] = {}
+        self._key_labels: dict[int, str] = {}
         self._np_version = -1
 
-    def _apply(self, call: Call, idx: np.ndarray, slots: np.ndarray) -> None:
-        """One call's routed packets (arrival order) into its media, as ``_fast_media`` would."""
-        media = call.media
-        if media is None:
-            return
-        fx, batch = self._fx, self._batch
-        size = fx.udp_len[idx] - 8
-        run = RtpRun(direction=self._slot_sender[slots], arrival_ns=batch.ts_ns[idx] + self._offset_ns
-                     if self._offset_ns else batch.ts_ns[idx],
-                     src_key=fx.src_key[idx], dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx],
-                     seq=fx.seq[idx], rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=size,
-                     buf=batch.buf, data_start=batch.starts[idx] + 42,
-                     src_label=self._src_label, dst_label=self._dst_label)
-        not_rtp = media.on_rtp_run(run)
-        if not_rtp:
-            self.counters["rtp.skip.not_rtp"] += not_rtp
-
-    def _src_label(self, key: int) -> str:
-        packed = key.to_bytes(6, "big")
-        return self._labels.get(packed) or "{}:{}".format(socket.inet_ntoa(packed[:4]), key & 0xFFFF)
-
-    def _dst_label(self, key: int) -> str:
-        return self._labels.get(key.to_bytes(6, "big"), "")
+    def _label(self, key: int) -> str:
+        """"ip:port" of a packed key: what EndpointMap labels it, and what the full path prints."""
+        label = self._key_labels.get(key)
+        if label is None:
+            if len(self._key_labels) > 100_000:
+                self._key_labels.clear()
+            label = self._key_labels[key] = "{}:{}".format(socket.inet_ntoa((key >> 16).to_bytes(4, "big")),
+                                                           key & 0xFFFF)
+        return label
 
     def _dispatch(self, dgram: Datagram) -> None:
         if dgram.transport == TCP:
@@ -575,10 +591,12 @@ class Engine:
             self.counters["sip.skip.malformed"] += 1
             return
         self.counters["sip.messages"] += 1
-        if self._pending:
+        if self._pending and msg.body:
+            # A body may change the codec map its media is read with: its media so far first.
+            # (A message that ends the call flushes in _finish; a new endpoint in _on_event.)
             known = self.tracker.calls.get(msg.call_id)
             if known is not None:
-                self._flush_call(known)     # its media so far, before its state changes
+                self._flush_call(known)
         self.macs.observe(dgram.src_mac, dgram.src_ip)
         for event in self.tracker.on_sip(msg, dgram):
             self._on_event(event)

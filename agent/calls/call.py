@@ -56,6 +56,7 @@ class Call:
     cancel_requested: bool = False
     challenge_deadline_ns: int | None = None
     last_sip_ns: int = 0
+    sip_messages: int = 0                    # SIP messages of this dialog seen (a change stamp)
     last_media_ns: int | None = None
     # identities (raw header values kept for the record)
     from_header: str = ""

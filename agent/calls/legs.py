@@ -268,6 +268,7 @@ class ConversationGrouper:
         self._next_id = 0
         self._held = 0
         self._live_index: dict[tuple[str, Any], list[Call]] = {}
+        self._keys_cache: dict[int, tuple[Call, tuple, set[tuple[str, Any]]]] = {}
         self._live_index_ns: int | None = None
 
     # -- input ---------------------------------------------------------------------
@@ -350,6 +351,22 @@ class ConversationGrouper:
             out += self._emit(self._pop(conv_id))
         return out
 
+    def _live_keys(self, call: Call) -> set[tuple[str, Any]]:
+        """``link_keys`` of a live dialog, recomputed only when the dialog changed (a SIP
+        message, or media seen from a new party)."""
+        stamp = (call.sip_messages, call.parties[0].seen_endpoint, call.parties[1].seen_endpoint)
+        cache = self._keys_cache
+        hit = cache.get(id(call))
+        if hit is not None and hit[0] is call and hit[1] == stamp:
+            return hit[2]
+        if len(cache) > 2 * len(self.live) + 64:
+            live_ids = {id(c) for c in self.live.values()}
+            for stale in [k for k in cache if k not in live_ids]:
+                del cache[stale]
+        keys = link_keys(call)
+        cache[id(call)] = (call, stamp, keys)
+        return keys
+
     def _waits_for_live(self, conv: _Conversation, now_ns: int) -> bool:
         """Is a dialog still in progress linked to this conversation? With few live dialogs
         they are all checked; with many (a flood) candidates come from an index of the live
@@ -358,7 +375,8 @@ class ConversationGrouper:
         if len(live) <= LIVE_SCAN_LIMIT:
             # Dialogs that link share a link key (see link_keys): that cheap test first.
             keys = conv.keys
-            candidates: Iterable[Call] = [c for c in list(live.values()) if not keys.isdisjoint(link_keys(c))]
+            candidates: Iterable[Call] = [c for c in list(live.values())
+                                          if not keys.isdisjoint(self._live_keys(c))]
         else:
             if self._live_index_ns is None or now_ns - self._live_index_ns >= LIVE_RECHECK_NS:
                 index: dict[tuple[str, Any], list[Call]] = {}

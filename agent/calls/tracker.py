@@ -93,6 +93,7 @@ class CallTracker:
             if call is None:
                 return events
         call.last_sip_ns = max(call.last_sip_ns, ts_ns)
+        call.sip_messages += 1
         side = self._sender_side(call, msg)
         party = call.parties[side]
         if not party.sip_addr:

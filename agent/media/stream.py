@@ -39,9 +39,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
 from agent.media.medialog import MediaLogWriter, NullMediaLog, read_media_log
+from agent.media.runs import RunGroups
 from agent.media.rtp import is_zrtp, parse_rtp
 
-__all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "RtpRun", "sequence_capture",
+__all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "sequence_capture",
            "MAX_DROPOUT", "MAX_MISORDER"]
 
 # RFC 3550 A.1: a forward jump beyond MAX_DROPOUT or a backward one beyond MAX_MISORDER is
@@ -75,61 +76,6 @@ class StreamInfo:
     direction: int                 # 0 = caller→callee, 1 = callee→caller
     ssrc: int
     stats: StreamStats
-
-
-@dataclass(slots=True)
-class RtpRun:
-    """RTP packets of one call in arrival order, as arrays (the engine's batch path).
-
-    Every packet looks like RTP (version 2, not RTCP) and is ``size`` bytes of UDP payload at
-    ``buf[data_start:]``. Addresses are packed keys (``ip << 16 | port``); ``src_label`` and
-    ``dst_label`` turn them into the "ip:port" text the per-packet path uses."""
-    direction: np.ndarray          # int64: 0 caller→callee, 1 callee→caller
-    arrival_ns: np.ndarray         # int64
-    src_key: np.ndarray
-    dst_key: np.ndarray
-    b0: np.ndarray                 # uint8: version, padding, extension, CSRC count
-    b1: np.ndarray                 # uint8: marker | payload type
-    seq: np.ndarray                # int64
-    rtp_ts: np.ndarray             # int64
-    ssrc: np.ndarray               # int64
-    size: np.ndarray               # int64 bytes of UDP payload (the whole RTP packet)
-    buf: bytes
-    data_start: np.ndarray         # int64 offsets of the payloads in buf
-    src_label: Callable[[int], str]
-    dst_label: Callable[[int], str]
-
-    def __len__(self) -> int:
-        return len(self.arrival_ns)
-
-    def data(self, i: int) -> bytes:
-        start = int(self.data_start[i])
-        return self.buf[start:start + int(self.size[i])]
-
-    def rows(self, sel: np.ndarray) -> np.ndarray | None:
-        """The selected packets as rows of one uint8 array, when they all have one length."""
-        sizes = self.size[sel]
-        width = int(sizes[0])
-        if not bool(np.all(sizes == width)):
-            return None
-        return sliding_window_view(np.frombuffer(self.buf, dtype=np.uint8), width)[self.data_start[sel]]
-
-    def one_source(self, sel: np.ndarray) -> str | None:
-        """The source label when every selected packet came from one source, else None."""
-        keys = self.src_key[sel]
-        first = int(keys[0])
-        return self.src_label(first) if bool(np.all(keys == first)) else None
-
-    def each(self, on_rtp: Callable[[int, int, str, str, bytes], bool]) -> int:
-        """Feed the packets one by one to ``on_rtp``; returns how many were not RTP."""
-        not_rtp = 0
-        src_label, dst_label = self.src_label, self.dst_label
-        for i, (direction, arrival, src, dst) in enumerate(zip(
-                self.direction.tolist(), self.arrival_ns.tolist(), self.src_key.tolist(),
-                self.dst_key.tolist())):
-            if not on_rtp(direction, arrival, src_label(src), dst_label(dst), self.data(i)):
-                not_rtp += 1
-        return not_rtp
 
 
 class _Stream:
@@ -281,90 +227,83 @@ class CallMedia:
         self._accept(st, ext, ts, arrival_ns, pt, marker, data, ps, pe)
         return True
 
-    def on_rtp_run(self, run: RtpRun) -> int:
-        """``on_rtp`` for a run of packets of this call; returns how many were not RTP.
+    def take_groups(self, groups: RunGroups, g0: int, g1: int) -> int:
+        """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, one per direction);
+        returns how many were not RTP.
 
         The common case, each direction continuing its current stream in order from the hop
-        it is taken from with payload types already seen (and no telephone-events), is taken
-        a direction at a time with numpy: what ``_accept`` does per packet, and exactly the
-        same numbers (jitter included). Anything else goes packet by packet, in arrival order."""
+        it is taken from, with one payload type already seen (not a telephone-event), is taken
+        a group at a time: what ``_accept`` does per packet, with exactly the same numbers
+        (jitter included). Anything else goes packet by packet, in arrival order."""
         if not isinstance(self.log, NullMediaLog):
-            return run.each(self.on_rtp)
+            return groups.run.each(self.on_rtp, groups.positions(g0, g1))
         plans = []
-        for direction in (0, 1):
-            sel = np.flatnonzero(run.direction == direction)
-            if len(sel):
-                st = self._in_order(run, direction, sel)
-                if st is None:
-                    return run.each(self.on_rtp)
-                plans.append((st, sel))
-        for st, sel in plans:
-            self._accept_run(st, run, sel)
+        for g in range(g0, g1):
+            st = self._continues(groups, g)
+            if st is None:
+                return groups.run.each(self.on_rtp, groups.positions(g0, g1))
+            plans.append((st, g))
+        for st, g in plans:
+            self._accept_group(st, groups, g)
         return 0
 
-    def _in_order(self, run: RtpRun, direction: int, sel: np.ndarray) -> _Stream | None:
-        """The stream that takes every selected packet in order, as they are; else None."""
+    def _continues(self, groups: RunGroups, g: int) -> _Stream | None:
+        """The stream that takes every packet of group ``g`` in order, as they are; else None."""
+        direction = groups.direction[g]
         hop = self._hops.get(direction)
-        if hop is None or run.one_source(sel) != hop.src:
+        if (hop is None or not (groups.one_src[g] and groups.one_ssrc[g] and groups.plain[g]
+                                and groups.in_seq[g] and groups.one_pt[g])
+                or groups.run.label(groups.src_key[g]) != hop.src):
             return None
-        ssrc = run.ssrc[sel]
-        first_ssrc = int(ssrc[0])
-        st = self._by_key.get((direction, first_ssrc))
+        st = self._by_key.get((direction, groups.ssrc[g]))
         if (st is None or st.pending is not None or st.window or not st.clock_hz or st.prev_arrival_ns < 0
-                or st.next_ext != st.max_ext + 1 or not np.all(ssrc == first_ssrc)
-                or not np.all(run.b0[sel] == 0x80)):
+                or st.next_ext != st.max_ext + 1 or groups.seq[g] != (st.next_ext - st.seq_offset) & 0xFFFF):
             return None
-        expected = (st.next_ext - st.seq_offset + np.arange(len(sel))) & 0xFFFF
-        if not np.array_equal(run.seq[sel], expected):
+        pt = groups.pt[g]
+        if pt not in st.stats.payload_types or pt in st.event_pts:
             return None
-        seen = st.stats.payload_types
-        for pt in np.unique(run.b1[sel] & 0x7F).tolist():
-            if pt not in seen or pt in st.event_pts:
-                return None
         return st
 
-    def _accept_run(self, st: _Stream, run: RtpRun, sel: np.ndarray) -> None:
-        m = len(sel)
-        arrival = run.arrival_ns[sel]
-        rtp_ts = run.rtp_ts[sel]
+    def _accept_group(self, st: _Stream, groups: RunGroups, g: int) -> None:
+        run = groups.run
+        lo, hi = groups.start[g], groups.end[g]
+        m = hi - lo
+        last_arrival = groups.last_arrival_ns[g]
         hop = self._hops[st.direction]
-        hop.last_ns = int(arrival[-1])
-        newest = sel[-hop.KEEP:]
-        rows = run.rows(newest)
+        hop.last_ns = last_arrival
+        newest = max(lo, hi - hop.KEEP)
+        rows = groups.rows(g, newest, hi)
         if rows is not None:
             hop.push_rows(rows)
         else:
             if hop.tail is not None:
                 hop.unfold()
-            hop.recent.extend(run.data(i) for i in newest.tolist())
+            hop.recent.extend(run.data(i) for i in range(newest, hi))
         stats = st.stats
         stats.packets += m
-        stats.bytes += int(run.size[sel].sum()) - 12 * m
-        stats.last_arrival_ns = int(arrival[-1])
-        pts, counts = np.unique(run.b1[sel] & 0x7F, return_counts=True)
-        for pt, count in zip(pts.tolist(), counts.tolist()):
-            stats.payload_types[pt] += count
+        stats.bytes += groups.bytes[g] - 12 * m
+        stats.last_arrival_ns = last_arrival
+        stats.payload_types[groups.pt[g]] += m
         st.max_ext += m
         st.next_ext += m
-        # RFC 3550 jitter over the run, with the same float operations as _accept.
-        prev_arrival = np.empty_like(arrival)
-        prev_arrival[0] = st.prev_arrival_ns
-        prev_arrival[1:] = arrival[:-1]
-        prev_ts = np.empty_like(rtp_ts)
-        prev_ts[0] = st.prev_ts
-        prev_ts[1:] = rtp_ts[:-1]
-        dts = (rtp_ts - prev_ts) & 0xFFFFFFFF
-        dts[dts >= 0x80000000] -= 0x100000000
-        dev = np.abs((arrival - prev_arrival) * st.clock_hz / 1e9 - dts)
+        # RFC 3550 jitter, with the same float operations as _accept: the first packet against
+        # the stream's previous one, the rest against their predecessor in the group.
+        clock = st.clock_hz
+        dts = (int(run.rtp_ts[lo]) - st.prev_ts) & 0xFFFFFFFF
+        if dts >= 0x80000000:
+            dts -= 0x100000000
         jitter = st.jitter_ticks
-        for d in dev.tolist():
-            jitter += (d - jitter) / 16.0
+        dev = (int(run.arrival_ns[lo]) - st.prev_arrival_ns) * clock / 1e9 - dts
+        jitter += ((dev if dev >= 0 else -dev) - jitter) / 16.0
+        if m > 1:
+            for d in np.abs(groups.d_arrival_ns[lo + 1:hi] * clock / 1e9 - groups.d_rtp_ts[lo + 1:hi]).tolist():
+                jitter += (d - jitter) / 16.0
         st.jitter_ticks = jitter
-        st.prev_arrival_ns = int(arrival[-1])
-        st.prev_ts = int(rtp_ts[-1])
+        st.prev_arrival_ns = last_arrival
+        st.prev_ts = groups.last_rtp_ts[g]
         self.log.records += m
-        if self.last_arrival_ns is None or arrival[-1] > self.last_arrival_ns:
-            self.last_arrival_ns = int(arrival[-1])
+        if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
+            self.last_arrival_ns = last_arrival
 
     def _accept(self, st: _Stream, ext: int, ts: int, arrival_ns: int, pt: int,
                 marker: bool, data: bytes, ps: int, pe: int) -> None:
@@ -652,28 +591,25 @@ class MediaCapture:
             self.log.append(direction, 0, 0, arrival_ns, 0, False, data)
         return True
 
-    def on_rtp_run(self, run: RtpRun) -> int:
-        """``on_rtp`` for a run of packets of this call (all RTP-looking): one append of all of
-        them when each direction keeps its source label and nothing needs redacting; else
-        packet by packet. Returns how many were not RTP (always 0 here)."""
-        if self.redact_dtmf:
-            for direction, pt in set(zip(run.direction.tolist(), (run.b1 & 0x7F).tolist())):
-                if self._event_pt(direction, pt):
-                    return run.each(self.on_rtp)
-        counts = [0, 0]
-        for direction in (0, 1):
-            sel = np.flatnonzero(run.direction == direction)
-            if len(sel):
-                if run.one_source(sel) != self._last_src[direction]:
-                    return run.each(self.on_rtp)
-                counts[direction] = len(sel)
+    def take_groups(self, groups: RunGroups, g0: int, g1: int) -> int:
+        """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, all RTP-looking): one
+        append of all of them, in arrival order, when each direction keeps its source label
+        and nothing needs redacting; else packet by packet. Returns how many were not RTP."""
+        run = groups.run
+        positions = groups.positions(g0, g1)
+        for g in range(g0, g1):
+            direction = groups.direction[g]
+            if (not groups.one_src[g] or run.label(groups.src_key[g]) != self._last_src[direction]
+                    or (self.redact_dtmf and (not groups.one_pt[g] or self._event_pt(direction, groups.pt[g])))):
+                return run.each(self.on_rtp, positions)
+        for g in range(g0, g1):
+            self.packets[groups.direction[g]] += groups.end[g] - groups.start[g]
         if self.first_arrival_ns is None:
-            self.first_arrival_ns = int(run.arrival_ns[0])
-        self.last_arrival_ns = int(run.arrival_ns[-1])
-        self.packets[0] += counts[0]
-        self.packets[1] += counts[1]
+            self.first_arrival_ns = int(run.arrival_ns[positions[0]])
+        self.last_arrival_ns = int(run.arrival_ns[positions[-1]])
         if self.write_audio:
-            self.log.append_run(run.direction, run.arrival_ns, run.buf, run.data_start, run.size)
+            self.log.append_run(run.direction[positions], run.arrival_ns[positions], run.buf,
+                                run.data_start[positions], run.size[positions])
         return 0
 
     def _not_rtp(self, data: bytes) -> bool:

@@ -101,40 +101,53 @@ class Deduplicator:
         """``is_duplicate`` for a run of packets in arrival order, at once: returns the bool
         mask of duplicates and leaves the state as the packet-by-packet calls would."""
         n = len(keys)
+        dup = np.zeros(n, dtype=bool)
+        if not n:
+            return dup
         gens = np.maximum.accumulate(ts_ns // self.window_ns)
         np.maximum(gens, self._gen, out=gens)
-        # Within the run: the nearest earlier packet with the same key (stable sort keeps
-        # arrival order among equal keys) is a duplicate's original when one generation or less
-        # separates them; gens never decrease, so the nearest is also the latest.
-        order = np.argsort(keys, kind="stable")
-        k_sorted = keys[order]
-        g_sorted = gens[order]
-        same = k_sorted[1:] == k_sorted[:-1]
-        dup = np.zeros(n, dtype=bool)
-        dup[order[1:]] = same & (g_sorted[1:] - g_sorted[:-1] <= 1)
-        # First packet of each key in the run: against the sets carried from before.
-        first = np.ones(n, dtype=bool)
-        first[order[1:]] = ~same
-        old_gen = self._gen
         key_list = keys.tolist()
-        if self._cur or self._prev:
-            # Few keys come back from before the run: find them with C-speed set operations.
-            cur, prev = self._cur, self._prev
-            seen = cur.intersection(key_list) | prev.intersection(key_list)
-            if seen:
-                idx = np.flatnonzero(first & np.isin(keys, np.array(list(seen), dtype=np.uint64)))
-                for j, k, g in zip(idx.tolist(), keys[idx].tolist(), gens[idx].tolist()):
-                    if (k in cur and g - old_gen <= 1) or (k in prev and g == old_gen):
-                        dup[j] = True
+        distinct = set(key_list)
+        if len(distinct) < n:
+            # Repeats within the run: the nearest earlier packet with the same key (a stable
+            # sort keeps arrival order among equals) is a duplicate's original when at most one
+            # generation separates them; gens never decrease, so the nearest is also the latest.
+            order = np.argsort(keys, kind="stable")
+            k_sorted = keys[order]
+            g_sorted = gens[order]
+            same = k_sorted[1:] == k_sorted[:-1]
+            dup[order[1:]] = same & (g_sorted[1:] - g_sorted[:-1] <= 1)
+            first = np.ones(n, dtype=bool)
+            first[order[1:]] = ~same
+        else:
+            first = None
+        old_gen = self._gen
+        cur, prev = self._cur, self._prev
+        seen = (cur.intersection(distinct) | prev.intersection(distinct)) if (cur or prev) else None
+        if seen:
+            # A key's first packet in the run against the sets carried from before.
+            hit = np.isin(keys, np.array(list(seen), dtype=np.uint64))
+            if first is not None:
+                hit &= first
+            idx = np.flatnonzero(hit)
+            for j, k, g in zip(idx.tolist(), keys[idx].tolist(), gens[idx].tolist()):
+                if (k in cur and g - old_gen <= 1) or (k in prev and g == old_gen):
+                    dup[j] = True
         # The sets after the run: the keys of its last two generations (plus the old sets
         # where those generations reach back before the run).
-        last = int(gens[-1]) if n else old_gen
-        if last > old_gen:
-            new_cur = set(keys[gens == last].tolist())
-            new_prev = set(keys[gens == last - 1].tolist())
-            if old_gen == last - 1:
-                new_prev |= self._cur
-            self._cur, self._prev, self._gen = new_cur, new_prev, last
+        last = int(gens[-1])
+        if last == old_gen:
+            cur.update(distinct)
+            return dup
+        if int(gens[0]) == last:
+            new_cur, new_prev = distinct, set()
         else:
-            self._cur.update(key_list)
+            g_list = gens
+            lo_cur = int(np.searchsorted(g_list, last))
+            lo_prev = int(np.searchsorted(g_list, last - 1))
+            new_cur = set(key_list[lo_cur:])
+            new_prev = set(key_list[lo_prev:lo_cur])
+        if old_gen == last - 1:
+            new_prev |= cur
+        self._cur, self._prev, self._gen = new_cur, new_prev, last
         return dup

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from agent.net.dedup import rtp_keys
+from agent.net.dedup import _K_NP, rtp_key
 
 __all__ = ["RtpFrames", "rtp_frames", "FIELD_BYTES"]
 
 FIELD_BYTES = 56                   # Ethernet 14 + IPv4 20 + UDP 8 + RTP 12 + 2 payload bytes
-_FINGERPRINT_COLUMNS = np.r_[18:20, 26:56]    # IP id, addresses, UDP header, 14 payload bytes
 
 
 @dataclass(slots=True)
@@ -40,8 +39,23 @@ class RtpFrames:
     ssrc: np.ndarray               # int64
 
 
-def _be(cols: np.ndarray, dtype: str) -> np.ndarray:
-    return np.ascontiguousarray(cols).view(dtype)[:, 0].astype(np.int64)
+def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
+    """``dedup.rtp_key`` of every row. Its fingerprint's four little-endian words are frame bytes
+    24-31 with the IP id in place of the header checksum (bytes 24-25), then 32-39, 40-47 and
+    48-55: one contiguous copy, no gather."""
+    words = np.ascontiguousarray(f[:, 24:56]).view("<u8")
+    ident_le = f[:, 18].astype(np.uint64) | (f[:, 19].astype(np.uint64) << np.uint64(8))
+    w0 = (words[:, 0] & np.uint64(0xFFFFFFFFFFFF0000)) | ident_le
+    k0, k1, k2, k3 = _K_NP
+    with np.errstate(over="ignore"):
+        keys = (w0 * k0) ^ (words[:, 1] * k1) ^ (words[:, 2] * k2) ^ (words[:, 3] * k3)
+    short = np.flatnonzero(cand & (udp_len < 22))
+    if len(short):
+        # The fingerprint is zero-padded after a short UDP payload: compute those as rtp_key does.
+        for i in short.tolist():
+            udp = f[i, 34:34 + int(udp_len[i])].tobytes()
+            keys[i] = rtp_key((int(f[i, 18]) << 8) | int(f[i, 19]), f[i, 26:30].tobytes(), f[i, 30:34].tobytes(), udp)
+    return keys
 
 
 def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | None:
@@ -63,21 +77,21 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | 
              & ((b0 & 0xC0) == 0x80) & ((b1 < 192) | (b1 > 223)))
     if not cand.any():
         return None
-    fingerprint = np.ascontiguousarray(f[:, _FINGERPRINT_COLUMNS])     # (n, 32)
-    short = cand & (udp_len < 22)
-    if short.any():
-        # The fingerprint is zero-padded after the end of a short UDP payload, as rtp_key does.
-        for i in np.flatnonzero(short).tolist():
-            fingerprint[i, 10 + int(udp_len[i]):] = 0
+    dedup_key = _dedup_keys(f, cand, udp_len)
+    # Shifted by two bytes, the IPv4 addresses, the RTP timestamp and SSRC fall on 4-byte
+    # boundaries and the ports and sequence number on 2-byte ones: one copy, then views.
+    shifted = np.ascontiguousarray(f[:, 2:54])
+    u32 = shifted.view(">u4")
+    u16 = shifted.view(">u2")
     return RtpFrames(
         cand=cand,
-        dst_key=(_be(f[:, 30:34], ">u4") << 16) | _be(f[:, 36:38], ">u2"),
-        src_key=(_be(f[:, 26:30], ">u4") << 16) | _be(f[:, 34:36], ">u2"),
-        dedup_key=rtp_keys(fingerprint),
+        dst_key=(u32[:, 7].astype(np.int64) << 16) | u16[:, 17],
+        src_key=(u32[:, 6].astype(np.int64) << 16) | u16[:, 16],
+        dedup_key=dedup_key,
         udp_len=udp_len,
         b0=b0.copy(),
         b1=b1.copy(),
-        seq=_be(f[:, 44:46], ">u2"),
-        rtp_ts=_be(f[:, 46:50], ">u4"),
-        ssrc=_be(f[:, 50:54], ">u4"),
+        seq=u16[:, 21].astype(np.int64),
+        rtp_ts=u32[:, 11].astype(np.int64),
+        ssrc=u32[:, 12].astype(np.int64),
     )

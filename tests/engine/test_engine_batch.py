@@ -78,7 +78,7 @@ def test_batch_path_takes_the_rtp(tmp_path):
     eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w", keep_audio=False)
     calls = []
     original = eng._apply
-    eng._apply = lambda call, idx, slots: (calls.append(len(idx)), original(call, idx, slots))
+    eng._apply = lambda idx, slots, by_dst: (calls.append(len(idx)), original(idx, slots, by_dst))
     for batch in read_batches([path], eng.counters):
         eng.feed_batch(batch)
     eng.finish()
