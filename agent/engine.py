@@ -274,7 +274,15 @@ class Engine:
                 forced = np.flatnonzero(~fx.cand[base:] | leaps) + base
             k = int(np.searchsorted(forced, pos))
             stop = int(forced[k]) if k < len(forced) else n
-            stop = min(stop, base + int(np.searchsorted(running, self._next_tick_ns)))
+            tick_at = base + int(np.searchsorted(running, self._next_tick_ns))
+            if tick_at <= pos < stop:
+                # Packet time reaches the next tick at this packet: run it as ``feed`` would,
+                # then the packet goes on as any other.
+                tick_ns = int(ts[pos - base])
+                self._tick(tick_ns)
+                self.now_ns = tick_ns
+                continue
+            stop = min(stop, tick_at)
             if stop <= pos:
                 self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
                 pos += 1
@@ -377,8 +385,10 @@ class Engine:
         calls = self._slot_call[slots]
         last_rev, first = np.unique(calls[::-1], return_index=True)
         by_no = self._calls_by_no
-        for no, t in zip(last_rev.tolist(), ts[len(ts) - 1 - first].tolist()):
+        touched = last_rev.tolist()
+        for no, t in zip(touched, ts[len(ts) - 1 - first].tolist()):
             by_no[no].last_media_ns = t
+        self._pending_calls.update(touched)
         self._pending.append((idx, slots, by_dst))
 
     def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -392,20 +402,26 @@ class Engine:
     def _flush_call(self, call: Call) -> None:
         """Hand ``call`` its routed batch packets now: something else is about to touch it."""
         no = self._call_no.get(id(call))
-        if no is None:
+        if no is None or no not in self._pending_calls:
             return
+        self._pending_calls.discard(no)
         idx, slots, by_dst = self._take_pending()
         mine = self._slot_call[slots] == no
         if not mine.any():
             return
         rest = ~mine
-        self._pending = [(idx[rest], slots[rest], by_dst[rest])] if rest.any() else []
+        if rest.any():
+            self._pending = [(idx[rest], slots[rest], by_dst[rest])]
+        else:
+            self._pending = []
+            self._pending_calls.clear()
         self._apply(idx[mine], slots[mine], by_dst[mine])
 
     def _flush_all(self) -> None:
         if self._pending:
             idx, slots, by_dst = self._take_pending()
             self._pending = []
+            self._pending_calls.clear()
             self._apply(idx, slots, by_dst)
         if len(self._slots) > SLOTS_MAX:
             # Nothing is pending: start the slot table afresh (it holds ended calls too).
@@ -444,6 +460,7 @@ class Engine:
 
     def _reset_slots(self) -> None:
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (positions, slots, by_dst)
+        self._pending_calls: set[int] = set()     # numbers of the calls with packets in _pending
         self._slots: list[tuple[Call, int]] = []
         self._slot_of: dict[tuple[int, int], int] = {}
         self._call_no: dict[int, int] = {}
@@ -606,7 +623,7 @@ class Engine:
     def _on_event(self, event) -> None:
         if isinstance(event, EndpointClaimed):
             call = event.call
-            if self._pending:
+            if self._pending and call.media is None:
                 self._flush_call(call)
             if call.media is None:
                 call.media = self._new_media(call, write_audio=self._disk_has_room())
