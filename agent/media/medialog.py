@@ -82,9 +82,17 @@ class MediaLogWriter:
 
     def append_run(self, stream_index: np.ndarray, arrival_ns: np.ndarray, buf: bytes,
                    starts: np.ndarray, sizes: np.ndarray) -> None:
-        """Append many records at once (seq, rtp_ts, pt and flags 0: the capture stage's raw
-        log): record i is ``buf[starts[i]:starts[i] + sizes[i]]``. Built with numpy when every
-        payload has the same length (a call's G.711 frames), else record by record."""
+        """Append many raw records (seq, rtp_ts, pt and flags 0: the capture stage's log);
+        record i is ``buf[starts[i]:starts[i] + sizes[i]]``."""
+        zeros = np.zeros(len(starts), dtype=np.int64)
+        self.append_records(stream_index, zeros, zeros, arrival_ns, zeros, zeros, buf, starts, sizes)
+
+    def append_records(self, stream_index: np.ndarray, seq: np.ndarray, rtp_ts: np.ndarray,
+                       arrival_ns: np.ndarray, pt: np.ndarray, marker: np.ndarray, buf: bytes,
+                       starts: np.ndarray, sizes: np.ndarray) -> None:
+        """``append`` for many records at once, payload i being ``buf[starts[i]:starts[i] +
+        sizes[i]]``: built with numpy when every payload has the same length (a stream of
+        G.711 frames), else record by record."""
         n = len(starts)
         if not n:
             return
@@ -92,13 +100,17 @@ class MediaLogWriter:
         if size > 0xFFFF or not bool(np.all(sizes == size)):
             for i in range(n):
                 start = int(starts[i])
-                self.append(int(stream_index[i]), 0, 0, int(arrival_ns[i]), 0, False,
-                            buf[start:start + int(sizes[i])])
+                self.append(int(stream_index[i]), int(seq[i]), int(rtp_ts[i]), int(arrival_ns[i]), int(pt[i]),
+                            bool(marker[i]), buf[start:start + int(sizes[i])])
             return
         out = np.zeros((n, RECORD_HEADER.size + size), dtype=np.uint8)
         header = np.zeros(n, dtype=_RUN_HEADER_DTYPE)
-        header["stream_index"] = stream_index
+        header["stream_index"] = stream_index & 0xFFFF
+        header["seq"] = seq & 0xFFFF
+        header["rtp_ts"] = rtp_ts & 0xFFFFFFFF
         header["arrival_ns"] = arrival_ns
+        header["pt"] = pt & 0x7F
+        header["flags"] = marker != 0
         header["payload_len"] = size
         out[:, :RECORD_HEADER.size] = header.view(np.uint8).reshape(n, RECORD_HEADER.size)
         if size:
@@ -179,6 +191,9 @@ class NullMediaLog:
         self.records += 1
 
     def append_run(self, stream_index, arrival_ns, buf, starts, sizes) -> None:
+        self.records += len(starts)
+
+    def append_records(self, stream_index, seq, rtp_ts, arrival_ns, pt, marker, buf, starts, sizes) -> None:
         self.records += len(starts)
 
     def flush(self) -> None:

@@ -66,12 +66,11 @@ class RunGroups:
     """A run sorted by (call, direction), arrival order kept inside each; group ``g`` is run
     positions ``start[g]:end[g]``. Per group (as Python lists): whether every packet has one
     source, SSRC, payload type and size, plain 12-byte headers (first byte 0x80) and
-    consecutive sequence numbers, and the first values; per position, the arrival and RTP
-    timestamp steps from the previous packet of the group (jitter)."""
+    consecutive sequence numbers, the first values, and the last arrival and RTP timestamp."""
 
     __slots__ = ("run", "start", "end", "direction", "one_src", "src_key", "one_ssrc", "ssrc",
                  "one_pt", "pt", "one_size", "size", "bytes", "plain", "in_seq", "seq",
-                 "last_arrival_ns", "last_rtp_ts", "d_arrival_ns", "d_rtp_ts", "_views")
+                 "last_arrival_ns", "last_rtp_ts", "_views")
 
     def __init__(self, run: RtpRun, starts: np.ndarray) -> None:
         self.run = run
@@ -101,13 +100,6 @@ class RunGroups:
         self.seq = run.seq[starts].tolist()
         self.last_arrival_ns = run.arrival_ns[last].tolist()
         self.last_rtp_ts = run.rtp_ts[last].tolist()
-        d_arrival = np.zeros(n, dtype=np.int64)
-        d_arrival[1:] = run.arrival_ns[1:] - run.arrival_ns[:-1]
-        d_ts = np.zeros(n, dtype=np.int64)
-        d_ts[1:] = (run.rtp_ts[1:] - run.rtp_ts[:-1]) & 0xFFFFFFFF
-        d_ts[d_ts >= 0x80000000] -= 0x100000000
-        self.d_arrival_ns = d_arrival
-        self.d_rtp_ts = d_ts
         self._views: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

@@ -38,8 +38,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
-from agent.media.medialog import MediaLogWriter, NullMediaLog, read_media_log
-from agent.media.runs import RunGroups
+from agent.media.medialog import MediaBlock, MediaLogWriter, NullMediaLog, read_media_log_blocks
+from agent.media.runs import RtpRun, RunGroups
 from agent.media.rtp import is_zrtp, parse_rtp
 
 __all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "sequence_capture",
@@ -76,6 +76,29 @@ class StreamInfo:
     direction: int                 # 0 = caller→callee, 1 = callee→caller
     ssrc: int
     stats: StreamStats
+
+
+# feed_run looks for in-order stretches in windows that grow while they hold.
+_BULK_MIN = 64
+_BULK_MAX = 16_384
+
+
+def _jitter(st: "_Stream", arrival_ns: np.ndarray, rtp_ts: np.ndarray) -> float:
+    """RFC 3550 jitter (RTP ticks) after the stream accepts these packets in order, with the
+    same float operations as ``CallMedia._accept``."""
+    clock = st.clock_hz
+    dts = (int(rtp_ts[0]) - st.prev_ts) & 0xFFFFFFFF
+    if dts >= 0x80000000:
+        dts -= 0x100000000
+    jitter = st.jitter_ticks
+    dev = (int(arrival_ns[0]) - st.prev_arrival_ns) * clock / 1e9 - dts
+    jitter += ((dev if dev >= 0 else -dev) - jitter) / 16.0
+    if len(arrival_ns) > 1:
+        d_ts = (rtp_ts[1:] - rtp_ts[:-1]) & 0xFFFFFFFF
+        d_ts[d_ts >= 0x80000000] -= 0x100000000
+        for d in np.abs((arrival_ns[1:] - arrival_ns[:-1]) * clock / 1e9 - d_ts).tolist():
+            jitter += (d - jitter) / 16.0
+    return jitter
 
 
 class _Stream:
@@ -227,6 +250,120 @@ class CallMedia:
         self._accept(st, ext, ts, arrival_ns, pt, marker, data, ps, pe)
         return True
 
+    def feed_run(self, run: RtpRun) -> int:
+        """``on_rtp`` for every packet of ``run``, in run order (arrival order), with the same
+        results; returns how many were not RTP. Stretches in which every direction continues
+        its stream in order (``_bulk_end``) are taken at once (``_take_bulk``); the packets
+        around a loss, a reordering, a new SSRC or a telephone-event go one by one."""
+        n = len(run)
+        pos = 0
+        window = _BULK_MIN
+        not_rtp = 0
+        while pos < n:
+            limit = min(n, pos + window)
+            end = self._bulk_end(run, pos, limit)
+            if end > pos:
+                self._take_bulk(run, pos, end)
+                pos = end
+                window = min(window * 4, _BULK_MAX) if end == limit else _BULK_MIN
+                if end == limit:
+                    continue
+            label = run.label
+            dst = label(int(run.dst_key[pos])) if run.dst_known[pos] else ""
+            if not self.on_rtp(int(run.direction[pos]), int(run.arrival_ns[pos]), label(int(run.src_key[pos])),
+                               dst, run.data(pos)):
+                not_rtp += 1
+            pos += 1
+        return not_rtp
+
+    def _ready(self, run: RtpRun, i: int) -> _Stream | None:
+        """The stream packet ``i`` continues, if its state lets packets be taken at once."""
+        direction = int(run.direction[i])
+        hop = self._hops.get(direction)
+        if hop is None or run.label(int(run.src_key[i])) != hop.src:
+            return None
+        st = self._by_key.get((direction, int(run.ssrc[i])))
+        if (st is None or st.pending is not None or st.window or not st.clock_hz or st.prev_arrival_ns < 0
+                or st.next_ext != st.max_ext + 1):
+            return None
+        return st
+
+    def _bulk_end(self, run: RtpRun, lo: int, hi: int) -> int:
+        """The first position in [lo, hi) the per-packet path must handle, else hi."""
+        first = int(run.direction[lo])
+        if self._ready(run, lo) is None:
+            return lo
+        directions = run.direction[lo:hi]
+        stop = hi
+        for direction in (first, 1 - first):
+            sel = np.flatnonzero(directions == direction)
+            if not len(sel):
+                continue
+            idx = lo + sel
+            i0 = int(idx[0])
+            st = self._ready(run, i0)
+            if st is None:
+                stop = min(stop, i0)
+                continue
+            takes = [pt for pt in st.stats.payload_types if pt not in st.event_pts]
+            expected = (st.next_ext - st.seq_offset + np.arange(len(idx))) & 0xFFFF
+            bad = ((run.src_key[idx] != run.src_key[i0]) | (run.ssrc[idx] != st.ssrc) | (run.b0[idx] != 0x80)
+                   | (run.seq[idx] != expected) | ~np.isin(run.b1[idx] & 0x7F, takes))
+            if bad.any():
+                stop = min(stop, int(idx[int(np.argmax(bad))]))
+        return stop
+
+    def _take_bulk(self, run: RtpRun, lo: int, hi: int) -> None:
+        """What ``_accept`` does for every packet of [lo, hi), all in order (see _bulk_end)."""
+        directions = run.direction[lo:hi]
+        count = hi - lo
+        ext = np.empty(count, dtype=np.int64)
+        stream_index = np.empty(count, dtype=np.int64)
+        pt = (run.b1[lo:hi] & 0x7F).astype(np.int64)
+        last_arrival = int(run.arrival_ns[lo:hi].max())
+        for direction in (0, 1):
+            sel = np.flatnonzero(directions == direction)
+            if not len(sel):
+                continue
+            idx = lo + sel
+            m = len(idx)
+            st = self._by_key[(direction, int(run.ssrc[idx[0]]))]
+            ext[sel] = st.next_ext + np.arange(m)
+            stream_index[sel] = st.index
+            arrival = run.arrival_ns[idx]
+            rtp_ts = run.rtp_ts[idx]
+            hop = self._hops[direction]
+            hop.last_ns = int(arrival[-1])
+            newest = idx[-hop.KEEP:]
+            sizes = run.size[newest]
+            if bool(np.all(sizes == sizes[0])):
+                hop.push_rows(sliding_window_view(np.frombuffer(run.buf, dtype=np.uint8),
+                                                  int(sizes[0]))[run.data_start[newest]])
+            else:
+                if hop.tail is not None:
+                    hop.unfold()
+                hop.recent.extend(run.data(i) for i in newest.tolist())
+            stats = st.stats
+            stats.packets += m
+            stats.bytes += int(run.size[idx].sum()) - 12 * m
+            stats.last_arrival_ns = int(arrival[-1])
+            kinds, counts = np.unique(pt[sel], return_counts=True)
+            for kind, number in zip(kinds.tolist(), counts.tolist()):
+                stats.payload_types[kind] += number
+            st.max_ext += m
+            st.next_ext += m
+            st.jitter_ticks = _jitter(st, arrival, rtp_ts)
+            st.prev_arrival_ns = int(arrival[-1])
+            st.prev_ts = int(rtp_ts[-1])
+        if isinstance(self.log, NullMediaLog):
+            self.log.records += count
+        else:
+            self.log.append_records(stream_index, ext, run.rtp_ts[lo:hi], run.arrival_ns[lo:hi], pt,
+                                    run.b1[lo:hi] > 0x7F, run.buf, run.data_start[lo:hi] + 12,
+                                    run.size[lo:hi] - 12)
+        if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
+            self.last_arrival_ns = last_arrival
+
     def take_groups(self, groups: RunGroups, g0: int, g1: int) -> int:
         """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, one per direction);
         returns how many were not RTP.
@@ -286,19 +423,7 @@ class CallMedia:
         stats.payload_types[groups.pt[g]] += m
         st.max_ext += m
         st.next_ext += m
-        # RFC 3550 jitter, with the same float operations as _accept: the first packet against
-        # the stream's previous one, the rest against their predecessor in the group.
-        clock = st.clock_hz
-        dts = (int(run.rtp_ts[lo]) - st.prev_ts) & 0xFFFFFFFF
-        if dts >= 0x80000000:
-            dts -= 0x100000000
-        jitter = st.jitter_ticks
-        dev = (int(run.arrival_ns[lo]) - st.prev_arrival_ns) * clock / 1e9 - dts
-        jitter += ((dev if dev >= 0 else -dev) - jitter) / 16.0
-        if m > 1:
-            for d in np.abs(groups.d_arrival_ns[lo + 1:hi] * clock / 1e9 - groups.d_rtp_ts[lo + 1:hi]).tolist():
-                jitter += (d - jitter) / 16.0
-        st.jitter_ticks = jitter
+        st.jitter_ticks = _jitter(st, run.arrival_ns[lo:hi], run.rtp_ts[lo:hi])
         st.prev_arrival_ns = last_arrival
         st.prev_ts = groups.last_rtp_ts[g]
         self.log.records += m
@@ -659,9 +784,12 @@ def _without_event_code(data: bytes) -> bytes:
 
 
 def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
-                     counters: Counter | None = None) -> CallMedia:
+                     counters: Counter | None = None, bulk: bool = True) -> CallMedia:
     """Run the raw log of a call through ``CallMedia``: reorder, stats, RFC 4733 events, and
-    the ordered media log at ``ordered_path``. Returns the closed ``CallMedia``."""
+    the ordered media log at ``ordered_path``. Returns the closed ``CallMedia``.
+
+    The log is read in blocks of records as arrays and fed with ``CallMedia.feed_run``
+    (``bulk`` False: packet by packet, the reference the tests compare it with)."""
     codecs = plan.codecs
 
     def clock_rate_for_pt(direction: int, pt: int) -> int:
@@ -671,17 +799,62 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     media = CallMedia(ordered_path, clock_rate_for_pt=clock_rate_for_pt,
                       codecs_for_direction=lambda direction: codecs.get(direction, {}),
                       redact_dtmf=plan.redact_dtmf, counters=counters)
-    labels = plan.labels
-    next_label = 0
-    current = [("", ""), ("", "")]
-    for number, (direction, _seq, _ts, arrival_ns, _pt, _marker, data) in enumerate(read_media_log(raw_path)):
-        while next_label < len(labels) and labels[next_label][0] <= number:
-            _n, label_direction, src, dst = labels[next_label]
-            current[label_direction] = (src, dst)
-            next_label += 1
-        src, dst = current[direction & 1]
-        media.on_rtp(direction & 1, arrival_ns, src, dst, data)
+    # The source/destination labels as small integer keys: RtpRun's label() gives the text back.
+    names = [""]
+    ids: dict[str, int] = {"": 0}
+    events: list[list[tuple[int, int, int]]] = [[], []]      # per direction: (record no, src, dst)
+    for number, direction, src, dst in plan.labels:
+        for text in (src, dst):
+            if text not in ids:
+                ids[text] = len(names)
+                names.append(text)
+        events[direction & 1].append((number, ids[src], ids[dst]))
+    tables = [(np.array([e[0] for e in ev], dtype=np.int64), np.array([0] + [e[1] for e in ev], dtype=np.int64),
+               np.array([0] + [e[2] for e in ev], dtype=np.int64)) for ev in events]
+    done = 0
+    for block in read_media_log_blocks(raw_path):
+        n = len(block)
+        direction = (block.stream & 1).astype(np.int64)
+        numbers = done + np.arange(n, dtype=np.int64)
+        src = np.zeros(n, dtype=np.int64)
+        dst = np.zeros(n, dtype=np.int64)
+        for d, (at, src_ids, dst_ids) in enumerate(tables):
+            mine = direction == d
+            k = np.searchsorted(at, numbers[mine], side="right")     # 0: before any label
+            src[mine] = src_ids[k]
+            dst[mine] = dst_ids[k]
+        run = _raw_run(block, direction, src, dst, names.__getitem__)
+        if run is None or not bulk:
+            _each_record(media, block, direction, src, dst, names)
+        else:
+            media.feed_run(run)
+        done += n
     media.close()
     if plan.zrtp_seen:
         media.zrtp_seen = True
     return media
+
+
+def _raw_run(block: MediaBlock, direction: np.ndarray, src: np.ndarray, dst: np.ndarray,
+             label: Callable[[int], str]) -> RtpRun | None:
+    """A block of raw-log records (whole RTP packets) as an RtpRun; None if any is too short."""
+    n = len(block)
+    if not n or int(block.payload_len.min()) < 12 or len(block.data) < 12:
+        return None
+    header = np.ascontiguousarray(sliding_window_view(block.data, 12)[block.payload_at])
+    words = header.view(">u4")
+    return RtpRun(order=np.arange(n, dtype=np.int64), direction=direction, arrival_ns=block.arrival_ns,
+                  src_key=src, dst_key=dst, b0=header[:, 0].copy(), b1=header[:, 1].copy(),
+                  seq=header.view(">u2")[:, 1].astype(np.int64), rtp_ts=words[:, 1].astype(np.int64),
+                  ssrc=words[:, 2].astype(np.int64), size=block.payload_len.astype(np.int64),
+                  buf=block.data.tobytes(), data_start=block.payload_at.astype(np.int64),
+                  dst_known=np.ones(n, dtype=bool), label=label)
+
+
+def _each_record(media: CallMedia, block: MediaBlock, direction: np.ndarray, src: np.ndarray,
+                 dst: np.ndarray, names: list[str]) -> None:
+    data = block.data
+    for i, (d, arrival, s, t, at, size) in enumerate(zip(
+            direction.tolist(), block.arrival_ns.tolist(), src.tolist(), dst.tolist(),
+            block.payload_at.tolist(), block.payload_len.tolist())):
+        media.on_rtp(d, arrival, names[s], names[t], data[at:at + size].tobytes())
