@@ -161,7 +161,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
 
     engine = Engine(config, on_finished, counters=counters, workdir=work / "media",
                     defer_media=True)   # sequencing runs in the recorder's workers, off the capture loop
-    feed = engine.feed
+    feed = engine.feed_batch          # one ring block at a time, the path replay takes
     poller = select.poll()
     by_fd = {}
     for src in sources:
@@ -180,13 +180,13 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             ready = poller.poll(200)
             got = 0
             for fd, _ in ready:
-                n, b = by_fd[fd].read(feed)
+                n, b = by_fd[fd].read_batches(feed)
                 got += n
                 nbytes += b
             # Blocks may also be full without a wake-up (retire timer races): sweep all.
             if not ready:
                 for src in sources:
-                    n, b = src.read(feed)
+                    n, b = src.read_batches(feed)
                     got += n
                     nbytes += b
             now_mono = time.monotonic()
@@ -203,7 +203,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
                                          last_packet_wall, reported_drops)
         log.info("capture stopping: finishing %d call(s) in progress", len(engine.tracker.calls))
         for src in sources:                     # what is already in the ring still counts
-            n, b = src.read(feed, max_blocks=1 << 20)
+            n, b = src.read_batches(feed, max_blocks=1 << 20)
             frames += n
             nbytes += b
         engine.finish("shutdown")

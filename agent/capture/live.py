@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import numpy as np
+
+from agent.capture.batches import FrameBatch
 from agent.config import CaptureSection
 from agent.errors import AgentError, ConfigError
 
@@ -206,9 +209,10 @@ class LiveSource:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self, deliver: Callable[[int, int, bytes], None], max_blocks: int = 64) -> tuple[int, int]:
-        """Hand every packet of the ready blocks to ``deliver(ts_ns, linktype, frame)``; returns
-        (packets, bytes). The hot path: one struct unpack and one slice per packet."""
+    def read_batches(self, deliver: Callable[[FrameBatch], None], max_blocks: int = 64) -> tuple[int, int]:
+        """Hand every ready block to ``deliver`` as one FrameBatch (the replay path's unit: the
+        engine treats live and replayed frames alike); returns (packets, bytes). The block is
+        copied out of the ring (up to its last frame) and given back before it is handled."""
         mm = self.mm
         bs = self.block_size
         nr = self.block_nr
@@ -221,22 +225,27 @@ class LiveSource:
             status, num, first = _BLOCK_HDR(mm, base + _BLOCK_STATUS)
             if not status & TP_STATUS_USER:
                 break
-            pkt = base + first
-            for _ in range(num):
-                nxt, sec, nsec, caplen, _len, st, mac, _net, _hash, tci, tpid = _PKT_HDR(mm, pkt)
-                start = pkt + mac
-                frame = mm[start:start + caplen]
+            starts: list[int] = []
+            lens: list[int] = []
+            stamps: list[int] = []
+            tagged: list[tuple[int, int]] = []         # (frame number, outer tag) taken out by the kernel
+            pkt = first
+            for number in range(num):
+                nxt, sec, nsec, caplen, _len, st, mac, _net, _hash, tci, tpid = _PKT_HDR(mm, base + pkt)
+                starts.append(pkt + mac)
+                lens.append(caplen)
+                stamps.append(sec * 1_000_000_000 + nsec)
                 if st & TP_STATUS_VLAN_VALID and linktype == LINKTYPE_ETHERNET:
-                    # The kernel took the outer 802.1Q tag out of the frame: put it back, as
-                    # libpcap does, so VLAN ids reach the decoder.
-                    frame = frame[:12] + _VLAN(tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100,
-                                               tci) + frame[12:]
-                deliver(sec * 1_000_000_000 + nsec, linktype, frame)
-                nbytes += caplen
+                    tagged.append((number, (tpid if st & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100) << 16 | tci))
                 pkt += nxt
-            total += num
+            end = max((a + b for a, b in zip(starts, lens)), default=0)
+            buf = mm[base:base + end]
             _STATUS_ZERO(mm, base + _BLOCK_STATUS, TP_STATUS_KERNEL)   # give the block back
             block = (block + 1) % nr
+            if num:
+                deliver(_block_batch(buf, starts, lens, stamps, tagged, linktype))
+            total += num
+            nbytes += sum(lens)
         self._block = block
         return total, nbytes
 
@@ -260,6 +269,23 @@ class LiveSource:
         except (BufferError, ValueError):
             pass
         self.sock.close()
+
+
+def _block_batch(buf: bytes, starts: list[int], lens: list[int], stamps: list[int],
+                 tagged: list[tuple[int, int]], linktype: int) -> FrameBatch:
+    """One ring block's frames as a FrameBatch; frames whose outer 802.1Q tag the kernel took
+    out get it back (as libpcap does), so VLAN ids reach the decoder."""
+    if not tagged:
+        return FrameBatch(buf, np.array(starts, dtype=np.int64), np.array(lens, dtype=np.int64),
+                          np.array(stamps, dtype=np.int64), linktype)
+    frames = [buf[a:a + n] for a, n in zip(starts, lens)]
+    for number, tag in tagged:
+        frame = frames[number]
+        frames[number] = frame[:12] + _VLAN(tag >> 16, tag & 0xFFFF) + frame[12:]
+    sizes = np.fromiter(map(len, frames), dtype=np.int64, count=len(frames))
+    offsets = np.zeros(len(frames), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    return FrameBatch(b"".join(frames), offsets, sizes, np.array(stamps, dtype=np.int64), linktype)
 
 
 def open_sources(interfaces: Iterable[str], capture: CaptureSection) -> list[LiveSource]:

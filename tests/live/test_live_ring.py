@@ -21,7 +21,7 @@ def _collect(src, expected: int, timeout_s: float = 5.0) -> list[bytes]:
     deadline = time.monotonic() + timeout_s
     while len(got) < expected and time.monotonic() < deadline:
         select.select([src], [], [], 0.1)
-        src.read(lambda ts, lt, f: got.append(f))
+        src.read_batches(lambda batch: got.extend(batch.frame(i) for i in range(len(batch))))
     return got
 
 
