@@ -360,6 +360,8 @@ class Engine:
         j = np.minimum(np.searchsorted(keys, src), last)
         by_dst = keys[i] == dst
         slots = np.where(by_dst, self._np_dst_slot[i], np.where(keys[j] == src, self._np_src_slot[j], -1))
+        # A tagged frame takes the full path frame by frame, which names its destination always.
+        by_dst |= fx.vlan[a:b]
         known = slots >= 0
         slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = -1
         return slots, by_dst
@@ -372,6 +374,9 @@ class Engine:
             self.now_ns = now_ns
         b = a + len(slots)
         idx = np.arange(a, b)
+        tagged = fx.vlan[a:b]
+        if tagged.any():
+            self._decoder_clock(ts[tagged])
         dedup = self._dedup
         if dedup is not None:
             dup = dedup.check_many(ts, fx.dedup_key[a:b])
@@ -390,6 +395,17 @@ class Engine:
             by_no[no].last_media_ns = t
         self._pending_calls.update(touched)
         self._pending.append((idx, slots, by_dst))
+
+    def _decoder_clock(self, ts: np.ndarray) -> None:
+        """Tagged frames go through FrameDecoder.decode frame by frame, which expires stale
+        fragments and TCP flows when packet time passes its next expiry: do the same here."""
+        decoder = self.decoder
+        while len(ts):
+            due = np.flatnonzero(ts >= decoder._next_expire_ns)
+            if not len(due):
+                return
+            decoder.expire(int(ts[due[0]]))
+            ts = ts[due[0] + 1:]
 
     def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pending = self._pending
@@ -441,7 +457,7 @@ class Engine:
         run = RtpRun(order=idx, direction=group_key & 1, arrival_ns=arrival, src_key=fx.src_key[idx],
                      dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx], seq=fx.seq[idx],
                      rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=fx.udp_len[idx] - 8, buf=batch.buf,
-                     data_start=batch.starts[idx] + 42, dst_known=by_dst, label=self._label)
+                     data_start=batch.starts[idx] + fx.payload_at[idx], dst_known=by_dst, label=self._label)
         groups = RunGroups(run, starts)
         call_of = (group_key[starts] >> 1).tolist()
         by_no = self._calls_by_no

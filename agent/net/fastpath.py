@@ -1,8 +1,8 @@
 """The RTP fast path for a whole batch of Ethernet frames, vectorised with numpy.
 
 Owns: deciding, for every frame of a batch at once, whether it is the plain case the
-engine's batch path takes (Ethernet II, IPv4 without options, unfragmented UDP, a payload
-that looks like RTP), and reading what that path needs from it: the packed media keys
+engine's batch path takes (Ethernet II with at most one 802.1Q tag, IPv4 without options,
+unfragmented UDP, a payload that looks like RTP), and reading what that path needs from it: the packed media keys
 (``ip << 16 | port``, as ``EndpointMap`` packs them), the duplicate key
 (``dedup.rtp_keys``), the UDP length and the RTP header fields. Every other frame is
 left to the per-packet decoder, which gives the same answer for the frames this one
@@ -19,10 +19,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.net.dedup import _K_NP, rtp_key
+from agent.net.tunnels import VXLAN_PORT
 
 __all__ = ["RtpFrames", "rtp_frames", "FIELD_BYTES"]
 
 FIELD_BYTES = 56                   # Ethernet 14 + IPv4 20 + UDP 8 + RTP 12 + 2 payload bytes
+ROW_BYTES = FIELD_BYTES + 4        # room for one 802.1Q tag
 
 
 @dataclass(slots=True)
@@ -37,6 +39,8 @@ class RtpFrames:
     seq: np.ndarray                # int64
     rtp_ts: np.ndarray             # int64
     ssrc: np.ndarray               # int64
+    vlan: np.ndarray               # bool: one 802.1Q tag (the per-packet path decodes these fully)
+    payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42, or 46 tagged)
 
 
 def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
@@ -63,18 +67,31 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | 
     data = np.frombuffer(buf, dtype=np.uint8)
     if len(data) < FIELD_BYTES or not len(starts):
         return None
-    # One row of the first FIELD_BYTES bytes per frame (rows of frames shorter than that are
-    # clamped inside the buffer and never become candidates).
-    rows = sliding_window_view(data, FIELD_BYTES)[np.minimum(starts, len(data) - FIELD_BYTES)]
-    f = rows
-    cand = ((lens >= FIELD_BYTES) & (f[:, 12] == 8) & (f[:, 13] == 0) & (f[:, 14] == 0x45)
+    if len(data) < ROW_BYTES:
+        data = np.concatenate((data, np.zeros(ROW_BYTES - len(data), dtype=np.uint8)))
+    # One row of the first ROW_BYTES bytes per frame (rows of frames shorter than that are
+    # clamped inside the buffer and never become candidates). A frame with one 802.1Q tag has
+    # its row moved 4 bytes on, so every field sits where it does in an untagged frame.
+    rows = sliding_window_view(data, ROW_BYTES)[np.minimum(starts, len(data) - ROW_BYTES)]
+    vlan = (rows[:, 12] == 0x81) & (rows[:, 13] == 0) & (rows[:, 16] == 8) & (rows[:, 17] == 0)
+    if vlan.any():
+        f = rows[:, :FIELD_BYTES].copy()
+        f[vlan] = rows[vlan, 4:4 + FIELD_BYTES]
+        extra = vlan.astype(np.int64) << 2
+    else:
+        f = rows[:, :FIELD_BYTES]
+        extra = 0
+    cand = ((lens >= FIELD_BYTES + extra) & (f[:, 12] == 8) & (f[:, 13] == 0) & (f[:, 14] == 0x45)
             & (f[:, 23] == 17) & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0))
     total = (f[:, 16].astype(np.int64) << 8) | f[:, 17]
     udp_len = (f[:, 38].astype(np.int64) << 8) | f[:, 39]
     b0 = f[:, 42]
     b1 = f[:, 43]
-    cand &= ((total >= 28) & (total <= lens - 14) & (udp_len >= 20) & (udp_len <= total - 20)
+    cand &= ((total >= 28) & (total <= lens - 14 - extra) & (udp_len >= 20) & (udp_len <= total - 20)
              & ((b0 & 0xC0) == 0x80) & ((b1 < 192) | (b1 > 223)))
+    if vlan.any():
+        # The decoder takes UDP to the VXLAN port as a tunnel: leave those tagged frames to it.
+        cand &= ~(vlan & (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF))
     if not cand.any():
         return None
     dedup_key = _dedup_keys(f, cand, udp_len)
@@ -94,4 +111,6 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | 
         seq=u16[:, 21].astype(np.int64),
         rtp_ts=u32[:, 11].astype(np.int64),
         ssrc=u32[:, 12].astype(np.int64),
+        vlan=vlan,
+        payload_at=42 + extra if vlan.any() else np.full(len(starts), 42, dtype=np.int64),
     )

@@ -72,9 +72,10 @@ def test_batches_equal_frames_public_captures(path, tmp_path):
         assert _run(path, mode, "small", tmp_path) == expected
 
 
-def test_batch_path_takes_the_rtp(tmp_path):
+@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap"])
+def test_batch_path_takes_the_rtp(name, tmp_path):
     """Not a vacuous equality: on a plain G.711 call most frames take the batch path."""
-    path = PCAPS / "basic_udp.pcap"
+    path = PCAPS / name
     eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w", keep_audio=False)
     calls = []
     original = eng._apply
@@ -85,7 +86,7 @@ def test_batch_path_takes_the_rtp(tmp_path):
     assert sum(calls) > 0.9 * sum(1 for _ in open_captures([path], Counter()))
 
 
-def _mangled_capture(path: Path, seed: int) -> None:
+def _mangled_capture(path: Path, seed: int, tag_all: bool = False) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
     import random
@@ -107,7 +108,8 @@ def _mangled_capture(path: Path, seed: int) -> None:
         roll = rng.random()
         if rtp and roll < 0.03:
             out.append((ts, frame))
-            out.append((ts + rng.randrange(0, 30_000_000), frame))          # mirrored copy
+            copy = frame if rng.random() < 0.5 else frame[:12] + b"\x81\x00\x00\x2a" + frame[12:]
+            out.append((ts + rng.randrange(0, 30_000_000), copy))           # mirrored copy (other VLAN)
         elif rtp and roll < 0.05 and i + 1 < len(records):
             out.append((records[i + 1][0], records[i + 1][1]))                # swapped pair
             out.append((records[i + 1][0] + 1000, frame))
@@ -122,6 +124,8 @@ def _mangled_capture(path: Path, seed: int) -> None:
             f = bytearray(frame)
             f[44:46] = rng.randbytes(2)                                       # sequence jump
             out.append((ts, bytes(f)))
+        elif tag_all and frame[12:14] == b"\x08\x00":
+            out.append((ts, frame[:12] + b"\x81\x00\x00\x07" + frame[12:]))   # a tagged SPAN port
         else:
             out.append((ts, frame))
         i += 1
@@ -132,11 +136,11 @@ def _mangled_capture(path: Path, seed: int) -> None:
             fh.write(frame)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed,tag_all", [(1, False), (2, False), (3, True)])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
-def test_batches_equal_frames_mangled_traffic(seed, mode, tmp_path):
+def test_batches_equal_frames_mangled_traffic(seed, tag_all, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed)
+    _mangled_capture(path, seed, tag_all)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
     assert len(records) == 6
