@@ -394,7 +394,7 @@ class Engine:
         for no, t in zip(touched, ts[len(ts) - 1 - first].tolist()):
             by_no[no].last_media_ns = t
         self._pending_calls.update(touched)
-        self._pending.append((idx, slots, by_dst))
+        self._pending.append((idx, slots, by_dst, ts))
 
     def _decoder_clock(self, ts: np.ndarray) -> None:
         """Tagged frames go through FrameDecoder.decode frame by frame, which expires stale
@@ -407,11 +407,11 @@ class Engine:
             decoder.expire(int(ts[due[0]]))
             ts = ts[due[0] + 1:]
 
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         pending = self._pending
         if len(pending) == 1:
             return pending[0]
-        merged = tuple(np.concatenate([p[k] for p in pending]) for k in range(3))
+        merged = tuple(np.concatenate([p[k] for p in pending]) for k in range(4))
         self._pending = [merged]
         return merged
 
@@ -421,39 +421,36 @@ class Engine:
         if no is None or no not in self._pending_calls:
             return
         self._pending_calls.discard(no)
-        idx, slots, by_dst = self._take_pending()
+        idx, slots, by_dst, ts = self._take_pending()
         mine = self._slot_call[slots] == no
         if not mine.any():
             return
         rest = ~mine
         if rest.any():
-            self._pending = [(idx[rest], slots[rest], by_dst[rest])]
+            self._pending = [(idx[rest], slots[rest], by_dst[rest], ts[rest])]
         else:
             self._pending = []
             self._pending_calls.clear()
-        self._apply(idx[mine], slots[mine], by_dst[mine])
+        self._apply(idx[mine], slots[mine], by_dst[mine], ts[mine])
 
     def _flush_all(self) -> None:
         if self._pending:
-            idx, slots, by_dst = self._take_pending()
+            idx, slots, by_dst, ts = self._take_pending()
             self._pending = []
             self._pending_calls.clear()
-            self._apply(idx, slots, by_dst)
+            self._apply(idx, slots, by_dst, ts)
         if len(self._slots) > SLOTS_MAX:
             # Nothing is pending: start the slot table afresh (it holds ended calls too).
             self._reset_slots()
 
-    def _apply(self, idx: np.ndarray, slots: np.ndarray, by_dst: np.ndarray) -> None:
+    def _apply(self, idx: np.ndarray, slots: np.ndarray, by_dst: np.ndarray, ts: np.ndarray) -> None:
         """Routed packets (batch positions, arrival order) into their calls' media, as
         ``_fast_media`` would have, one call at a time (its groups: one per direction)."""
         group_key = self._slot_call[slots] * 2 + self._slot_sender[slots]
         order = np.argsort(group_key, kind="stable")
-        idx, group_key, by_dst = idx[order], group_key[order], by_dst[order]
+        idx, group_key, by_dst, arrival = idx[order], group_key[order], by_dst[order], ts[order]
         starts = np.flatnonzero(np.diff(group_key, prepend=-1))
         fx, batch = self._fx, self._batch
-        arrival = batch.ts_ns[idx]
-        if self._offset_ns:
-            arrival = arrival + self._offset_ns
         run = RtpRun(order=idx, direction=group_key & 1, arrival_ns=arrival, src_key=fx.src_key[idx],
                      dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx], seq=fx.seq[idx],
                      rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=fx.udp_len[idx] - 8, buf=batch.buf,
@@ -475,7 +472,8 @@ class Engine:
             self.counters["rtp.skip.not_rtp"] += not_rtp
 
     def _reset_slots(self) -> None:
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (positions, slots, by_dst)
+        # Routed, not yet handed over: (batch positions, slots, routed by destination, packet time)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_calls: set[int] = set()     # numbers of the calls with packets in _pending
         self._slots: list[tuple[Call, int]] = []
         self._slot_of: dict[tuple[int, int], int] = {}

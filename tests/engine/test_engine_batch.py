@@ -79,7 +79,7 @@ def test_batch_path_takes_the_rtp(name, tmp_path):
     eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w", keep_audio=False)
     calls = []
     original = eng._apply
-    eng._apply = lambda idx, slots, by_dst: (calls.append(len(idx)), original(idx, slots, by_dst))
+    eng._apply = lambda idx, *rest: (calls.append(len(idx)), original(idx, *rest))
     for batch in read_batches([path], eng.counters):
         eng.feed_batch(batch)
     eng.finish()
@@ -146,5 +146,25 @@ def test_batches_equal_frames_mangled_traffic(seed, tag_all, mode, tmp_path):
     assert len(records) == 6
     assert expected[1]["net.duplicate"] > 0                 # the mirrored copies were recognised
     assert any(s["lost"] or s["reordered"] for r in records for s in r["streams"])
+    assert _run(path, mode, "batches", tmp_path) == expected
+    assert _run(path, mode, "small", tmp_path) == expected
+
+
+@pytest.mark.parametrize("jumps", [[(150, 5 * 365 * 86400 * 10**9)], [(150, -86400 * 10**9)],
+                                   [(120, 5 * 365 * 86400 * 10**9), (200, -86400 * 10**9)]],
+                         ids=["plus5y", "minus1d", "both"])
+@pytest.mark.parametrize("mode", ["inspect", "inline"])
+def test_batches_equal_frames_across_clock_jumps(jumps, mode, tmp_path):
+    import struct
+
+    records = list(open_captures([PCAPS / "basic_udp.pcap"], Counter()))
+    path = tmp_path / "jumped.pcap"
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1))
+        for i, (ts, _lt, frame) in enumerate(records):
+            ts += sum(delta for at, delta in jumps if i >= at)
+            fh.write(struct.pack("<IIII", ts // 10**9, ts % 10**9, len(frame), len(frame)) + frame)
+    expected = _run(path, mode, "frames", tmp_path)
+    assert expected[1]["capture.clock_jumps"] == len(jumps)
     assert _run(path, mode, "batches", tmp_path) == expected
     assert _run(path, mode, "small", tmp_path) == expected
