@@ -132,11 +132,25 @@ def check_capture_reader(data: bytes) -> None:
             fh.write(data)
         counters: Counter = Counter()
         try:
+            records = []
             for ts_ns, linktype, frame in read_capture(name, counters):
                 assert isinstance(ts_ns, int) and isinstance(linktype, int)
                 assert isinstance(frame, (bytes, memoryview)) and len(frame) <= MAX_RECORD_BYTES
+                records.append((ts_ns, linktype, bytes(frame)))
         except CaptureFormatError:
             return
+        # The batch reader (replay's front end) yields exactly what the record reader and the
+        # per-file clock re-basing yield, and counts the same damage.
+        from agent.capture.batches import read_batches
+        from agent.capture.files import open_captures
+
+        merged_counters: Counter = Counter()
+        expected = [(ts, lt, bytes(f)) for ts, lt, f in open_captures([name], merged_counters)]
+        batch_counters: Counter = Counter()
+        got = [(int(b.ts_ns[i]), b.linktype, b.frame(i)) for b in read_batches([name], batch_counters)
+               for i in range(len(b))]
+        assert got == expected
+        assert batch_counters == merged_counters
     finally:
         os.unlink(name)
 
@@ -382,20 +396,43 @@ def check_engine(inp) -> None:
     from agent.config import Config
     from agent.engine import Engine
 
+    import json
+
+    import agent.engine as engine_module
+    from agent.capture.batches import group_records
+
     name, edits = inp
-    finished = []
     records = list(mutate_records(_records(name), edits))
-    # Every media mode: recordings (raw log, sequenced later), inline, and inspect's counters-only.
-    for mode in ({}, {"defer_media": True}, {"keep_audio": False}):
-        with tempfile.TemporaryDirectory(dir=_TMP) as work:
-            engine = Engine(Config(), finished.append, workdir=Path(work), **mode)
-            for ts, lt, frame in records:
-                engine.feed(ts, lt, frame)
-            engine.finish()
-    for f in finished:
-        rec = f.record
-        assert isinstance(rec["callid"], str) and rec["end_reason"]
-        assert rec["duration_ms"] >= 0
+    # Every media mode: recordings (raw log, sequenced later), inline, and inspect's counters-only;
+    # frame by frame (live capture's unit until it batches) and in batches (replay), which
+    # must agree exactly.
+    saved_min = engine_module.BATCH_MIN
+    engine_module.BATCH_MIN = 1
+    try:
+        for mode in ({}, {"defer_media": True}, {"keep_audio": False}):
+            outcomes = []
+            for batched in (False, True):
+                finished: list = []
+                counters: Counter = Counter()
+                with tempfile.TemporaryDirectory(dir=_TMP) as work:
+                    engine = Engine(Config(), finished.append, counters=counters, workdir=Path(work), **mode)
+                    if batched:
+                        for batch in group_records(iter(records)):
+                            engine.feed_batch(batch)
+                    else:
+                        for ts, lt, frame in records:
+                            engine.feed(ts, lt, frame)
+                    engine.finish()
+                    logs = [f.media_log.read_bytes() if f.media_log else b"" for f in finished]
+                for f in finished:
+                    rec = f.record
+                    assert isinstance(rec["callid"], str) and rec["end_reason"]
+                    assert rec["duration_ms"] >= 0
+                outcomes.append(([json.dumps(f.record, sort_keys=True, default=str) for f in finished],
+                                 dict(counters), logs))
+            assert outcomes[0] == outcomes[1]
+    finally:
+        engine_module.BATCH_MIN = saved_min
 
 
 TARGETS = {

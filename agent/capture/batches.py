@@ -30,8 +30,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.capture.files import MAX_BACKWARD_JUMP_NS, iter_capture_paths, open_captures
-from agent.capture.pcapfile import (MAX_RECORD_BYTES, PCAP_MAGIC_NS, PCAP_MAGIC_US, Record, _open,
-                                    read_capture)
+from agent.capture.pcapfile import (MAX_RECORD_BYTES, MAX_TS_NS, PCAP_MAGIC_NS, PCAP_MAGIC_US, Record,
+                                    _open, read_capture)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class _Steady:
     def apply(self, ts_ns: np.ndarray) -> np.ndarray:
         if not len(ts_ns):
             return ts_ns
+        if self.offset and int(ts_ns.max()) > MAX_TS_NS - self.offset:
+            return self._each(ts_ns)                 # would leave 64 bits: clamp one by one
         ts = ts_ns + self.offset if self.offset else ts_ns
         first_last = self.last if self.last is not None else int(ts[0])
         running = np.maximum.accumulate(ts)
@@ -85,16 +87,19 @@ class _Steady:
         if not np.any(before - ts > MAX_BACKWARD_JUMP_NS):
             self.last = int(running[-1])
             return ts
-        out = ts_ns.tolist()           # rare: a clock step inside this batch
+        return self._each(ts_ns)        # rare: a clock step inside this batch
+
+    def _each(self, ts_ns: np.ndarray) -> np.ndarray:
+        out = ts_ns.tolist()
         offset, last = self.offset, self.last
         for i, t in enumerate(out):
-            t += offset
+            t = min(t + offset, MAX_TS_NS)
             if last is not None and last - t > MAX_BACKWARD_JUMP_NS:
                 self.counters["capture.clock_jumps"] += 1
                 log.warning("%s: capture clock jumps by %+.0f s; continuing from the previous record",
                             self.path, (t - last) / 1e9)
                 offset += last + 1_000_000 - t
-                t = last + 1_000_000
+                t = min(last + 1_000_000, MAX_TS_NS)
             if last is None or t > last:
                 last = t
             out[i] = t

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from agent.capture.pcapfile import Record, read_capture
+from agent.capture.pcapfile import MAX_TS_NS, Record, read_capture
 from agent.errors import CaptureFormatError
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,13 @@ def _steady(records: Iterator[Record], counters, path: Path) -> Iterator[Record]
     offset = 0
     last = None
     for ts_ns, linktype, frame in records:
-        ts_ns += offset
+        ts_ns = min(ts_ns + offset, MAX_TS_NS)
         if last is not None and last - ts_ns > MAX_BACKWARD_JUMP_NS:
             counters["capture.clock_jumps"] += 1
             log.warning("%s: capture clock jumps by %+.0f s; continuing from the previous record",
                         path, (ts_ns - last) / 1e9)
             offset += last + 1_000_000 - ts_ns
-            ts_ns = last + 1_000_000
+            ts_ns = min(last + 1_000_000, MAX_TS_NS)
         if last is None or ts_ns > last:
             last = ts_ns
         yield ts_ns, linktype, frame

@@ -45,6 +45,7 @@ RESYNC_SCAN_BYTES = 8 << 20
 # Two consecutive records found while resyncing are believed only if their clocks agree this well.
 _RESYNC_MAX_STEP_S = 86_400
 
+MAX_TS_NS = (1 << 63) - 1           # packet time is held in signed 64-bit ns from here on
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAP_MAGIC_KUZNETZOV = 0xA1B2CD34   # modified pcap: 24-byte record headers
@@ -249,6 +250,13 @@ def _resynced(path: Path, counters, bad_at: int, skipped: int) -> None:
                 path, bad_at, skipped)
 
 
+def _bad_time(counters, ts_ns: int) -> int:
+    """A pcapng timestamp outside 1970..2262 (a corrupt interface resolution or offset): counted
+    and clamped into range, so every later stage can hold packet time in 64 bits."""
+    counters["capture.bad_timestamp"] += 1
+    return min(max(ts_ns, 0), MAX_TS_NS)
+
+
 def _tsresol_to_ns(code: int) -> tuple[int, int]:
     """Return (multiplier, divisor) turning interface timestamp units into ns."""
     if code & 0x80:
@@ -339,6 +347,8 @@ def _read_pcapng(path: Path, ch: _Chunks, counters) -> Iterator[Record]:
                 linktype, mult, div, off_ns = ifaces[if_id]
                 units = (ts_hi << 32) | ts_lo
                 ts_ns = units * mult // div + off_ns if div != 1 else units * mult + off_ns
+                if not 0 <= ts_ns <= MAX_TS_NS:
+                    ts_ns = _bad_time(counters, ts_ns)
                 last_ts_ns = ts_ns
                 yield ts_ns, linktype, buf[pos + 28:pos + 28 + caplen]
         elif btype == _BT_SPB:
@@ -361,6 +371,8 @@ def _read_pcapng(path: Path, ch: _Chunks, counters) -> Iterator[Record]:
                 linktype, mult, div, off_ns = ifaces[if_id]
                 units = (ts_hi << 32) | ts_lo
                 ts_ns = units * mult // div + off_ns
+                if not 0 <= ts_ns <= MAX_TS_NS:
+                    ts_ns = _bad_time(counters, ts_ns)
                 last_ts_ns = ts_ns
                 yield ts_ns, linktype, buf[pos + 28:pos + 28 + caplen]
         # Any other block type (NRB, ISB, DSB, custom, ...) is skipped.
