@@ -115,6 +115,29 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
     return Path(result.path), fields, "", list(result.dtmf), record, cpu_s
 
 
+def _start_forkserver_single_threaded_blas() -> None:
+    """Start the forkserver (if not running yet) with BLAS limited to one thread.
+
+    The workers are the parallelism: a worker's DTMF scan (one matrix product per few
+    seconds of audio) spreading over every core only adds CPU time and contends with the
+    other workers and the capture loop. Set before the forkserver starts, the limit reaches
+    every worker; the capture process's own environment is left as it was."""
+    from multiprocessing import forkserver
+
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        for name in names:
+            os.environ.setdefault(name, "1")
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class Recorder:
     """Renders finished calls in a process pool and passes each result to ``on_rendered``."""
 
@@ -130,6 +153,7 @@ class Recorder:
         self.render_if = render_if       # e.g. delivery: legs another leg uploads need no audio
         n = workers or settings.workers or os.cpu_count() or 1
         # forkserver: workers never inherit the capture loop's threads or open sockets.
+        _start_forkserver_single_threaded_blas()
         self.pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver"))
         self._seq = 0
         self._lock = threading.Lock()

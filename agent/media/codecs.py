@@ -111,6 +111,12 @@ class G711Decoder(Decoder):
         super().__init__(encoding, 8000, 8000)
         self._table = table
 
+    @property
+    def table(self) -> np.ndarray:
+        """The 256-entry expansion table: stateless, so a renderer may expand many
+        payloads with one lookup (``table[bytes]``) instead of calling ``decode``."""
+        return self._table
+
     def decode(self, payload: bytes) -> np.ndarray:
         return self._table[np.frombuffer(payload, dtype=np.uint8)]
 

@@ -194,6 +194,7 @@ class InbandDtmfDetector:
         ang = 2 * np.pi * np.outer(n, np.array(freqs)) / self.det_rate
         self.basis = np.concatenate([np.cos(ang), np.sin(ang)], axis=1) * self.window[:, None]
         self.nominal = np.array(DTMF_LOW_HZ + DTMF_HIGH_HZ, dtype=np.float64)
+        self._pwindow: np.ndarray | None = None  # window by hop-long slices (_phase_window)
         # streaming state
         self._carry = np.zeros(0, dtype=np.float64)     # undecimated remainder
         self._buf = np.zeros(0, dtype=np.float64)       # decimated samples not yet consumed
@@ -208,35 +209,125 @@ class InbandDtmfDetector:
 
     # ----------------------------------------------------------------- input
     def feed(self, pcm: np.ndarray) -> None:
-        x = np.asarray(pcm, dtype=np.float64).reshape(-1)
+        raw = np.asarray(pcm).reshape(-1)
+        if (self.factor == 2 and raw.dtype == np.int16 and not self._carry.size
+                and raw.size % 2 == 0):
+            # Integer samples: pair sums are exact in float64, so adding the halves
+            # straight from int16 gives the same values without a float copy of the input;
+            # they go straight behind the samples still waiting (no second copy).
+            kept = self._buf.size
+            buf = np.empty(kept + raw.size // 2)
+            buf[:kept] = self._buf
+            x = buf[kept:]
+            np.add(raw[0::2], raw[1::2], out=x, dtype=np.float64)
+            x *= 0.5
+            self._scan_buffer(buf)
+            return
+        x = np.asarray(raw, dtype=np.float64)
         if self.factor > 1:
             if self._carry.size:
                 x = np.concatenate([self._carry, x])
             usable = x.size - x.size % self.factor
             self._carry = x[usable:]
-            x = x[:usable].reshape(-1, self.factor).mean(axis=1)
+            x = self._decimate(x[:usable])
+        self._scan(x)
+
+    def _scan(self, x: np.ndarray) -> None:
+        """Run the blocks that ``x`` (decimated samples, following those before) completes."""
         if x.size == 0:
             return
-        buf = np.concatenate([self._buf, x]) if self._buf.size else x
+        self._scan_buffer(np.concatenate([self._buf, x]) if self._buf.size else x)
+
+    def _scan_buffer(self, buf: np.ndarray) -> None:
+        """``_scan`` with the waiting samples and the new ones already in one array."""
         start = self._next_block - self._buf_pos
         avail = buf.size - start
         if avail >= self.n:
             nb = (avail - self.n) // self.hop + 1
-            view = np.lib.stride_tricks.sliding_window_view(buf[start:], self.n)[::self.hop][:nb]
-            self._decide(view)
-            self._next_block += nb * self.hop
+            # Bounded slices: the contiguous block copy is n/hop (~3x) the input size.
+            step = self._BLOCKS_PER_PASS
+            for first in range(0, nb, step):
+                count = min(step, nb - first)
+                at = start + first * self.hop
+                seg = buf[at:at + (count - 1) * self.hop + self.n]
+                self._decide(seg, count)
+                self._next_block += count * self.hop
         drop = self._next_block - self._buf_pos
         if drop > 0:
             buf = buf[drop:]
             self._buf_pos += drop
         self._buf = buf.copy() if buf.base is not None else buf
 
-    def _decide(self, blocks: np.ndarray) -> None:
-        proj = blocks @ self.basis                          # (nb, 48)
+    _BLOCKS_PER_PASS = 1024     # ~8 s of 8 kHz audio per matrix product (cache-sized)
+    _HALVES = np.array([0.5, 0.5])
+
+    def _decimate(self, x: np.ndarray) -> np.ndarray:
+        """Mean of each ``factor`` consecutive samples, summed left to right like
+        ``reshape(-1, f).mean(axis=1)`` (same values), without numpy's slow reduction
+        over a tiny axis."""
+        f = self.factor
+        if f == 2:
+            # a*0.5 + b*0.5 rounds exactly like (a+b)/2 (halving is exact), and a matrix-
+            # vector product over the contiguous pairs beats strided slicing.
+            return x.reshape(-1, 2) @ self._HALVES
+        acc = x[0::f].copy()
+        for i in range(1, f):
+            acc += x[i::f]
+        acc /= f
+        return acc
+
+    def _phase_window(self) -> np.ndarray:
+        """The window cut into hop-long slices side by side: (hop, Q), zero-padded.
+
+        Block k starts at sample k * hop, so its windowed energy is the sum over q of
+        (squared samples of hop-row k + q) @ (slice q): one small matrix product over the
+        signal seen as rows of ``hop`` samples."""
+        if self._pwindow is None:
+            hop = self.hop
+            q_count = -(-self.n // hop)
+            wpad = np.zeros(q_count * hop)
+            wpad[:self.n] = self.window
+            self._pwindow = np.ascontiguousarray(wpad.reshape(q_count, hop).T)
+        return self._pwindow
+
+    def _project(self, seg: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray]:
+        """(nb, 24) windowed probe powers (unscaled: cos^2 + sin^2) and (nb,) windowed
+        energy of the nb blocks at the start of ``seg`` (block k = seg[k*hop : k*hop + n])."""
+        # A contiguous copy of the overlapping blocks lets the projection run as one BLAS
+        # matrix product; the strided window view would take numpy's slow non-BLAS loop.
+        view = np.lib.stride_tricks.sliding_window_view(seg, self.n)[::self.hop][:nb]
+        proj = np.ascontiguousarray(view) @ self.basis
+        proj *= proj
         k = self.nominal.size * 3
-        power = (proj[:, :k] ** 2 + proj[:, k:] ** 2) * (2.0 / self.wsum ** 2)
-        power = power.reshape(-1, 8, 3) + 1e-9
-        lp = np.log(power)
+        c = proj[:, :k] + proj[:, k:]
+        hop = self.hop
+        pwindow = self._phase_window()
+        q_count = pwindow.shape[1]
+        rows = nb - 1 + q_count
+        if seg.size < rows * hop:
+            seg = np.concatenate([seg, np.zeros(rows * hop - seg.size)])
+        x = seg[:rows * hop].reshape(rows, hop)
+        e_parts = (x * x) @ pwindow                          # (rows, Q)
+        total = e_parts[:nb, 0].copy()
+        for q in range(1, q_count):
+            total += e_parts[q:q + nb, q]
+        return c, total
+
+    def _decide(self, seg: np.ndarray, nb: int) -> None:
+        power, total = self._project(seg, nb)
+        total = total / self.wsum + 1e-9
+        power *= 2.0 / self.wsum ** 2
+        power += 1e-9
+        power = power.reshape(-1, 8, 3)
+        # Pick and compare tones on the centre probes: an off-centre tone would inflate
+        # its neighbour's interpolated peak (the neighbour's outer probe sits near it).
+        center = power[:, :, 1]
+        rows = np.argmax(center[:, :4], axis=1)
+        cols = np.argmax(center[:, 4:], axis=1)
+        idx = np.arange(nb)
+        # Only the winning row and column need the interpolated peak and offset.
+        chosen = np.stack([rows, 4 + cols], axis=1)             # (nb, 2)
+        lp = np.log(power[idx[:, None], chosen])                # (nb, 2, 3)
         a, b, c = lp[:, :, 0], lp[:, :, 1], lp[:, :, 2]
         denom = a - 2 * b + c
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -244,15 +335,8 @@ class InbandDtmfDetector:
         delta = np.clip(delta, -3, 3)
         peak = np.exp(b - 0.25 * (a - c) * delta)           # interpolated tone power
         offset_hz = delta * self.half_bin_hz
-        total = (blocks ** 2 * self.window).sum(axis=1) / self.wsum + 1e-9
-        # Pick and compare tones on the centre probes: an off-centre tone would inflate
-        # its neighbour's interpolated peak (the neighbour's outer probe sits near it).
-        center = power[:, :, 1]
-        rows = np.argmax(center[:, :4], axis=1)
-        cols = np.argmax(center[:, 4:], axis=1)
-        idx = np.arange(blocks.shape[0])
-        p_row = peak[idx, rows]
-        p_col = peak[idx, 4 + cols]
+        p_row = peak[:, 0]
+        p_col = peak[:, 1]
         low = center[:, :4].copy()
         low[idx, rows] = 0
         high = center[:, 4:].copy()
@@ -261,14 +345,38 @@ class InbandDtmfDetector:
               & (p_row <= p_col * self.normal_twist) & (p_col <= p_row * self.reverse_twist)
               & (p_row >= low.max(axis=1) * self.relative_peak)
               & (p_col >= high.max(axis=1) * self.relative_peak)
-              & (np.abs(offset_hz[idx, rows]) <= self.nominal[rows] * self.freq_tolerance)
-              & (np.abs(offset_hz[idx, 4 + cols]) <= self.nominal[4 + cols] * self.freq_tolerance)
+              & (np.abs(offset_hz[:, 0]) <= self.nominal[rows] * self.freq_tolerance)
+              & (np.abs(offset_hz[:, 1]) <= self.nominal[4 + cols] * self.freq_tolerance)
               & (p_row + p_col >= self.min_tone_fraction * total))
         codes = np.where(ok, rows * 4 + cols, -1)
-        pos = self._next_block
-        for code in codes.tolist():
-            self._step(code, pos)
-            pos += self.hop
+        self._run_steps(codes, self._next_block)
+
+    def _run_steps(self, codes: np.ndarray, first_pos: int) -> None:
+        """Feed block codes to ``_step``, skipping stretches that cannot change anything.
+
+        With no tone in progress (``_cur < 0``) a block without a tone only resets state that
+        the next tone block resets again, so only the blocks from each tone onwards (until
+        the state machine is idle again) are stepped in Python."""
+        hop = self.hop
+        n = codes.size
+        hits = np.flatnonzero(codes >= 0)
+        codes_l = codes.tolist() if hits.size or self._cur >= 0 else []
+        h = 0
+        i = 0
+        while i < n:
+            if self._cur < 0:
+                while h < hits.size and hits[h] < i:
+                    h += 1
+                if h == hits.size:
+                    break
+                i = int(hits[h])
+            self._step(codes_l[i], first_pos + i * hop)
+            i += 1
+        if n and self._cur < 0:
+            # What stepping the skipped tail would have left behind.
+            self._hits = 0
+            self._misses = 0
+            self._first_hit = self._last_hit = first_pos + (n - 1) * hop
 
     def _step(self, code: int, pos: int) -> None:
         if code >= 0 and code == self._cur:

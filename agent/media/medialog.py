@@ -28,8 +28,6 @@ from typing import Iterator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-import numpy as np
-
 __all__ = ["MediaLogWriter", "NullMediaLog", "read_media_log", "read_media_log_blocks",
            "MediaBlock", "RECORD_HEADER", "MediaRecord"]
 

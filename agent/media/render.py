@@ -7,7 +7,17 @@ contiguous run of audio to the working rate and write it at its offset into one 
 temp file per direction (sparse: gaps, loss, CN and DTMF read back as zeros); then read
 the two temp files chunk by chunk, mix (mono: clipped sum; stereo: caller left =
 direction 0, callee right = direction 1) and stream the result into the encoder.
-Memory stays flat in call length: one second of audio per stream plus the encoder's.
+
+Work is done in batches, not per packet: the log is read as blocks of ~1 MiB of records
+(``medialog.read_media_log_blocks``), each stream's records of a block are placed with
+array arithmetic (``StreamTimeline.place_many``), G.711 payloads are expanded with one
+table lookup per block, and a stretch of packets that continue a run back to back is one
+array slice; only a packet after a gap or jump, and stateful codecs (PyAV), go one by
+one. The result is the same as packet by packet: runs are cut into resampler inputs at
+the same packets, and the direction-file writes of a block are replayed in record order
+(``_WriteQueue``), so overlapping streams of one direction overwrite each other as before.
+Memory stays flat in call length: one block of records and its decoded audio, 30 s
+chunks for the DTMF scan and the mix, and the encoder's buffer.
 
 Resampling uses PyAV's ``AudioResampler`` (libswresample): a proper windowed-sinc
 low-pass, so wideband audio taken down to 8/16 kHz does not alias as linear
@@ -34,10 +44,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from agent.media.codecs import Decoder, is_comfort_noise, is_telephone_event, make_decoder
+from agent.media.codecs import (Decoder, G711Decoder, is_comfort_noise, is_telephone_event,
+                                make_decoder)
 from agent.media.dtmf import InbandDtmfDetector
 from agent.media.encoder import open_encoder
-from agent.media.medialog import read_media_log
+from agent.media.medialog import MediaBlock, read_media_log_blocks
 from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec, StreamTimeline
 
 __all__ = ["RenderResult", "render_recording", "CodecInfo", "StreamSpec"]
@@ -47,6 +58,17 @@ _MARGIN_NS = 2 * _NS            # room before the first packet for early-placed 
 _MAX_FILL_S = 2                 # gaps up to this long stay inside one resampler run
 _CN_PT = 13
 DTMF_MASK_GUARD_MS = 40         # silence this much either side of a key press / tone
+_SCAN_CHUNK_S = 30              # direction audio read per step by the DTMF scan and the mixer
+_RESAMPLE_SLICE_S = 5          # input per libswresample call
+# A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
+_MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
+
+# What a payload type of a stream is, decided once per (stream, pt).
+_KIND_UNKNOWN = 0       # no codec for the pt: counted undecodable ("pt<N>"), not placed
+_KIND_EVENT = 1         # RFC 4733 events: never placed (they repeat their start timestamp)
+_KIND_CN = 2            # comfort noise: placed (moves the clock), no audio
+_KIND_AUDIO = 3         # decodable audio
+_KIND_NODEC = 4         # a codec we cannot decode: placed, counted undecodable
 
 
 @dataclass(slots=True)
@@ -66,20 +88,51 @@ class RenderResult:
     masked_ms: int = 0              # audio silenced by DTMF masking (both directions)
 
 
+class _WriteQueue:
+    """Holds direction-file writes made while a block is processed stream by stream, and
+    replays them in the order of the records that caused them.
+
+    Two streams of one direction that overlap in time write the same samples; the last
+    write wins. Packet by packet, that is the stream whose record came later in the log;
+    ``row`` (the record that triggers the writes being made) keeps that order although
+    the block is processed one stream at a time."""
+
+    __slots__ = ("row", "items")
+
+    def __init__(self) -> None:
+        self.row = 0
+        self.items: list[tuple[int, int, "_DirectionFile", int, np.ndarray]] = []
+
+    def flush(self) -> None:
+        items = self.items
+        self.items = []
+        items.sort(key=lambda item: (item[0], item[1]))
+        for _row, _n, dirfile, at_sample, pcm in items:
+            dirfile.write_now(at_sample, pcm)
+
+
 class _DirectionFile:
     """One direction's PCM at the working rate, written at sample offsets (sparse file)."""
 
-    __slots__ = ("path", "fh", "rate", "first_sample", "end_sample", "audio_native_s")
+    __slots__ = ("path", "fh", "rate", "first_sample", "end_sample", "audio_native_s", "queue")
 
-    def __init__(self, path: Path, rate: int) -> None:
+    def __init__(self, path: Path, rate: int, queue: _WriteQueue | None = None) -> None:
         self.path = path
         self.fh: BinaryIO | None = None
         self.rate = rate
         self.first_sample: int | None = None
         self.end_sample = 0
         self.audio_native_s = 0.0   # decoded audio, seconds
+        self.queue = queue          # set: writes wait there (see _WriteQueue)
 
     def write(self, at_sample: int, pcm: np.ndarray) -> None:
+        queue = self.queue
+        if queue is not None:
+            queue.items.append((queue.row, len(queue.items), self, at_sample, pcm))
+        else:
+            self.write_now(at_sample, pcm)
+
+    def write_now(self, at_sample: int, pcm: np.ndarray) -> None:
         if at_sample < 0:           # before the margin: cannot be placed
             pcm = pcm[-at_sample:]
             at_sample = 0
@@ -135,7 +188,7 @@ class _Run:
 
 
 class _StreamRender:
-    __slots__ = ("spec", "timeline", "decoders", "run", "dirfile")
+    __slots__ = ("spec", "timeline", "decoders", "run", "dirfile", "kinds", "kind_of_pt")
 
     def __init__(self, spec: StreamSpec, dirfile: _DirectionFile) -> None:
         self.spec = spec
@@ -143,6 +196,28 @@ class _StreamRender:
         self.decoders: dict[int, Decoder | None] = {}
         self.run: _Run | None = None
         self.dirfile = dirfile
+        # pt -> (kind, codec); kind_of_pt: the same as a lookup table by pt (-1: not yet)
+        self.kinds: dict[int, tuple[int, CodecInfo | None]] = {}
+        self.kind_of_pt = np.full(256, -1, dtype=np.int8)
+
+    def kind(self, pt: int) -> tuple[int, CodecInfo | None]:
+        known = self.kinds.get(pt)
+        if known is not None:
+            return known
+        codec = _codec_for(self.spec, pt)
+        if codec is None:
+            kind = _KIND_UNKNOWN
+        elif is_telephone_event(codec.encoding):
+            kind = _KIND_EVENT
+        elif pt == _CN_PT or is_comfort_noise(codec.encoding):
+            kind = _KIND_CN
+        else:
+            dec = self.decoders[pt] = make_decoder(codec.encoding, codec.clock_rate_hz,
+                                                   codec.channels, codec.fmtp)
+            kind = _KIND_NODEC if dec is None else _KIND_AUDIO
+        self.kinds[pt] = (kind, codec)
+        self.kind_of_pt[pt] = kind
+        return kind, codec
 
 
 def _codec_for(spec: StreamSpec, pt: int) -> CodecInfo | None:
@@ -159,9 +234,15 @@ def _resample(run: _Run, pcm: np.ndarray | None) -> np.ndarray:
     if pcm is None:
         frames = run.resampler.resample(None)
     else:
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = run.rate
-        frames = run.resampler.resample(frame)
+        # libswresample is fastest on pieces of a few seconds (and its output does not
+        # depend on how the input is cut).
+        frames = []
+        step = _RESAMPLE_SLICE_S * run.rate
+        for at in range(0, pcm.size, step):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[at:at + step]).reshape(1, -1),
+                                               format="s16", layout="mono")
+            frame.sample_rate = run.rate
+            frames += run.resampler.resample(frame)
     if not frames:
         return np.zeros(0, dtype=np.int16)
     return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16,
@@ -221,6 +302,204 @@ def _add_audio(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_
     run.in_samples = pcm.size
 
 
+def _start_run(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_rate: int) -> None:
+    """Close the stream's run and open a new one at ``pos_ns`` holding ``pcm``."""
+    _close_run(sr)
+    run = sr.run = _Run(rate, pos_ns, work_rate)
+    first = run.out_start
+    df = sr.dirfile
+    if df.first_sample is None or first < df.first_sample:
+        df.first_sample = first
+    run.buf.append(pcm)
+    run.buf_n = pcm.size
+    run.in_samples = pcm.size
+
+
+def _append(run: _Run, pcm: np.ndarray) -> None:
+    run.buf.append(pcm)
+    run.buf_n += pcm.size
+    run.in_samples += pcm.size
+
+
+def _append_stretch(sr: _StreamRender, queue: _WriteQueue, rows: np.ndarray, src: np.ndarray,
+                    i: int, j: int, flat: np.ndarray, rate: int) -> None:
+    """Append packets i..j-1 (back to back in ``flat``) to the open run, emitting where
+    ``_add_audio`` would: after the packet that brings the pending audio to a second."""
+    run = sr.run
+    k = i
+    while k < j:
+        need = rate - run.buf_n
+        e = max(k + 1, int(np.searchsorted(src, src[k] + need, side="left")))
+        if e > j:
+            _append(run, flat[src[k]:src[j]])
+            return
+        _append(run, flat[src[k]:src[e]])
+        queue.row = int(rows[e - 1])
+        _emit(run, sr.dirfile, final=False)
+        k = e
+
+
+def _place_audio(sr: _StreamRender, queue: _WriteQueue, rows: np.ndarray, pos_ns: np.ndarray,
+                 sizes: np.ndarray, flat: np.ndarray, rate: int, work_rate: int) -> None:
+    """``_add_audio`` for many packets of one rate at once (``rows``: their records).
+
+    Packet i's samples are ``flat[src_i : src_i + sizes[i]]`` (packets back to back). While
+    each packet starts where the run's samples so far end (within the ±2-sample slack of
+    ``_add_audio``), a whole stretch of packets is handled with array arithmetic; only a
+    packet after a gap or jump is handled on its own, exactly as ``_add_audio`` would. The
+    run is cut into resampler inputs and file writes at the same packets as there."""
+    m = sizes.size
+    src = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(sizes, out=src[1:])
+    i = 0
+    while i < m:
+        run = sr.run
+        queue.row = int(rows[i])
+        if run is None or run.rate != rate:
+            _start_run(sr, int(pos_ns[i]), flat[src[i]:src[i + 1]], rate, work_rate)
+            i += 1
+            continue
+        if run.in_samples + int(src[m] - src[i]) > _MAX_VECTOR_SAMPLES:
+            _add_audio(sr, int(pos_ns[i]), flat[src[i]:src[i + 1]], rate, work_rate)
+            i += 1
+            continue
+        # Samples of the run before each packet if no packet of the stretch opens a gap.
+        before = run.in_samples + (src[i:m] - src[i])
+        expected_ns = run.start_ns + before * _NS // rate
+        gap = (pos_ns[i:m] - expected_ns) * rate // _NS
+        breaks = np.flatnonzero(np.abs(gap) > 2)
+        j = i + int(breaks[0]) if breaks.size else m
+        if j > i:
+            _append_stretch(sr, queue, rows, src, i, j, flat, rate)
+        if j == m:
+            break
+        queue.row = int(rows[j])
+        g = int(gap[j - i])
+        pcm = flat[src[j]:src[j + 1]]
+        if 0 <= g <= _MAX_FILL_S * rate:
+            if g:
+                _append(run, np.zeros(g, dtype=np.int16))
+            _append(run, pcm)
+            if run.buf_n >= rate:
+                _emit(run, sr.dirfile, final=False)
+        else:
+            _start_run(sr, int(pos_ns[j]), pcm, rate, work_rate)
+        i = j + 1
+
+
+@dataclass(slots=True)
+class _RowsStats:
+    audio_packets: int = 0
+    max_rate: int = 0
+    end_ns: int = 0             # furthest placed packet, relative to the render base
+
+
+def _count_native_s(df: _DirectionFile, sizes: np.ndarray, rates: np.ndarray | int) -> None:
+    # Added one packet at a time, left to right, as floats: cumsum keeps that order, so
+    # the total (and per_direction_ms) is the same as summing packet by packet.
+    parts = np.empty(sizes.size + 1, dtype=np.float64)
+    parts[0] = df.audio_native_s
+    parts[1:] = sizes / rates
+    df.audio_native_s = float(np.cumsum(parts)[-1])
+
+
+def _render_stream_rows(sr: _StreamRender, block: MediaBlock, rows: np.ndarray, base_ns: int,
+                        work_rate: int, undecodable: set[str], queue: _WriteQueue) -> _RowsStats:
+    """Place, decode and add to the runs one stream's records of a block (file order)."""
+    stats = _RowsStats()
+    pts = block.pt[rows]
+    for pt in np.unique(pts).tolist():
+        kind, codec = sr.kind(pt)
+        if kind == _KIND_UNKNOWN:
+            undecodable.add(f"pt{pt}")
+    kinds = sr.kind_of_pt[pts]
+    placed = (kinds == _KIND_CN) | (kinds == _KIND_AUDIO) | (kinds == _KIND_NODEC)
+    if sr.timeline is None:
+        # The stream's clock comes from its first audio packet: CN before it is dropped.
+        clocked = np.flatnonzero((kinds == _KIND_AUDIO) | (kinds == _KIND_NODEC))
+        if clocked.size == 0:
+            return stats
+        first = int(clocked[0])
+        placed[:first] = False
+        _kind, codec = sr.kind(int(pts[first]))
+        sr.timeline = StreamTimeline(codec.clock_rate_hz)
+    if not placed.any():
+        return stats
+    prow = rows[placed]
+    pos_ns = sr.timeline.place_many(block.ts[prow], block.arrival_ns[prow]) - base_ns
+    stats.end_ns = int(pos_ns.max())
+    pkinds = kinds[placed]
+    if (pkinds == _KIND_NODEC).any():
+        for pt in np.unique(block.pt[prow[pkinds == _KIND_NODEC]]).tolist():
+            undecodable.add(sr.kind(pt)[1].encoding)
+    audio = pkinds == _KIND_AUDIO
+    if not audio.any():
+        return stats
+    arow = prow[audio]
+    apos = pos_ns[audio]
+    apts = block.pt[arow]
+    decoders = [sr.decoders[pt] for pt in np.unique(apts).tolist()]
+    if all(type(d) is G711Decoder for d in decoders):
+        _render_g711(sr, block, arow, apos, apts, work_rate, stats, queue)
+    else:
+        _render_packets(sr, block, arow, apos, apts, work_rate, stats, queue)
+    return stats
+
+
+def _render_g711(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: np.ndarray,
+                 apts: np.ndarray, work_rate: int, stats: _RowsStats, queue: _WriteQueue) -> None:
+    """All of the rows are G.711: expand every payload with one table lookup."""
+    lens = block.payload_len[arow]
+    keep = lens > 0                       # an empty payload decodes to nothing: no audio
+    if not keep.all():
+        arow, apos, apts, lens = arow[keep], apos[keep], apts[keep], lens[keep]
+    if arow.size == 0:
+        return
+    starts = block.payload_at[arow]
+    if (lens == lens[0]).all():
+        # Equal payloads (the usual 160 bytes): copy whole rows out of a sliding view.
+        width = int(lens[0])
+        codes = np.lib.stride_tricks.sliding_window_view(block.data, width)[starts].reshape(-1)
+    else:
+        total = int(lens.sum())
+        at = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)
+        codes = block.data[at]
+    uniq = np.unique(apts).tolist()
+    if len(uniq) == 1:
+        flat = sr.decoders[uniq[0]].table[codes]
+    else:
+        # PCMU and PCMA in one stretch: one lookup in both tables side by side.
+        both = np.concatenate([sr.decoders[pt].table for pt in uniq])
+        which = np.searchsorted(np.array(uniq), apts) * 256
+        flat = both[codes + np.repeat(which, lens)]
+    _place_audio(sr, queue, arow, apos, lens, flat, 8000, work_rate)
+    _count_native_s(sr.dirfile, lens, 8000)
+    stats.audio_packets += int(arow.size)
+    stats.max_rate = 8000
+
+
+def _render_packets(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: np.ndarray,
+                    apts: np.ndarray, work_rate: int, stats: _RowsStats,
+                    queue: _WriteQueue) -> None:
+    """Stateful or variable codecs: decode and place packet by packet, in order."""
+    data = block.data
+    at = block.payload_at[arow].tolist()
+    lens = block.payload_len[arow].tolist()
+    df = sr.dirfile
+    for row, pos_ns, pt, a, n in zip(arow.tolist(), apos.tolist(), apts.tolist(), at, lens):
+        queue.row = row
+        dec = sr.decoders[pt]
+        pcm = dec.decode(data[a:a + n].tobytes())
+        if pcm.size == 0:
+            continue  # rejected frame: a gap, the next packet is placed by timestamp
+        rate = dec.sample_rate_hz
+        if rate > stats.max_rate:
+            stats.max_rate = rate
+        _add_audio(sr, pos_ns, pcm, rate, work_rate)
+        df.audio_native_s += pcm.size / rate
+        stats.audio_packets += 1
+
+
 def _work_rate(streams: list[StreamSpec]) -> int:
     """The highest native rate any audio codec of the call decodes to (8000 if none)."""
     best = 0
@@ -253,7 +532,8 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
     out_path = Path(out_path)
     work_rate = sample_rate_hz if sample_rate_hz > 0 else _work_rate(streams)
     specs = {s.index: s for s in streams}
-    dirfiles = [_DirectionFile(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate)
+    queue = _WriteQueue()
+    dirfiles = [_DirectionFile(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate, queue)
                 for d in (0, 1)]
     states: dict[int, _StreamRender] = {}
     undecodable: set[str] = set()
@@ -264,49 +544,30 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
     end_ns = 0  # furthest placed packet (any kind), relative to base
 
     try:
-        for idx, _seq, ts, arrival_ns, pt, _marker, payload in read_media_log(log_path):
+        for block in read_media_log_blocks(log_path):
             if base_ns is None:
-                first = arrival_ns if start_ns is None else min(start_ns, arrival_ns)
+                first_arrival_ns = int(block.arrival_ns[0])
+                first = first_arrival_ns if start_ns is None else min(start_ns, first_arrival_ns)
                 base_ns = first - _MARGIN_NS
-            sr = states.get(idx)
-            if sr is None:
-                spec = specs.get(idx)
-                if spec is None or spec.direction not in (0, 1):
-                    continue  # a stream the engine chose not to record
-                sr = states[idx] = _StreamRender(spec, dirfiles[spec.direction])
-            codec = _codec_for(sr.spec, pt)
-            if codec is None:
-                undecodable.add(f"pt{pt}")
-                continue
-            if is_telephone_event(codec.encoding):
-                continue  # events repeat their start timestamp: they must not steer the clock
-            cn = pt == _CN_PT or is_comfort_noise(codec.encoding)
-            if sr.timeline is None:
-                if cn:
-                    continue  # the stream's clock comes from its first audio packet
-                sr.timeline = StreamTimeline(codec.clock_rate_hz)
-            pos_ns = sr.timeline.place(ts, arrival_ns) - base_ns
-            if pos_ns > end_ns:
-                end_ns = pos_ns
-            if cn:
-                continue
-            if pt in sr.decoders:
-                dec = sr.decoders[pt]
-            else:
-                dec = sr.decoders[pt] = make_decoder(codec.encoding, codec.clock_rate_hz,
-                                                     codec.channels, codec.fmtp)
-            if dec is None:
-                undecodable.add(codec.encoding)
-                continue
-            pcm = dec.decode(payload)
-            if pcm.size == 0:
-                continue  # rejected frame: a gap, the next packet is placed by timestamp
-            rate = dec.sample_rate_hz
-            if rate > used_max_rate:
-                used_max_rate = rate
-            _add_audio(sr, pos_ns, pcm, rate, work_rate)
-            sr.dirfile.audio_native_s += pcm.size / rate
-            audio_packets += 1
+            # Streams in order of first appearance: ``states`` keeps that order, and the
+            # runs still open at the end are closed (their last audio written) in it.
+            idxs, firsts = np.unique(block.stream, return_index=True)
+            for idx in idxs[np.argsort(firsts)].tolist():
+                sr = states.get(idx)
+                if sr is None:
+                    spec = specs.get(idx)
+                    if spec is None or spec.direction not in (0, 1):
+                        continue  # a stream the engine chose not to record
+                    sr = states[idx] = _StreamRender(spec, dirfiles[spec.direction])
+                rows = np.flatnonzero(block.stream == idx)
+                stats = _render_stream_rows(sr, block, rows, base_ns, work_rate, undecodable,
+                                            queue)
+                audio_packets += stats.audio_packets
+                used_max_rate = max(used_max_rate, stats.max_rate)
+                end_ns = max(end_ns, stats.end_ns)
+            queue.flush()
+        for df in dirfiles:
+            df.queue = None         # the closing writes below come in the order they are made
         for sr in states.values():
             _close_run(sr)
             if sr.timeline is not None:
@@ -360,7 +621,7 @@ def _inband_dtmf(dirfiles: list[_DirectionFile], directions: tuple[int, ...], ba
         det = InbandDtmfDetector(rate)
         pos = df.first_sample
         while pos < df.end_sample:
-            n = min(rate, df.end_sample - pos)
+            n = min(_SCAN_CHUNK_S * rate, df.end_sample - pos)
             det.feed(df.read(pos, n))
             pos += n
         for span in det.finish():
@@ -404,7 +665,7 @@ def _mix_and_encode(dirfiles: list[_DirectionFile], t0: int, end: int, work_rate
                                  rate=out_rate)
     enc = open_encoder(out_path, fmt, out_rate, channels, bitrate_kbps)
     try:
-        chunk = work_rate  # one second per step
+        chunk = _SCAN_CHUNK_S * work_rate
         pos = t0
         while pos < end:
             n = min(chunk, end - pos)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = ["CodecInfo", "StreamSpec", "StreamTimeline", "STATIC_PAYLOAD_TYPES"]
 
 
@@ -116,6 +118,69 @@ class StreamTimeline:
         else:
             self._cand_n = 0
         return pos
+
+    # Largest |extended ts - anchor| whose ns product stays inside int64 (else: scalar path).
+    _MAX_VECTOR_TICKS = (2 ** 62) // 1_000_000_000
+
+    def place_many(self, rtp_ts: np.ndarray, arrival_ns: np.ndarray) -> np.ndarray:
+        """``place`` for many packets of the stream at once (int64 arrays, in order).
+
+        Same results as calling ``place`` per packet: stretches where the clock stays
+        within the re-anchor tolerance (almost every packet) are computed with array
+        arithmetic; a packet that starts a jump, a backwards step or a drift candidate is
+        placed by ``place`` itself, then array placement resumes after it. The stretch
+        tried at once starts small after such a packet and grows while it holds, so a
+        stream that is out of tolerance for a long time costs no more than ``place``."""
+        ts = np.asarray(rtp_ts, dtype=np.int64)
+        arr = np.asarray(arrival_ns, dtype=np.int64)
+        n = ts.size
+        out = np.empty(n, dtype=np.int64)
+        i = 0
+        if n and self.anchor_ts is None:
+            out[0] = self.place(int(ts[0]), int(arr[0]))
+            i = 1
+        window = 64
+        while i < n:
+            j = min(n, i + window)
+            k = self._place_quiet(ts[i:j], arr[i:j], out[i:j])
+            i += k
+            if i >= n:
+                break
+            if i == j:                  # the whole window held: try a longer one
+                window = min(window * 4, 1 << 16)
+                continue
+            out[i] = self.place(int(ts[i]), int(arr[i]))
+            i += 1
+            window = 64
+        return out
+
+    def _place_quiet(self, ts: np.ndarray, arr: np.ndarray, out: np.ndarray) -> int:
+        """Place the leading packets that need no re-anchor decision; returns their count.
+
+        For those packets ``place`` only extends the timestamp and resets the drift
+        candidate, so they are computed together; ``out`` receives their positions."""
+        prev = np.empty_like(ts)
+        prev[0] = self.last_ts
+        prev[1:] = ts[:-1]
+        d = (ts - prev) & 0xFFFFFFFF
+        d[d >= 0x80000000] -= 0x100000000
+        ext = self.last_ext + np.cumsum(d)
+        rel = ext - self.anchor_ts
+        if np.abs(rel).max() > self._MAX_VECTOR_TICKS:
+            return 0                    # ns products would overflow int64: place one by one
+        pos = self.anchor_ns + rel * 1_000_000_000 // self.clock_hz
+        drift = arr - pos
+        backwards_ns = -d * 1_000_000_000 // self.clock_hz
+        event = ((backwards_ns > self.reanchor_ns) | (drift < -self.jump_ns)
+                 | (drift > self.reanchor_ns) | (drift < -self.reanchor_ns))
+        hit = np.flatnonzero(event)
+        k = int(hit[0]) if hit.size else ts.size
+        if k:
+            out[:k] = pos[:k]
+            self.last_ts = int(ts[k - 1])
+            self.last_ext = int(ext[k - 1])
+            self._cand_n = 0
+        return k
 
     def _reanchor(self, ext: int, pos_ns: int) -> int:
         self.anchor_ts = ext
