@@ -39,9 +39,10 @@ from agent.errors import ParseError
 from agent.media.timeline import CodecInfo, StreamSpec
 from agent.media.runs import RtpRun, RunGroups
 from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capture
-from agent.net.datagram import TCP, Datagram
+from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import RtpFrames, rtp_frames
+from agent.net.tunnels import VXLAN_PORT
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
 from agent.sip.message import looks_like_sip, parse_message
@@ -65,6 +66,9 @@ BATCH_MIN = 64
 RUN_WINDOW_MIN = 256
 RUN_WINDOW_MAX = 16_384
 SLOTS_MAX = 4096
+BULK_MIN_PACKETS = 24              # a call's packets in a batch below this go one by one
+HELD = -1                          # _route_run: RTP of no known endpoint (held for its SDP)
+SLOW = -2                          # _route_run: a frame feed() must handle itself
 
 
 class EndpointMap(dict):
@@ -141,6 +145,8 @@ class Engine:
         self.macs = MacTable(router_ip_threshold=config.sip.router_mac_ip_threshold,
                              l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
         self.sip_ports = frozenset(config.capture.sip_ports)
+        self._sip_ports_np = np.array(sorted(self.sip_ports), dtype=np.int64)
+        self._special_ports = np.array(sorted(self.sip_ports | {VXLAN_PORT}), dtype=np.int64)
         self.tracker.endpoints = self._endpoints = EndpointMap()   # the fast-path dict
         self._packed = self._endpoints.packed
         self._labels = self._endpoints.labels
@@ -284,12 +290,16 @@ class Engine:
                 continue
             stop = min(stop, tick_at)
             if stop <= pos:
-                self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
-                pos += 1
+                # A stretch of frames only the full path handles: feed them one after another
+                # (feed runs ticks and leaps itself) until a frame the runs could take.
+                while k < len(forced) and int(forced[k]) == pos and offset == self._offset_ns:
+                    self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
+                    pos += 1
+                    k += 1
                 continue
             end = min(stop, pos + window)
             slots, by_dst = self._route_run(fx, pos, end)
-            unknown = np.flatnonzero(slots < 0)
+            unknown = np.flatnonzero(slots == SLOW)
             if unknown.size:
                 end = pos + int(unknown[0])
                 slots, by_dst = slots[:end - pos], by_dst[:end - pos]
@@ -346,13 +356,14 @@ class Engine:
         return slot
 
     def _route_run(self, fx: RtpFrames, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """The slot of every frame in [a, b), or -1 where ``feed`` would leave the fast path
-        (no endpoint known, or its sender not seen yet: the first packets take the full path),
-        and whether it was routed by its destination (a known endpoint) or its source."""
+        """The slot of every frame in [a, b), HELD (-1) for RTP of no known endpoint (``feed``
+        would hold it for its SDP), SLOW (-2) where ``feed`` must see the frame itself (its
+        sender not seen yet: the first packets take the full path; or a port the full path
+        treats specially); and whether it was routed by its destination or its source."""
         self._sync_map()
         keys = self._np_keys
         if not len(keys):
-            return np.full(b - a, -1, dtype=np.int64), np.zeros(b - a, dtype=bool)
+            return self._held_or_slow(fx, a, b, np.full(b - a, HELD, dtype=np.int64)), np.zeros(b - a, dtype=bool)
         last = len(keys) - 1
         dst = fx.dst_key[a:b]
         i = np.minimum(np.searchsorted(keys, dst), last)
@@ -363,8 +374,19 @@ class Engine:
         # A tagged frame takes the full path frame by frame, which names its destination always.
         by_dst |= fx.vlan[a:b]
         known = slots >= 0
-        slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = -1
-        return slots, by_dst
+        slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = SLOW
+        return self._held_or_slow(fx, a, b, slots), by_dst
+
+    def _held_or_slow(self, fx: RtpFrames, a: int, b: int, slots: np.ndarray) -> np.ndarray:
+        """RTP of no known endpoint is held like ``_dispatch`` holds it, unless a port would make
+        the full path read it as SIP or a VXLAN tunnel: those go frame by frame."""
+        held = slots == HELD
+        if held.any():
+            dport = fx.dst_key[a:b] & 0xFFFF
+            sport = fx.src_key[a:b] & 0xFFFF
+            special = np.isin(dport, self._special_ports) | np.isin(sport, self._sip_ports_np)
+            slots[held & special] = SLOW
+        return slots
 
     def _fast_run(self, fx: RtpFrames, ts: np.ndarray, now_ns: int, a: int, slots: np.ndarray,
                   by_dst: np.ndarray) -> None:
@@ -374,9 +396,10 @@ class Engine:
             self.now_ns = now_ns
         b = a + len(slots)
         idx = np.arange(a, b)
-        tagged = fx.vlan[a:b]
-        if tagged.any():
-            self._decoder_clock(ts[tagged])
+        # Frames the full path would decode (tagged ones, held ones) tick the decoder's clock.
+        decoded = fx.vlan[a:b] | (slots == HELD)
+        if decoded.any():
+            self._decoder_clock(ts[decoded])
         dedup = self._dedup
         if dedup is not None:
             dup = dedup.check_many(ts, fx.dedup_key[a:b])
@@ -387,6 +410,13 @@ class Engine:
                 idx, slots, by_dst, ts = idx[keep], slots[keep], by_dst[keep], ts[keep]
                 if not len(idx):
                     return
+        held = slots == HELD
+        if held.any():
+            self._hold_run(fx, idx[held], ts[held])
+            known = ~held
+            idx, slots, by_dst, ts = idx[known], slots[known], by_dst[known], ts[known]
+            if not len(idx):
+                return
         calls = self._slot_call[slots]
         last_rev, first = np.unique(calls[::-1], return_index=True)
         by_no = self._calls_by_no
@@ -395,6 +425,23 @@ class Engine:
             by_no[no].last_media_ns = t
         self._pending_calls.update(touched)
         self._pending.append((idx, slots, by_dst, ts))
+
+    def _hold_run(self, fx: RtpFrames, idx: np.ndarray, ts: np.ndarray) -> None:
+        """RTP of no known endpoint, held as ``_dispatch`` holds it (``_hold_rtp``): the same
+        datagrams the decoder would have made."""
+        batch = self._batch
+        buf = batch.buf
+        text = self.decoder.ip_text
+        for i, t, dst, src, start, size, tagged in zip(
+                idx.tolist(), ts.tolist(), fx.dst_key[idx].tolist(), fx.src_key[idx].tolist(),
+                (batch.starts[idx] + fx.payload_at[idx]).tolist(), (fx.udp_len[idx] - 8).tolist(),
+                fx.vlan[idx].tolist()):
+            frame_at = int(batch.starts[i])
+            vlans = (((buf[frame_at + 14] << 8) | buf[frame_at + 15]) & 0x0FFF,) if tagged else ()
+            self._hold_rtp(Datagram(t, text((src >> 16).to_bytes(4, "big")), src & 0xFFFF,
+                                    text((dst >> 16).to_bytes(4, "big")), dst & 0xFFFF, UDP,
+                                    buf[start:start + size], buf[frame_at + 6:frame_at + 12],
+                                    buf[frame_at:frame_at + 6], vlans))
 
     def _decoder_clock(self, ts: np.ndarray) -> None:
         """Tagged frames go through FrameDecoder.decode frame by frame, which expires stale
@@ -466,7 +513,11 @@ class Engine:
                 h += 1
             media = by_no[call_of[g]].media
             if media is not None:
-                not_rtp += media.take_groups(groups, g, h)
+                if groups.end[h - 1] - groups.start[g] < BULK_MIN_PACKETS:
+                    # A few packets (a live ring block holds ~100 ms): one by one is cheaper.
+                    not_rtp += run.each(media.on_rtp, groups.positions(g, h))
+                else:
+                    not_rtp += media.take_groups(groups, g, h)
             g = h
         if not_rtp:
             self.counters["rtp.skip.not_rtp"] += not_rtp

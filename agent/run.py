@@ -195,7 +195,10 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
                 last_packet_mono = now_mono
                 last_packet_wall = time.time()
             elif now_mono - last_packet_mono >= cap.idle_advance_s:
-                # A quiet tap must not freeze engine time: timeouts still run.
+                # A quiet tap must not freeze engine time: timeouts still run (after every frame
+                # already taken from the rings has reached the engine).
+                for src in sources:
+                    src.read_batches(feed, max_blocks=0, flush=True)
                 engine.advance(time.time_ns() - idle_ns)
             if now_mono >= next_stats:
                 next_stats = now_mono + STATS_EVERY_S
@@ -203,7 +206,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
                                          last_packet_wall, reported_drops)
         log.info("capture stopping: finishing %d call(s) in progress", len(engine.tracker.calls))
         for src in sources:                     # what is already in the ring still counts
-            n, b = src.read_batches(feed, max_blocks=1 << 20)
+            n, b = src.read_batches(feed, max_blocks=1 << 20, flush=True)
             frames += n
             nbytes += b
         engine.finish("shutdown")

@@ -46,7 +46,6 @@ class FrameDecoder:
                  tcp_idle_timeout_ns: int = 300_000_000_000,
                  dedup: bool = True,
                  dedup_window_ns: int = 50_000_000,
-                 dedup_max_entries: int = 200_000,
                  max_tunnel_depth: int = 4,
                  expire_interval_ns: int = 1_000_000_000) -> None:
         self.counters = counters
@@ -56,8 +55,7 @@ class FrameDecoder:
         self.tcp = TcpReassembler(counters, flow_max_bytes=tcp_flow_max_bytes,
                                   total_max_bytes=tcp_total_max_bytes, max_flows=tcp_max_flows,
                                   idle_timeout_ns=tcp_idle_timeout_ns)
-        self.dedup = Deduplicator(window_ns=dedup_window_ns,
-                                  max_entries=dedup_max_entries) if dedup else None
+        self.dedup = Deduplicator(window_ns=dedup_window_ns) if dedup else None
         self.max_tunnel_depth = max_tunnel_depth
         self.expire_interval_ns = expire_interval_ns
         self._next_expire_ns = 0
@@ -92,8 +90,8 @@ class FrameDecoder:
                         self.counters["net.duplicate"] += 1
                         return None
                     cache = self._ip_text
-                    s_txt = cache.get(src) or self._text(src)
-                    d_txt = cache.get(dst) or self._text(dst)
+                    s_txt = cache.get(src) or self.ip_text(src)
+                    d_txt = cache.get(dst) or self.ip_text(dst)
                     return Datagram(ts_ns, s_txt, sport, d_txt, dport, UDP, payload,
                                     frame[6:12], frame[0:6], ())
         l2 = parse_link(linktype, frame, self.counters)
@@ -110,7 +108,8 @@ class FrameDecoder:
 
     # -- layers -------------------------------------------------------------
 
-    def _text(self, raw: bytes) -> str:
+    def ip_text(self, raw: bytes) -> str:
+        """Text form of a raw IPv4/IPv6 address (cached)."""
         cache = self._ip_text
         s = cache.get(raw)
         if s is None:
@@ -173,7 +172,7 @@ class FrameDecoder:
                     hash((ident, src + dst, frame[l4off:pend]))):
                 c["net.duplicate"] += 1
                 return None
-            return Datagram(ts_ns, self._text(src), sport, self._text(dst), dport, UDP,
+            return Datagram(ts_ns, self.ip_text(src), sport, self.ip_text(dst), dport, UDP,
                             payload, smac, dmac, vlans)
 
         if proto == PROTO_TCP:
@@ -197,7 +196,7 @@ class FrameDecoder:
             data = self.tcp.segment(ts_ns, (src, sport, dst, dport), seq, flags, payload)
             if data is None:
                 return None
-            return Datagram(ts_ns, self._text(src), sport, self._text(dst), dport, TCP,
+            return Datagram(ts_ns, self.ip_text(src), sport, self.ip_text(dst), dport, TCP,
                             data, smac, dmac, vlans)
 
         if proto == PROTO_GRE:

@@ -15,7 +15,7 @@ batch path in ``agent.batch``) gives one packet the same key:
 - IPv4 UDP whose payload looks like RTP: ``rtp_key`` over a 32-byte fingerprint
   (IP id, addresses, the UDP header incl. its checksum, the first 14 payload bytes:
   the RTP header with sequence number, timestamp and SSRC). A multiply-xor over four
-  64-bit words, so numpy can compute it for a whole batch (``rtp_keys``).
+  64-bit words, so numpy can compute it for a whole batch (``rtp_keys_of_words``).
 - everything else: Python's ``hash`` of (id, addresses, L4 bytes).
 
 Time is cut into generations of ``window_ns`` aligned to packet time (generation =
@@ -31,7 +31,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["Deduplicator", "rtp_key", "rtp_keys", "looks_like_rtp"]
+__all__ = ["Deduplicator", "rtp_key", "rtp_keys_of_words", "looks_like_rtp"]
 
 _M64 = (1 << 64) - 1
 # Odd multipliers (from the golden ratio and friends): different 64-bit words of a
@@ -57,13 +57,12 @@ def rtp_key(ident: int, src4: bytes, dst4: bytes, udp: bytes) -> int:
     return ((w0 * k0) ^ (w1 * k1) ^ (w2 * k2) ^ (w3 * k3)) & _M64
 
 
-def rtp_keys(fingerprints: np.ndarray) -> np.ndarray:
-    """``rtp_key`` for many packets: ``fingerprints`` is (n, 32) uint8, C-contiguous, each row
-    ident(2, big-endian) | src(4) | dst(4) | UDP header + payload, first 22 bytes."""
-    w = fingerprints.view("<u8")
+def rtp_keys_of_words(w0: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:
+    """``rtp_key`` for many packets, from the four little-endian 64-bit words of their
+    fingerprints (uint64 arrays; ``fastpath`` reads them straight out of the frames)."""
     k0, k1, k2, k3 = _K_NP
     with np.errstate(over="ignore"):
-        return (w[:, 0] * k0) ^ (w[:, 1] * k1) ^ (w[:, 2] * k2) ^ (w[:, 3] * k3)
+        return (w0 * k0) ^ (w1 * k1) ^ (w2 * k2) ^ (w3 * k3)
 
 
 class Deduplicator:
@@ -71,8 +70,7 @@ class Deduplicator:
 
     __slots__ = ("window_ns", "_cur", "_prev", "_gen")
 
-    def __init__(self, *, window_ns: int = 50_000_000, max_entries: int | None = None) -> None:
-        # max_entries is accepted for compatibility; memory is bounded by two windows of traffic.
+    def __init__(self, *, window_ns: int = 50_000_000) -> None:
         self.window_ns = window_ns
         self._cur: set[int] = set()
         self._prev: set[int] = set()

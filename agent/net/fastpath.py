@@ -4,7 +4,7 @@ Owns: deciding, for every frame of a batch at once, whether it is the plain case
 engine's batch path takes (Ethernet II with at most one 802.1Q tag, IPv4 without options,
 unfragmented UDP, a payload that looks like RTP), and reading what that path needs from it: the packed media keys
 (``ip << 16 | port``, as ``EndpointMap`` packs them), the duplicate key
-(``dedup.rtp_keys``), the UDP length and the RTP header fields. Every other frame is
+(``dedup.rtp_key``, computed from the frame bytes in place), the UDP length and the RTP header fields. Every other frame is
 left to the per-packet decoder, which gives the same answer for the frames this one
 takes (tests/engine/test_engine_batch.py replays every capture both ways).
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from agent.net.dedup import _K_NP, rtp_key
+from agent.net.dedup import rtp_key, rtp_keys_of_words
 from agent.net.tunnels import VXLAN_PORT
 
 __all__ = ["RtpFrames", "rtp_frames", "FIELD_BYTES"]
@@ -50,9 +50,7 @@ def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndar
     words = np.ascontiguousarray(f[:, 24:56]).view("<u8")
     ident_le = f[:, 18].astype(np.uint64) | (f[:, 19].astype(np.uint64) << np.uint64(8))
     w0 = (words[:, 0] & np.uint64(0xFFFFFFFFFFFF0000)) | ident_le
-    k0, k1, k2, k3 = _K_NP
-    with np.errstate(over="ignore"):
-        keys = (w0 * k0) ^ (words[:, 1] * k1) ^ (words[:, 2] * k2) ^ (words[:, 3] * k3)
+    keys = rtp_keys_of_words(w0, words[:, 1], words[:, 2], words[:, 3])
     short = np.flatnonzero(cand & (udp_len < 22))
     if len(short):
         # The fingerprint is zero-padded after a short UDP payload: compute those as rtp_key does.

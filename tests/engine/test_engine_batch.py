@@ -86,7 +86,21 @@ def test_batch_path_takes_the_rtp(name, tmp_path):
     assert sum(calls) > 0.9 * sum(1 for _ in open_captures([path], Counter()))
 
 
-def _mangled_capture(path: Path, seed: int, tag_all: bool = False) -> None:
+def _orphaned(records: list) -> list:
+    """Call 0 loses its signalling (its RTP belongs to no call: held, then unmatched); call 1's
+    signalling arrives 1.5 s late (its first RTP is held, then adopted by its SDP)."""
+    out = []
+    for ts, lt, frame in records:
+        sip = frame[12:14] == b"\x08\x00" and frame[23] == 17 and 5060 in (
+            int.from_bytes(frame[34:36], "big"), int.from_bytes(frame[36:38], "big"))
+        call = frame[29] if frame[27] == 1 else frame[33]          # 10.1.0.n -> 10.2.0.n
+        if sip and call == 0:
+            continue
+        out.append((ts + 1_500_000_000 if sip and call == 1 else ts, lt, frame))
+    return sorted(out, key=lambda r: r[0])
+
+
+def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool = False) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
     import random
@@ -98,7 +112,10 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool = False) -> None:
 
     clean = path.with_suffix(".clean.pcap")
     write_calls(clean, calls=6, concurrent=4, duration_s=4.0)
-    records = [(ts, frame) for ts, _lt, frame in open_captures([clean], Counter())]
+    records = list(open_captures([clean], Counter()))
+    if orphans:
+        records = _orphaned(records)
+    records = [(ts, frame) for ts, _lt, frame in records]
     rng = random.Random(seed)
     out = []
     i = 0
@@ -136,14 +153,16 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool = False) -> None:
             fh.write(frame)
 
 
-@pytest.mark.parametrize("seed,tag_all", [(1, False), (2, False), (3, True)])
+@pytest.mark.parametrize("seed,tag_all,orphans", [(1, False, False), (2, False, True), (3, True, True)])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
-def test_batches_equal_frames_mangled_traffic(seed, tag_all, mode, tmp_path):
+def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed, tag_all)
+    _mangled_capture(path, seed, tag_all, orphans)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
-    assert len(records) == 6
+    assert len(records) == (5 if orphans else 6)
+    if orphans:
+        assert expected[1]["rtp.unmatched"] > 100 and expected[1]["rtp.pending_adopted"] > 10
     assert expected[1]["net.duplicate"] > 0                 # the mirrored copies were recognised
     assert any(s["lost"] or s["reordered"] for r in records for s in r["streams"])
     assert _run(path, mode, "batches", tmp_path) == expected
