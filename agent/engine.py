@@ -42,6 +42,7 @@ from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capt
 from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import RtpFrames, rtp_frames
+from agent.net.link import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
 from agent.net.tunnels import VXLAN_PORT
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
@@ -248,7 +249,7 @@ class Engine:
         earlier, just before anything else touches that call (``_flush_call``). Every other
         frame, and every frame at which packet time ticks or leaps, goes through ``feed``."""
         n = len(batch)
-        fx = rtp_frames(batch.buf, batch.starts, batch.lens) if batch.linktype == 1 and n >= BATCH_MIN else None
+        fx = rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype) if n >= BATCH_MIN else None
         if fx is None:
             for i in range(n):
                 self.feed(int(batch.ts_ns[i]), batch.linktype, batch.frame(i))
@@ -293,7 +294,7 @@ class Engine:
                 # A stretch of frames only the full path handles: feed them one after another
                 # (feed runs ticks and leaps itself) until a frame the runs could take.
                 while k < len(forced) and int(forced[k]) == pos and offset == self._offset_ns:
-                    self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
+                    self.feed(int(batch.ts_ns[pos]), batch.linktype, batch.frame(pos))
                     pos += 1
                     k += 1
                 continue
@@ -310,7 +311,7 @@ class Engine:
                 self._fast_run(fx, ts[pos - base:end - base], int(running[end - 1 - base]), pos, slots, by_dst)
                 pos = end
             if unknown.size:
-                self.feed(int(batch.ts_ns[pos]), 1, batch.frame(pos))
+                self.feed(int(batch.ts_ns[pos]), batch.linktype, batch.frame(pos))
                 pos += 1
 
     def _sync_map(self) -> None:
@@ -371,8 +372,8 @@ class Engine:
         j = np.minimum(np.searchsorted(keys, src), last)
         by_dst = keys[i] == dst
         slots = np.where(by_dst, self._np_dst_slot[i], np.where(keys[j] == src, self._np_src_slot[j], -1))
-        # A tagged frame takes the full path frame by frame, which names its destination always.
-        by_dst |= fx.vlan[a:b]
+        # A frame feed() decodes fully (tagged, cooked) reaches _media, which always names its destination.
+        by_dst |= fx.full_path[a:b]
         known = slots >= 0
         slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = SLOW
         return self._held_or_slow(fx, a, b, slots), by_dst
@@ -396,8 +397,8 @@ class Engine:
             self.now_ns = now_ns
         b = a + len(slots)
         idx = np.arange(a, b)
-        # Frames the full path would decode (tagged ones, held ones) tick the decoder's clock.
-        decoded = fx.vlan[a:b] | (slots == HELD)
+        # Frames the full path would decode (tagged, cooked, held ones) tick the decoder's clock.
+        decoded = fx.full_path[a:b] | (slots == HELD)
         if decoded.any():
             self._decoder_clock(ts[decoded])
         dedup = self._dedup
@@ -431,17 +432,17 @@ class Engine:
         datagrams the decoder would have made."""
         batch = self._batch
         buf = batch.buf
+        linktype = batch.linktype
         text = self.decoder.ip_text
-        for i, t, dst, src, start, size, tagged in zip(
+        for i, t, dst, src, start, size, decoded in zip(
                 idx.tolist(), ts.tolist(), fx.dst_key[idx].tolist(), fx.src_key[idx].tolist(),
                 (batch.starts[idx] + fx.payload_at[idx]).tolist(), (fx.udp_len[idx] - 8).tolist(),
-                fx.vlan[idx].tolist()):
-            frame_at = int(batch.starts[i])
-            vlans = (((buf[frame_at + 14] << 8) | buf[frame_at + 15]) & 0x0FFF,) if tagged else ()
+                fx.full_path[idx].tolist()):
+            at = int(batch.starts[i])
+            src_mac, dst_mac, vlans = _l2_facts(buf, at, linktype, decoded)
             self._hold_rtp(Datagram(t, text((src >> 16).to_bytes(4, "big")), src & 0xFFFF,
                                     text((dst >> 16).to_bytes(4, "big")), dst & 0xFFFF, UDP,
-                                    buf[start:start + size], buf[frame_at + 6:frame_at + 12],
-                                    buf[frame_at:frame_at + 6], vlans))
+                                    buf[start:start + size], src_mac, dst_mac, vlans))
 
     def _decoder_clock(self, ts: np.ndarray) -> None:
         """Tagged frames go through FrameDecoder.decode frame by frame, which expires stale
@@ -837,6 +838,16 @@ class Engine:
     def close(self) -> None:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _l2_facts(buf: bytes, at: int, linktype: int, tagged: bool) -> tuple[bytes, bytes, tuple[int, ...]]:
+    """(source MAC, destination MAC, VLAN ids) of a batch-path frame, as agent.net.link reads them."""
+    if linktype == LINKTYPE_LINUX_SLL:
+        return (buf[at + 6:at + 12] if ((buf[at + 4] << 8) | buf[at + 5]) == 6 else b""), b"", ()
+    if linktype == LINKTYPE_LINUX_SLL2:
+        return (buf[at + 12:at + 18] if buf[at + 11] == 6 else b""), b"", ()
+    vlans = ((((buf[at + 14] << 8) | buf[at + 15]) & 0x0FFF),) if tagged else ()
+    return buf[at + 6:at + 12], buf[at:at + 6], vlans
 
 
 def _codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:

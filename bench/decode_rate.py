@@ -92,7 +92,7 @@ def measure(paths: list[Path]) -> None:
     n = c = 0
     for batch in read_batches(paths, counters):
         n += len(batch)
-        fx = rtp_frames(batch.buf, batch.starts, batch.lens) if batch.linktype == 1 else None
+        fx = rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype)
         if fx is not None:
             c += int(fx.cand.sum())
     s = time.perf_counter() - t

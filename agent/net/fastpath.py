@@ -1,8 +1,9 @@
 """The RTP fast path for a whole batch of Ethernet frames, vectorised with numpy.
 
 Owns: deciding, for every frame of a batch at once, whether it is the plain case the
-engine's batch path takes (Ethernet II with at most one 802.1Q tag, IPv4 without options,
-unfragmented UDP, a payload that looks like RTP), and reading what that path needs from it: the packed media keys
+engine's batch path takes (Ethernet II with at most one 802.1Q tag, or Linux cooked SLL /
+SLL2 as ``tcpdump -i any`` writes; IPv4 without options, unfragmented UDP, a payload that
+looks like RTP), and reading what that path needs from it: the packed media keys
 (``ip << 16 | port``, as ``EndpointMap`` packs them), the duplicate key
 (``dedup.rtp_key``, computed from the frame bytes in place), the UDP length and the RTP header fields. Every other frame is
 left to the per-packet decoder, which gives the same answer for the frames this one
@@ -19,12 +20,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.net.dedup import rtp_key, rtp_keys_of_words
+from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
 from agent.net.tunnels import VXLAN_PORT
 
 __all__ = ["RtpFrames", "rtp_frames", "FIELD_BYTES"]
 
 FIELD_BYTES = 56                   # Ethernet 14 + IPv4 20 + UDP 8 + RTP 12 + 2 payload bytes
-ROW_BYTES = FIELD_BYTES + 4        # room for one 802.1Q tag
+ROW_BYTES = FIELD_BYTES + 6        # room for one 802.1Q tag or a Linux cooked header
 
 
 @dataclass(slots=True)
@@ -39,8 +41,8 @@ class RtpFrames:
     seq: np.ndarray                # int64
     rtp_ts: np.ndarray             # int64
     ssrc: np.ndarray               # int64
-    vlan: np.ndarray               # bool: one 802.1Q tag (the per-packet path decodes these fully)
-    payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42, or 46 tagged)
+    full_path: np.ndarray          # bool: the per-packet path decodes this frame fully (tagged, SLL)
+    payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet)
 
 
 def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
@@ -60,26 +62,55 @@ def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndar
     return keys
 
 
-def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | None:
-    """Fields of every frame (Ethernet link type); None when no frame can qualify."""
-    data = np.frombuffer(buf, dtype=np.uint8)
-    if len(data) < FIELD_BYTES or not len(starts):
-        return None
-    if len(data) < ROW_BYTES:
-        data = np.concatenate((data, np.zeros(ROW_BYTES - len(data), dtype=np.uint8)))
-    # One row of the first ROW_BYTES bytes per frame (rows of frames shorter than that are
-    # clamped inside the buffer and never become candidates). A frame with one 802.1Q tag has
-    # its row moved 4 bytes on, so every field sits where it does in an untagged frame.
-    rows = sliding_window_view(data, ROW_BYTES)[np.minimum(starts, len(data) - ROW_BYTES)]
-    vlan = (rows[:, 12] == 0x81) & (rows[:, 13] == 0) & (rows[:, 16] == 8) & (rows[:, 17] == 0)
-    if vlan.any():
-        f = rows[:, :FIELD_BYTES].copy()
-        f[vlan] = rows[vlan, 4:4 + FIELD_BYTES]
-        extra = vlan.astype(np.int64) << 2
+def _rows(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The first ROW_BYTES bytes of every frame, zero-padded past the end of the buffer."""
+    last = len(data) - ROW_BYTES
+    if last >= 0:
+        rows = sliding_window_view(data, ROW_BYTES)[np.minimum(starts, last)]
     else:
-        f = rows[:, :FIELD_BYTES]
-        extra = 0
-    cand = ((lens >= FIELD_BYTES + extra) & (f[:, 12] == 8) & (f[:, 13] == 0) & (f[:, 14] == 0x45)
+        rows = np.zeros((len(starts), ROW_BYTES), dtype=np.uint8)
+    tail = np.flatnonzero(starts > last)
+    if len(tail):
+        lo = int(starts[tail[0]])
+        padded = np.concatenate((data[lo:], np.zeros(ROW_BYTES, dtype=np.uint8)))
+        rows[tail] = sliding_window_view(padded, ROW_BYTES)[starts[tail] - lo]
+    return rows
+
+
+def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
+               linktype: int = LINKTYPE_ETHERNET) -> RtpFrames | None:
+    """Fields of every frame; None when no frame can qualify (or the link type is not one of
+    Ethernet, Linux cooked SLL or SLL2)."""
+    if linktype not in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
+        return None
+    data = np.frombuffer(buf, dtype=np.uint8)
+    if not len(starts):
+        return None
+    # One row of the first ROW_BYTES bytes per frame (a frame shorter than a candidate's
+    # minimum never becomes one whatever its row holds), moved on so that the IPv4 header
+    # starts at byte 14 as in an untagged Ethernet frame: 4 bytes for an 802.1Q tag, 2 for a
+    # Linux cooked header (16 bytes), 6 for SLL2 (20 bytes). Only the untagged Ethernet frame
+    # is one the per-packet path takes on its own fast path; the others it decodes fully
+    # (``full_path``), which the engine mirrors.
+    rows = _rows(data, starts)
+    if linktype == LINKTYPE_ETHERNET:
+        full_path = (rows[:, 12] == 0x81) & (rows[:, 13] == 0) & (rows[:, 16] == 8) & (rows[:, 17] == 0)
+        if full_path.any():
+            f = rows[:, :FIELD_BYTES].copy()
+            f[full_path] = rows[full_path, 4:4 + FIELD_BYTES]
+            extra = full_path.astype(np.int64) << 2
+        else:
+            f = rows[:, :FIELD_BYTES]
+            extra = np.zeros(len(starts), dtype=np.int64)
+        ipv4 = (f[:, 12] == 8) & (f[:, 13] == 0)
+    else:
+        shift = 2 if linktype == LINKTYPE_LINUX_SLL else 6
+        at = 14 if linktype == LINKTYPE_LINUX_SLL else 0          # where the protocol field is
+        ipv4 = (rows[:, at] == 8) & (rows[:, at + 1] == 0)
+        f = rows[:, shift:shift + FIELD_BYTES]
+        extra = np.full(len(starts), shift, dtype=np.int64)
+        full_path = np.ones(len(starts), dtype=bool)
+    cand = ((lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45)
             & (f[:, 23] == 17) & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0))
     total = (f[:, 16].astype(np.int64) << 8) | f[:, 17]
     udp_len = (f[:, 38].astype(np.int64) << 8) | f[:, 39]
@@ -87,9 +118,9 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | 
     b1 = f[:, 43]
     cand &= ((total >= 28) & (total <= lens - 14 - extra) & (udp_len >= 20) & (udp_len <= total - 20)
              & ((b0 & 0xC0) == 0x80) & ((b1 < 192) | (b1 > 223)))
-    if vlan.any():
-        # The decoder takes UDP to the VXLAN port as a tunnel: leave those tagged frames to it.
-        cand &= ~(vlan & (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF))
+    if full_path.any():
+        # The decoder takes UDP to the VXLAN port as a tunnel: leave those frames to it.
+        cand &= ~(full_path & (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF))
     if not cand.any():
         return None
     dedup_key = _dedup_keys(f, cand, udp_len)
@@ -109,6 +140,6 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray) -> RtpFrames | 
         seq=u16[:, 21].astype(np.int64),
         rtp_ts=u32[:, 11].astype(np.int64),
         ssrc=u32[:, 12].astype(np.int64),
-        vlan=vlan,
-        payload_at=42 + extra if vlan.any() else np.full(len(starts), 42, dtype=np.int64),
+        full_path=full_path,
+        payload_at=42 + extra,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_batches_equal_frames_public_captures(path, tmp_path):
         assert _run(path, mode, "small", tmp_path) == expected
 
 
-@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap"])
+@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "sll.pcap"])
 def test_batch_path_takes_the_rtp(name, tmp_path):
     """Not a vacuous equality: on a plain G.711 call most frames take the batch path."""
     path = PCAPS / name
@@ -100,11 +101,21 @@ def _orphaned(records: list) -> list:
     return sorted(out, key=lambda r: r[0])
 
 
-def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool = False) -> None:
+def _cooked(frame: bytes, linktype: int) -> bytes:
+    """An Ethernet frame as Linux cooked capture (SLL 113 / SLL2 276) writes it."""
+    if frame[12:14] == b"\x81\x00":
+        frame = frame[:12] + frame[16:]                       # cooked captures carry no tag here
+    proto, body, src_mac = frame[12:14], frame[14:], frame[6:12]
+    if linktype == 113:
+        return struct.pack("!HHH", 0, 1, 6) + src_mac + b"\0\0" + proto + body
+    return proto + b"\0\0" + struct.pack("!IHBB", 2, 1, 0, 6) + src_mac + b"\0\0" + body
+
+
+def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool = False,
+                     linktype: int = 1) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
     import random
-    import struct
     import sys
 
     sys.path.insert(0, str(REPO / "bench"))
@@ -147,17 +158,20 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool
             out.append((ts, frame))
         i += 1
     with open(path, "wb") as fh:
-        fh.write(PCAP_HEADER)
+        fh.write(PCAP_HEADER[:20] + struct.pack("<I", linktype))
         for ts, frame in out:
+            if linktype != 1:
+                frame = _cooked(frame, linktype)
             fh.write(struct.pack("<IIII", ts // 10**9, (ts % 10**9) // 1000, len(frame), len(frame)))
             fh.write(frame)
 
 
-@pytest.mark.parametrize("seed,tag_all,orphans", [(1, False, False), (2, False, True), (3, True, True)])
+@pytest.mark.parametrize("seed,tag_all,orphans,linktype", [(1, False, False, 1), (2, False, True, 1), (3, True, True, 1),
+                                                      (4, False, True, 113), (5, False, True, 276)])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
-def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, mode, tmp_path):
+def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed, tag_all, orphans)
+    _mangled_capture(path, seed, tag_all, orphans, linktype)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
     assert len(records) == (5 if orphans else 6)
