@@ -507,6 +507,7 @@ class Engine:
         call_of = (group_key[starts] >> 1).tolist()
         by_no = self._calls_by_no
         not_rtp = 0
+        later: list = []
         g, count = 0, len(call_of)
         while g < count:
             h = g + 1
@@ -518,8 +519,10 @@ class Engine:
                     # A few packets (a live ring block holds ~100 ms): one by one is cheaper.
                     not_rtp += run.each(media.on_rtp, groups.positions(g, h))
                 else:
-                    not_rtp += media.take_groups(groups, g, h)
+                    not_rtp += media.take_groups(groups, g, h, later)
             g = h
+        if later:
+            CallMedia.accept_later(groups, later)
         if not_rtp:
             self.counters["rtp.skip.not_rtp"] += not_rtp
 

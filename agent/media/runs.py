@@ -70,7 +70,10 @@ class RunGroups:
 
     __slots__ = ("run", "start", "end", "direction", "one_src", "src_key", "one_ssrc", "ssrc",
                  "one_pt", "pt", "one_size", "size", "bytes", "plain", "in_seq", "seq",
-                 "last_arrival_ns", "last_rtp_ts", "_views")
+                 "first_arrival_ns", "first_rtp_ts", "last_arrival_ns", "last_rtp_ts", "deviation",
+                 "_tails")
+
+    TAIL = 64                      # newest packets a stream's hop remembers (stream._Hop.KEEP)
 
     def __init__(self, run: RtpRun, starts: np.ndarray) -> None:
         self.run = run
@@ -98,22 +101,51 @@ class RunGroups:
         broken[starts] = 0                     # a group's first packet continues nothing here
         self.in_seq = (np.add.reduceat(broken, starts) == 0).tolist()
         self.seq = run.seq[starts].tolist()
+        self.first_arrival_ns = run.arrival_ns[starts].tolist()
+        self.first_rtp_ts = run.rtp_ts[starts].tolist()
         self.last_arrival_ns = run.arrival_ns[last].tolist()
         self.last_rtp_ts = run.rtp_ts[last].tolist()
-        self._views: dict[int, np.ndarray] = {}
+        self.deviation: list[float] = []
+        self._tails: dict[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.start)
 
-    def rows(self, g: int, lo: int, hi: int) -> np.ndarray | None:
-        """Packets ``lo:hi`` of group ``g`` as rows of one uint8 array, if the group has one size."""
-        if not self.one_size[g]:
-            return None
-        width = self.size[g]
-        view = self._views.get(width)
-        if view is None:
-            view = self._views[width] = sliding_window_view(np.frombuffer(self.run.buf, dtype=np.uint8), width)
-        return view[self.run.data_start[lo:hi]]
+    def prepare(self, clock_hz: list[int]) -> None:
+        """For the groups with a clock rate (0: not taken at once): every packet's RFC 3550
+        |D| against its predecessor in the group, ``(arrival step) * clock / 1e9 - (RTP
+        timestamp step)`` in RTP ticks, with the float operations of ``CallMedia._accept``;
+        and the newest TAIL packets of each group as rows (``tail_rows``)."""
+        run = self.run
+        counts = np.array(self.end) - np.array(self.start)
+        clocks = np.repeat(np.array(clock_hz, dtype=np.int64), counts)
+        step = np.zeros(len(run), dtype=np.int64)
+        step[1:] = run.arrival_ns[1:] - run.arrival_ns[:-1]
+        ticks = np.zeros(len(run), dtype=np.int64)
+        ticks[1:] = (run.rtp_ts[1:] - run.rtp_ts[:-1]) & 0xFFFFFFFF
+        ticks[ticks >= 0x80000000] -= 0x100000000
+        self.deviation = np.abs(step * clocks / 1e9 - ticks).tolist()
+        # Tails: one gather per payload size for every group taken at once.
+        tails: dict[int, np.ndarray] = {}
+        data = np.frombuffer(run.buf, dtype=np.uint8)
+        by_width: dict[int, list[int]] = {}
+        for g, clock in enumerate(clock_hz):
+            if clock and self.one_size[g]:
+                by_width.setdefault(self.size[g], []).append(g)
+        for width, members in by_width.items():
+            spans = [(max(self.start[g], self.end[g] - self.TAIL), self.end[g]) for g in members]
+            positions = np.concatenate([np.arange(lo, hi) for lo, hi in spans])
+            rows = sliding_window_view(data, width)[run.data_start[positions]]
+            at = 0
+            for g, (lo, hi) in zip(members, spans):
+                tails[g] = rows[at:at + hi - lo]
+                at += hi - lo
+        self._tails = tails
+
+    def tail_rows(self, g: int) -> np.ndarray | None:
+        """The newest TAIL packets of group ``g`` as rows of one array (``prepare`` made them for
+        a group of one payload size), else None."""
+        return self._tails.get(g) if self._tails is not None else None
 
     def positions(self, g0: int, g1: int) -> np.ndarray:
         """Run positions of groups ``g0:g1`` (one call) in arrival order."""

@@ -150,7 +150,10 @@ class _Hop:
         self.tail = None
 
     def push_rows(self, rows: np.ndarray) -> None:
-        if self.tail is not None:
+        if len(rows) >= self.KEEP:
+            self.recent.clear()            # the newest KEEP packets are all in rows
+            rows = rows[-self.KEEP:]
+        elif self.tail is not None:
             if self.tail.shape[1] == rows.shape[1]:
                 rows = np.concatenate((self.tail, rows))[-self.KEEP:]
             else:
@@ -364,14 +367,15 @@ class CallMedia:
         if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
             self.last_arrival_ns = last_arrival
 
-    def take_groups(self, groups: RunGroups, g0: int, g1: int) -> int:
+    def take_groups(self, groups: RunGroups, g0: int, g1: int, later: list) -> int:
         """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, one per direction);
         returns how many were not RTP.
 
         The common case, each direction continuing its current stream in order from the hop
-        it is taken from, with one payload type already seen (not a telephone-event), is taken
-        a group at a time: what ``_accept`` does per packet, with exactly the same numbers
-        (jitter included). Anything else goes packet by packet, in arrival order."""
+        it is taken from, with one payload type already seen (not a telephone-event), is
+        planned here and taken later for every call of the batch at once (``accept_later``):
+        what ``_accept`` does per packet, with exactly the same numbers (jitter included).
+        Anything else goes packet by packet now, in arrival order."""
         if not isinstance(self.log, NullMediaLog):
             return groups.run.each(self.on_rtp, groups.positions(g0, g1))
         plans = []
@@ -380,9 +384,21 @@ class CallMedia:
             if st is None:
                 return groups.run.each(self.on_rtp, groups.positions(g0, g1))
             plans.append((st, g))
-        for st, g in plans:
-            self._accept_group(st, groups, g)
+        later.append((self, plans))
         return 0
+
+    @staticmethod
+    def accept_later(groups: RunGroups, later: list) -> None:
+        """Take the groups ``take_groups`` planned: the jitter steps and each stream's newest
+        packets are computed for all of them at once."""
+        clocks = [0] * len(groups)
+        for _media, plans in later:
+            for st, g in plans:
+                clocks[g] = st.clock_hz
+        groups.prepare(clocks)
+        for media, plans in later:
+            for st, g in plans:
+                media._accept_group(st, groups, g)
 
     def _continues(self, groups: RunGroups, g: int) -> _Stream | None:
         """The stream that takes every packet of group ``g`` in order, as they are; else None."""
@@ -408,14 +424,13 @@ class CallMedia:
         last_arrival = groups.last_arrival_ns[g]
         hop = self._hops[st.direction]
         hop.last_ns = last_arrival
-        newest = max(lo, hi - hop.KEEP)
-        rows = groups.rows(g, newest, hi)
+        rows = groups.tail_rows(g)
         if rows is not None:
             hop.push_rows(rows)
         else:
             if hop.tail is not None:
                 hop.unfold()
-            hop.recent.extend(run.data(i) for i in range(newest, hi))
+            hop.recent.extend(run.data(i) for i in range(max(lo, hi - hop.KEEP), hi))
         stats = st.stats
         stats.packets += m
         stats.bytes += groups.bytes[g] - 12 * m
@@ -423,7 +438,18 @@ class CallMedia:
         stats.payload_types[groups.pt[g]] += m
         st.max_ext += m
         st.next_ext += m
-        st.jitter_ticks = _jitter(st, run.arrival_ns[lo:hi], run.rtp_ts[lo:hi])
+        # RFC 3550 jitter with the same float operations as _accept: the first packet against the
+        # stream's previous one, the rest from the steps RunGroups.prepare computed.
+        clock = st.clock_hz
+        dts = (groups.first_rtp_ts[g] - st.prev_ts) & 0xFFFFFFFF
+        if dts >= 0x80000000:
+            dts -= 0x100000000
+        jitter = st.jitter_ticks
+        dev = (groups.first_arrival_ns[g] - st.prev_arrival_ns) * clock / 1e9 - dts
+        jitter += ((dev if dev >= 0 else -dev) - jitter) / 16.0
+        for d in groups.deviation[lo + 1:hi]:
+            jitter += (d - jitter) / 16.0
+        st.jitter_ticks = jitter
         st.prev_arrival_ns = last_arrival
         st.prev_ts = groups.last_rtp_ts[g]
         self.log.records += m
@@ -716,7 +742,7 @@ class MediaCapture:
             self.log.append(direction, 0, 0, arrival_ns, 0, False, data)
         return True
 
-    def take_groups(self, groups: RunGroups, g0: int, g1: int) -> int:
+    def take_groups(self, groups: RunGroups, g0: int, g1: int, later: list) -> int:
         """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, all RTP-looking): one
         append of all of them, in arrival order, when each direction keeps its source label
         and nothing needs redacting; else packet by packet. Returns how many were not RTP."""
