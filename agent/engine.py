@@ -43,7 +43,6 @@ from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import RtpFrames, rtp_frames
 from agent.net.link import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
-from agent.net.tunnels import VXLAN_PORT
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
 from agent.sip.message import looks_like_sip, parse_message
@@ -147,11 +146,10 @@ class Engine:
                              l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
         self.sip_ports = frozenset(config.capture.sip_ports)
         self._sip_ports_np = np.array(sorted(self.sip_ports), dtype=np.int64)
-        self._special_ports = np.array(sorted(self.sip_ports | {VXLAN_PORT}), dtype=np.int64)
         self.tracker.endpoints = self._endpoints = EndpointMap()   # the fast-path dict
         self._packed = self._endpoints.packed
         self._labels = self._endpoints.labels
-        self._dedup = self.decoder.dedup
+        self._dedup = self.decoder.dedup_rtp       # RTP's own table (see FrameDecoder)
         # [legs edit] PBX legs: finished dialogs pass through the conversation grouper
         # (agent/calls/legs.py), which links them and marks the legs not to upload.
         self.grouper = grouper if grouper is not None else ConversationGrouper(
@@ -244,8 +242,8 @@ class Engine:
         """Feed every frame of ``batch`` in order, with the same result as ``feed`` frame by frame.
 
         Runs of plain RTP frames to or from known media endpoints (the bulk of a SPAN port)
-        are routed and de-duplicated with numpy a run at a time (``_route_run``,
-        ``_fast_run``); their media is handed to each call at the end of the batch, or
+        are de-duplicated and routed with numpy a window at a time (``_window``); their
+        media is handed to each call at the end of the batch, or
         earlier, just before anything else touches that call (``_flush_call``). Every other
         frame, and every frame at which packet time ticks or leaps, goes through ``feed``."""
         n = len(batch)
@@ -278,41 +276,82 @@ class Engine:
                 before[0] = self.now_ns
                 before[1:] = running[:-1]
                 leaps = (ts - before > GAP_NS) & (before != 0)
-                forced = np.flatnonzero(~fx.cand[base:] | leaps) + base
-            k = int(np.searchsorted(forced, pos))
-            stop = int(forced[k]) if k < len(forced) else n
+                # Windows hold RTP the batch path takes and signalling it can step over (_window);
+                # anything else, and a leap in time, is fed on its own.
+                bounds = np.flatnonzero(~(fx.cand[base:] | fx.safe[base:]) | leaps) + base
+            k = int(np.searchsorted(bounds, pos))
+            stop = int(bounds[k]) if k < len(bounds) else n
             tick_at = base + int(np.searchsorted(running, self._next_tick_ns))
             if tick_at <= pos < stop:
-                # Packet time reaches the next tick at this packet: run it as ``feed`` would,
-                # then the packet goes on as any other.
+                # Packet time reaches the next tick at this frame: run it as ``feed`` would, then
+                # the frame goes on as any other.
                 tick_ns = int(ts[pos - base])
                 self._tick(tick_ns)
                 self.now_ns = tick_ns
                 continue
             stop = min(stop, tick_at)
             if stop <= pos:
-                # A stretch of frames only the full path handles: feed them one after another
-                # (feed runs ticks and leaps itself) until a frame the runs could take.
-                while k < len(forced) and int(forced[k]) == pos and offset == self._offset_ns:
+                # Frames only the full path handles: feed them one after another (feed runs
+                # ticks and leaps itself).
+                while k < len(bounds) and int(bounds[k]) == pos and offset == self._offset_ns:
                     self.feed(int(batch.ts_ns[pos]), batch.linktype, batch.frame(pos))
                     pos += 1
                     k += 1
                 continue
             end = min(stop, pos + window)
-            slots, by_dst = self._route_run(fx, pos, end)
-            unknown = np.flatnonzero(slots == SLOW)
-            if unknown.size:
-                end = pos + int(unknown[0])
-                slots, by_dst = slots[:end - pos], by_dst[:end - pos]
-                window = max(RUN_WINDOW_MIN, window // 2)
-            else:
-                window = min(window * 2, RUN_WINDOW_MAX)
-            if end > pos:
-                self._fast_run(fx, ts[pos - base:end - base], int(running[end - 1 - base]), pos, slots, by_dst)
-                pos = end
-            if unknown.size:
-                self.feed(int(batch.ts_ns[pos]), batch.linktype, batch.frame(pos))
-                pos += 1
+            self._window(fx, ts, running, base, pos, end)
+            window = min(window * 2, RUN_WINDOW_MAX) if end < stop else window
+            pos = end
+
+    def _window(self, fx: RtpFrames, ts: np.ndarray, running: np.ndarray, base: int, a: int, b: int) -> None:
+        """Frames [a, b) in order, as ``feed`` would take them one by one: the RTP (``cand``) is
+        de-duplicated at once (its own table: nothing else in the window touches it) and
+        routed; the signalling between (``safe``) and the RTP the full path must see (SLOW) are
+        events, handled in order after everything before them has been committed (``_commit``).
+        An event that changes the endpoint map, or a party's first packet, re-routes the rest."""
+        batch = self._batch
+        cand = a + np.flatnonzero(fx.cand[a:b])
+        events = (a + np.flatnonzero(~fx.cand[a:b])).tolist()
+        t = ts[cand - base]
+        if self._dedup is not None and len(cand):
+            dup = self._dedup.check_many(t, fx.dedup_key[cand])
+            dups = int(np.count_nonzero(dup))
+            if dups:
+                self.counters["net.duplicate"] += dups     # the same frame mirrored twice
+        else:
+            dup = np.zeros(len(cand), dtype=bool)
+        slots = np.empty(len(cand), dtype=np.int64)
+        by_dst = np.empty(len(cand), dtype=bool)
+        done = 0                                       # cand[:done] are committed
+        routed = 0                                     # cand[:routed] are routed with the map as it is
+        for p in events + [b]:
+            upto = int(np.searchsorted(cand, p))
+            while done < upto:
+                if routed < upto:
+                    slots[routed:upto], by_dst[routed:upto] = self._route_run(fx, cand[routed:upto])
+                    routed = upto
+                slow = np.flatnonzero(slots[done:upto] == SLOW)
+                stop = done + int(slow[0]) if len(slow) else upto
+                if stop > done:
+                    self._commit(fx, cand[done:stop], t[done:stop], dup[done:stop], slots[done:stop],
+                                 by_dst[done:stop])
+                done = stop
+                if done < upto:                        # a frame feed() would take the full path with
+                    i = int(cand[done])
+                    self.now_ns = max(self.now_ns, int(running[i - base]))
+                    self._decoder_clock(t[done:done + 1])
+                    if not dup[done]:
+                        self._dispatch(self._datagram(fx, i, int(t[done])))
+                    done += 1
+                    routed = done                      # its party is seen now: route the rest again
+            if p < b:
+                if p > base:
+                    self.now_ns = max(self.now_ns, int(running[p - 1 - base]))
+                version = self._endpoints.version
+                self.feed(int(batch.ts_ns[p]), batch.linktype, batch.frame(p))
+                if self._endpoints.version != version:
+                    routed = done
+        self.now_ns = max(self.now_ns, int(running[b - 1 - base]))
 
     def _sync_map(self) -> None:
         """The endpoint map as sorted packed keys with a slot per (call, sending side)."""
@@ -356,68 +395,57 @@ class Engine:
             self._slot_ready[slot] = call.parties[sender].seen_endpoint is not None
         return slot
 
-    def _route_run(self, fx: RtpFrames, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """The slot of every frame in [a, b), HELD (-1) for RTP of no known endpoint (``feed``
-        would hold it for its SDP), SLOW (-2) where ``feed`` must see the frame itself (its
-        sender not seen yet: the first packets take the full path; or a port the full path
-        treats specially); and whether it was routed by its destination or its source."""
+    def _route_run(self, fx: RtpFrames, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The slot of every frame at ``idx``, HELD (-1) for RTP of no known endpoint (``feed``
+        would hold it for its SDP), SLOW (-2) where ``feed`` takes the full path to ``_media``
+        or ``_sip_bytes`` (its sender not seen yet: a party's first packet; or a SIP port); and
+        whether it was routed by its destination or its source."""
         self._sync_map()
         keys = self._np_keys
         if not len(keys):
-            return self._held_or_slow(fx, a, b, np.full(b - a, HELD, dtype=np.int64)), np.zeros(b - a, dtype=bool)
+            return self._held_or_slow(fx, idx, np.full(len(idx), HELD, dtype=np.int64)), np.zeros(len(idx), dtype=bool)
         last = len(keys) - 1
-        dst = fx.dst_key[a:b]
+        dst = fx.dst_key[idx]
         i = np.minimum(np.searchsorted(keys, dst), last)
-        src = fx.src_key[a:b]
+        src = fx.src_key[idx]
         j = np.minimum(np.searchsorted(keys, src), last)
         by_dst = keys[i] == dst
         slots = np.where(by_dst, self._np_dst_slot[i], np.where(keys[j] == src, self._np_src_slot[j], -1))
         # A frame feed() decodes fully (tagged, cooked) reaches _media, which always names its destination.
-        by_dst |= fx.full_path[a:b]
+        by_dst |= fx.full_path[idx]
         known = slots >= 0
         slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = SLOW
-        return self._held_or_slow(fx, a, b, slots), by_dst
+        return self._held_or_slow(fx, idx, slots), by_dst
 
-    def _held_or_slow(self, fx: RtpFrames, a: int, b: int, slots: np.ndarray) -> np.ndarray:
-        """RTP of no known endpoint is held like ``_dispatch`` holds it, unless a port would make
-        the full path read it as SIP or a VXLAN tunnel: those go frame by frame."""
+    def _held_or_slow(self, fx: RtpFrames, idx: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """RTP of no known endpoint is held like ``_dispatch`` holds it, unless a SIP port makes
+        the full path read it as SIP."""
         held = slots == HELD
         if held.any():
-            dport = fx.dst_key[a:b] & 0xFFFF
-            sport = fx.src_key[a:b] & 0xFFFF
-            special = np.isin(dport, self._special_ports) | np.isin(sport, self._sip_ports_np)
-            slots[held & special] = SLOW
+            sip_port = (np.isin(fx.dst_key[idx] & 0xFFFF, self._sip_ports_np)
+                        | np.isin(fx.src_key[idx] & 0xFFFF, self._sip_ports_np))
+            slots[held & sip_port] = SLOW
         return slots
 
-    def _fast_run(self, fx: RtpFrames, ts: np.ndarray, now_ns: int, a: int, slots: np.ndarray,
-                  by_dst: np.ndarray) -> None:
-        """What ``_fast_media`` does, for a run of routed frames: de-duplicate, note each call's
-        last media time; the media itself waits in the batch's pending list."""
-        if now_ns > self.now_ns:
-            self.now_ns = now_ns
-        b = a + len(slots)
-        idx = np.arange(a, b)
+    def _commit(self, fx: RtpFrames, idx: np.ndarray, ts: np.ndarray, dup: np.ndarray, slots: np.ndarray,
+                by_dst: np.ndarray) -> None:
+        """Routed frames (no SLOW among them), as ``feed`` would leave them: the decoder's clock
+        ticked by those it decodes, copies dropped, RTP of no known endpoint held, each call's
+        last media time noted; the media itself waits in the batch's pending list."""
         # Frames the full path would decode (tagged, cooked, held ones) tick the decoder's clock.
-        decoded = fx.full_path[a:b] | (slots == HELD)
+        decoded = fx.full_path[idx] | (slots == HELD)
         if decoded.any():
             self._decoder_clock(ts[decoded])
-        dedup = self._dedup
-        if dedup is not None:
-            dup = dedup.check_many(ts, fx.dedup_key[a:b])
-            dups = int(np.count_nonzero(dup))
-            if dups:
-                self.counters["net.duplicate"] += dups     # the same frame mirrored twice
-                keep = ~dup
-                idx, slots, by_dst, ts = idx[keep], slots[keep], by_dst[keep], ts[keep]
-                if not len(idx):
-                    return
+        if dup.any():
+            keep = ~dup
+            idx, slots, by_dst, ts = idx[keep], slots[keep], by_dst[keep], ts[keep]
         held = slots == HELD
         if held.any():
             self._hold_run(fx, idx[held], ts[held])
             known = ~held
             idx, slots, by_dst, ts = idx[known], slots[known], by_dst[known], ts[known]
-            if not len(idx):
-                return
+        if not len(idx):
+            return
         calls = self._slot_call[slots]
         last_rev, first = np.unique(calls[::-1], return_index=True)
         by_no = self._calls_by_no
@@ -427,22 +455,24 @@ class Engine:
         self._pending_calls.update(touched)
         self._pending.append((idx, slots, by_dst, ts))
 
+    def _datagram(self, fx: RtpFrames, i: int, ts_ns: int) -> Datagram:
+        """Frame ``i`` of the batch (a candidate) as the decoder would hand it on."""
+        batch = self._batch
+        buf = batch.buf
+        at = int(batch.starts[i])
+        start = at + int(fx.payload_at[i])
+        src, dst = int(fx.src_key[i]), int(fx.dst_key[i])
+        src_mac, dst_mac, vlans = _l2_facts(buf, at, batch.linktype, bool(fx.full_path[i]))
+        text = self.decoder.ip_text
+        return Datagram(ts_ns, text((src >> 16).to_bytes(4, "big")), src & 0xFFFF,
+                        text((dst >> 16).to_bytes(4, "big")), dst & 0xFFFF, UDP,
+                        buf[start:start + int(fx.udp_len[i]) - 8], src_mac, dst_mac, vlans)
+
     def _hold_run(self, fx: RtpFrames, idx: np.ndarray, ts: np.ndarray) -> None:
         """RTP of no known endpoint, held as ``_dispatch`` holds it (``_hold_rtp``): the same
         datagrams the decoder would have made."""
-        batch = self._batch
-        buf = batch.buf
-        linktype = batch.linktype
-        text = self.decoder.ip_text
-        for i, t, dst, src, start, size, decoded in zip(
-                idx.tolist(), ts.tolist(), fx.dst_key[idx].tolist(), fx.src_key[idx].tolist(),
-                (batch.starts[idx] + fx.payload_at[idx]).tolist(), (fx.udp_len[idx] - 8).tolist(),
-                fx.full_path[idx].tolist()):
-            at = int(batch.starts[i])
-            src_mac, dst_mac, vlans = _l2_facts(buf, at, linktype, decoded)
-            self._hold_rtp(Datagram(t, text((src >> 16).to_bytes(4, "big")), src & 0xFFFF,
-                                    text((dst >> 16).to_bytes(4, "big")), dst & 0xFFFF, UDP,
-                                    buf[start:start + size], src_mac, dst_mac, vlans))
+        for i, t in zip(idx.tolist(), ts.tolist()):
+            self._hold_rtp(self._datagram(fx, i, t))
 
     def _decoder_clock(self, ts: np.ndarray) -> None:
         """Tagged frames go through FrameDecoder.decode frame by frame, which expires stale
@@ -588,11 +618,11 @@ class Engine:
         if self._pending:
             self._flush_call(call)
         end = 34 + ulen
-        dedup = self._dedup
+        rtp = looks_like_rtp(frame[42:end])
+        dedup = self._dedup if rtp else self.decoder.dedup
         if dedup is not None and dedup.is_duplicate(
-                ts_ns, rtp_key((frame[18] << 8) | frame[19], frame[26:30], frame[30:34], frame[34:end])
-                if looks_like_rtp(frame[42:end]) else
-                hash(((frame[18] << 8) | frame[19], frame[26:34], frame[34:end]))):
+                ts_ns, rtp_key((frame[18] << 8) | frame[19], frame[26:30], frame[30:34], frame[34:end]) if rtp
+                else hash(((frame[18] << 8) | frame[19], frame[26:34], frame[34:end]))):
             self.counters["net.duplicate"] += 1    # the same frame mirrored twice
             return True
         call.last_media_ns = ts_ns

@@ -55,7 +55,11 @@ class FrameDecoder:
         self.tcp = TcpReassembler(counters, flow_max_bytes=tcp_flow_max_bytes,
                                   total_max_bytes=tcp_total_max_bytes, max_flows=tcp_max_flows,
                                   idle_timeout_ns=tcp_idle_timeout_ns)
+        # Two tables: RTP (keyed by rtp_key) and everything else, each with its own packet-time
+        # generations, so the batch path can de-duplicate a run of RTP at once while signalling
+        # in the middle of it is handled frame by frame (agent.engine).
         self.dedup = Deduplicator(window_ns=dedup_window_ns) if dedup else None
+        self.dedup_rtp = Deduplicator(window_ns=dedup_window_ns) if dedup else None
         self.max_tunnel_depth = max_tunnel_depth
         self.expire_interval_ns = expire_interval_ns
         self._next_expire_ns = 0
@@ -82,11 +86,11 @@ class FrameDecoder:
                     payload = frame[l4 + 8:pend]
                     src = frame[26:30]
                     dst = frame[30:34]
-                    dedup = self.dedup
+                    rtp = looks_like_rtp(payload)
+                    dedup = self.dedup_rtp if rtp else self.dedup
                     if dedup is not None and dedup.is_duplicate(
-                            ts_ns, rtp_key((frame[18] << 8) | frame[19], src, dst, frame[l4:pend])
-                            if looks_like_rtp(payload) else
-                            hash(((frame[18] << 8) | frame[19], frame[26:34], frame[l4:pend]))):
+                            ts_ns, rtp_key((frame[18] << 8) | frame[19], src, dst, frame[l4:pend]) if rtp
+                            else hash(((frame[18] << 8) | frame[19], frame[26:34], frame[l4:pend]))):
                         self.counters["net.duplicate"] += 1
                         return None
                     cache = self._ip_text
@@ -165,11 +169,11 @@ class FrameDecoder:
                     return self._tunnel(ts_ns, frame, inner, pend, smac, dmac, vlans, depth,
                                         "net.tunnel.vxlan")
             payload = frame[l4off + 8:pend]
-            dedup = self.dedup
+            rtp = len(src) == 4 and looks_like_rtp(payload)
+            dedup = self.dedup_rtp if rtp else self.dedup
             if dedup is not None and dedup.is_duplicate(
-                    ts_ns, rtp_key(ident, src, dst, frame[l4off:pend])
-                    if len(src) == 4 and looks_like_rtp(payload) else
-                    hash((ident, src + dst, frame[l4off:pend]))):
+                    ts_ns, rtp_key(ident, src, dst, frame[l4off:pend]) if rtp
+                    else hash((ident, src + dst, frame[l4off:pend]))):
                 c["net.duplicate"] += 1
                 return None
             return Datagram(ts_ns, self.ip_text(src), sport, self.ip_text(dst), dport, UDP,

@@ -42,6 +42,7 @@ class RtpFrames:
     rtp_ts: np.ndarray             # int64
     ssrc: np.ndarray               # int64
     full_path: np.ndarray          # bool: the per-packet path decodes this frame fully (tagged, SLL)
+    safe: np.ndarray               # bool: not RTP, and harmless to step over (see rtp_frames)
     payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet)
 
 
@@ -118,11 +119,16 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     b1 = f[:, 43]
     cand &= ((total >= 28) & (total <= lens - 14 - extra) & (udp_len >= 20) & (udp_len <= total - 20)
              & ((b0 & 0xC0) == 0x80) & ((b1 < 192) | (b1 > 223)))
-    if full_path.any():
-        # The decoder takes UDP to the VXLAN port as a tunnel: leave those frames to it.
-        cand &= ~(full_path & (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF))
+    # The decoder takes UDP to the VXLAN port as a tunnel: leave those frames to the full path.
+    vxlan = (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF)
+    cand &= ~vxlan
     if not cand.any():
         return None
+    # Signalling a window of the batch path can step over: plain IPv4 TCP, or UDP whose payload
+    # is not RTP (both are de-duplicated in the other table, see FrameDecoder), not fragments
+    # or tunnels (whose insides could be RTP).
+    plain = (lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45) & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0)
+    safe = plain & ((f[:, 23] == 6) | ((f[:, 23] == 17) & ~vxlan & ((b0 & 0xC0) != 0x80)))
     dedup_key = _dedup_keys(f, cand, udp_len)
     # Shifted by two bytes, the IPv4 addresses, the RTP timestamp and SSRC fall on 4-byte
     # boundaries and the ports and sequence number on 2-byte ones: one copy, then views.
@@ -141,5 +147,6 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
         rtp_ts=u32[:, 11].astype(np.int64),
         ssrc=u32[:, 12].astype(np.int64),
         full_path=full_path,
+        safe=safe,
         payload_at=42 + extra,
     )
