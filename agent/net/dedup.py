@@ -22,7 +22,10 @@ Time is cut into generations of ``window_ns`` aligned to packet time (generation
 ts // window_ns, never running backwards); a key is a duplicate when the same key was
 seen in the same or the previous generation, i.e. within one to two windows. The same
 rule is applied to a whole batch at once by ``check_many``. Memory is what two windows
-of traffic hold (at 100k packets/s and 50 ms: about 10,000 keys).
+of traffic hold (at 100k packets/s and 50 ms: about 10,000 keys). The decoder keeps one
+table for RTP keys and one for the rest (``FrameDecoder.dedup_rtp`` / ``dedup``), each with
+its own generations, so the engine's batch path can take a window of RTP at once while the
+signalling inside that window is handled frame by frame.
 """
 
 from __future__ import annotations
