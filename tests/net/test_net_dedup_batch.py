@@ -3,7 +3,6 @@ is_duplicate (same answers, same state after), rtp_frames' keys with rtp_key."""
 
 import random
 import struct
-from collections import Counter
 
 import numpy as np
 import pytest
