@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,7 @@ def _pcap_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
         return None                  # the record reader raises the proper error
     try:
         head = f.read(24)
-    except (OSError, EOFError, Exception):
+    except (OSError, EOFError, zlib.error):
         f.close()
         return None
     if len(head) < 24:
@@ -181,7 +182,7 @@ def _walk_file(path: Path, f, counters, endian: str, nanos: bool, linktype: int)
         while True:
             try:
                 data = f.read(READ_BYTES)
-            except (EOFError, OSError, Exception):   # a damaged gzip stream: let the reader report it
+            except (EOFError, OSError, zlib.error):   # a damaged gzip stream: let the reader report it
                 handover = True
                 break
             if not data:
