@@ -47,8 +47,8 @@ PACKET_VERSION = 10
 TPACKET_V3 = 2
 SO_ATTACH_FILTER = 26
 # Live frames reach the engine in batches of up to this many frames, or after this long.
-LIVE_BATCH_FRAMES = 16_384
-LIVE_BATCH_WAIT_S = 0.25
+LIVE_BATCH_FRAMES = 65_536
+LIVE_BATCH_WAIT_S = 1.0
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 TP_STATUS_VLAN_VALID = 0x10

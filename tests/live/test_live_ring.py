@@ -21,7 +21,7 @@ def _collect(src, expected: int, timeout_s: float = 5.0) -> list[bytes]:
     deadline = time.monotonic() + timeout_s
     while len(got) < expected and time.monotonic() < deadline:
         select.select([src], [], [], 0.1)
-        src.read_batches(lambda batch: got.extend(batch.frame(i) for i in range(len(batch))))
+        src.read_batches(lambda batch: got.extend(batch.frame(i) for i in range(len(batch))), flush=True)
     return got
 
 
@@ -76,3 +76,28 @@ def test_ring_overflow_is_counted_as_ring_drops() -> None:
             src.close()
     assert stats.packets == 2000
     assert stats.ring_drops == 2000 - len(got) > 1000
+
+
+def test_frames_are_gathered_into_batches_until_flushed(monkeypatch) -> None:
+    """Without ``flush``, frames taken from the ring wait for LIVE_BATCH_FRAMES or
+    LIVE_BATCH_WAIT_S; with it (shutdown, a quiet tap) they are delivered at once."""
+    require_root_netns()
+    import agent.capture.live as live
+
+    monkeypatch.setattr(live, "LIVE_BATCH_WAIT_S", 30.0)
+    frames = [f for _, f in pcap_frames(PCAPS / "sipp_g711a.pcap")][:50]
+    with veth_pair() as (a, b):
+        src = open_sources([b], CaptureSection(buffer_mb=4, block_kb=64, block_timeout_ms=20))[0]
+        try:
+            send_frames(a, frames)
+            batches = []
+            deadline = time.monotonic() + 0.3
+            taken = 0
+            while time.monotonic() < deadline:
+                select.select([src], [], [], 0.05)
+                taken += src.read_batches(batches.append)[0]
+            assert taken == len(frames) and batches == []          # taken from the ring, held
+            src.read_batches(batches.append, flush=True)
+        finally:
+            src.close()
+    assert len(batches) == 1 and [batches[0].frame(i) for i in range(len(batches[0]))] == frames
