@@ -22,10 +22,10 @@ __all__ = ["RtpRun", "RunGroups"]
 @dataclass(slots=True)
 class RtpRun:
     """RTP packets as arrays. Every packet looks like RTP (version 2, not RTCP) and is
-    ``size`` bytes of UDP payload at ``buf[data_start:]``. Addresses are packed keys
-    (``ip << 16 | port``); ``label`` gives their "ip:port" text. The per-packet path names a
-    destination only when it is a known media endpoint (``dst_known``), else "". ``order`` is
-    the arrival order (position in the batch)."""
+    ``size`` bytes of UDP payload at ``buf[data_start:]``. Addresses are integer keys that
+    ``label`` turns into "ip:port" text (the engine's packed ``ip << 16 | port``; label
+    numbers when sequencing a raw log). The per-packet path names a destination only when it
+    is a known media endpoint (``dst_known``), else "". ``order`` is the arrival order."""
     order: np.ndarray              # int64
     direction: np.ndarray          # int64: 0 caller→callee, 1 callee→caller
     arrival_ns: np.ndarray         # int64
