@@ -138,7 +138,9 @@ class RunGroups:
             rows = sliding_window_view(data, width)[run.data_start[positions]]
             at = 0
             for g, (lo, hi) in zip(members, spans):
-                tails[g] = rows[at:at + hi - lo]
+                # A copy: a hop keeps its tail for as long as its stream is quiet (hold), and a
+                # view would keep every group's rows of this batch alive with it.
+                tails[g] = rows[at:at + hi - lo].copy()
                 at += hi - lo
         self._tails = tails
 
