@@ -1,18 +1,19 @@
 """Capture records in batches: many frames in one buffer, described by numpy arrays.
 
 Owns: ``FrameBatch`` (a buffer plus the start, length and capture time of every frame in
-it) and ``read_batches``, the replay front end. A single classic pcap file (the common
-replay case: tcpdump, tshark, SPAN recorders) is read by a fast walker that reads 8 MiB at
-a time and finds record boundaries with one ``unpack_from`` per record, or, where
-consecutive records have the same length (a SPAN port full of 20 ms G.711 frames), with
-one vectorised check for a whole run of them. Everything else (pcapng, several files
-merged by time, damaged files) comes from the record readers (``agent.capture.files``)
-and is grouped into batches, so the engine has one entry point.
+it) and ``read_batches``, the replay front end. A single pcap or pcapng file (the common
+replay case: tcpdump, tshark, Wireshark, SPAN recorders) is read by a fast walker that
+reads 8 MiB at a time and finds record (block) boundaries with one ``unpack_from`` each,
+or, where consecutive records have the same length (a SPAN port full of 20 ms G.711
+frames), with one vectorised check for a whole run of them. Everything else (several files
+merged by time, pcapng whose interfaces come late) comes from the record readers
+(``agent.capture.files``) and is grouped into batches, so the engine has one entry point.
 
 Damage: the fast walker trusts nothing it has not checked. At the first record whose
-header a writer would not produce, or a file that ends inside a record, it hands over
-to the record reader (``read_capture``) at that record, which counts, warns and
-resynchronises exactly as it does on its own.
+header a writer would not produce (for pcapng also: any block but an enhanced packet block,
+a timestamp the reader would have to clamp), or a file that ends inside a record, it hands
+over to the record reader at that byte offset (``resume_pcap`` / ``resume_pcapng``), which
+counts, warns and resynchronises exactly as it does on its own.
 
 Clock steps: backward jumps inside one file are re-based as ``files._steady`` does
 (vectorised check per batch, a per-record loop only for a batch that has one).
@@ -31,8 +32,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.capture.files import MAX_BACKWARD_JUMP_NS, iter_capture_paths, open_captures
-from agent.capture.pcapfile import (MAX_RECORD_BYTES, MAX_TS_NS, PCAP_MAGIC_NS, PCAP_MAGIC_US, Record,
-                                    _open, read_capture)
+from agent.capture.pcapfile import (_BT_EPB, _BT_IDB, MAX_RECORD_BYTES, MAX_TS_NS, PCAP_MAGIC_NS,
+                                    PCAP_MAGIC_US, PCAPNG_SHB, Record, _open, _parse_idb, resume_pcap,
+                                    resume_pcapng)
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def _joined(frames: list[bytes], stamps: list[int], linktype: int, steady: _Stea
 
 
 def _pcap_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
-    """The fast walker for a classic pcap file, or None when the file is something else."""
+    """The fast walker for a classic pcap or a pcapng file, or None for anything else."""
     try:
         f = _open(path)
     except OSError:
@@ -160,23 +162,28 @@ def _pcap_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
     if len(head) < 24:
         f.close()
         return None
+    if struct.unpack("<I", head[:4])[0] == PCAPNG_SHB:
+        f.close()
+        return _pcapng_batches(path, counters)
     for endian in ("<", ">"):
         magic, = struct.unpack(endian + "I", head[:4])
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-            linktype = struct.unpack_from(endian + "I", head, 20)[0] & 0xFFFF
-            return _walk_file(path, f, counters, endian, magic == PCAP_MAGIC_NS, linktype)
+            snaplen, network = struct.unpack_from(endian + "II", head, 16)
+            header = (endian, magic, network & 0xFFFF, snaplen)
+            return _walk_file(path, f, counters, header)
     f.close()
     return None
 
 
-def _walk_file(path: Path, f, counters, endian: str, nanos: bool, linktype: int) -> Iterator[FrameBatch]:
+def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int]) -> Iterator[FrameBatch]:
+    endian, magic, linktype, snaplen = header
     u32 = np.dtype(endian + "u4")
     caplen_at = struct.Struct(endian + "I").unpack_from
-    frac_mult = 1 if nanos else 1000
-    frac_max = 1_000_000_000 if nanos else 1_000_000
+    frac_mult = 1 if magic == PCAP_MAGIC_NS else 1000
+    frac_max = 1_000_000_000 if magic == PCAP_MAGIC_NS else 1_000_000
     steady = _Steady(path, counters)
-    done = 0                         # records handed out
     left = b""
+    at = 24                          # file offset of the first byte not yet handed out
     handover = False
     with f:
         while True:
@@ -200,27 +207,136 @@ def _walk_file(path: Path, f, counters, endian: str, nanos: bool, linktype: int)
                 wrong = (caplen > origlen) | (origlen == 0) | (frac >= frac_max)
                 if wrong.any():
                     cut = int(np.argmax(wrong))
+                    pos = int(starts[cut])          # the reader takes over at this header
                     starts, sec, frac, caplen = starts[:cut], sec[:cut], frac[:cut], caplen[:cut]
                     bad = True
                 if len(starts):
                     ts = steady.apply(sec * 1_000_000_000 + frac * frac_mult)
                     yield FrameBatch(buf, starts + 16, caplen, ts, linktype)
-                    done += len(starts)
             if bad:
+                at += pos
                 handover = True
+                break
+            at += pos
+            left = buf[pos:]
+    if handover:
+        # The record reader goes on from the first record not handed out: it counts, warns
+        # and resynchronises as it does on its own.
+        yield from group_records(resume_pcap(path, at, counters, endian, magic, linktype, snaplen), steady)
+
+
+def _pcapng_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
+    """The fast walker for a pcapng file whose section header and interfaces come first (as
+    every writer puts them), or None (the record reader then reads it all)."""
+    try:
+        f = _open(path)
+        prefix = f.read(1 << 16)
+    except (OSError, EOFError, zlib.error):
+        return None
+    # The section header: byte order from its magic, then interface blocks up to the first packet.
+    bom = prefix[8:12]
+    endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">" if bom == b"\x1a\x2b\x3c\x4d" else ""
+    if not endian:
+        f.close()
+        return None
+    unpack = struct.Struct(endian + "II").unpack_from
+    trailer = struct.Struct(endian + "I").unpack_from
+    ifaces: list[tuple[int, int, int, int]] = []
+    pos = 0
+    while pos + 12 <= len(prefix):
+        btype, blen = unpack(prefix, pos)
+        if blen < 12 or blen & 3 or pos + blen > len(prefix) or trailer(prefix, pos + blen - 4)[0] != blen:
+            f.close()
+            return None
+        if btype == _BT_IDB:
+            ifaces.append(_parse_idb(prefix[pos + 8:pos + blen - 4], endian))
+        elif btype != PCAPNG_SHB or pos:
+            break
+        pos += blen
+    if not ifaces or pos + 12 > len(prefix) or any(not -MAX_TS_NS <= i[3] <= MAX_TS_NS for i in ifaces):
+        f.close()
+        return None                   # (an interface time offset beyond 64 bits: the reader clamps)
+    f.close()
+    return _walk_pcapng(path, counters, pos, ifaces, endian)
+
+
+def _walk_pcapng(path: Path, counters, start: int, ifaces: list[tuple[int, int, int, int]],
+                 endian: str) -> Iterator[FrameBatch]:
+    """Enhanced packet blocks from ``start`` on, one interface table; any other block, a block
+    no writer produces, or a timestamp that needs the reader's care, and the record reader
+    takes over at that block (``resume_pcapng``) with the same section state."""
+    u32 = np.dtype(endian + "u4")
+    blen_at = struct.Struct(endian + "I").unpack_from
+    linktypes = np.array([i[0] for i in ifaces], dtype=np.int64)
+    mults = np.array([i[1] for i in ifaces], dtype=np.int64)
+    exact = np.array([i[2] == 1 for i in ifaces], dtype=bool)    # ns = units * mult + offset
+    offsets = np.array([i[3] for i in ifaces], dtype=np.int64)
+    steady = _Steady(path, counters)
+    last_ts = 0
+    at = start
+    handover = True
+    f = _open(path)
+    with f:
+        f.seek(start)
+        left = b""
+        while True:
+            try:
+                data = f.read(READ_BYTES)
+            except (EOFError, OSError, zlib.error):   # a damaged gzip stream: the reader reports it
+                break
+            if not data:
+                handover = bool(left)                 # a block cut by the end: the reader warns
+                break
+            buf = left + data
+            starts, pos, stop = _walk_blocks(buf, blen_at, u32)
+            if len(starts):
+                raw = np.frombuffer(buf, dtype=np.uint8)
+                if int(starts[-1]) + 28 > len(raw):        # a short block (not a packet) at the end
+                    raw = np.concatenate((raw, np.zeros(28, dtype=np.uint8)))
+                words = sliding_window_view(raw, 28)[starts].view(u32)
+                btype, blen, if_id = words[:, 0], words[:, 1].astype(np.int64), words[:, 2].astype(np.int64)
+                caplen = words[:, 5].astype(np.int64)
+                trailer = sliding_window_view(raw, 4)[starts + blen - 4].view(u32)[:, 0]
+                iface = np.minimum(if_id, len(ifaces) - 1)
+                units = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
+                limit = ((MAX_TS_NS - np.maximum(offsets[iface], 0)) // mults[iface]).astype(np.uint64)
+                fine = ((btype == _BT_EPB) & (blen >= 32) & (trailer == blen) & (if_id < len(ifaces))
+                        & (28 + caplen <= blen - 4) & exact[iface] & (units <= limit))
+                ts = units.astype(np.int64) * mults[iface] + offsets[iface]
+                fine &= ts >= 0
+                if not fine.all():
+                    cut = int(np.argmax(~fine))
+                    pos = int(starts[cut])
+                    stop = True
+                    starts, ts, caplen, iface = starts[:cut], ts[:cut], caplen[:cut], iface[:cut]
+                if len(starts):
+                    last_ts = int(ts[-1])
+                    ts = steady.apply(ts)
+                    lts = linktypes[iface]
+                    # One batch per stretch of one link type (interfaces may differ).
+                    cuts = np.flatnonzero(lts[1:] != lts[:-1]) + 1
+                    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(starts)]):
+                        yield FrameBatch(buf, starts[lo:hi] + 28, caplen[lo:hi], ts[lo:hi], int(lts[lo]))
+            at += pos
+            if stop:
                 break
             left = buf[pos:]
     if handover:
-        records = read_capture(path, counters)
-        for _ in range(done):                      # already handed out by the walker
-            if next(records, None) is None:
-                return
-        yield from group_records(records, steady)
+        yield from group_records(resume_pcapng(path, at, counters, ifaces, endian, last_ts), steady)
 
 
-def _walk(buf: bytes, caplen_at, u32: np.dtype) -> tuple[np.ndarray, int, bool]:
-    """Record header offsets of the whole records in ``buf``; returns (offsets, where the
-    first incomplete record starts, whether a length no writer produces stopped the walk)."""
+def _walk_blocks(buf: bytes, blen_at, u32: np.dtype) -> tuple[np.ndarray, int, bool]:
+    """Offsets of the whole pcapng blocks in ``buf``, where the first incomplete one starts,
+    and whether a length no writer produces stopped the walk (then ``pos`` is that block)."""
+    return _walk(buf, blen_at, u32, header_len=0, length_at=4, max_len=MAX_RECORD_BYTES, min_len=12)
+
+
+def _walk(buf: bytes, length_of, u32: np.dtype, *, header_len: int = 16, length_at: int = 8,
+          max_len: int = MAX_RECORD_BYTES, min_len: int = 0) -> tuple[np.ndarray, int, bool]:
+    """Offsets of the whole records in ``buf`` (a pcap record: a 16-byte header whose length
+    field at 8 counts what follows; a pcapng block: its length at 4 counts it all); returns
+    (offsets, where the first incomplete record starts, whether a length no writer produces
+    stopped the walk, at that offset)."""
     pieces: list[np.ndarray] = []
     singles: list[int] = []
     blen = len(buf)
@@ -230,12 +346,12 @@ def _walk(buf: bytes, caplen_at, u32: np.dtype) -> tuple[np.ndarray, int, bool]:
     spec_n = _SPEC_MIN * 4
     view4 = None
     bad = False
-    while pos + 16 <= blen:
-        cl = caplen_at(buf, pos + 8)[0]
-        if cl > MAX_RECORD_BYTES:
+    while pos + max(header_len, length_at + 4) <= blen:
+        cl = length_of(buf, pos + length_at)[0]
+        if cl > max_len or cl < min_len or (not header_len and cl & 3):
             bad = True
             break
-        step = 16 + cl
+        step = header_len + cl
         if pos + step > blen:
             break
         if cl == prev and not cooldown:
@@ -245,7 +361,7 @@ def _walk(buf: bytes, caplen_at, u32: np.dtype) -> tuple[np.ndarray, int, bool]:
                 if view4 is None:
                     view4 = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), 4)
                 offs = pos + step * np.arange(k, dtype=np.int64)
-                lens = view4[offs + 8].view(u32)[:, 0]
+                lens = view4[offs + length_at].view(u32)[:, 0]
                 miss = np.flatnonzero(lens != cl)
                 run = int(miss[0]) if miss.size else k
                 if singles:

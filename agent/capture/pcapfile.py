@@ -160,6 +160,28 @@ def _read_pcap(path: Path, ch: _Chunks, counters, endian: str, magic: int) -> It
         endian + "IHHiIII", ch.buf, 0)
     linktype = network & 0xFFFF   # upper bits carry FCS length flags
     ch.pos = 24
+    yield from _pcap_records(path, ch, counters, endian, magic, linktype, snaplen)
+
+
+def _opened_at(path: Path, offset: int) -> tuple[BinaryIO, _Chunks]:
+    f = _open(path)
+    f.seek(offset)
+    ch = _Chunks(f)
+    ch.base = offset
+    return f, ch
+
+
+def resume_pcap(path: Path, offset: int, counters, endian: str, magic: int, linktype: int,
+                snaplen: int) -> Iterator[Record]:
+    """The records of a pcap file from the record header at byte ``offset`` on, exactly as
+    ``read_capture`` would yield them there (the batch reader hands over damage to this)."""
+    f, ch = _opened_at(path, offset)
+    with f:
+        yield from _pcap_records(path, ch, counters, endian, magic, linktype, snaplen)
+
+
+def _pcap_records(path: Path, ch: _Chunks, counters, endian: str, magic: int, linktype: int,
+                  snaplen: int) -> Iterator[Record]:
     frac_mult = 1 if magic == PCAP_MAGIC_NS else 1000
     frac_max = 1_000_000_000 if magic == PCAP_MAGIC_NS else 1_000_000
     # Frames above the snap length are accepted (some writers lie in the header); only the
@@ -268,7 +290,11 @@ def _tsresol_to_ns(code: int) -> tuple[int, int]:
 
 
 def _parse_idb(body: bytes, endian: str) -> tuple[int, int, int, int]:
-    """Return (linktype, ts multiplier, ts divisor, ts offset ns) of an IDB body."""
+    """Return (linktype, ts multiplier, ts divisor, ts offset ns) of an IDB body. A body too
+    short to name its link type gives link type 0xFFFF (no decoder: its frames are counted
+    as skipped), so the interface numbers of later blocks stay right."""
+    if len(body) < 2:
+        return 0xFFFF, 1000, 1, 0
     linktype = struct.unpack_from(endian + "H", body, 0)[0]
     mult, div = 1000, 1   # default if_tsresol = 6 (µs)
     offset_ns = 0
@@ -280,22 +306,36 @@ def _parse_idb(body: bytes, endian: str) -> tuple[int, int, int, int]:
         if code == 0:   # opt_endofopt
             break
         value = body[pos:pos + length]
-        if code == 9 and length >= 1:      # if_tsresol
+        if code == 9 and len(value) >= 1:      # if_tsresol
             mult, div = _tsresol_to_ns(value[0])
-        elif code == 14 and length >= 8:   # if_tsoffset, seconds
+        elif code == 14 and len(value) >= 8:   # if_tsoffset, seconds
             offset_ns = struct.unpack_from(endian + "q", value, 0)[0] * 1_000_000_000
         pos += (length + 3) & ~3
     return linktype, mult, div, offset_ns
 
 
-def _read_pcapng(path: Path, ch: _Chunks, counters) -> Iterator[Record]:
+def resume_pcapng(path: Path, offset: int, counters, ifaces: list[tuple[int, int, int, int]], endian: str,
+                  last_ts_ns: int) -> Iterator[Record]:
+    """The records of a pcapng file from the block at byte ``offset`` on, in the section state
+    given (interfaces, byte order, the last record's time), exactly as ``read_capture`` would
+    yield them there (the batch reader hands over to this)."""
+    f, ch = _opened_at(path, offset)
+    with f:
+        yield from _read_pcapng(path, ch, counters, (list(ifaces), endian, last_ts_ns))
+
+
+def _read_pcapng(path: Path, ch: _Chunks, counters,
+                 state: tuple[list[tuple[int, int, int, int]], str, int] | None = None) -> Iterator[Record]:
     # Per-interface (linktype, mult, div, offset_ns), reset by every SHB.
     ifaces: list[tuple[int, int, int, int]] = []
     endian = "<"
-    u32 = struct.Struct("<I").unpack_from
-    epb = struct.Struct("<IIIII").unpack_from
     last_ts_ns = 0
     first = True
+    if state is not None:                  # resumed inside a section
+        ifaces, endian, last_ts_ns = state
+        first = False
+    u32 = struct.Struct(endian + "I").unpack_from
+    epb = struct.Struct(endian + "IIIII").unpack_from
     while True:
         if not ch.need(12):
             break
