@@ -1,14 +1,18 @@
 """The engine: wires frames → datagrams → SIP / RTP → calls → finished calls.
 
-One engine serves replay and live capture: it is fed ``(ts_ns, linktype, frame)``
-and runs every timeout on packet time. It does no rendering, spooling or HTTP:
-each ended call is handed to ``on_finished`` as a :class:`FinishedCall` (record +
-media log + stream specs), and the caller decides what happens next.
+One engine serves replay and live capture: both feed it batches of frames
+(``feed_batch``; ``feed`` takes one ``(ts_ns, linktype, frame)``, and is what a batch
+must be equal to), and it runs every timeout on packet time. It does no rendering,
+spooling or HTTP: each ended call is handed to ``on_finished`` as a
+:class:`FinishedCall` (record + media log + stream specs), and the caller decides what
+happens next.
 
-The RTP fast path is ``feed`` → ``FrameDecoder.decode`` → one or two dict lookups
-in ``tracker.endpoints`` → ``MediaCapture.on_rtp`` (an append to the call's raw
-log; sequencing runs when the call has ended). Everything else (SIP, SDP,
-timeouts) is rare and written for clarity.
+The RTP fast path works on a batch at a time: numpy reads every frame's fields
+(``net/fastpath.py``), windows of RTP are de-duplicated and routed on the endpoint
+map's packed ``ip:port`` keys (``_window``), and each call's packets are handed to its
+media (``MediaCapture``: an append to the raw log; sequencing runs when the call has
+ended) as arrays (``media/runs.py``). Everything else (SIP, SDP, timeouts) goes frame
+by frame through ``feed`` and is written for clarity.
 """
 
 from __future__ import annotations
