@@ -291,15 +291,7 @@ def _add_audio(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_
             if run.buf_n >= rate:
                 _emit(run, sr.dirfile, final=False)
             return
-    _close_run(sr)
-    run = sr.run = _Run(rate, pos_ns, work_rate)
-    first = run.out_start
-    df = sr.dirfile
-    if df.first_sample is None or first < df.first_sample:
-        df.first_sample = first
-    run.buf.append(pcm)
-    run.buf_n = pcm.size
-    run.in_samples = pcm.size
+    _start_run(sr, pos_ns, pcm, rate, work_rate)
 
 
 def _start_run(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_rate: int) -> None:

@@ -83,21 +83,26 @@ _BULK_MIN = 64
 _BULK_MAX = 16_384
 
 
-def _jitter(st: "_Stream", arrival_ns: np.ndarray, rtp_ts: np.ndarray) -> float:
-    """RFC 3550 jitter (RTP ticks) after the stream accepts these packets in order, with the
-    same float operations as ``CallMedia._accept``."""
-    clock = st.clock_hz
-    dts = (int(rtp_ts[0]) - st.prev_ts) & 0xFFFFFFFF
+def _deviations(clock_hz: int, arrival_ns: np.ndarray, rtp_ts: np.ndarray) -> list[float]:
+    """RFC 3550 |D| of each packet after the first against its predecessor, in RTP ticks,
+    with the float operations of ``CallMedia._accept``."""
+    d_ts = (rtp_ts[1:] - rtp_ts[:-1]) & 0xFFFFFFFF
+    d_ts[d_ts >= 0x80000000] -= 0x100000000
+    return np.abs((arrival_ns[1:] - arrival_ns[:-1]) * clock_hz / 1e9 - d_ts).tolist()
+
+
+def _jitter(st: "_Stream", first_arrival_ns: int, first_rtp_ts: int, deviations) -> float:
+    """RFC 3550 jitter (RTP ticks) after the stream accepts, in order, a packet at
+    (``first_arrival_ns``, ``first_rtp_ts``) and then packets with these ``deviations``:
+    the same float operations as ``CallMedia._accept`` packet by packet."""
+    dts = (first_rtp_ts - st.prev_ts) & 0xFFFFFFFF
     if dts >= 0x80000000:
         dts -= 0x100000000
     jitter = st.jitter_ticks
-    dev = (int(arrival_ns[0]) - st.prev_arrival_ns) * clock / 1e9 - dts
+    dev = (first_arrival_ns - st.prev_arrival_ns) * st.clock_hz / 1e9 - dts
     jitter += ((dev if dev >= 0 else -dev) - jitter) / 16.0
-    if len(arrival_ns) > 1:
-        d_ts = (rtp_ts[1:] - rtp_ts[:-1]) & 0xFFFFFFFF
-        d_ts[d_ts >= 0x80000000] -= 0x100000000
-        for d in np.abs((arrival_ns[1:] - arrival_ns[:-1]) * clock / 1e9 - d_ts).tolist():
-            jitter += (d - jitter) / 16.0
+    for d in deviations:
+        jitter += (d - jitter) / 16.0
     return jitter
 
 
@@ -335,29 +340,15 @@ class CallMedia:
             stream_index[sel] = st.index
             arrival = run.arrival_ns[idx]
             rtp_ts = run.rtp_ts[idx]
-            hop = self._hops[direction]
-            hop.last_ns = int(arrival[-1])
-            newest = idx[-hop.KEEP:]
+            newest = idx[-_Hop.KEEP:]
             sizes = run.size[newest]
-            if bool(np.all(sizes == sizes[0])):
-                hop.push_rows(sliding_window_view(np.frombuffer(run.buf, dtype=np.uint8),
-                                                  int(sizes[0]))[run.data_start[newest]])
-            else:
-                if hop.tail is not None:
-                    hop.unfold()
-                hop.recent.extend(run.data(i) for i in newest.tolist())
-            stats = st.stats
-            stats.packets += m
-            stats.bytes += int(run.size[idx].sum()) - 12 * m
-            stats.last_arrival_ns = int(arrival[-1])
+            rows = (sliding_window_view(np.frombuffer(run.buf, dtype=np.uint8), int(sizes[0]))[run.data_start[newest]]
+                    if bool(np.all(sizes == sizes[0])) else None)
             kinds, counts = np.unique(pt[sel], return_counts=True)
-            for kind, number in zip(kinds.tolist(), counts.tolist()):
-                stats.payload_types[kind] += number
-            st.max_ext += m
-            st.next_ext += m
-            st.jitter_ticks = _jitter(st, arrival, rtp_ts)
-            st.prev_arrival_ns = int(arrival[-1])
-            st.prev_ts = int(rtp_ts[-1])
+            self._took(st, m, int(run.size[idx].sum()) - 12 * m, zip(kinds.tolist(), counts.tolist()),
+                       int(arrival[-1]), int(rtp_ts[-1]),
+                       _jitter(st, int(arrival[0]), int(rtp_ts[0]), _deviations(st.clock_hz, arrival, rtp_ts)),
+                       rows, lambda: [run.data(i) for i in newest.tolist()])
         if isinstance(self.log, NullMediaLog):
             self.log.records += count
         else:
@@ -422,39 +413,38 @@ class CallMedia:
         lo, hi = groups.start[g], groups.end[g]
         m = hi - lo
         last_arrival = groups.last_arrival_ns[g]
-        hop = self._hops[st.direction]
-        hop.last_ns = last_arrival
-        rows = groups.tail_rows(g)
-        if rows is not None:
-            hop.push_rows(rows)
-        else:
-            if hop.tail is not None:
-                hop.unfold()
-            hop.recent.extend(run.data(i) for i in range(max(lo, hi - hop.KEEP), hi))
-        stats = st.stats
-        stats.packets += m
-        stats.bytes += groups.bytes[g] - 12 * m
-        stats.last_arrival_ns = last_arrival
-        stats.payload_types[groups.pt[g]] += m
-        st.max_ext += m
-        st.next_ext += m
-        # RFC 3550 jitter with the same float operations as _accept: the first packet against the
-        # stream's previous one, the rest from the steps RunGroups.prepare computed.
-        clock = st.clock_hz
-        dts = (groups.first_rtp_ts[g] - st.prev_ts) & 0xFFFFFFFF
-        if dts >= 0x80000000:
-            dts -= 0x100000000
-        jitter = st.jitter_ticks
-        dev = (groups.first_arrival_ns[g] - st.prev_arrival_ns) * clock / 1e9 - dts
-        jitter += ((dev if dev >= 0 else -dev) - jitter) / 16.0
-        for d in groups.deviation[lo + 1:hi]:
-            jitter += (d - jitter) / 16.0
-        st.jitter_ticks = jitter
-        st.prev_arrival_ns = last_arrival
-        st.prev_ts = groups.last_rtp_ts[g]
+        self._took(st, m, groups.bytes[g] - 12 * m, ((groups.pt[g], m),), last_arrival, groups.last_rtp_ts[g],
+                   _jitter(st, groups.first_arrival_ns[g], groups.first_rtp_ts[g], groups.deviation[lo + 1:hi]),
+                   groups.tail_rows(g), lambda: [run.data(i) for i in range(max(lo, hi - _Hop.KEEP), hi)])
         self.log.records += m
         if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
             self.last_arrival_ns = last_arrival
+
+    def _took(self, st: _Stream, m: int, payload_bytes: int, pt_counts, last_arrival_ns: int,
+              last_rtp_ts: int, jitter_ticks: float, newest_rows: np.ndarray | None,
+              newest_packets: Callable[[], list[bytes]]) -> None:
+        """The state ``_accept`` leaves after taking ``m`` packets of ``st`` in order: counters,
+        sequence position, jitter, and its hop's newest packets (as rows when they all have one
+        size, else as bytes)."""
+        hop = self._hops[st.direction]
+        hop.last_ns = last_arrival_ns
+        if newest_rows is not None:
+            hop.push_rows(newest_rows)
+        else:
+            if hop.tail is not None:
+                hop.unfold()
+            hop.recent.extend(newest_packets())
+        stats = st.stats
+        stats.packets += m
+        stats.bytes += payload_bytes
+        stats.last_arrival_ns = last_arrival_ns
+        for pt, count in pt_counts:
+            stats.payload_types[pt] += count
+        st.max_ext += m
+        st.next_ext += m
+        st.jitter_ticks = jitter_ticks
+        st.prev_arrival_ns = last_arrival_ns
+        st.prev_ts = last_rtp_ts
 
     def _accept(self, st: _Stream, ext: int, ts: int, arrival_ns: int, pt: int,
                 marker: bool, data: bytes, ps: int, pe: int) -> None:
