@@ -21,6 +21,7 @@ Clock steps: backward jumps inside one file are re-based as ``files._steady`` do
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import zlib
@@ -148,6 +149,20 @@ def _joined(frames: list[bytes], stamps: list[int], linktype: int, steady: _Stea
     return FrameBatch(b"".join(frames), starts, lens, ts, linktype)
 
 
+def _next_chunk(f, at: int, left: bytes) -> bytes | None:
+    """The unconsumed ``left`` (it starts at file offset ``at``) followed by the next read, or
+    None when the file has nothing more. A plain file is read again from ``at`` (a seek and
+    one read: the partial record at the end of a chunk crosses the kernel twice) instead of
+    joining ``left`` to a new read, which copies the whole 8 MiB chunk once more into freshly
+    faulted memory; a gzip stream cannot seek back cheaply, so there they are joined."""
+    if isinstance(f, io.BufferedReader):
+        f.seek(at)
+        buf = f.read(READ_BYTES + len(left))
+        return buf if len(buf) > len(left) else None
+    data = f.read(READ_BYTES)
+    return left + data if data else None
+
+
 def _pcap_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
     """The fast walker for a classic pcap or a pcapng file, or None for anything else."""
     try:
@@ -188,14 +203,13 @@ def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int]) -> It
     with f:
         while True:
             try:
-                data = f.read(READ_BYTES)
+                buf = _next_chunk(f, at, left)
             except (EOFError, OSError, zlib.error):   # a damaged gzip stream: let the reader report it
                 handover = True
                 break
-            if not data:
+            if buf is None:
                 handover = bool(left)          # a partial record at the end: the reader warns
                 break
-            buf = left + data
             starts, pos, bad = _walk(buf, caplen_at, u32)
             if len(starts):
                 hdr = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), 16)[starts]
@@ -281,13 +295,12 @@ def _walk_pcapng(path: Path, counters, start: int, ifaces: list[tuple[int, int, 
         left = b""
         while True:
             try:
-                data = f.read(READ_BYTES)
+                buf = _next_chunk(f, at, left)
             except (EOFError, OSError, zlib.error):   # a damaged gzip stream: the reader reports it
                 break
-            if not data:
+            if buf is None:
                 handover = bool(left)                 # a block cut by the end: the reader warns
                 break
-            buf = left + data
             starts, pos, stop = _walk_blocks(buf, blen_at, u32)
             if len(starts):
                 raw = np.frombuffer(buf, dtype=np.uint8)
@@ -376,6 +389,10 @@ def _walk(buf: bytes, length_of, u32: np.dtype, *, header_len: int = 16, length_
                     if run < _SPEC_MIN:
                         cooldown = _SPEC_COOLDOWN
                         spec_n = _SPEC_MIN * 4
+                    else:
+                        # Runs end where other traffic (signalling) cuts in: the next is likely
+                        # about as long, so look about that far ahead, not the whole maximum.
+                        spec_n = max(_SPEC_MIN * 4, min(_SPEC_MAX, 2 * run))
                 continue
         if cooldown:
             cooldown -= 1
