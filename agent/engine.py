@@ -46,7 +46,7 @@ from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capt
 from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import RtpFrames, rtp_frames
-from agent.net.link import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
+from agent.net.link import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
 from agent.sip.message import looks_like_sip, parse_message
@@ -883,7 +883,12 @@ def _l2_facts(buf: bytes, at: int, linktype: int, tagged: bool) -> tuple[bytes, 
         return (buf[at + 6:at + 12] if ((buf[at + 4] << 8) | buf[at + 5]) == 6 else b""), b"", ()
     if linktype == LINKTYPE_LINUX_SLL2:
         return (buf[at + 12:at + 18] if buf[at + 11] == 6 else b""), b"", ()
-    vlans = ((((buf[at + 14] << 8) | buf[at + 15]) & 0x0FFF),) if tagged else ()
+    vlans: tuple[int, ...] = ()
+    off = at + 12
+    while tagged and len(vlans) < 2 and ((buf[off] << 8) | buf[off + 1]) in VLAN_TPIDS:
+        # The tags rtp_frames stepped over (at most two), outer first, as link.py lists them.
+        vlans += ((((buf[off + 2] << 8) | buf[off + 3]) & 0x0FFF),)
+        off += 4
     return buf[at + 6:at + 12], buf[at:at + 6], vlans
 
 

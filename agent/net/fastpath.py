@@ -1,8 +1,8 @@
 """The RTP fast path for a whole batch of Ethernet frames, vectorised with numpy.
 
 Owns: deciding, for every frame of a batch at once, whether it is the plain case the
-engine's batch path takes (Ethernet II with at most one 802.1Q tag, or Linux cooked SLL /
-SLL2 as ``tcpdump -i any`` writes; IPv4 without options, unfragmented UDP, a payload that
+engine's batch path takes (Ethernet II with up to two VLAN tags, 802.1Q or QinQ with any
+of the TPIDs agent.net.link follows, or Linux cooked SLL / SLL2 as ``tcpdump -i any`` writes; IPv4 without options, unfragmented UDP, a payload that
 looks like RTP), and reading what that path needs from it: the packed media keys
 (``ip << 16 | port``, as ``EndpointMap`` packs them), the duplicate key
 (``dedup.rtp_key``, computed from the frame bytes in place), the UDP length and the RTP header fields. Every other frame is
@@ -20,13 +20,16 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.net.dedup import rtp_key, rtp_keys_of_words
-from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2
+from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.tunnels import VXLAN_PORT
 
 __all__ = ["RtpFrames", "rtp_frames", "FIELD_BYTES"]
 
 FIELD_BYTES = 56                   # Ethernet 14 + IPv4 20 + UDP 8 + RTP 12 + 2 payload bytes
-ROW_BYTES = FIELD_BYTES + 6        # room for one 802.1Q tag or a Linux cooked header
+ROW_BYTES = FIELD_BYTES + 8        # room for two VLAN tags or a Linux cooked header
+
+
+_TPIDS = np.array(sorted(VLAN_TPIDS), dtype=np.int32)
 
 
 @dataclass(slots=True)
@@ -41,9 +44,9 @@ class RtpFrames:
     seq: np.ndarray                # int64
     rtp_ts: np.ndarray             # int64
     ssrc: np.ndarray               # int64
-    full_path: np.ndarray          # bool: the per-packet path decodes this frame fully (tagged, SLL)
+    full_path: np.ndarray          # bool: the per-packet path decodes this frame fully (VLAN tags, SLL)
     safe: np.ndarray               # bool: not RTP, and harmless to step over (see rtp_frames)
-    payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet)
+    payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet, +4 per tag)
 
 
 def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
@@ -89,20 +92,27 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
         return None
     # One row of the first ROW_BYTES bytes per frame (a frame shorter than a candidate's
     # minimum never becomes one whatever its row holds), moved on so that the IPv4 header
-    # starts at byte 14 as in an untagged Ethernet frame: 4 bytes for an 802.1Q tag, 2 for a
-    # Linux cooked header (16 bytes), 6 for SLL2 (20 bytes). Only the untagged Ethernet frame
-    # is one the per-packet path takes on its own fast path; the others it decodes fully
-    # (``full_path``), which the engine mirrors.
+    # starts at byte 14 as in an untagged Ethernet frame: 4 bytes per VLAN tag (up to two: a
+    # QinQ carrier tag and the customer's), 2 for a Linux cooked header (16 bytes), 6 for SLL2
+    # (20 bytes). Only the untagged Ethernet frame is one the per-packet path takes on its own
+    # fast path; the others it decodes fully (``full_path``), which the engine mirrors.
     rows = _rows(data, starts)
     if linktype == LINKTYPE_ETHERNET:
-        full_path = (rows[:, 12] == 0x81) & (rows[:, 13] == 0) & (rows[:, 16] == 8) & (rows[:, 17] == 0)
-        if full_path.any():
+        etype = (rows[:, 12].astype(np.int32) << 8) | rows[:, 13]
+        one = np.isin(etype, _TPIDS)
+        if one.any():
+            inner = (rows[:, 16].astype(np.int32) << 8) | rows[:, 17]
+            two = one & np.isin(inner, _TPIDS)
+            extra = (one.astype(np.int64) + two) << 2
             f = rows[:, :FIELD_BYTES].copy()
-            f[full_path] = rows[full_path, 4:4 + FIELD_BYTES]
-            extra = full_path.astype(np.int64) << 2
+            for tags in (1, 2):
+                sel = extra == 4 * tags
+                f[sel] = rows[sel, 4 * tags:4 * tags + FIELD_BYTES]
+            full_path = one
         else:
             f = rows[:, :FIELD_BYTES]
             extra = np.zeros(len(starts), dtype=np.int64)
+            full_path = one
         ipv4 = (f[:, 12] == 8) & (f[:, 13] == 0)
     else:
         shift = 2 if linktype == LINKTYPE_LINUX_SLL else 6

@@ -73,7 +73,7 @@ def test_batches_equal_frames_public_captures(path, tmp_path):
         assert _run(path, mode, "small", tmp_path) == expected
 
 
-@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "sll.pcap"])
+@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "qinq.pcap", "sll.pcap"])
 def test_batch_path_takes_the_rtp(name, tmp_path):
     """Not a vacuous equality: on a plain G.711 call most frames take the batch path."""
     path = PCAPS / name
@@ -111,7 +111,19 @@ def _cooked(frame: bytes, linktype: int) -> bytes:
     return proto + b"\0\0" + struct.pack("!IHBB", 2, 1, 0, 6) + src_mac + b"\0\0" + body
 
 
-def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool = False,
+def _tags(kind, rng) -> bytes:
+    """VLAN tags for a frame of a tagged SPAN port: 802.1Q, QinQ (802.1ad carrier tag outside
+    the customer's), or a mix of none to three tags with every TPID (three: the batch path
+    leaves the frame to the decoder)."""
+    if kind == "qinq":
+        return b"\x88\xa8\x00\x64\x81\x00\x00\x07"
+    if kind == "mixed":
+        return b"".join(rng.choice((b"\x81\x00", b"\x88\xa8", b"\x91\x00")) + rng.randbytes(2)
+                        for _ in range(rng.choice((0, 1, 2, 2, 3))))
+    return b"\x81\x00\x00\x07"
+
+
+def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans: bool = False,
                      linktype: int = 1) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
@@ -153,7 +165,7 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool
             f[44:46] = rng.randbytes(2)                                       # sequence jump
             out.append((ts, bytes(f)))
         elif tag_all and frame[12:14] == b"\x08\x00":
-            out.append((ts, frame[:12] + b"\x81\x00\x00\x07" + frame[12:]))   # a tagged SPAN port
+            out.append((ts, frame[:12] + _tags(tag_all, rng) + frame[12:]))   # a tagged SPAN port
         else:
             out.append((ts, frame))
         i += 1
@@ -167,7 +179,8 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool = False, orphans: bool
 
 
 @pytest.mark.parametrize("seed,tag_all,orphans,linktype", [(1, False, False, 1), (2, False, True, 1), (3, True, True, 1),
-                                                      (4, False, True, 113), (5, False, True, 276)])
+                                                      (4, False, True, 113), (5, False, True, 276),
+                                                      (6, "qinq", False, 1), (7, "mixed", True, 1)])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
 def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
