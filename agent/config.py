@@ -10,6 +10,7 @@ Key names are stable: other tools write these files.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import socket
 import stat
@@ -48,6 +49,7 @@ class ApiSection:
 class SpoolSection:
     dir: str = "/var/spool/calln-agent"
     retention_days: float = 0.0      # 0 = delete delivered calls at once
+    ledger_days: float = 400.0       # forget delivered/skipped call keys after this; 0 = never
     min_free_mb: int = 512           # below this, stop writing new audio
 
 
@@ -221,4 +223,11 @@ def load_config(path: str | os.PathLike[str] | None = None,
         sections[f.name] = _section(cls, raw.get(f.name, {}), env, f.name)
     api = sections["api"]
     sections["api"] = dataclasses.replace(api, password=_read_password(api, env))
+    _check_spool(sections["spool"])
     return Config(**sections)
+
+
+def _check_spool(spool: SpoolSection) -> None:
+    if not math.isfinite(spool.ledger_days) or spool.ledger_days < 0:
+        raise ConfigError(f"[spool] ledger_days: expected a number of days >= 0 (0 = keep forever), "
+                          f"got {spool.ledger_days!r}")

@@ -65,7 +65,8 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
                        progress: bool = True, workers: int | None = None) -> tuple[int, dict[str, int]]:
     """Replay captures into the spool and deliver everything. Returns (exit status, spool summary)."""
     counters = new_counters()
-    spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days, counters=counters)
+    spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
+                  ledger_days=config.spool.ledger_days, counters=counters)
     uploader = Uploader(spool, config.api, counters=counters)
     work = Path(config.spool.dir) / "work"
     sink = SpoolSink(spool, config, uploader)

@@ -134,7 +134,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     cap = config.capture
     counters = new_counters()
     sources = open_sources(interfaces, cap)
-    spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days, counters=counters)
+    spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
+                  ledger_days=config.spool.ledger_days, counters=counters)
     work = Path(config.spool.dir) / "work" / f"capture-{os.getpid()}"
     sink = SpoolSink(spool, config)
     queue: RenderQueue
@@ -260,7 +261,7 @@ class Supervisor:
         self.metrics_listen = config.metrics.listen if metrics_listen is None else metrics_listen
         self.upload_counters = new_counters()
         self.spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
-                           counters=self.upload_counters)
+                           ledger_days=config.spool.ledger_days, counters=self.upload_counters)
         self.uploader = Uploader(self.spool, config.api, counters=self.upload_counters)
         self.capture_state: dict[str, Any] = {"counters": {}, "active_calls": 0, "ring_drops": 0,
                                               "kernel_drops": 0, "render_queue": 0,

@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _spool_from_args(args: argparse.Namespace):
     from agent.deliver.spool import Spool
     cfg = load_config(getattr(args, "config", None))
-    return Spool(Path(args.dir or cfg.spool.dir), retention_days=cfg.spool.retention_days)
+    return Spool(Path(args.dir or cfg.spool.dir), retention_days=cfg.spool.retention_days,
+                 ledger_days=cfg.spool.ledger_days)
 
 
 def spool_command(args: argparse.Namespace) -> int:

@@ -7,24 +7,46 @@ Layout under ``dir`` (mode 0700)::
 
     calls/<id>/record.json   the call record (record_format.md), written once
     calls/<id>/audio.<ext>   the recording (or generated silence)
-    calls/<id>/state.json    upload state, rewritten atomically after every step
-    ledger/<sha256(key)>     one small file per call key ever accepted:
-                             "queued <id>" then "delivered <id>" / "skipped <id>"
+    calls/<id>/state.json    upload state, rewritten atomically after every step; while a call
+                             backs off it holds ``backoff: {attempts, due_wall}`` (wall clock)
+    ledger/<h[:2]>/<h[2:]>   h = sha256(call key): one small file per call key accepted:
+                             "queued <id>" then "delivered <id> <time>" / "skipped <id> <time>"
+                             (<time>: seconds since the epoch when the entry became final)
+    ledger/.maint.lock       serialises ledger migration and pruning between processes
     tmp/                     enqueue builds a call here, then renames it into calls/
     retry.signal             touched by ``retry`` so a running uploader re-reads states
+    quota.json               written by the uploader on a 403: ``{until_wall, reason}``
+                             (delete it and restart to resume before the back-off is over)
 
 A call becomes visible only by the atomic rename of its complete directory, so a
 crash during enqueue leaves at most litter in ``tmp/`` (cleaned at start).
 The ledger uses exclusive file creation, so two processes enqueueing the same
 call cannot both win. Undelivered calls are never deleted.
+
+The ledger is sharded into 256 directories by the first two hex digits of the hash,
+so a directory holds 1/256 of the entries. Versions before the sharding kept
+``ledger/<h>`` flat: opening the spool moves such entries into their shard (link,
+fsync, unlink: a crash leaves the entry in one place or both, never in none), and a
+lookup consults the flat name too, so a call delivered before an upgrade is still
+known after it. Old and new versions must not run on one spool at the same time.
+
+Final ledger entries (delivered / skipped) are pruned once older than ``ledger_days``
+(0 = never), judged by the time written into the entry (the file's mtime for entries
+of older versions): at open, then from the uploader's hourly maintenance, one shard
+per pass (a full cycle takes 256 passes, about 11 days). An entry whose call is still
+in ``calls/`` or ``tmp/`` is never pruned, whatever its age and state. The trade-off:
+a capture older than ``ledger_days`` replayed again is uploaded again.
 """
 
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import threading
@@ -38,6 +60,8 @@ from typing import Any
 
 from agent.errors import AgentError
 
+log = logging.getLogger("agent.deliver")
+
 # States of a call in the spool.
 READY = "ready"
 CREATED = "created"
@@ -50,6 +74,10 @@ SKIPPED_UNANSWERED = "skipped_unanswered"
 ACTIVE_STATES = frozenset({READY, CREATED, UPLOADING})
 DONE_STATES = frozenset({DELIVERED, DELIVERED_UNCONFIRMED, SKIPPED_UNANSWERED})
 RETRYABLE_BY_OPERATOR = frozenset({PARKED, SKIPPED_UNANSWERED, DELIVERED_UNCONFIRMED})
+
+FINAL_LEDGER_KINDS = frozenset({"delivered", "skipped"})
+LEDGER_SHARDS = tuple(f"{i:02x}" for i in range(256))
+LITTER_AGE_S = 3600.0          # a claim / temp file this old without its call is a crash's litter
 
 _EXT_FOR_TYPE = {"audio/mpeg": "mp3", "audio/wav": "wav", "audio/x-wav": "wav"}
 _TYPE_FOR_EXT = {"mp3": "audio/mpeg", "wav": "audio/wav"}
@@ -117,11 +145,15 @@ class SpoolEntry:
 class Spool:
     """The durable queue of finished calls. Thread-safe within one process."""
 
-    def __init__(self, dir: Path, *, retention_days: float = 0.0,
+    def __init__(self, dir: Path, *, retention_days: float = 0.0, ledger_days: float = 400.0,
                  counters: Counter | None = None) -> None:
         self.dir = Path(dir)
         self.retention_days = retention_days
+        self.ledger_days = ledger_days
         self.counters: Counter = counters if counters is not None else Counter()
+        # Pruning walks one shard per pass; start where the wall-clock hour points so that
+        # an agent restarted often still covers every shard over time.
+        self._prune_cursor = int(time.time() // 3600) % len(LEDGER_SHARDS)
         self._lock = threading.RLock()
         self._states: dict[str, dict[str, Any]] = {}
         self._signal_mtime_ns = -1
@@ -135,7 +167,10 @@ class Spool:
         self.ledger_dir = self.dir / "ledger"
         self.tmp_dir = self.dir / "tmp"
         self._signal = self.dir / "retry.signal"
+        self.quota_file = self.dir / "quota.json"
+        self._open_ledger()
         self.refresh(full=True)
+        self.prune_ledger()
 
     # ------------------------------------------------------------------ enqueue
     def enqueue(self, record: dict[str, Any], audio_path: Path | None, content_type: str | None,
@@ -220,44 +255,202 @@ class Spool:
             os.close(fd)
 
     # ------------------------------------------------------------------ ledger
-    def _ledger_path(self, key: str) -> Path:
-        return self.ledger_dir / hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    @staticmethod
+    def _ledger_hash(key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def _ledger_lookup(self, key: str) -> str | None:
-        """The ledger line for key if the call is known (queued, delivered or skipped)."""
-        path = self._ledger_path(key)
+    def _ledger_path(self, key: str) -> Path:
+        h = self._ledger_hash(key)
+        return self.ledger_dir / h[:2] / h[2:]
+
+    def _flat_ledger_path(self, key: str) -> Path:
+        """Where versions before the sharding kept the entry."""
+        return self.ledger_dir / self._ledger_hash(key)
+
+    def _maint_lock(self, *, wait: bool) -> int | None:
+        """The ledger maintenance lock (migration, pruning) of all processes on this spool."""
+        fd = os.open(self.ledger_dir / ".maint.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _open_ledger(self) -> None:
+        """Create the shard directories and move entries of the flat layout into them."""
+        made = False
+        for shard in LEDGER_SHARDS:
+            try:
+                (self.ledger_dir / shard).mkdir(mode=0o700)
+                made = True
+            except FileExistsError:
+                pass
+        if made:
+            fsync_dir(self.ledger_dir)
+        fd = self._maint_lock(wait=True)
+        try:
+            self._migrate_flat_ledger()
+        finally:
+            os.close(fd)
+
+    def _migrate_flat_ledger(self, batch: int = 4096) -> None:
+        now = time.time()
+        flat: list[str] = []
+        with os.scandir(self.ledger_dir) as it:
+            for e in it:
+                name = e.name
+                if len(name) == 64 and not name.startswith(".") and e.is_file(follow_symlinks=False):
+                    flat.append(name)
+                elif name.startswith(".") and name.endswith(".tmp"):
+                    _remove_if_older(e, now - LITTER_AGE_S)  # a write_atomic cut short
+        if not flat:
+            return
+        flat.sort()          # a batch then touches few shards: few directory fsyncs
+        log.info("ledger: moving %d entries of the flat layout into shards", len(flat))
+        moved = 0
+        for i in range(0, len(flat), batch):
+            linked: list[Path] = []
+            shards: set[str] = set()
+            for name in flat[i:i + batch]:
+                src = self.ledger_dir / name
+                dst = self.ledger_dir / name[:2] / name[2:]
+                try:
+                    if not _link_or_move(src, dst):
+                        shards.add(name[:2])       # renamed: nothing left to remove
+                        moved += 1
+                        continue
+                    moved += 1
+                except FileNotFoundError:
+                    continue                       # gone meanwhile
+                except FileExistsError:
+                    # Both exist (a crash between link and unlink, or a stale claim in the
+                    # shard): keep the shard's entry unless only the flat one means something.
+                    if self._entry_line(dst) is None and self._entry_line(src) is not None:
+                        os.replace(src, dst)
+                        shards.add(name[:2])
+                        moved += 1
+                        continue
+                linked.append(src)
+                shards.add(name[:2])
+            # The new names are durable before an old one goes: never in no place at all.
+            for shard in shards:
+                fsync_dir(self.ledger_dir / shard)
+            for src in linked:
+                src.unlink(missing_ok=True)
+            fsync_dir(self.ledger_dir)
+        self.counters["deliver.spool.ledger_migrated"] += moved
+        log.info("ledger: %d entries moved into shards", moved)
+
+    def _entry_line(self, path: Path) -> str | None:
+        """The entry's line if it stands for a real call (queued, delivered or skipped)."""
         try:
             text = path.read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        kind, _, call_id = text.partition(" ")
+        kind, call_id, _ = _parse_entry(text)
         # tmp/ before calls/: a concurrent enqueue renames tmp/<id> into calls/<id>.
-        if kind == "queued" and not (self.tmp_dir / call_id).exists() \
-                and not (self.calls_dir / call_id).exists():
+        if kind == "queued" and not self._in_spool(call_id):
             return None  # litter of a crash between claim and rename: not a real call
         return text or None
 
+    def _in_spool(self, call_id: str) -> bool:
+        return bool(call_id) and ((self.tmp_dir / call_id).exists() or (self.calls_dir / call_id).exists())
+
+    def _ledger_lookup(self, key: str) -> str | None:
+        """The ledger line for key if the call is known (queued, delivered or skipped)."""
+        line = self._entry_line(self._ledger_path(key))
+        if line is None:
+            # An entry of the flat layout that the migration at open has not moved (yet).
+            line = self._entry_line(self._flat_ledger_path(key))
+        return line
+
     def _ledger_claim(self, key: str, call_id: str) -> bool:
+        """Claim key for call_id: True for exactly one of any number of concurrent claimers."""
         path = self._ledger_path(key)
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                if self._ledger_lookup(key) is not None:
-                    return False
-                path.unlink(missing_ok=True)  # stale claim from a crashed enqueue
-                continue
-            try:
-                os.write(fd, f"queued {call_id}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            fsync_dir(self.ledger_dir)
+        data = f"queued {call_id}\n".encode()
+        if _create_whole(path, data):
             return True
-        return False
+        if self._ledger_lookup(key) is not None:
+            return False
+        # A claim left by a crashed enqueue: replace it, one process at a time, so that two
+        # claimers never each remove what the other has just created.
+        fd = self._maint_lock(wait=True)
+        try:
+            if self._ledger_lookup(key) is not None:
+                return False
+            path.unlink(missing_ok=True)
+            return _create_whole(path, data)
+        finally:
+            os.close(fd)
 
     def _ledger_mark(self, key: str, kind: str, call_id: str) -> None:
-        write_atomic(self._ledger_path(key), f"{kind} {call_id}\n".encode())
+        line = f"{kind} {call_id}"
+        if kind in FINAL_LEDGER_KINDS:
+            line += f" {time.time():.0f}"   # the entry's own time, for pruning
+        path = self._ledger_path(key)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(path, f"{line}\n".encode())
+
+    def prune_ledger(self, now_wall: float | None = None, *, shards: list[str] | None = None) -> int:
+        """Remove final entries older than ``ledger_days`` from the next shard (or ``shards``).
+
+        Never an entry whose call is still in the spool. Also removes crash litter (claims
+        without a call, cut-short temp files) older than an hour. Returns the entries pruned.
+        """
+        if shards is None:
+            shards = [LEDGER_SHARDS[self._prune_cursor]]
+            self._prune_cursor = (self._prune_cursor + 1) % len(LEDGER_SHARDS)
+        fd = self._maint_lock(wait=False)
+        if fd is None:
+            return 0                   # another process is pruning right now
+        pruned = litter = 0
+        try:
+            now_wall = time.time() if now_wall is None else now_wall
+            cutoff = now_wall - self.ledger_days * 86400.0 if self.ledger_days > 0 else None
+            litter_cutoff = time.time() - LITTER_AGE_S
+            for shard in shards:
+                try:
+                    it = os.scandir(self.ledger_dir / shard)
+                except FileNotFoundError:
+                    continue
+                with it:
+                    for e in it:
+                        if e.name.startswith("."):
+                            litter += _remove_if_older(e, litter_cutoff)
+                            continue
+                        try:
+                            kind, call_id, ts = _parse_entry(Path(e.path).read_text().strip())
+                            if kind in FINAL_LEDGER_KINDS:
+                                if cutoff is None:
+                                    continue
+                                when = ts if ts is not None else e.stat(follow_symlinks=False).st_mtime
+                                if when > cutoff:
+                                    continue
+                            elif kind in ("queued", ""):
+                                # Only a claim whose enqueue crashed gets here (see below).
+                                if e.stat(follow_symlinks=False).st_mtime > litter_cutoff:
+                                    continue
+                            else:
+                                continue         # not ours to judge (a later version's kind)
+                        except OSError:
+                            continue
+                        if self._in_spool(call_id):
+                            continue             # the call is still here: never forgotten
+                        if kind in FINAL_LEDGER_KINDS:
+                            pruned += _unlink(e.path)
+                        else:
+                            litter += _unlink(e.path)
+        finally:
+            os.close(fd)
+        if pruned:
+            self.counters["deliver.spool.ledger_pruned"] += pruned
+        if litter:
+            self.counters["deliver.spool.ledger_litter_removed"] += litter
+        if pruned or litter:
+            log.info("ledger: pruned %d final entries older than %g days and %d crash leftovers "
+                     "(shard %s)", pruned, self.ledger_days, litter, ",".join(shards))
+        return pruned
 
     def is_known(self, record: dict[str, Any]) -> bool:
         return self._ledger_lookup(call_key(record)) is not None
@@ -421,7 +614,7 @@ class Spool:
                              "enable upload_no_audio and enqueue again, or leave it parked")
         if st["state"] == SKIPPED_UNANSWERED:
             self._ledger_mark(st["key"], "queued", id)
-        st.update(state=READY, reason="", tempcallid=None, next_chunk=1,
+        st.update(state=READY, reason="", tempcallid=None, next_chunk=1, backoff=None,
                   last_chunk_attempted=False, total_chunks=None, chunk_bytes=None, delivered_at=None)
         self.save_state(st)
         self._touch_signal()
@@ -456,6 +649,86 @@ class Spool:
             times = [st.get("enqueued_at", now_wall) for st in self._states.values()
                      if st["state"] in ACTIVE_STATES or st["state"] == PARKED]
         return max(0.0, now_wall - min(times)) if times else 0.0
+
+
+def _parse_entry(text: str) -> tuple[str, str, float | None]:
+    """(kind, call id, time written or None) of a ledger line; older versions wrote no time."""
+    parts = text.split()
+    kind = parts[0] if parts else ""
+    call_id = parts[1] if len(parts) > 1 else ""
+    ts = None
+    if len(parts) > 2:
+        try:
+            ts = float(parts[2])
+        except ValueError:
+            ts = None
+    return kind, call_id, ts
+
+
+def _link_or_move(src: Path, dst: Path) -> bool:
+    """Give ``src`` the name ``dst`` too (True: src is still to be removed), or, where the
+    filesystem has no hard links, rename it (False). FileExistsError if ``dst`` exists."""
+    try:
+        os.link(src, dst)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    if dst.exists():
+        raise FileExistsError(errno.EEXIST, "exists", str(dst))
+    os.replace(src, dst)        # only under the maintenance lock: nobody else renames here
+    return False
+
+
+def _create_whole(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data``, exclusively: False if it exists. Readers never see it
+    empty or part-written (a temp file linked into place), unlike a bare O_EXCL create."""
+    path.parent.mkdir(mode=0o700, exist_ok=True)       # a shard removed by hand
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.claim.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        # No hard links on this filesystem: an exclusive create, written at once.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
+
+
+def _unlink(path: str) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except FileNotFoundError:
+        return 0
+
+
+def _remove_if_older(entry: os.DirEntry, cutoff: float) -> int:
+    try:
+        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            return _unlink(entry.path)
+    except OSError:
+        pass
+    return 0
 
 
 def _dumps(obj: Any) -> bytes:

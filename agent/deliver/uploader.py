@@ -6,12 +6,20 @@ the account-wide pauses (401 auth, 403 quota, 406 config) and retention.
 It never blocks capture: it runs in its own threads over the durable spool,
 persisting state after every step so a kill -9 anywhere resumes safely.
 HTTP details live in ``client.py``; storage in ``spool.py``.
+
+Back-off survives a restart: a call's attempts and next due time are kept in its
+``state.json`` (``backoff``), the 403 quota pause in ``quota.json`` in the spool dir,
+both as wall-clock times. The first pass after start honours them, clamped to the
+longest wait this uploader could have chosen itself (a clock that jumped must not
+park a call for years). The 401 and 406 stops are not kept: a restart is how an
+operator says the credentials or the URL were fixed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import logging
 import math
 import os
@@ -26,7 +34,7 @@ from typing import Any, Callable
 from agent.config import ApiSection
 from agent.deliver import client as cl
 from agent.deliver.spool import (ACTIVE_STATES, CREATED, DELIVERED, DELIVERED_UNCONFIRMED,
-                                 PARKED, READY, UPLOADING, Spool)
+                                 PARKED, READY, UPLOADING, Spool, write_atomic)
 from agent.errors import AgentError, ConfigError
 
 log = logging.getLogger("agent.deliver")
@@ -65,6 +73,7 @@ class Uploader:
     def __init__(self, spool: Spool, api_config: ApiSection, *, counters: Counter | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  rng: Callable[[], float] = random.random,
+                 wall: Callable[[], float] | None = None,
                  reload_api: Callable[[], ApiSection] | None = None,
                  transport: Any = None,
                  backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
@@ -80,6 +89,15 @@ class Uploader:
         self.api = api_config
         self.counters: Counter = counters if counters is not None else spool.counters
         self._clock, self._sleep, self._rng = clock, sleep, rng
+        if wall is None:
+            # Persisted times are wall-clock. With an injected clock (tests) the wall clock
+            # follows it, so back-off written and read by one uploader stays consistent.
+            if clock is time.monotonic:
+                wall = time.time
+            else:
+                offset = time.time() - clock()
+                wall = lambda: clock() + offset  # noqa: E731
+        self._wall = wall
         self._reload_api = reload_api or (lambda: _reread_credentials(self.api))
         self._transport = transport
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
@@ -90,6 +108,8 @@ class Uploader:
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
         self._backoff: dict[str, tuple[int, float]] = {}   # id -> (attempts, due at clock())
+        self._restored = False     # persisted back-off (calls' states, quota.json) read yet
+        self._restore_lock = threading.Lock()
         self._client: cl.CallnClient | None = None
         self.auth_failed = False
         self.auth_reason = ""
@@ -177,6 +197,7 @@ class Uploader:
                 return True
             log.info("quota back-off over; trying again")
             self.quota_until = None
+            self._save_quota(None)
         if self.auth_failed:
             if now < self._auth_check_at:
                 return True
@@ -235,6 +256,7 @@ class Uploader:
         if now >= self._next_purge:
             self._next_purge = now + self.retention_check_s
             self.spool.purge_expired()
+            self.spool.prune_ledger()     # one shard of the dedup ledger per pass
 
     def run_once(self) -> bool:
         """Drive one due call as far as it will go. Returns whether any request was made."""
@@ -242,6 +264,10 @@ class Uploader:
 
     def _run_once(self, stop: threading.Event) -> bool:
         self._acquire_spool_lock()
+        if not self._restored:
+            with self._restore_lock:
+                if not self._restored:
+                    self._restore_backoff()
         if self._paused():
             return False
         call_id = self._next_due()
@@ -293,16 +319,92 @@ class Uploader:
                 break
         return stepped
 
-    def _fail_backoff(self, call_id: str) -> None:
+    # ------------------------------------------------------------------ back-off
+    @property
+    def _max_call_delay_s(self) -> float:
+        """The longest per-call wait _fail_backoff can choose (maximum times the jitter)."""
+        return self.backoff_max_s * 1.5
+
+    def _fail_backoff(self, st: dict[str, Any]) -> None:
+        """Back the call off, in memory and in its state file (wall clock, for a restart)."""
+        call_id = st["id"]
         with self._lock:
             attempts = self._backoff.get(call_id, (0, 0.0))[0] + 1
             delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempts - 1, 30))
             delay *= 0.5 + self._rng()  # jitter: spread retries of many calls apart
             self._backoff[call_id] = (attempts, self._clock() + delay)
+        st["backoff"] = {"attempts": attempts, "due_wall": self._wall() + delay}
+        self.spool.save_state(st)
 
-    def _ok(self, call_id: str) -> None:
+    def _ok(self, st: dict[str, Any]) -> None:
+        """The call made progress: forget its back-off (persisted by the caller's next save)."""
         with self._lock:
-            self._backoff.pop(call_id, None)
+            self._backoff.pop(st["id"], None)
+        st["backoff"] = None
+
+    def _restore_backoff(self) -> None:
+        """Honour the back-off an earlier run persisted: per call and the 403 quota pause."""
+        now, wall = self._clock(), self._wall()
+        restored = 0
+        for call_id in self.spool.ids_in_state(ACTIVE_STATES):
+            try:
+                b = self.spool.state_of(call_id).get("backoff")
+            except KeyError:
+                continue
+            if not isinstance(b, dict):
+                continue
+            try:
+                attempts = max(0, int(b.get("attempts", 0)))
+                wait = float(b.get("due_wall", 0.0)) - wall
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(wait):
+                wait = self._max_call_delay_s
+            wait = min(max(0.0, wait), self._max_call_delay_s)   # a clock that jumped
+            with self._lock:
+                if call_id not in self._backoff:
+                    # The attempts go on counting, so the next failure waits longer still.
+                    self._backoff[call_id] = (attempts, now + wait)
+                    restored += wait > 0
+        if restored:
+            self.counters["deliver.upload.backoff_restored"] += restored
+            log.info("%d calls still backing off from before the restart", restored)
+        q = self._load_quota()
+        if q is not None:
+            until_wall, reason = q
+            wait = until_wall - wall
+            if not math.isfinite(wait):
+                wait = self.quota_backoff_s
+            wait = min(wait, self.quota_backoff_s)
+            if wait > 0:
+                self.quota_until = now + wait
+                self.quota_reason = reason
+                self.counters["deliver.upload.quota_restored"] += 1
+                log.warning("CallN quota back-off from before the restart (%s): uploads paused "
+                            "for another %.0f s", reason, wait)
+            else:
+                self._save_quota(None)
+        self._restored = True
+
+    def _load_quota(self) -> tuple[float, str] | None:
+        try:
+            data = json.loads(self.spool.quota_file.read_bytes())
+            return float(data["until_wall"]), str(data.get("reason", ""))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError):
+            log.warning("%s unreadable: ignored", self.spool.quota_file)
+            return None
+
+    def _save_quota(self, until_wall: float | None) -> None:
+        try:
+            if until_wall is None:
+                self.spool.quota_file.unlink(missing_ok=True)
+            else:
+                write_atomic(self.spool.quota_file, json.dumps(
+                    {"until_wall": until_wall, "reason": self.quota_reason}).encode())
+        except OSError as exc:  # the pause still holds in memory
+            log.error("cannot persist the quota back-off in %s: %s", self.spool.quota_file, exc)
 
     def _step(self, st: dict[str, Any]) -> bool:
         """One request for the call. Returns True to continue with the same call at once."""
@@ -331,10 +433,10 @@ class Uploader:
             self._kill("after_create_response")
             if out.kind == cl.OK:
                 st.update(state=CREATED, tempcallid=out.tempcallid, next_chunk=1, last_chunk_attempted=False)
+                self._ok(st)
                 self.spool.save_state(st)
                 self._kill("after_create_state")
                 self.counters["deliver.upload.calls_created"] += 1
-                self._ok(call_id)
                 return True
             return self._failure(st, out, first_last_chunk=False)
 
@@ -356,7 +458,7 @@ class Uploader:
         self.counters["deliver.upload.chunks_sent"] += 1
         self._kill("after_last_chunk_response" if is_last else "after_chunk_response")
         if out.kind == cl.OK:
-            self._ok(call_id)
+            self._ok(st)
             if is_last:
                 if not out.complete:
                     self.counters["deliver.upload.last_chunk_not_complete"] += 1
@@ -372,7 +474,7 @@ class Uploader:
             if resend_of_last:
                 # The last chunk's answer was lost earlier; the id was most likely consumed by
                 # completion. Starting again would store the call twice.
-                self._ok(call_id)
+                self._ok(st)
                 self.spool.mark_done(st, DELIVERED_UNCONFIRMED)
                 self.counters["deliver.upload.delivered_unconfirmed"] += 1
                 log.warning("call %s: last chunk re-sent after a lost answer got 404: "
@@ -385,7 +487,7 @@ class Uploader:
             self.counters["deliver.upload.expired_restart"] += 1
             log.info("call %s: temp id expired at chunk %d/%d, starting again", call_id, n, total)
             if restarts >= 3:
-                self._fail_backoff(call_id)  # a server that expires every id must not make us spin
+                self._fail_backoff(st)  # a server that expires every id must not make us spin
                 return False
             return True
         # Only this attempt's flag may be cleared: an earlier unanswered attempt stays unknown.
@@ -400,7 +502,7 @@ class Uploader:
             self.spool.save_state(st)
         if out.kind == cl.TRANSIENT:
             self.counters["deliver.upload.transient"] += 1
-            self._fail_backoff(call_id)
+            self._fail_backoff(st)
             log.info("call %s: transient failure (%s), backing off", call_id, out.reason)
             return False
         if out.kind == cl.PARK:
@@ -422,6 +524,7 @@ class Uploader:
             self.counters["deliver.upload.quota"] += 1
             self.quota_until = self._clock() + self.quota_backoff_s
             self.quota_reason = out.reason
+            self._save_quota(self._wall() + self.quota_backoff_s)
             log.error("CallN quota reached (%s): uploads paused for %.0f s", out.reason, self.quota_backoff_s)
             return False
         if out.kind == cl.CONFIG:
@@ -429,12 +532,12 @@ class Uploader:
             self.config_error = out.reason or f"HTTP {out.status}"
             log.error("CallN API configuration error (%s): uploading stopped", self.config_error)
             return False
-        self._fail_backoff(call_id)
+        self._fail_backoff(st)
         return False
 
     def _park(self, st: dict[str, Any], reason: str) -> None:
         st.update(state=PARKED, reason=reason, tempcallid=None, next_chunk=1, last_chunk_attempted=False)
+        self._ok(st)
         self.spool.save_state(st)
-        self._ok(st["id"])
         self.counters["deliver.upload.parked"] += 1
         log.warning("call %s parked: %s", st["id"], reason)

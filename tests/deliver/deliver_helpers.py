@@ -41,15 +41,22 @@ def api_for(rx: ReceiverServer, **over: object) -> ApiSection:
 
 
 class FakeTime:
-    """An injectable clock + sleep: back-off of hours passes in no time."""
+    """An injectable clock + sleep: back-off of hours passes in no time.
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    ``wall()`` is the matching wall clock (seconds since the epoch): a restart is a new
+    FakeTime whose monotonic ``now`` starts afresh while ``wall_at_start`` goes on."""
+
+    def __init__(self, now: float = 1000.0, wall_at_start: float = 1_714_557_600.0) -> None:
+        self.now = now
+        self._wall_offset = wall_at_start - now
         self.slept = 0.0
         self.on_sleep = None
 
     def clock(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.now + self._wall_offset
 
     def sleep(self, s: float) -> None:
         self.now += s
