@@ -45,7 +45,7 @@ from agent.media.runs import RtpRun, RunGroups
 from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capture
 from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
-from agent.net.fastpath import RtpFrames, rtp_frames
+from agent.net.fastpath import V6_KEY, AddressIds, RtpFrames, rtp_frames
 from agent.net.link import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
@@ -77,8 +77,9 @@ SLOW = -2                          # _route_run: a frame feed() must handle itse
 
 class EndpointMap(dict):
     """The tracker's media map ``(ip, port) -> (call, side)``, mirrored for the fused fast
-    path under a packed key (4-byte IPv4 address + 2-byte port, as they sit in the frame), with
-    each endpoint's text label. The tracker only assigns and deletes single keys."""
+    path under a packed key (4-byte IPv4 address + 2-byte port, as they sit in the frame; 16
+    bytes + port for IPv6, which only the batch path reads), with each endpoint's text label.
+    The tracker only assigns and deletes single keys."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,7 +90,7 @@ class EndpointMap(dict):
     def __setitem__(self, endpoint: tuple[str, int], value: tuple[Call, int]) -> None:
         super().__setitem__(endpoint, value)
         self.version += 1
-        key = _packed_ipv4(endpoint)
+        key = _packed_endpoint(endpoint)
         if key is not None:
             self.packed[key] = value
             self.labels[key] = f"{endpoint[0]}:{endpoint[1]}"
@@ -97,23 +98,25 @@ class EndpointMap(dict):
     def __delitem__(self, endpoint: tuple[str, int]) -> None:
         super().__delitem__(endpoint)
         self.version += 1
-        key = _packed_ipv4(endpoint)
+        key = _packed_endpoint(endpoint)
         if key is not None:
             self.packed.pop(key, None)
             self.labels.pop(key, None)
 
 
-def _packed_ipv4(endpoint: tuple[str, int]) -> bytes | None:
+def _packed_endpoint(endpoint: tuple[str, int]) -> bytes | None:
     ip, port = endpoint
-    if ":" in ip or not 0 <= port <= 0xFFFF:
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         return None
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
-        packed = socket.inet_aton(ip)
+        packed = socket.inet_pton(family, ip)
     except (OSError, ValueError):          # not an address (SDP may carry anything)
         return None
-    # Only the canonical dotted quad, which is what packets decode to: the fast path must
-    # match exactly what the text map would ("010.0.0.1" or "1" must not become 10.0.0.1).
-    if socket.inet_ntoa(packed) != ip:
+    # Only the canonical text, which is what packets decode to: the fast paths must match
+    # exactly what the text map would ("010.0.0.1" or "1" must not become 10.0.0.1, nor
+    # "2001:DB8::1" 2001:db8::1).
+    if socket.inet_ntop(family, packed) != ip:
         return None
     return packed + port.to_bytes(2, "big")
 
@@ -162,6 +165,7 @@ class Engine:
         self._fx: RtpFrames | None = None
         self._np_keys = np.zeros(0, dtype=np.int64)
         self._np_dst_slot = self._np_src_slot = self._np_keys
+        self._v6_ids = AddressIds()           # IPv6 addresses as small ids in media keys
         self._reset_slots()
         self._pending_rtp: deque[Datagram] = deque()
         self._tcp_framers: dict[tuple[str, int, str, int], SipStreamFramer | None] = {}
@@ -251,7 +255,13 @@ class Engine:
         earlier, just before anything else touches that call (``_flush_call``). Every other
         frame, and every frame at which packet time ticks or leaps, goes through ``feed``."""
         n = len(batch)
-        fx = rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype) if n >= BATCH_MIN else None
+        if len(self._v6_ids) > AddressIds.MAX:
+            # A new table of IPv6 address ids (a spray of sources): no key of the old one is
+            # held between batches but in the slot cache, which starts afresh with it.
+            self._v6_ids = AddressIds()
+            self._reset_slots()
+        fx = (rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype, self._v6_ids)
+              if n >= BATCH_MIN else None)
         if fx is None:
             for i in range(n):
                 self.feed(int(batch.ts_ns[i]), batch.linktype, batch.frame(i))
@@ -369,8 +379,9 @@ class Engine:
             row = cache.get(entry)
             if row is None:
                 # A packet TO a side's endpoint was sent by the other side; one FROM it, by that side.
-                row = cache[entry] = (int.from_bytes(packed, "big"), self._slot(call, 1 - side),
-                                      self._slot(call, side))
+                key = (int.from_bytes(packed, "big") if len(packed) == 6
+                       else self._v6_ids.key(packed[:16], int.from_bytes(packed[16:], "big")))
+                row = cache[entry] = (key, self._slot(call, 1 - side), self._slot(call, side))
             rows.append(row)
         table = np.array(rows, dtype=np.int64).reshape(-1, 3)
         table = table[np.argsort(table[:, 0])]
@@ -467,9 +478,8 @@ class Engine:
         start = at + int(fx.payload_at[i])
         src, dst = int(fx.src_key[i]), int(fx.dst_key[i])
         src_mac, dst_mac, vlans = _l2_facts(buf, at, batch.linktype, bool(fx.full_path[i]))
-        text = self.decoder.ip_text
-        return Datagram(ts_ns, text((src >> 16).to_bytes(4, "big")), src & 0xFFFF,
-                        text((dst >> 16).to_bytes(4, "big")), dst & 0xFFFF, UDP,
+        text = self._key_ip
+        return Datagram(ts_ns, text(src), src & 0xFFFF, text(dst), dst & 0xFFFF, UDP,
                         buf[start:start + int(fx.udp_len[i]) - 8], src_mac, dst_mac, vlans)
 
     def _hold_run(self, fx: RtpFrames, idx: np.ndarray, ts: np.ndarray) -> None:
@@ -581,9 +591,14 @@ class Engine:
         if label is None:
             if len(self._key_labels) > 100_000:
                 self._key_labels.clear()
-            label = self._key_labels[key] = "{}:{}".format(socket.inet_ntoa((key >> 16).to_bytes(4, "big")),
-                                                           key & 0xFFFF)
+            label = self._key_labels[key] = f"{self._key_ip(key)}:{key & 0xFFFF}"
         return label
+
+    def _key_ip(self, key: int) -> str:
+        """The address of a packed key as the decoder writes it."""
+        if key & V6_KEY:
+            return self.decoder.ip_text(self._v6_ids.raw[(key & ~V6_KEY) >> 16])
+        return self.decoder.ip_text((key >> 16).to_bytes(4, "big"))
 
     def _dispatch(self, dgram: Datagram) -> None:
         if dgram.transport == TCP:

@@ -108,6 +108,70 @@ def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
     return written
 
 
+VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8", b"\x91\x00")
+
+
+def with_tags(frame: bytes, tags: bytes) -> bytes:
+    """An Ethernet frame with VLAN tags (4 bytes each, outer first) inserted after the MACs."""
+    return frame[:12] + tags + frame[12:]
+
+
+QINQ_TAGS = b"\x88\xa8\x00\x64\x81\x00\x00\x07"     # 802.1ad carrier tag 100, customer VLAN 7
+
+
+def v6_address(ip4: bytes) -> bytes:
+    """2001:db8::a.b.c.d for an IPv4 address."""
+    return bytes.fromhex("20010db8") + bytes(8) + ip4
+
+
+def to_ipv6(frame: bytes) -> bytes:
+    """An IPv4/UDP Ethernet frame (any VLAN tags) as IPv6: addresses ``v6_address``, flow
+    label from the IPv4 id, SDP moved to IPv6 (Content-Length kept right). Anything else is
+    returned as it is."""
+    import re
+
+    at = 12
+    while frame[at:at + 2] in VLAN_TPIDS:
+        at += 4
+    if frame[at:at + 2] != b"\x08\x00" or frame[at + 11] != 17:
+        return frame
+    ip = frame[at + 2:]
+    ihl = (ip[0] & 15) * 4
+    total = int.from_bytes(ip[2:4], "big")
+    udp = ip[ihl:total]
+    payload = udp[8:]
+    if b"SIP/2.0" in payload[:200]:
+        head, sep, body = payload.decode("latin-1").partition("\r\n\r\n")
+        if body:
+            body = re.sub(r"IN IP4 (\d+)\.(\d+)\.(\d+)\.(\d+)",
+                          lambda m: "IN IP6 2001:db8::{:x}:{:x}".format(
+                              int(m[1]) << 8 | int(m[2]), int(m[3]) << 8 | int(m[4])), body)
+            head = re.sub(r"(?im)^(content-length|l):\s*\d+", lambda m: f"{m[1]}: {len(body)}", head)
+        payload = (head + sep + body).encode("latin-1")
+        udp = udp[:4] + (8 + len(payload)).to_bytes(2, "big") + udp[6:8] + payload
+    flow = int.from_bytes(ip[4:6], "big")
+    ip6 = (struct.pack("!IHBB", 0x60000000 | flow, len(udp), 17, 64) + v6_address(ip[12:16])
+           + v6_address(ip[16:20]))
+    return frame[:at] + b"\x86\xdd" + ip6 + udp
+
+
+def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None) -> int:
+    """Copy a little-endian microsecond pcap written by ``write_calls``, frame by frame through
+    ``convert``; returns the number of records written."""
+    n = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.write(fin.read(24))
+        while limit is None or n < limit:
+            head = fin.read(16)
+            if len(head) < 16:
+                break
+            sec, usec, caplen, _ = struct.unpack("<IIII", head)
+            frame = convert(fin.read(caplen))
+            fout.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
+            n += 1
+    return n
+
+
 if __name__ == "__main__":
     import sys
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/synth.pcap")

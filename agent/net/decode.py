@@ -19,7 +19,7 @@ import socket
 import struct
 
 from agent.net.datagram import TCP, UDP, Datagram
-from agent.net.dedup import Deduplicator, looks_like_rtp, rtp_key
+from agent.net.dedup import Deduplicator, looks_like_rtp, rtp_key, rtp_key6
 from agent.net.fragments import FragmentReassembler
 from agent.net.ip import (PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP,
                           PROTO_IPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, parse_ipv4,
@@ -169,10 +169,11 @@ class FrameDecoder:
                     return self._tunnel(ts_ns, frame, inner, pend, smac, dmac, vlans, depth,
                                         "net.tunnel.vxlan")
             payload = frame[l4off + 8:pend]
-            rtp = len(src) == 4 and looks_like_rtp(payload)
+            rtp = looks_like_rtp(payload)
             dedup = self.dedup_rtp if rtp else self.dedup
             if dedup is not None and dedup.is_duplicate(
-                    ts_ns, rtp_key(ident, src, dst, frame[l4off:pend]) if rtp
+                    ts_ns, (rtp_key(ident, src, dst, frame[l4off:pend]) if len(src) == 4
+                            else rtp_key6(ident, src, dst, frame[l4off:pend])) if rtp
                     else hash((ident, src + dst, frame[l4off:pend]))):
                 c["net.duplicate"] += 1
                 return None

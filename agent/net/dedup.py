@@ -16,6 +16,9 @@ batch path in ``agent.batch``) gives one packet the same key:
   (IP id, addresses, the UDP header incl. its checksum, the first 14 payload bytes:
   the RTP header with sequence number, timestamp and SSRC). A multiply-xor over four
   64-bit words, so numpy can compute it for a whole batch (``rtp_keys_of_words``).
+- IPv6 UDP whose payload looks like RTP: ``rtp_key6``, the same over a 64-byte
+  fingerprint (flow label, addresses, the same 22 UDP bytes), eight words
+  (``rtp_keys6_of_rows`` for a batch).
 - everything else: Python's ``hash`` of (id, addresses, L4 bytes).
 
 Time is cut into generations of ``window_ns`` aligned to packet time (generation =
@@ -34,14 +37,17 @@ import struct
 
 import numpy as np
 
-__all__ = ["Deduplicator", "rtp_key", "rtp_keys_of_words", "looks_like_rtp"]
+__all__ = ["Deduplicator", "rtp_key", "rtp_key6", "rtp_keys_of_words", "rtp_keys6_of_rows", "looks_like_rtp"]
 
 _M64 = (1 << 64) - 1
 # Odd multipliers (from the golden ratio and friends): different 64-bit words of a
 # fingerprint land far apart, and a multiply by an odd number never maps two values to one.
 _K = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)
 _K_NP = tuple(np.uint64(k) for k in _K)
+_K6 = _K + (0x94D049BB133111EB, 0xBF58476D1CE4E5B9, 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)
+_K6_NP = np.array(_K6, dtype=np.uint64)
 _WORDS = struct.Struct("<QQQQ").unpack
+_WORDS6 = struct.Struct("<8Q").unpack
 FINGERPRINT_UDP_BYTES = 22          # UDP header (8) + the first 14 payload bytes
 
 
@@ -58,6 +64,34 @@ def rtp_key(ident: int, src4: bytes, dst4: bytes, udp: bytes) -> int:
     w0, w1, w2, w3 = _WORDS(ident.to_bytes(2, "big") + src4 + dst4 + head)
     k0, k1, k2, k3 = _K
     return ((w0 * k0) ^ (w1 * k1) ^ (w2 * k2) ^ (w3 * k3)) & _M64
+
+
+def rtp_key6(flow: int, src16: bytes, dst16: bytes, udp: bytes) -> int:
+    """The duplicate key of an IPv6 UDP packet carrying RTP: flow label (4 bytes), addresses,
+    the first 22 UDP bytes (zero-padded), six zero bytes; eight words, eight multipliers."""
+    head = bytes(udp[:FINGERPRINT_UDP_BYTES]).ljust(FINGERPRINT_UDP_BYTES, b"\0")
+    words = _WORDS6((flow & 0xFFFFF).to_bytes(4, "big") + src16 + dst16 + head + bytes(6))
+    key = 0
+    for w, k in zip(words, _K6):
+        key ^= (w * k) & _M64
+    return key
+
+
+def rtp_keys6_of_rows(ip6: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
+    """``rtp_key6`` of many packets from rows of their bytes starting at the IPv6 header
+    (uint8, at least 40 + 22 columns) and their UDP lengths."""
+    fp = np.zeros((len(ip6), 64), dtype=np.uint8)
+    fp[:, 1] = ip6[:, 1] & 0x0F
+    fp[:, 2:4] = ip6[:, 2:4]
+    fp[:, 4:36] = ip6[:, 8:40]
+    fp[:, 36:36 + FINGERPRINT_UDP_BYTES] = ip6[:, 40:40 + FINGERPRINT_UDP_BYTES]
+    short = np.flatnonzero(udp_len < FINGERPRINT_UDP_BYTES)
+    for i in short.tolist():                       # zero-padded after a short UDP payload
+        fp[i, 36 + max(0, int(udp_len[i])):36 + FINGERPRINT_UDP_BYTES] = 0
+    words = fp.view("<u8")
+    with np.errstate(over="ignore"):
+        products = words * _K6_NP
+    return np.bitwise_xor.reduce(products, axis=1)
 
 
 def rtp_keys_of_words(w0: np.ndarray, w1: np.ndarray, w2: np.ndarray, w3: np.ndarray) -> np.ndarray:

@@ -2,10 +2,12 @@
 
 Owns: deciding, for every frame of a batch at once, whether it is the plain case the
 engine's batch path takes (Ethernet II with up to two VLAN tags, 802.1Q or QinQ with any
-of the TPIDs agent.net.link follows, or Linux cooked SLL / SLL2 as ``tcpdump -i any`` writes; IPv4 without options, unfragmented UDP, a payload that
-looks like RTP), and reading what that path needs from it: the packed media keys
-(``ip << 16 | port``, as ``EndpointMap`` packs them), the duplicate key
-(``dedup.rtp_key``, computed from the frame bytes in place), the UDP length and the RTP header fields. Every other frame is
+of the TPIDs agent.net.link follows, or Linux cooked SLL / SLL2 as ``tcpdump -i any`` writes; IPv4 without options, unfragmented, or IPv6 without
+extension headers; UDP; a payload that looks like RTP), and reading what that path needs
+from it: the packed media keys (``ip << 16 | port`` for IPv4, as ``EndpointMap`` packs
+them; for IPv6 ``V6_KEY | id << 16 | port``, with a small id per address from
+``AddressIds``, so every key is one int64), the duplicate key (``dedup.rtp_key`` /
+``rtp_key6``, computed from the frame bytes in place), the UDP length and the RTP header fields. Every other frame is
 left to the per-packet decoder, which gives the same answer for the frames this one
 takes (tests/engine/test_engine_batch.py replays every capture both ways).
 
@@ -19,17 +21,65 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from agent.net.dedup import rtp_key, rtp_keys_of_words
+from agent.net.dedup import rtp_key, rtp_keys6_of_rows, rtp_keys_of_words
 from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.tunnels import VXLAN_PORT
 
-__all__ = ["RtpFrames", "rtp_frames", "FIELD_BYTES"]
+__all__ = ["RtpFrames", "rtp_frames", "AddressIds", "V6_KEY", "FIELD_BYTES"]
 
 FIELD_BYTES = 56                   # Ethernet 14 + IPv4 20 + UDP 8 + RTP 12 + 2 payload bytes
 ROW_BYTES = FIELD_BYTES + 8        # room for two VLAN tags or a Linux cooked header
 
 
 _TPIDS = np.array(sorted(VLAN_TPIDS), dtype=np.int32)
+V6_KEY = 1 << 62                   # set in the media key of an IPv6 endpoint (IPv4 keys < 2**48)
+V6_BYTES = 40 + 8 + 12 + 2         # IPv6 header, UDP, RTP header, 2 payload bytes (rtp_key6)
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
+
+
+class AddressIds:
+    """A small id for every IPv6 address the batch path meets, so that ``id << 16 | port``
+    packs an IPv6 endpoint into an int64 key as exactly as an IPv4 one (no hashing: two
+    addresses never share a key). Its owner starts a new table when it grows past ``MAX``
+    (a spray of source addresses), between batches, when no key is held anywhere."""
+
+    MAX = 1 << 16
+
+    def __init__(self) -> None:
+        self.ids: dict[bytes, int] = {}
+        self.raw: list[bytes] = []        # id -> the 16 address bytes
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def of(self, raw16: bytes) -> int:
+        i = self.ids.get(raw16)
+        if i is None:
+            i = self.ids[raw16] = len(self.raw)
+            self.raw.append(raw16)
+        return i
+
+    def of_rows(self, addrs: np.ndarray) -> np.ndarray:
+        """Ids of (n, 16) uint8 address rows: one dictionary lookup per distinct address."""
+        if not len(addrs):
+            return np.zeros(0, dtype=np.int64)
+        rows = np.ascontiguousarray(addrs)
+        words = rows.view("<u8")                       # (n, 2)
+        # Distinct addresses by a 64-bit mix of the two words (an integer sort, much faster
+        # than sorting 16-byte records), confirmed word for word: a collision falls back.
+        with np.errstate(over="ignore"):
+            mixed = (words[:, 0] * _MIX[0]) ^ (words[:, 1] * _MIX[1])
+        _, first, inverse = np.unique(mixed, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        if not np.array_equal(words[first[inverse]], words):
+            flat = rows.view(np.dtype((np.void, 16))).ravel()
+            _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+            inverse = inverse.ravel()
+        ids = np.fromiter((self.of(rows[i].tobytes()) for i in first.tolist()), dtype=np.int64, count=len(first))
+        return ids[inverse]
+
+    def key(self, raw16: bytes, port: int) -> int:
+        return V6_KEY | self.of(raw16) << 16 | port
 
 
 @dataclass(slots=True)
@@ -66,25 +116,26 @@ def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndar
     return keys
 
 
-def _rows(data: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """The first ROW_BYTES bytes of every frame, zero-padded past the end of the buffer."""
-    last = len(data) - ROW_BYTES
+def _rows(data: np.ndarray, starts: np.ndarray, width: int = ROW_BYTES) -> np.ndarray:
+    """The first ``width`` bytes of every frame, zero-padded past the end of the buffer."""
+    last = len(data) - width
     if last >= 0:
-        rows = sliding_window_view(data, ROW_BYTES)[np.minimum(starts, last)]
+        rows = sliding_window_view(data, width)[np.minimum(starts, last)]
     else:
-        rows = np.zeros((len(starts), ROW_BYTES), dtype=np.uint8)
+        rows = np.zeros((len(starts), width), dtype=np.uint8)
     tail = np.flatnonzero(starts > last)
     if len(tail):
-        lo = int(starts[tail[0]])
-        padded = np.concatenate((data[lo:], np.zeros(ROW_BYTES, dtype=np.uint8)))
-        rows[tail] = sliding_window_view(padded, ROW_BYTES)[starts[tail] - lo]
+        lo = int(starts[tail].min())
+        padded = np.concatenate((data[lo:], np.zeros(width, dtype=np.uint8)))
+        rows[tail] = sliding_window_view(padded, width)[starts[tail] - lo]
     return rows
 
 
 def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
-               linktype: int = LINKTYPE_ETHERNET) -> RtpFrames | None:
+               linktype: int = LINKTYPE_ETHERNET, v6_ids: AddressIds | None = None) -> RtpFrames | None:
     """Fields of every frame; None when no frame can qualify (or the link type is not one of
-    Ethernet, Linux cooked SLL or SLL2)."""
+    Ethernet, Linux cooked SLL or SLL2). IPv6 frames qualify only with ``v6_ids``, the
+    caller's table of address ids."""
     if linktype not in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
         return None
     data = np.frombuffer(buf, dtype=np.uint8)
@@ -132,7 +183,9 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     # The decoder takes UDP to the VXLAN port as a tunnel: leave those frames to the full path.
     vxlan = (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF)
     cand &= ~vxlan
-    if not cand.any():
+    v6 = _ipv6_rows(data, starts, lens, extra, (f[:, 12:14] if linktype == LINKTYPE_ETHERNET
+                                                else rows[:, at:at + 2])) if v6_ids is not None else None
+    if v6 is None and not cand.any():
         return None
     # Signalling a window of the batch path can step over: plain IPv4 TCP, or UDP whose payload
     # is not RTP (both are de-duplicated in the other table, see FrameDecoder), not fragments
@@ -145,7 +198,7 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     shifted = np.ascontiguousarray(f[:, 2:54])
     u32 = shifted.view(">u4")
     u16 = shifted.view(">u2")
-    return RtpFrames(
+    fx = RtpFrames(
         cand=cand,
         dst_key=(u32[:, 7].astype(np.int64) << 16) | u16[:, 17],
         src_key=(u32[:, 6].astype(np.int64) << 16) | u16[:, 16],
@@ -160,3 +213,49 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
         safe=safe,
         payload_at=42 + extra,
     )
+    if v6 is not None:
+        cand[v6[0]] = True
+        _fill_ipv6(fx, v6, v6_ids, extra)
+    return fx
+
+
+def _ipv6_rows(data: np.ndarray, starts: np.ndarray, lens: np.ndarray, extra: np.ndarray,
+               ethertype: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(frame indices, rows from the IPv6 header on, UDP lengths) of the IPv6 frames the batch
+    path may take: no extension header, UDP (not to the VXLAN port), a payload length the
+    frame holds (not 0, a jumbogram), a payload that looks like RTP; None if there are none."""
+    is6 = (ethertype[:, 0] == 0x86) & (ethertype[:, 1] == 0xDD) & (lens >= 14 + extra + V6_BYTES)
+    if not is6.any():
+        return None
+    idx = np.flatnonzero(is6)
+    r6 = _rows(data, starts[idx] + 14 + extra[idx], V6_BYTES)
+    plen = (r6[:, 4].astype(np.int64) << 8) | r6[:, 5]
+    ulen = (r6[:, 44].astype(np.int64) << 8) | r6[:, 45]
+    ok = ((r6[:, 0] >> 4 == 6) & (r6[:, 6] == 17) & (plen > 0) & (plen <= lens[idx] - 54 - extra[idx])
+          & (ulen >= 20) & (ulen <= plen) & ((r6[:, 48] & 0xC0) == 0x80) & ((r6[:, 49] < 192) | (r6[:, 49] > 223))
+          & ~((r6[:, 42] == VXLAN_PORT >> 8) & (r6[:, 43] == VXLAN_PORT & 0xFF)))
+    if not ok.any():
+        return None
+    return idx[ok], r6[ok], ulen[ok]
+
+
+def _fill_ipv6(fx: RtpFrames, v6: tuple[np.ndarray, np.ndarray, np.ndarray], v6_ids: AddressIds,
+               extra: np.ndarray) -> None:
+    """The fields of the IPv6 candidates (their IPv4 reading above is meaningless)."""
+    idx, r6, ulen = v6
+    m = len(idx)
+    ids = v6_ids.of_rows(np.concatenate((r6[:, 8:24], r6[:, 24:40])))
+    be16 = r6[:, 40:52].copy().view(">u2").astype(np.int64)     # ports, length, checksum, RTP 0-3
+    be32 = r6[:, 52:60].copy().view(">u4").astype(np.int64)     # RTP timestamp, SSRC
+    fx.src_key[idx] = V6_KEY | (ids[:m] << 16) | be16[:, 0]
+    fx.dst_key[idx] = V6_KEY | (ids[m:] << 16) | be16[:, 1]
+    fx.dedup_key[idx] = rtp_keys6_of_rows(r6, ulen)
+    fx.udp_len[idx] = ulen
+    fx.b0[idx] = r6[:, 48]
+    fx.b1[idx] = r6[:, 49]
+    fx.seq[idx] = be16[:, 5]
+    fx.rtp_ts[idx] = be32[:, 0]
+    fx.ssrc[idx] = be32[:, 1]
+    fx.full_path[idx] = True               # the per-packet path decodes IPv6 fully
+    fx.safe[idx] = False
+    fx.payload_at[idx] = 62 + extra[idx]

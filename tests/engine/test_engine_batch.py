@@ -73,7 +73,7 @@ def test_batches_equal_frames_public_captures(path, tmp_path):
         assert _run(path, mode, "small", tmp_path) == expected
 
 
-@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "qinq.pcap", "sll.pcap"])
+@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "qinq.pcap", "sll.pcap", "ipv6.pcap"])
 def test_batch_path_takes_the_rtp(name, tmp_path):
     """Not a vacuous equality: on a plain G.711 call most frames take the batch path."""
     path = PCAPS / name
@@ -116,7 +116,7 @@ def _tags(kind, rng) -> bytes:
     the customer's), or a mix of none to three tags with every TPID (three: the batch path
     leaves the frame to the decoder)."""
     if kind == "qinq":
-        return b"\x88\xa8\x00\x64\x81\x00\x00\x07"
+        return b"\x88\xa8\x00\x64\x81\x00\x00\x07"         # synth.QINQ_TAGS
     if kind == "mixed":
         return b"".join(rng.choice((b"\x81\x00", b"\x88\xa8", b"\x91\x00")) + rng.randbytes(2)
                         for _ in range(rng.choice((0, 1, 2, 2, 3))))
@@ -124,14 +124,14 @@ def _tags(kind, rng) -> bytes:
 
 
 def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans: bool = False,
-                     linktype: int = 1) -> None:
+                     linktype: int = 1, ipv6: bool = False) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
     import random
     import sys
 
     sys.path.insert(0, str(REPO / "bench"))
-    from synth import PCAP_HEADER, write_calls
+    from synth import PCAP_HEADER, to_ipv6, write_calls
 
     clean = path.with_suffix(".clean.pcap")
     write_calls(clean, calls=6, concurrent=4, duration_s=4.0)
@@ -172,19 +172,23 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans
     with open(path, "wb") as fh:
         fh.write(PCAP_HEADER[:20] + struct.pack("<I", linktype))
         for ts, frame in out:
+            if ipv6:
+                frame = to_ipv6(frame)
             if linktype != 1:
                 frame = _cooked(frame, linktype)
             fh.write(struct.pack("<IIII", ts // 10**9, (ts % 10**9) // 1000, len(frame), len(frame)))
             fh.write(frame)
 
 
-@pytest.mark.parametrize("seed,tag_all,orphans,linktype", [(1, False, False, 1), (2, False, True, 1), (3, True, True, 1),
-                                                      (4, False, True, 113), (5, False, True, 276),
-                                                      (6, "qinq", False, 1), (7, "mixed", True, 1)])
+@pytest.mark.parametrize("seed,tag_all,orphans,linktype,ipv6", [
+    (1, False, False, 1, False), (2, False, True, 1, False), (3, True, True, 1, False),
+    (4, False, True, 113, False), (5, False, True, 276, False), (6, "qinq", False, 1, False),
+    (7, "mixed", True, 1, False), (8, False, True, 1, True), (9, "mixed", False, 1, True),
+    (10, False, False, 276, True)])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
-def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, mode, tmp_path):
+def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, ipv6, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed, tag_all, orphans, linktype)
+    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
     assert len(records) == (5 if orphans else 6)
