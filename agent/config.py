@@ -102,6 +102,7 @@ class RecordingSection:
     channels: int = 1            # 1 = mono mix, 2 = caller left / callee right
     sample_rate_hz: int = 16000  # output rate; 0 = highest rate present in the call
     mp3_bitrate_kbps: int = 32
+    mp3_quality: int = 7         # LAME's algorithm quality, 0 (slowest) .. 9 (fastest); see README
     workers: int = 0             # encoder processes; 0 = number of CPUs
     mask_dtmf_audio: bool = False     # PCI: silence DTMF tones / key-press spans in recordings
     redact_dtmf_digits: bool = False  # PCI: never send or store the digits pressed
@@ -224,7 +225,14 @@ def load_config(path: str | os.PathLike[str] | None = None,
     api = sections["api"]
     sections["api"] = dataclasses.replace(api, password=_read_password(api, env))
     _check_spool(sections["spool"])
+    _check_recording(sections["recording"])
     return Config(**sections)
+
+
+def _check_recording(recording: RecordingSection) -> None:
+    if not 0 <= recording.mp3_quality <= 9:
+        raise ConfigError(f"[recording] mp3_quality: expected 0 (slowest) to 9 (fastest), "
+                          f"got {recording.mp3_quality!r}")
 
 
 def _check_spool(spool: SpoolSection) -> None:

@@ -98,7 +98,7 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
         directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
         result = render_recording(media_log, streams, out_path, fmt=fmt, channels=settings.channels,
                                   sample_rate_hz=settings.sample_rate_hz,
-                                  bitrate_kbps=settings.mp3_bitrate_kbps,
+                                  bitrate_kbps=settings.mp3_bitrate_kbps, mp3_quality=settings.mp3_quality,
                                   inband_dtmf_directions=directions, mask_spans_ns=spans,
                                   mask_inband=settings.mask_dtmf_audio)
     finally:

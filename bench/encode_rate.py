@@ -2,10 +2,10 @@
 
 Feeds a speech-like signal (tones + noise, so LAME cannot coast on silence) to
 ``agent.media.encoder`` in 20 ms chunks, as the renderer does, and measures process CPU
-time. ``--hour`` also encodes one hour of 16 kHz mono and samples RSS every 10 minutes of
+time. ``--quality`` compares LAME's algorithm qualities (speed and SNR). ``--hour`` also encodes one hour of 16 kHz mono and samples RSS every 10 minutes of
 audio to show memory stays flat.
 
-    python3 bench/encode_rate.py [--seconds 120] [--hour]
+    python3 bench/encode_rate.py [--seconds 120] [--quality] [--hour]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.media.encoder import open_encoder  # noqa: E402
+from agent.media.encoder import MP3_QUALITY, open_encoder  # noqa: E402
 
 CONCURRENT_CALLS = 1000
 
@@ -44,25 +44,58 @@ def rss_kib() -> int:
     return -1
 
 
-def measure(rate_hz: int, channels: int, kbps: int, seconds: float, tmp: str) -> float:
+def measure(rate_hz: int, channels: int, kbps: int, seconds: float, tmp: str,
+            quality: int = MP3_QUALITY) -> float:
     pcm = speech_like(rate_hz, seconds, channels)
     chunk = rate_hz // 50  # 20 ms
     path = os.path.join(tmp, f"bench_{rate_hz}_{channels}.mp3")
     cpu0 = time.process_time()
-    enc = open_encoder(path, "mp3", rate_hz, channels, bitrate_kbps=kbps)
+    enc = open_encoder(path, "mp3", rate_hz, channels, bitrate_kbps=kbps, mp3_quality=quality)
     for start in range(0, len(pcm), chunk):
         enc.write(pcm[start : start + chunk])
     result = enc.close()
     cpu_s = time.process_time() - cpu0
     rate = seconds / cpu_s
     print(
-        f"{rate_hz:>6} Hz {'mono  ' if channels == 1 else 'stereo'} {kbps:>3} kbit/s: "
+        f"{rate_hz:>6} Hz {'mono  ' if channels == 1 else 'stereo'} {kbps:>3} kbit/s q{quality}: "
         f"{seconds:.0f} s audio in {cpu_s:.2f} CPU-s = {rate:7.1f} audio-s/CPU-s "
         f"({result.bytes_written} bytes) -> {rate:7.1f} concurrent calls per core, "
         f"{CONCURRENT_CALLS / rate:5.2f} cores for {CONCURRENT_CALLS} concurrent calls"
     )
     os.unlink(path)
     return rate
+
+
+def snr_db(reference: np.ndarray, mp3_path: str) -> float:
+    """Signal-to-noise ratio of the decoded MP3 against what was encoded (delay removed)."""
+    import av
+
+    with av.open(mp3_path) as f:
+        decoded = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(audio=0)]) * 32768.0
+    ref = reference.astype(np.float64)
+    n = 1 << 18
+    corr = np.fft.irfft(np.fft.rfft(ref[:n // 2], n).conj() * np.fft.rfft(decoded[:n // 2], n), n)
+    delay = int(np.argmax(corr[:8192]))
+    m = min(len(ref), len(decoded) - delay)
+    err = ref[:m] - decoded[delay:delay + m]
+    return float(10 * np.log10(np.sum(ref[:m] ** 2) / np.sum(err ** 2)))
+
+
+def quality_table(seconds: float, tmp: str) -> None:
+    """Speed and fidelity of LAME's algorithm qualities at the agent's default format."""
+    pcm = speech_like(16000, seconds, 1)
+    print(f"LAME algorithm quality at 16 kHz mono 32 kbit/s ([recording] mp3_quality, default {MP3_QUALITY}):")
+    for quality in (3, 5, 7, 9):
+        path = os.path.join(tmp, f"q{quality}.mp3")
+        cpu0 = time.process_time()
+        enc = open_encoder(path, "mp3", 16000, 1, bitrate_kbps=32, mp3_quality=quality)
+        for start in range(0, len(pcm), 320):
+            enc.write(pcm[start:start + 320])
+        enc.close()
+        cpu_s = time.process_time() - cpu0
+        print(f"  q{quality}: {seconds / cpu_s:7.1f} audio-s/CPU-s, SNR {snr_db(pcm, path):5.1f} dB"
+              + ("   (LAME's own default)" if quality == 3 else ""))
+        os.unlink(path)
 
 
 def hour_rss(tmp: str) -> None:
@@ -89,11 +122,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=120.0, help="audio per measurement")
     ap.add_argument("--hour", action="store_true", help="also run the 1-hour RSS check")
+    ap.add_argument("--quality", action="store_true", help="also compare LAME algorithm qualities")
     args = ap.parse_args()
+    import av  # noqa: F401  (loaded before any measurement: its import is not encoding)
+
     with tempfile.TemporaryDirectory() as tmp:
         measure(16000, 1, 32, args.seconds, tmp)  # the agent's default
         measure(8000, 1, 32, args.seconds, tmp)  # MPEG-2.5
         measure(16000, 2, 48, args.seconds, tmp)  # stereo (caller left, callee right)
+        if args.quality:
+            quality_table(args.seconds, tmp)
         if args.hour:
             hour_rss(tmp)
     print(

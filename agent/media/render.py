@@ -507,7 +507,7 @@ def _work_rate(streams: list[StreamSpec]) -> int:
 
 def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, *,
                      fmt: str = "mp3", channels: int = 1, sample_rate_hz: int = 16000,
-                     bitrate_kbps: int = 32, start_ns: int | None = None,
+                     bitrate_kbps: int = 32, mp3_quality: int = 7, start_ns: int | None = None,
                      inband_dtmf_directions: tuple[int, ...] = (),
                      mask_spans_ns: list[tuple[int, int]] | tuple = (),
                      mask_inband: bool = False) -> RenderResult:
@@ -586,7 +586,7 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
         masked_ms = _mask(dirfiles, spans, base_ns, work_rate)
         out_rate = work_rate if sample_rate_hz > 0 else (used_max_rate or work_rate)
         result = _mix_and_encode(dirfiles, t0, end, work_rate, out_rate, out_path, fmt,
-                                 channels, bitrate_kbps)
+                                 channels, bitrate_kbps, mp3_quality)
         return RenderResult(
             path=Path(result.path), fmt=result.fmt, sample_rate_hz=out_rate,
             channels=channels, duration_ms=result.duration_ms, audio_packets=audio_packets,
@@ -648,14 +648,14 @@ def _mask(dirfiles: list[_DirectionFile], spans: list[tuple[int, int]], base_ns:
 
 def _mix_and_encode(dirfiles: list[_DirectionFile], t0: int, end: int, work_rate: int,
                     out_rate: int, out_path: Path, fmt: str, channels: int,
-                    bitrate_kbps: int):
+                    bitrate_kbps: int, mp3_quality: int):
     post = None
     if out_rate != work_rate:
         import av
 
         post = av.AudioResampler(format="s16", layout="mono" if channels == 1 else "stereo",
                                  rate=out_rate)
-    enc = open_encoder(out_path, fmt, out_rate, channels, bitrate_kbps)
+    enc = open_encoder(out_path, fmt, out_rate, channels, bitrate_kbps, mp3_quality)
     try:
         chunk = _SCAN_CHUNK_S * work_rate
         pos = t0

@@ -151,3 +151,38 @@ def test_mp3_rejects_rate_lame_cannot_carry(tmp_path):
     with pytest.raises(ValueError):
         open_encoder(tmp_path / "r.mp3", "mp3", 12500, 1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mp3_quality_reaches_lame_and_keeps_the_audio(tmp_path):
+    """[recording] mp3_quality is LAME's algorithm quality: a different quality is a different
+    bitstream (so the setting reaches LAME), with the same length, pitch and fidelity."""
+    rng = np.random.default_rng(3)
+    pcm = (_sine(16000, 2.0, 440, 6000) + rng.normal(0, 500, 32000)).astype(np.int16)
+    out = {}
+    for quality in (3, 7):
+        enc = open_encoder(tmp_path / f"q{quality}.mp3", "mp3", 16000, 1, bitrate_kbps=32, mp3_quality=quality)
+        _write_in_chunks(enc, pcm, 320)
+        result = enc.close()
+        out[quality] = (open(result.path, "rb").read(), _decode_mp3(result.path)[0][0])
+    assert out[3][0] != out[7][0]
+    for _, decoded in out.values():
+        assert abs(len(decoded) - len(pcm)) <= 576
+        assert _peak_hz(decoded, 16000) == pytest.approx(440, abs=2)
+    # Same fidelity: the tone's level survives both equally (within 1 dB).
+    levels = [20 * np.log10(np.sqrt(np.mean((d * 32768.0) ** 2))) for _, d in out.values()]
+    assert abs(levels[0] - levels[1]) < 1.0
+    with pytest.raises(ValueError):
+        open_encoder(tmp_path / "bad.mp3", "mp3", 16000, 1, mp3_quality=10)
+
+
+def test_mp3_quality_is_validated_in_the_configuration(tmp_path):
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    assert load_config(None, env={}).recording.mp3_quality == 7
+    conf = tmp_path / "agent.toml"
+    conf.write_text("[recording]\nmp3_quality = 2\n")
+    assert load_config(conf, env={}).recording.mp3_quality == 2
+    conf.write_text("[recording]\nmp3_quality = 12\n")
+    with pytest.raises(ConfigError, match="mp3_quality"):
+        load_config(conf, env={})
