@@ -1,15 +1,16 @@
 """The RTP fast path for a whole batch of Ethernet frames, vectorised with numpy.
 
 Owns: deciding, for every frame of a batch at once, whether it is the plain case the
-engine's batch path takes (Ethernet II with up to two VLAN tags, 802.1Q or QinQ with any
-of the TPIDs agent.net.link follows, or Linux cooked SLL / SLL2 as ``tcpdump -i any`` writes; IPv4 without options, unfragmented, or IPv6 without
-extension headers; UDP; a payload that looks like RTP), and reading what that path needs
-from it: the packed media keys (``ip << 16 | port`` for IPv4, as ``EndpointMap`` packs
-them; for IPv6 ``V6_KEY | id << 16 | port``, with a small id per address from
-``AddressIds``, so every key is one int64), the duplicate key (``dedup.rtp_key`` /
-``rtp_key6``, computed from the frame bytes in place), the UDP length and the RTP header fields. Every other frame is
-left to the per-packet decoder, which gives the same answer for the frames this one
-takes (tests/engine/test_engine_batch.py replays every capture both ways).
+engine's batch path takes (Ethernet II with up to two VLAN tags, 802.1Q or QinQ with any of
+the TPIDs agent.net.link follows, or Linux cooked SLL / SLL2 as ``tcpdump -i any`` writes;
+IPv4 without options, unfragmented, or IPv6 without extension headers; UDP; a payload that
+looks like RTP), and reading what that path needs from it: the packed media keys
+(``ip << 16 | port`` for IPv4, as ``EndpointMap`` packs them; ``V6_KEY | id << 16 | port``
+for IPv6, with a small id per address from ``AddressIds``, so every key is one int64), the
+duplicate key (``dedup.rtp_key`` / ``rtp_key6``, computed from the frame bytes in place),
+the UDP length and the RTP header fields. Every other frame is left to the per-packet
+decoder, which gives the same answer for the frames this one takes
+(tests/engine/test_engine_batch.py replays every capture both ways).
 
 Does not own routing (the engine's endpoint map) or what happens to the packets.
 """

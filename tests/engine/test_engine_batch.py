@@ -218,3 +218,19 @@ def test_batches_equal_frames_across_clock_jumps(jumps, mode, tmp_path):
     assert expected[1]["capture.clock_jumps"] == len(jumps)
     assert _run(path, mode, "batches", tmp_path) == expected
     assert _run(path, mode, "small", tmp_path) == expected
+
+
+def test_ipv6_address_table_starts_afresh_without_changing_anything(monkeypatch, tmp_path):
+    """A spray of IPv6 sources makes the engine start a new table of address ids between
+    batches; what it routes and records is unchanged (here: a new table every few batches)."""
+    from agent.net.fastpath import AddressIds
+
+    path = tmp_path / "v6.pcap"
+    _mangled_capture(path, 11, False, True, 1, True)
+    expected = _run(path, "inline", "frames", tmp_path)
+    resets = []
+    original = Engine._reset_slots
+    monkeypatch.setattr(AddressIds, "MAX", 3)
+    monkeypatch.setattr(Engine, "_reset_slots", lambda self: (resets.append(1), original(self)))
+    assert _run(path, "inline", "small", tmp_path) == expected
+    assert len(resets) > 10
