@@ -46,7 +46,7 @@ from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capt
 from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import V6_KEY, AddressIds, RtpFrames, rtp_frames
-from agent.net.link import LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
+from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
 from agent.sip.message import looks_like_sip, parse_message
@@ -260,7 +260,8 @@ class Engine:
             # held between batches but in the slot cache, which starts afresh with it.
             self._v6_ids = AddressIds()
             self._reset_slots()
-        fx = (rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype, self._v6_ids)
+        fx = (rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype, self._v6_ids,
+                         vxlan=self.decoder.max_tunnel_depth >= 1)
               if n >= BATCH_MIN else None)
         if fx is None:
             for i in range(n):
@@ -326,6 +327,9 @@ class Engine:
         batch = self._batch
         cand = a + np.flatnonzero(fx.cand[a:b])
         events = (a + np.flatnonzero(~fx.cand[a:b])).tolist()
+        tunnelled = int(np.count_nonzero(fx.tunnel[cand]))
+        if tunnelled:
+            self.counters["net.tunnel.vxlan"] += tunnelled      # as the decoder counts each one
         t = ts[cand - base]
         if self._dedup is not None and len(cand):
             dup = self._dedup.check_many(t, fx.dedup_key[cand])
@@ -477,7 +481,11 @@ class Engine:
         at = int(batch.starts[i])
         start = at + int(fx.payload_at[i])
         src, dst = int(fx.src_key[i]), int(fx.dst_key[i])
-        src_mac, dst_mac, vlans = _l2_facts(buf, at, batch.linktype, bool(fx.full_path[i]))
+        if fx.tunnel[i]:
+            # Inside VXLAN the inner Ethernet header is what was on the mirrored wire.
+            src_mac, dst_mac, vlans = _l2_facts(buf, at + int(fx.l2_at[i]), LINKTYPE_ETHERNET, True)
+        else:
+            src_mac, dst_mac, vlans = _l2_facts(buf, at, batch.linktype, bool(fx.full_path[i]))
         text = self._key_ip
         return Datagram(ts_ns, text(src), src & 0xFFFF, text(dst), dst & 0xFFFF, UDP,
                         buf[start:start + int(fx.udp_len[i]) - 8], src_mac, dst_mac, vlans)

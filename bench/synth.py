@@ -155,6 +155,14 @@ def to_ipv6(frame: bytes) -> bytes:
     return frame[:at] + b"\x86\xdd" + ip6 + udp
 
 
+def in_vxlan(frame: bytes, ident: int, vni: int = 4242) -> bytes:
+    """``frame`` as cloud traffic mirroring delivers it: inside VXLAN (UDP 4789) from the
+    mirror source 192.0.2.1 to the collector 192.0.2.2."""
+    vxlan = struct.pack("!II", 0x08000000, vni << 8) + frame
+    return udp_frame(bytes.fromhex("0200000000aa"), bytes.fromhex("0200000000bb"), bytes([192, 0, 2, 1]),
+                     bytes([192, 0, 2, 2]), 49152 + ident % 16384, 4789, vxlan, ident)
+
+
 def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None) -> int:
     """Copy a little-endian microsecond pcap written by ``write_calls``, frame by frame through
     ``convert``; returns the number of records written."""

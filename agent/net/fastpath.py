@@ -98,6 +98,9 @@ class RtpFrames:
     full_path: np.ndarray          # bool: the per-packet path decodes this frame fully (VLAN tags, SLL)
     safe: np.ndarray               # bool: not RTP, and harmless to step over (see rtp_frames)
     payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet, +4 per tag)
+    tunnel: np.ndarray             # bool: RTP inside VXLAN (the decoder counts net.tunnel.vxlan)
+    l2_at: np.ndarray              # int64 offset of the Ethernet header whose MACs and VLANs count
+                                   # (0; inside VXLAN the inner one: what was on the mirrored wire)
 
 
 def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
@@ -133,10 +136,12 @@ def _rows(data: np.ndarray, starts: np.ndarray, width: int = ROW_BYTES) -> np.nd
 
 
 def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
-               linktype: int = LINKTYPE_ETHERNET, v6_ids: AddressIds | None = None) -> RtpFrames | None:
+               linktype: int = LINKTYPE_ETHERNET, v6_ids: AddressIds | None = None,
+               vxlan: bool = False) -> RtpFrames | None:
     """Fields of every frame; None when no frame can qualify (or the link type is not one of
     Ethernet, Linux cooked SLL or SLL2). IPv6 frames qualify only with ``v6_ids``, the
-    caller's table of address ids."""
+    caller's table of address ids; with ``vxlan``, so does RTP inside VXLAN over IPv4 (what
+    cloud traffic mirroring delivers), read from the inner frame."""
     if linktype not in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
         return None
     data = np.frombuffer(buf, dtype=np.uint8)
@@ -181,18 +186,34 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     b1 = f[:, 43]
     cand &= ((total >= 28) & (total <= lens - 14 - extra) & (udp_len >= 20) & (udp_len <= total - 20)
              & ((b0 & 0xC0) == 0x80) & ((b1 < 192) | (b1 > 223)))
-    # The decoder takes UDP to the VXLAN port as a tunnel: leave those frames to the full path.
-    vxlan = (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF)
-    cand &= ~vxlan
+    # The decoder takes UDP to the VXLAN port as a tunnel: its inside is read below, or the
+    # frame is left to the full path.
+    to_vxlan = (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF)
+    cand &= ~to_vxlan
     v6 = _ipv6_rows(data, starts, lens, extra, (f[:, 12:14] if linktype == LINKTYPE_ETHERNET
                                                 else rows[:, at:at + 2])) if v6_ids is not None else None
-    if v6 is None and not cand.any():
+    inner = None
+    if vxlan and to_vxlan.any():
+        # Outer IPv4 as the decoder reads it (no options, unfragmented), UDP to the VXLAN port
+        # whose length the packet holds, a VXLAN header with a valid VNI (I flag) and room for
+        # an inner Ethernet header: the inner frame starts after the 8-byte VXLAN header.
+        tunnelled = np.flatnonzero(
+            to_vxlan & (lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45) & (f[:, 23] == 17)
+            & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0) & (total <= lens - 14 - extra)
+            & (udp_len >= 8 + 8 + 14) & (udp_len <= total - 20) & ((b0 & 0x08) != 0))
+        if len(tunnelled):
+            inner_at = 50 + extra[tunnelled]
+            found = rtp_frames(buf, starts[tunnelled] + inner_at, udp_len[tunnelled] - 16,
+                               LINKTYPE_ETHERNET, v6_ids)
+            if found is not None and found.cand.any():
+                inner = (tunnelled, inner_at, found)
+    if v6 is None and inner is None and not cand.any():
         return None
     # Signalling a window of the batch path can step over: plain IPv4 TCP, or UDP whose payload
     # is not RTP (both are de-duplicated in the other table, see FrameDecoder), not fragments
     # or tunnels (whose insides could be RTP).
     plain = (lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45) & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0)
-    safe = plain & ((f[:, 23] == 6) | ((f[:, 23] == 17) & ~vxlan & ((b0 & 0xC0) != 0x80)))
+    safe = plain & ((f[:, 23] == 6) | ((f[:, 23] == 17) & ~to_vxlan & ((b0 & 0xC0) != 0x80)))
     dedup_key = _dedup_keys(f, cand, udp_len)
     # Shifted by two bytes, the IPv4 addresses, the RTP timestamp and SSRC fall on 4-byte
     # boundaries and the ports and sequence number on 2-byte ones: one copy, then views.
@@ -213,11 +234,29 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
         full_path=full_path,
         safe=safe,
         payload_at=42 + extra,
+        tunnel=np.zeros(len(starts), dtype=bool),
+        l2_at=np.zeros(len(starts), dtype=np.int64),
     )
     if v6 is not None:
         cand[v6[0]] = True
         _fill_ipv6(fx, v6, v6_ids, extra)
+    if inner is not None:
+        _fill_inner(fx, *inner)
     return fx
+
+
+def _fill_inner(fx: RtpFrames, tunnelled: np.ndarray, inner_at: np.ndarray, found: RtpFrames) -> None:
+    """The RTP found inside VXLAN frames, as fields of those (outer) frames."""
+    take = np.flatnonzero(found.cand)
+    rows = tunnelled[take]
+    for name in ("dst_key", "src_key", "dedup_key", "udp_len", "b0", "b1", "seq", "rtp_ts", "ssrc"):
+        getattr(fx, name)[rows] = getattr(found, name)[take]
+    fx.cand[rows] = True
+    fx.full_path[rows] = True              # the decoder takes tunnels on its full path
+    fx.safe[rows] = False
+    fx.payload_at[rows] = inner_at[take] + found.payload_at[take]
+    fx.tunnel[rows] = True
+    fx.l2_at[rows] = inner_at[take]
 
 
 def _ipv6_rows(data: np.ndarray, starts: np.ndarray, lens: np.ndarray, extra: np.ndarray,

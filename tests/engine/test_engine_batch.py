@@ -123,15 +123,28 @@ def _tags(kind, rng) -> bytes:
     return b"\x81\x00\x00\x07"
 
 
+def _host_macs(frame: bytes) -> bytes:
+    """RTP from each host with its own MAC (02:00 + its IPv4 address), so the records report
+    the MACs of RTP frames (one MAC sending for many addresses, as the signalling's here, is
+    a router's, which the agent leaves out)."""
+    at = 12
+    while frame[at:at + 2] in (b"\x81\x00", b"\x88\xa8", b"\x91\x00"):
+        at += 4
+    if frame[at:at + 2] != b"\x08\x00" or frame[at + 30] != 0x80:
+        return frame
+    return b"\x02\x00" + frame[at + 18:at + 22] + b"\x02\x00" + frame[at + 14:at + 18] + frame[12:]
+
+
 def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans: bool = False,
-                     linktype: int = 1, ipv6: bool = False) -> None:
+                     linktype: int = 1, ipv6: bool = False, vxlan: bool = False,
+                     host_macs: bool = False) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
     import random
     import sys
 
     sys.path.insert(0, str(REPO / "bench"))
-    from synth import PCAP_HEADER, to_ipv6, write_calls
+    from synth import PCAP_HEADER, in_vxlan, to_ipv6, write_calls
 
     clean = path.with_suffix(".clean.pcap")
     write_calls(clean, calls=6, concurrent=4, duration_s=4.0)
@@ -171,29 +184,36 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans
         i += 1
     with open(path, "wb") as fh:
         fh.write(PCAP_HEADER[:20] + struct.pack("<I", linktype))
-        for ts, frame in out:
+        for n, (ts, frame) in enumerate(out):
+            if host_macs:
+                frame = _host_macs(frame)
             if ipv6:
                 frame = to_ipv6(frame)
+            if vxlan:
+                frame = in_vxlan(frame, n)
             if linktype != 1:
                 frame = _cooked(frame, linktype)
             fh.write(struct.pack("<IIII", ts // 10**9, (ts % 10**9) // 1000, len(frame), len(frame)))
             fh.write(frame)
 
 
-@pytest.mark.parametrize("seed,tag_all,orphans,linktype,ipv6", [
-    (1, False, False, 1, False), (2, False, True, 1, False), (3, True, True, 1, False),
-    (4, False, True, 113, False), (5, False, True, 276, False), (6, "qinq", False, 1, False),
-    (7, "mixed", True, 1, False), (8, False, True, 1, True), (9, "mixed", False, 1, True),
-    (10, False, False, 276, True)])
+@pytest.mark.parametrize("seed,tag_all,orphans,linktype,ipv6,vxlan", [
+    (1, False, False, 1, False, False), (2, False, True, 1, False, False), (3, True, True, 1, False, False),
+    (4, False, True, 113, False, False), (5, False, True, 276, False, False), (6, "qinq", False, 1, False, False),
+    (7, "mixed", True, 1, False, False), (8, False, True, 1, True, False), (9, "mixed", False, 1, True, False),
+    (10, False, False, 276, True, False), (12, False, True, 1, False, True), (13, "mixed", False, 1, True, True),
+    (14, False, True, 113, False, True)])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
-def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, ipv6, mode, tmp_path):
+def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, ipv6, vxlan, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6)
+    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6, vxlan)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
     assert len(records) == (5 if orphans else 6)
     if orphans:
         assert expected[1]["rtp.unmatched"] > 100 and expected[1]["rtp.pending_adopted"] > 10
+    if vxlan:
+        assert expected[1]["net.tunnel.vxlan"] > 1000
     assert expected[1]["net.duplicate"] > 0                 # the mirrored copies were recognised
     assert any(s["lost"] or s["reordered"] for r in records for s in r["streams"])
     assert _run(path, mode, "batches", tmp_path) == expected
@@ -234,3 +254,27 @@ def test_ipv6_address_table_starts_afresh_without_changing_anything(monkeypatch,
     monkeypatch.setattr(Engine, "_reset_slots", lambda self: (resets.append(1), original(self)))
     assert _run(path, "inline", "small", tmp_path) == expected
     assert len(resets) > 10
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_batch_path_takes_rtp_inside_vxlan(ipv6, tmp_path):
+    """Cloud traffic mirroring (VXLAN to a collector): the RTP inside takes the batch path,
+    with the inner frame's MACs, as the decoder reports them."""
+    path = tmp_path / "vxlan.pcap"
+    _mangled_capture(path, 15, False, False, 1, ipv6, True, host_macs=True)
+    expected = _run(path, "inline", "frames", tmp_path)
+    assert _run(path, "inline", "batches", tmp_path) == expected
+    # The inner frames' MACs (02:00 + the party's IPv4 address 10.1.0.n / 10.2.0.n), not
+    # the mirror's (02:00:00:00:00:aa).
+    assert [(r["media"]["caller"]["mac"], r["media"]["callee"]["mac"]) for r in expected[0]] == [
+        (f"02000A0100{n:02X}", f"02000A0200{n:02X}") for n in range(len(expected[0]))]
+    eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w", keep_audio=False)
+    taken = []
+    original = eng._apply
+    eng._apply = lambda idx, *rest: (taken.append(len(idx)), original(idx, *rest))
+    for batch in read_batches([path], eng.counters):
+        eng.feed_batch(batch)
+    eng.finish()
+    frames = sum(1 for _ in open_captures([path], Counter()))
+    assert sum(taken) > 0.85 * frames
+    assert eng.counters["net.tunnel.vxlan"] == frames

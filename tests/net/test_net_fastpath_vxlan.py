@@ -1,0 +1,60 @@
+"""The batch fast path inside VXLAN (cloud traffic mirroring): which tunnelled frames it
+takes, and the inner fields it reads, checked against the per-packet decoder."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from agent.net.decode import FrameDecoder
+from agent.net.fastpath import AddressIds, rtp_frames
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from synth import in_vxlan, to_ipv6, udp_frame, with_tags  # noqa: E402
+
+A, B = bytes([10, 1, 0, 5]), bytes([10, 2, 0, 5])
+
+
+def _rtp(seq: int) -> bytes:
+    inner = struct.pack("!BBHII", 0x80, 0, seq, 160 * seq, 0xBEEF) + bytes(160)
+    return udp_frame(bytes.fromhex("020000000011"), bytes.fromhex("020000000022"), A, B, 40000, 50000, inner, seq)
+
+
+def _batch(frames: list[bytes]):
+    buf = b"".join(frames)
+    lens = np.array([len(f) for f in frames], dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
+    return buf, starts, lens
+
+
+def test_inner_rtp_fields_match_the_decoder():
+    frames = [in_vxlan(_rtp(1), 1), in_vxlan(with_tags(_rtp(2), b"\x81\x00\x00\x07\x81\x00\x00\x08"), 2),
+              in_vxlan(to_ipv6(_rtp(3)), 3)]
+    buf, starts, lens = _batch(frames)
+    fx = rtp_frames(buf, starts, lens, 1, AddressIds(), vxlan=True)
+    assert fx.cand.tolist() == [True, True, True] and fx.tunnel.all() and fx.full_path.all()
+    assert fx.seq.tolist() == [1, 2, 3] and fx.ssrc.tolist() == [0xBEEF] * 3
+    assert fx.l2_at.tolist() == [50, 50, 50]                # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+    assert (fx.dst_key[:2] >> 16).tolist() == [int.from_bytes(B, "big")] * 2
+    for i, frame in enumerate(frames):
+        dgram = FrameDecoder(Counter()).decode(0, 1, frame)
+        assert dgram is not None and (dgram.src_port, dgram.dst_port) == (40000, 50000)
+        assert dgram.payload == buf[starts[i] + fx.payload_at[i]:starts[i] + lens[i]]
+        assert dgram.src_mac == buf[starts[i] + fx.l2_at[i] + 6:starts[i] + fx.l2_at[i] + 12]
+
+
+def test_tunnelled_frames_left_to_the_decoder():
+    good = in_vxlan(_rtp(1), 1)
+    no_vni = good[:42] + bytes([0]) + good[43:]                 # I flag clear: not a VXLAN tunnel
+    short = in_vxlan(b"\x02" * 13, 4)                            # no room for an inner Ethernet header
+    rtcp = in_vxlan(udp_frame(b"\x02" * 6, b"\x04" * 6, A, B, 40001, 50001,
+                              struct.pack("!BBHI", 0x80, 200, 6, 1) + bytes(20)), 5)
+    frames = [good, no_vni, short, rtcp]
+    buf, starts, lens = _batch(frames)
+    assert rtp_frames(buf, starts, lens, 1, AddressIds(), vxlan=True).cand.tolist() == [True, False, False, False]
+    # Without vxlan=True (a decoder that does not follow tunnels) none is taken.
+    assert rtp_frames(buf, starts, lens, 1, AddressIds()) is None
