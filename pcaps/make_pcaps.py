@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 from scapy.all import IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw, fragment, raw
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2
+from scapy.layers.vxlan import VXLAN
 
 OUT_DIR = Path(__file__).resolve().parent
 BASE_NS = int(_dt.datetime(2026, 1, 15, 10, 0, 0, tzinfo=_dt.timezone.utc).timestamp()) * 10**9
@@ -110,7 +111,7 @@ class Pkt:
 class Capture:
     name: str
     description: str
-    link: str = "ether"  # ether | vlan | qinq | sll | sll2
+    link: str = "ether"  # ether | vlan | qinq | sll | sll2 | vxlan
     fmt: str = "pcap"  # pcap | pcapng
     pkts: list[Pkt] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)
@@ -968,6 +969,9 @@ SCENARIOS = {
                              "the BYE.", bye_from_callee=True),
     "qinq": lambda: sc_basic("qinq", "qinq", "Basic call double-tagged: 802.1ad S-tag 0x88a8 "
                              "VLAN 200 + 802.1Q C-tag VLAN 100."),
+    "vxlan": lambda: sc_basic("vxlan", "vxlan", "Basic call as cloud traffic mirroring delivers "
+                              "it: every frame inside VXLAN (UDP 4789, VNI 4242) from the mirror "
+                              "source 192.0.2.1 to a collector 192.0.2.2; MACs are the inner frames'."),
     "sll": lambda: sc_basic("sll", "sll", "Basic call in a Linux cooked (SLL, linktype 113) "
                             "capture; the SLL address field carries the sender's MAC."),
     "sll2": lambda: sc_basic("sll2", "sll2", "Basic call in a Linux cooked v2 (SLL2, linktype "
@@ -1004,6 +1008,10 @@ def frame(link: str, p: Pkt) -> bytes:
         return raw(Ether(src=p.src_mac, dst=p.dst_mac) / Dot1Q(vlan=100, prio=5) / l3)
     if link == "qinq":
         return raw(Ether(src=p.src_mac, dst=p.dst_mac) / Dot1AD(vlan=200) / Dot1Q(vlan=100) / l3)
+    if link == "vxlan":
+        inner = Ether(src=p.src_mac, dst=p.dst_mac, type=proto) / l3
+        return raw(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:bb") / IP(src="192.0.2.1", dst="192.0.2.2")
+                   / UDP(sport=49152, dport=4789) / VXLAN(vni=4242, flags=0x08) / inner)
     macb = bytes.fromhex(p.src_mac.replace(":", "")) + b"\x00\x00"
     if link == "sll":  # pkttype 0: addressed to us (a capture host on the path)
         return raw(CookedLinux(pkttype=0, lladdrtype=1, lladdrlen=6, src=macb, proto=proto) / l3)
@@ -1014,6 +1022,7 @@ def frame(link: str, p: Pkt) -> bytes:
 
 
 LINKTYPES = {"ether": LINKTYPE_ETHERNET, "vlan": LINKTYPE_ETHERNET, "qinq": LINKTYPE_ETHERNET,
+             "vxlan": LINKTYPE_ETHERNET,
              "sll": LINKTYPE_LINUX_SLL, "sll2": LINKTYPE_LINUX_SLL2}
 
 

@@ -107,7 +107,9 @@ def tshark_rtp_counts(path: Path) -> Counter:
     distinct = set()
     for line in out.splitlines():
         ip4, ip6, ssrc, seq = line.split("\t")
-        distinct.add((ip4 or ip6, int(ssrc, 16), int(seq)))
+        # A tunnelled packet (VXLAN) lists the outer address first: the RTP's is the last
+        # (IPv6 inside an IPv4 tunnel: the IPv6 one).
+        distinct.add(((ip6 or ip4).split(",")[-1], int(ssrc, 16), int(seq)))
     return Counter((ip, ssrc) for ip, ssrc, _ in distinct)
 
 
