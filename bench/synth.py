@@ -163,9 +163,10 @@ def in_vxlan(frame: bytes, ident: int, vni: int = 4242) -> bytes:
                      bytes([192, 0, 2, 2]), 49152 + ident % 16384, 4789, vxlan, ident)
 
 
-def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None) -> int:
+def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None, skip: int = 0) -> int:
     """Copy a little-endian microsecond pcap written by ``write_calls``, frame by frame through
-    ``convert``; returns the number of records written."""
+    ``convert`` (after the first ``skip`` records, at most ``limit``); returns the number of
+    records written."""
     n = 0
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         fout.write(fin.read(24))
@@ -174,7 +175,11 @@ def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None) -> int
             if len(head) < 16:
                 break
             sec, usec, caplen, _ = struct.unpack("<IIII", head)
-            frame = convert(fin.read(caplen))
+            frame = fin.read(caplen)
+            if skip:
+                skip -= 1
+                continue
+            frame = convert(frame)
             fout.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)
             n += 1
     return n

@@ -32,7 +32,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from agent.capture.files import MAX_BACKWARD_JUMP_NS, iter_capture_paths, open_captures
+import heapq
+
+from agent.capture.files import MAX_BACKWARD_JUMP_NS, _first_ts, _steady, iter_capture_paths
+from agent.capture.pcapfile import read_capture
 from agent.capture.pcapfile import (_BT_EPB, _BT_IDB, MAX_RECORD_BYTES, MAX_TS_NS, PCAP_MAGIC_NS,
                                     PCAP_MAGIC_US, PCAPNG_SHB, Record, _open, _parse_idb, resume_pcap,
                                     resume_pcapng)
@@ -116,10 +119,119 @@ def read_batches(paths: Iterable[str | Path], counters) -> Iterator[FrameBatch]:
     Raises CaptureFormatError before the first batch for a file that is not a capture."""
     files = iter_capture_paths(paths)
     if len(files) == 1:
-        fast = _pcap_batches(files[0], counters)
-        if fast is not None:
-            return fast
-    return group_records(open_captures(files, counters))
+        return _file_batches(files[0], counters)
+    return _merge_batches(files, counters)
+
+
+def _file_batches(path: Path, counters) -> Iterator[FrameBatch]:
+    """One file's batches: the fast walker's, or the record reader's grouped."""
+    fast = _pcap_batches(path, counters)
+    if fast is not None:
+        return fast
+    return group_records(_steady(read_capture(path, counters), counters, path))
+
+
+class _Cursor:
+    """Where the merge stands in one file: its batches, the current one and a position."""
+
+    __slots__ = ("batches", "batch", "pos")
+
+    def __init__(self, batches: Iterator[FrameBatch]) -> None:
+        self.batches = batches
+        self.batch: FrameBatch | None = None
+        self.pos = 0
+        self._next_batch()
+
+    def _next_batch(self) -> None:
+        self.pos = 0
+        self.batch = next(self.batches, None)
+        while self.batch is not None and not len(self.batch):
+            self.batch = next(self.batches, None)
+
+    @property
+    def ts(self) -> int:
+        return int(self.batch.ts_ns[self.pos])
+
+    def take(self, limit: int | None, first: bool) -> tuple[FrameBatch, bool]:
+        """Frames from here up to (not including) the first one after the first (``first``:
+        the one here is taken whatever its time) stamped later than ``limit``; and whether
+        such a frame stopped it (it is then the cursor's frame)."""
+        b = self.batch
+        lo = self.pos + 1 if first else self.pos
+        end = len(b)
+        if limit is not None:
+            later = np.flatnonzero(b.ts_ns[lo:] > limit)
+            if len(later):
+                end = lo + int(later[0])
+        part = b if (self.pos == 0 and end == len(b)) else _slice(b, self.pos, end)
+        if end < len(b):
+            self.pos = end
+            return part, True
+        self._next_batch()
+        return part, False
+
+    def record(self) -> tuple[int, int, bytes]:
+        b = self.batch
+        rec = (int(b.ts_ns[self.pos]), b.linktype, b.frame(self.pos))
+        self.pos += 1
+        if self.pos == len(b):
+            self._next_batch()
+        return rec
+
+
+def _slice(b: FrameBatch, lo: int, hi: int) -> FrameBatch:
+    return FrameBatch(b.buf, b.starts[lo:hi], b.lens[lo:hi], b.ts_ns[lo:hi], b.linktype)
+
+
+def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
+    """``open_captures``' merge of several files, in batches: the same records in the same
+    order (``files._merge``: a file joins when the merge reaches its first timestamp, ties
+    go in path order). While one file is active (rotated files: the usual case) its own
+    batches pass through, cut where the next file starts; only where files overlap in time
+    are records interleaved one by one (and grouped into batches again)."""
+    pending: list[tuple[int, int, Path]] = []
+    for idx, path in enumerate(files):
+        ts = _first_ts(path, counters)         # format errors surface before the first batch
+        if ts is not None:
+            pending.append((ts, idx, path))
+    pending.sort(reverse=True)                 # pop() gives the earliest
+    heap: list[tuple[int, int, _Cursor]] = []
+    mixed: list[tuple[int, int, bytes]] = []   # interleaved records not yet grouped
+    while pending or heap:
+        while pending and (not heap or pending[-1][0] <= heap[0][0]):
+            _, idx, path = pending.pop()
+            cursor = _Cursor(_file_batches(path, counters))
+            if cursor.batch is not None:
+                heapq.heappush(heap, (cursor.ts, idx, cursor))
+        if not heap:
+            continue
+        if len(heap) == 1:
+            if mixed:
+                yield from group_records(iter(mixed))
+                mixed = []
+            _, idx, cursor = heap.pop()
+            limit = pending[-1][0] if pending else None
+            first = True
+            while cursor.batch is not None:
+                part, stopped = cursor.take(limit, first)
+                first = False
+                if len(part):
+                    yield part
+                if stopped:
+                    heapq.heappush(heap, (cursor.ts, idx, cursor))
+                    break
+            continue
+        _, idx, cursor = heap[0]
+        mixed.append(cursor.record())
+        if len(mixed) >= GROUP_FRAMES:
+            yield from group_records(iter(mixed))
+            mixed = []
+        if cursor.batch is None:
+            heapq.heappop(heap)
+        else:
+            heapq.heapreplace(heap, (cursor.ts, idx, cursor))
+    if mixed:
+        yield from group_records(iter(mixed))
 
 
 def group_records(records: Iterator[Record], steady: _Steady | None = None) -> Iterator[FrameBatch]:

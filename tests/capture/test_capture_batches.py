@@ -128,3 +128,55 @@ def test_malformed_interface_block_is_not_a_crash(idb_body, tmp_path):
     path.write_bytes(data)
     want, want_counters, got, got_counters = _both(path)
     assert got == want and got_counters == want_counters and len(got) == 1
+
+
+def _both_paths(paths: list[Path]) -> tuple[list, Counter, list, Counter, int]:
+    want_counters: Counter = Counter()
+    want = [(ts, lt, bytes(f)) for ts, lt, f in open_captures(paths, want_counters)]
+    got_counters: Counter = Counter()
+    batches = list(read_batches(paths, got_counters))
+    got = [(int(b.ts_ns[i]), b.linktype, b.frame(i)) for b in batches for i in range(len(b))]
+    return want, want_counters, got, got_counters, len(batches)
+
+
+def _shifted(frames: list[tuple[int, bytes]], by_ns: int) -> list[tuple[int, bytes]]:
+    return [(ts + by_ns, f) for ts, f in frames]
+
+
+@pytest.mark.parametrize("layout", ["rotated", "rotated_mixed_formats", "overlapping_taps", "touching",
+                                    "partly_overlapping", "damaged_member", "clock_jump_member"])
+def test_several_files_merge_in_batches_as_records(layout, tmp_path):
+    """Several files (a directory of rotated files, two taps overlapping in time, files whose
+    first and last times meet): the batch reader yields the records, in the order and with
+    the counters of the record merge; rotated files pass through whole batches."""
+    frames = _frames(6000, seed=7)
+    d = tmp_path / "caps"
+    d.mkdir()
+    if layout in ("rotated", "rotated_mixed_formats", "damaged_member", "clock_jump_member"):
+        parts = [frames[i:i + 1500] for i in range(0, 6000, 1500)]
+        if layout == "clock_jump_member":
+            parts[2] = parts[2][:700] + _shifted(parts[2][700:], -3 * 86400 * 10**9)
+        for n, part in enumerate(parts):
+            data = _pcapng(part) if layout == "rotated_mixed_formats" and n % 2 else _pcap(part)
+            if layout == "damaged_member" and n == 1:
+                data = _damaged(data, "flipped", random.Random(5))
+            name = f"cap_{n:03d}.pcap"
+            (d / name).write_bytes(gzip.compress(data) if layout == "rotated_mixed_formats" and n == 3 else data)
+    elif layout == "overlapping_taps":
+        (d / "tap_a.pcap").write_bytes(_pcap(frames[0::2]))
+        (d / "tap_b.pcap").write_bytes(_pcap(_shifted(frames[1::2], 0)))
+    elif layout == "touching":
+        # The next file starts at the very time the previous one ends (ties: path order).
+        a, b = frames[:3000], frames[3000:]
+        (d / "a.pcap").write_bytes(_pcap(a))
+        (d / "b.pcap").write_bytes(_pcap(_shifted(b, a[-1][0] - b[0][0])))
+    else:                                               # partly_overlapping
+        (d / "a.pcap").write_bytes(_pcap(frames[:4000]))
+        (d / "b.pcap").write_bytes(_pcap(frames[3500:]))
+    want, want_counters, got, got_counters, batches = _both_paths([d])
+    assert got == want and got_counters == want_counters
+    assert len(want) >= 3000
+    if layout == "rotated":
+        assert batches == 4                             # each file's batch passes through
+    if layout == "clock_jump_member":
+        assert want_counters["capture.clock_jumps"] == 1
