@@ -5,9 +5,11 @@ it) and ``read_batches``, the replay front end. A single pcap or pcapng file (th
 replay case: tcpdump, tshark, Wireshark, SPAN recorders) is read by a fast walker that
 reads 8 MiB at a time and finds record (block) boundaries with one ``unpack_from`` each,
 or, where consecutive records have the same length (a SPAN port full of 20 ms G.711
-frames), with one vectorised check for a whole run of them. Everything else (several files
-merged by time, pcapng whose interfaces come late) comes from the record readers
-(``agent.capture.files``) and is grouped into batches, so the engine has one entry point.
+frames), with one vectorised check for a whole run of them. Several files are merged by
+time as ``files.open_captures`` merges them, but in batches (``_merge_batches``): a file
+alone in its stretch of time passes its walker's batches through. What the walker cannot
+read (pcapng whose interfaces come late) comes from the record readers
+(``agent.capture.files``) grouped into batches, so the engine has one entry point.
 
 Damage: the fast walker trusts nothing it has not checked. At the first record whose
 header a writer would not produce (for pcapng also: any block but an enhanced packet block,
@@ -15,12 +17,13 @@ a timestamp the reader would have to clamp), or a file that ends inside a record
 over to the record reader at that byte offset (``resume_pcap`` / ``resume_pcapng``), which
 counts, warns and resynchronises exactly as it does on its own.
 
-Clock steps: backward jumps inside one file are re-based as ``files._steady`` does
+Clock steps: backward jumps inside one file are re-based as ``files.steady_records`` does
 (vectorised check per batch, a per-record loop only for a batch that has one).
 """
 
 from __future__ import annotations
 
+import heapq
 import io
 import logging
 import struct
@@ -32,13 +35,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-import heapq
-
-from agent.capture.files import MAX_BACKWARD_JUMP_NS, _first_ts, _steady, iter_capture_paths
-from agent.capture.pcapfile import read_capture
+from agent.capture.files import MAX_BACKWARD_JUMP_NS, first_timestamp, iter_capture_paths, steady_records
 from agent.capture.pcapfile import (_BT_EPB, _BT_IDB, MAX_RECORD_BYTES, MAX_TS_NS, PCAP_MAGIC_NS,
-                                    PCAP_MAGIC_US, PCAPNG_SHB, Record, _open, _parse_idb, resume_pcap,
-                                    resume_pcapng)
+                                    PCAP_MAGIC_US, PCAPNG_SHB, Record, _open, _parse_idb, read_capture,
+                                    resume_pcap, resume_pcapng)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class FrameBatch:
 
 
 class _Steady:
-    """``files._steady`` for arrays: re-base one file's timestamps across backward jumps."""
+    """``files.steady_records`` for arrays: re-base one file's timestamps across backward jumps."""
 
     __slots__ = ("path", "counters", "offset", "last")
 
@@ -128,7 +128,7 @@ def _file_batches(path: Path, counters) -> Iterator[FrameBatch]:
     fast = _pcap_batches(path, counters)
     if fast is not None:
         return fast
-    return group_records(_steady(read_capture(path, counters), counters, path))
+    return group_records(steady_records(read_capture(path, counters), counters, path))
 
 
 class _Cursor:
@@ -191,7 +191,7 @@ def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
     are records interleaved one by one (and grouped into batches again)."""
     pending: list[tuple[int, int, Path]] = []
     for idx, path in enumerate(files):
-        ts = _first_ts(path, counters)         # format errors surface before the first batch
+        ts = first_timestamp(path, counters)   # format errors surface before the first batch
         if ts is not None:
             pending.append((ts, idx, path))
     pending.sort(reverse=True)                 # pop() gives the earliest

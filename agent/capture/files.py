@@ -67,11 +67,11 @@ def open_captures(paths: Iterable[str | Path], counters) -> Iterator[Record]:
     """
     files = iter_capture_paths(paths)
     if len(files) == 1:
-        return _steady(read_capture(files[0], counters), counters, files[0])
+        return steady_records(read_capture(files[0], counters), counters, files[0])
     return _merge(files, counters)
 
 
-def _steady(records: Iterator[Record], counters, path: Path) -> Iterator[Record]:
+def steady_records(records: Iterator[Record], counters, path: Path) -> Iterator[Record]:
     """Re-base the timestamps of one file across backward clock jumps (MAX_BACKWARD_JUMP_NS)."""
     offset = 0
     last = None
@@ -88,7 +88,7 @@ def _steady(records: Iterator[Record], counters, path: Path) -> Iterator[Record]
         yield ts_ns, linktype, frame
 
 
-def _first_ts(path: Path, counters) -> int | None:
+def first_timestamp(path: Path, counters) -> int | None:
     gen = read_capture(path, counters)
     try:
         first = next(gen, None)
@@ -101,7 +101,7 @@ def _merge(files: list[Path], counters) -> Iterator[Record]:
     # Peek every file's first timestamp now so format errors surface up front.
     pending: list[tuple[int, int, Path]] = []
     for idx, path in enumerate(files):
-        ts = _first_ts(path, counters)
+        ts = first_timestamp(path, counters)
         if ts is not None:
             pending.append((ts, idx, path))
     pending.sort(reverse=True)   # pop() gives the earliest
@@ -109,7 +109,7 @@ def _merge(files: list[Path], counters) -> Iterator[Record]:
     while pending or heap:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, idx, path = pending.pop()
-            it = _steady(read_capture(path, counters), counters, path)
+            it = steady_records(read_capture(path, counters), counters, path)
             rec = next(it, None)
             if rec is not None:
                 heapq.heappush(heap, (rec[0], idx, rec, it))
