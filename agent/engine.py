@@ -45,7 +45,7 @@ from agent.media.runs import RtpRun, RunGroups
 from agent.media.stream import CallMedia, MediaCapture, MediaPlan, sequence_capture
 from agent.net.datagram import TCP, UDP, Datagram
 from agent.net.decode import FrameDecoder
-from agent.net.fastpath import V6_KEY, AddressIds, RtpFrames, rtp_frames
+from agent.net.fastpath import TUNNEL_GRE, TUNNEL_VXLAN, V6_KEY, AddressIds, RtpFrames, rtp_frames
 from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.dedup import looks_like_rtp, rtp_key
 from agent.sip.framing import SipStreamFramer
@@ -261,7 +261,7 @@ class Engine:
             self._v6_ids = AddressIds()
             self._reset_slots()
         fx = (rtp_frames(batch.buf, batch.starts, batch.lens, batch.linktype, self._v6_ids,
-                         vxlan=self.decoder.max_tunnel_depth >= 1)
+                         tunnels=self.decoder.max_tunnel_depth >= 1)
               if n >= BATCH_MIN else None)
         if fx is None:
             for i in range(n):
@@ -327,9 +327,13 @@ class Engine:
         batch = self._batch
         cand = a + np.flatnonzero(fx.cand[a:b])
         events = (a + np.flatnonzero(~fx.cand[a:b])).tolist()
-        tunnelled = int(np.count_nonzero(fx.tunnel[cand]))
-        if tunnelled:
-            self.counters["net.tunnel.vxlan"] += tunnelled      # as the decoder counts each one
+        tunnel = fx.tunnel[cand]
+        if tunnel.any():
+            # As the decoder counts each tunnelled frame it decodes (copies included).
+            for kind, counter in ((TUNNEL_VXLAN, "net.tunnel.vxlan"), (TUNNEL_GRE, "net.tunnel.gre")):
+                found = int(np.count_nonzero(tunnel == kind))
+                if found:
+                    self.counters[counter] += found
         t = ts[cand - base]
         if self._dedup is not None and len(cand):
             dup = self._dedup.check_many(t, fx.dedup_key[cand])
@@ -482,7 +486,7 @@ class Engine:
         start = at + int(fx.payload_at[i])
         src, dst = int(fx.src_key[i]), int(fx.dst_key[i])
         if fx.tunnel[i]:
-            # Inside VXLAN the inner Ethernet header is what was on the mirrored wire.
+            # Inside a tunnel the inner Ethernet header is what was on the mirrored wire.
             src_mac, dst_mac, vlans = _l2_facts(buf, at + int(fx.l2_at[i]), LINKTYPE_ETHERNET, True)
         else:
             src_mac, dst_mac, vlans = _l2_facts(buf, at, batch.linktype, bool(fx.full_path[i]))

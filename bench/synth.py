@@ -163,6 +163,31 @@ def in_vxlan(frame: bytes, ident: int, vni: int = 4242) -> bytes:
                      bytes([192, 0, 2, 2]), 49152 + ident % 16384, 4789, vxlan, ident)
 
 
+def ip_frame(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes, proto: int, payload: bytes,
+             ip_id: int = 0) -> bytes:
+    """An Ethernet / IPv4 frame carrying ``payload`` as protocol ``proto``."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ip_id & 0xFFFF, 0x4000, 64, proto, 0,
+                     src_ip, dst_ip)
+    ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
+    return dst_mac + src_mac + b"\x08\x00" + ip + payload
+
+
+def in_erspan(frame: bytes, seq: int, erspan_type: int = 2) -> bytes:
+    """``frame`` as a switch's remote SPAN sends it: GRE to the collector 192.0.2.2, ERSPAN
+    type 2 (GRE sequence + 8-byte header), 3 (12-byte header) or 1 (bare GRE), or transparent
+    Ethernet bridging (0, GRE with a key)."""
+    if erspan_type == 2:
+        gre = struct.pack("!HHI", 0x1000, 0x88BE, seq) + struct.pack("!II", 0x10000000 | 7, 0)
+    elif erspan_type == 3:
+        gre = struct.pack("!HHI", 0x1000, 0x22EB, seq) + struct.pack("!III", 0x20000000 | 7, seq * 100, 0)
+    elif erspan_type == 1:
+        gre = struct.pack("!HH", 0x0000, 0x88BE)
+    else:
+        gre = struct.pack("!HHI", 0x2000, 0x6558, 42)
+    return ip_frame(bytes.fromhex("0200000000cc"), bytes.fromhex("0200000000bb"), bytes([192, 0, 2, 3]),
+                    bytes([192, 0, 2, 2]), 47, gre + frame, seq)
+
+
 def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None, skip: int = 0) -> int:
     """Copy a little-endian microsecond pcap written by ``write_calls``, frame by frame through
     ``convert`` (after the first ``skip`` records, at most ``limit``); returns the number of

@@ -24,7 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.net.dedup import rtp_key, rtp_keys6_of_rows, rtp_keys_of_words
 from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
-from agent.net.tunnels import VXLAN_PORT
+from agent.net.tunnels import GRE_ERSPAN_II, GRE_ERSPAN_III, GRE_TEB, VXLAN_PORT
 
 __all__ = ["RtpFrames", "rtp_frames", "AddressIds", "V6_KEY", "FIELD_BYTES"]
 
@@ -33,6 +33,9 @@ ROW_BYTES = FIELD_BYTES + 8        # room for two VLAN tags or a Linux cooked he
 
 
 _TPIDS = np.array(sorted(VLAN_TPIDS), dtype=np.int32)
+TUNNEL_VXLAN = 1                   # RtpFrames.tunnel: the decoder counts net.tunnel.vxlan
+TUNNEL_GRE = 2                     # ... net.tunnel.gre (GRE with Ethernet inside: TEB, ERSPAN I-III)
+_PROTO_GRE = 47
 V6_KEY = 1 << 62                   # set in the media key of an IPv6 endpoint (IPv4 keys < 2**48)
 V6_BYTES = 40 + 8 + 12 + 2         # IPv6 header, UDP, RTP header, 2 payload bytes (rtp_key6)
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F))
@@ -98,7 +101,7 @@ class RtpFrames:
     full_path: np.ndarray          # bool: the per-packet path decodes this frame fully (VLAN tags, SLL)
     safe: np.ndarray               # bool: not RTP, and harmless to step over (see rtp_frames)
     payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet, +4 per tag)
-    tunnel: np.ndarray             # bool: RTP inside VXLAN (the decoder counts net.tunnel.vxlan)
+    tunnel: np.ndarray             # int8: RTP inside a tunnel, TUNNEL_VXLAN or TUNNEL_GRE (else 0)
     l2_at: np.ndarray              # int64 offset of the Ethernet header whose MACs and VLANs count
                                    # (0; inside VXLAN the inner one: what was on the mirrored wire)
 
@@ -137,11 +140,12 @@ def _rows(data: np.ndarray, starts: np.ndarray, width: int = ROW_BYTES) -> np.nd
 
 def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
                linktype: int = LINKTYPE_ETHERNET, v6_ids: AddressIds | None = None,
-               vxlan: bool = False) -> RtpFrames | None:
+               tunnels: bool = False) -> RtpFrames | None:
     """Fields of every frame; None when no frame can qualify (or the link type is not one of
     Ethernet, Linux cooked SLL or SLL2). IPv6 frames qualify only with ``v6_ids``, the
-    caller's table of address ids; with ``vxlan``, so does RTP inside VXLAN over IPv4 (what
-    cloud traffic mirroring delivers), read from the inner frame."""
+    caller's table of address ids; with ``tunnels``, so does RTP in an Ethernet frame carried
+    over IPv4 by VXLAN (cloud traffic mirroring) or GRE (ERSPAN remote SPAN, bridging), read
+    from the inner frame."""
     if linktype not in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
         return None
     data = np.frombuffer(buf, dtype=np.uint8)
@@ -193,20 +197,24 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     v6 = _ipv6_rows(data, starts, lens, extra, (f[:, 12:14] if linktype == LINKTYPE_ETHERNET
                                                 else rows[:, at:at + 2])) if v6_ids is not None else None
     inner = None
-    if vxlan and to_vxlan.any():
-        # Outer IPv4 as the decoder reads it (no options, unfragmented), UDP to the VXLAN port
-        # whose length the packet holds, a VXLAN header with a valid VNI (I flag) and room for
-        # an inner Ethernet header: the inner frame starts after the 8-byte VXLAN header.
-        tunnelled = np.flatnonzero(
-            to_vxlan & (lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45) & (f[:, 23] == 17)
-            & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0) & (total <= lens - 14 - extra)
-            & (udp_len >= 8 + 8 + 14) & (udp_len <= total - 20) & ((b0 & 0x08) != 0))
-        if len(tunnelled):
-            inner_at = 50 + extra[tunnelled]
-            found = rtp_frames(buf, starts[tunnelled] + inner_at, udp_len[tunnelled] - 16,
-                               LINKTYPE_ETHERNET, v6_ids)
+    if tunnels:
+        # Outer IPv4 as the decoder reads it: no options, unfragmented, a length the frame holds.
+        outer = ((lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45) & ((f[:, 20] & 0x3F) == 0)
+                 & (f[:, 21] == 0) & (total <= lens - 14 - extra))
+        # VXLAN: UDP to its port whose length the packet holds, a valid VNI (I flag) and room
+        # for an inner Ethernet header, which starts after the 8-byte VXLAN header.
+        vx = np.flatnonzero(outer & to_vxlan & (f[:, 23] == 17) & (udp_len >= 8 + 8 + 14)
+                            & (udp_len <= total - 20) & ((b0 & 0x08) != 0))
+        gre = np.flatnonzero(outer & (f[:, 23] == _PROTO_GRE))
+        idx, at, length, kind = _gre_inner(data, starts, extra, total, gre)
+        idx = np.concatenate((vx, idx))
+        if len(idx):
+            at = np.concatenate((50 + extra[vx], at))
+            length = np.concatenate((udp_len[vx] - 16, length))
+            kind = np.concatenate((np.full(len(vx), TUNNEL_VXLAN, dtype=np.int8), kind))
+            found = rtp_frames(buf, starts[idx] + at, length, LINKTYPE_ETHERNET, v6_ids)
             if found is not None and found.cand.any():
-                inner = (tunnelled, inner_at, found)
+                inner = (idx, at, kind, found)
     if v6 is None and inner is None and not cand.any():
         return None
     # Signalling a window of the batch path can step over: plain IPv4 TCP, or UDP whose payload
@@ -234,7 +242,7 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
         full_path=full_path,
         safe=safe,
         payload_at=42 + extra,
-        tunnel=np.zeros(len(starts), dtype=bool),
+        tunnel=np.zeros(len(starts), dtype=np.int8),
         l2_at=np.zeros(len(starts), dtype=np.int64),
     )
     if v6 is not None:
@@ -245,8 +253,36 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     return fx
 
 
-def _fill_inner(fx: RtpFrames, tunnelled: np.ndarray, inner_at: np.ndarray, found: RtpFrames) -> None:
-    """The RTP found inside VXLAN frames, as fields of those (outer) frames."""
+def _gre_inner(data: np.ndarray, starts: np.ndarray, extra: np.ndarray, total: np.ndarray,
+               gre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(frame indices, inner frame offsets, inner lengths, TUNNEL_GRE) of the GRE frames at
+    ``gre`` (outer IPv4 checked) that carry an Ethernet frame, read as ``tunnels.gre`` reads
+    them: version 0, no routing; checksum, key and sequence fields skipped; transparent
+    Ethernet bridging, ERSPAN type I (no sequence, no header) and II (8-byte header), ERSPAN
+    type III (12 bytes, 8 more with the O bit). GRE carrying IP itself is left to the decoder."""
+    empty = np.zeros(0, dtype=np.int64)
+    if not len(gre):
+        return empty, empty, empty, np.zeros(0, dtype=np.int8)
+    l4 = 34 + extra[gre]                                   # the GRE header, in the frame
+    head = _rows(data, starts[gre] + l4, 32)
+    flags = (head[:, 0].astype(np.int64) << 8) | head[:, 1]
+    ptype = (head[:, 2].astype(np.int64) << 8) | head[:, 3]
+    size = 4 + 4 * (((flags >> 15) & 1) + ((flags >> 13) & 1) + ((flags >> 12) & 1))
+    seq = (flags & 0x1000) != 0
+    erspan3_o = head[np.arange(len(gre)), np.minimum(size + 11, 31)] & 1
+    size = size + np.where(ptype == GRE_ERSPAN_II, np.where(seq, 8, 0),
+                           np.where(ptype == GRE_ERSPAN_III, 12 + 8 * erspan3_o, 0))
+    length = total[gre] - 20 - size
+    ok = (((flags & 0x0007) == 0) & ((flags & 0x4000) == 0)
+          & ((ptype == GRE_TEB) | (ptype == GRE_ERSPAN_II) | (ptype == GRE_ERSPAN_III))
+          & (length >= 14))
+    ok = np.flatnonzero(ok)
+    return gre[ok], (l4 + size)[ok], length[ok], np.full(len(ok), TUNNEL_GRE, dtype=np.int8)
+
+
+def _fill_inner(fx: RtpFrames, tunnelled: np.ndarray, inner_at: np.ndarray, kind: np.ndarray,
+                found: RtpFrames) -> None:
+    """The RTP found inside tunnelled frames, as fields of those (outer) frames."""
     take = np.flatnonzero(found.cand)
     rows = tunnelled[take]
     for name in ("dst_key", "src_key", "dedup_key", "udp_len", "b0", "b1", "seq", "rtp_ts", "ssrc"):
@@ -255,7 +291,7 @@ def _fill_inner(fx: RtpFrames, tunnelled: np.ndarray, inner_at: np.ndarray, foun
     fx.full_path[rows] = True              # the decoder takes tunnels on its full path
     fx.safe[rows] = False
     fx.payload_at[rows] = inner_at[take] + found.payload_at[take]
-    fx.tunnel[rows] = True
+    fx.tunnel[rows] = kind[take]
     fx.l2_at[rows] = inner_at[take]
 
 

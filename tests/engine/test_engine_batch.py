@@ -136,7 +136,7 @@ def _host_macs(frame: bytes) -> bytes:
 
 
 def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans: bool = False,
-                     linktype: int = 1, ipv6: bool = False, vxlan: bool = False,
+                     linktype: int = 1, ipv6: bool = False, tunnel: str = "",
                      host_macs: bool = False) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
@@ -144,7 +144,7 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans
     import sys
 
     sys.path.insert(0, str(REPO / "bench"))
-    from synth import PCAP_HEADER, in_vxlan, to_ipv6, write_calls
+    from synth import PCAP_HEADER, in_erspan, in_vxlan, to_ipv6, write_calls
 
     clean = path.with_suffix(".clean.pcap")
     write_calls(clean, calls=6, concurrent=4, duration_s=4.0)
@@ -189,31 +189,35 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans
                 frame = _host_macs(frame)
             if ipv6:
                 frame = to_ipv6(frame)
-            if vxlan:
+            if tunnel == "vxlan":
                 frame = in_vxlan(frame, n)
+            elif tunnel:
+                frame = in_erspan(frame, n, {"erspan1": 1, "erspan2": 2, "erspan3": 3, "gre_teb": 0}[tunnel])
             if linktype != 1:
                 frame = _cooked(frame, linktype)
             fh.write(struct.pack("<IIII", ts // 10**9, (ts % 10**9) // 1000, len(frame), len(frame)))
             fh.write(frame)
 
 
-@pytest.mark.parametrize("seed,tag_all,orphans,linktype,ipv6,vxlan", [
-    (1, False, False, 1, False, False), (2, False, True, 1, False, False), (3, True, True, 1, False, False),
-    (4, False, True, 113, False, False), (5, False, True, 276, False, False), (6, "qinq", False, 1, False, False),
-    (7, "mixed", True, 1, False, False), (8, False, True, 1, True, False), (9, "mixed", False, 1, True, False),
-    (10, False, False, 276, True, False), (12, False, True, 1, False, True), (13, "mixed", False, 1, True, True),
-    (14, False, True, 113, False, True)])
+@pytest.mark.parametrize("seed,tag_all,orphans,linktype,ipv6,tunnel", [
+    (1, False, False, 1, False, ""), (2, False, True, 1, False, ""), (3, True, True, 1, False, ""),
+    (4, False, True, 113, False, ""), (5, False, True, 276, False, ""), (6, "qinq", False, 1, False, ""),
+    (7, "mixed", True, 1, False, ""), (8, False, True, 1, True, ""), (9, "mixed", False, 1, True, ""),
+    (10, False, False, 276, True, ""), (12, False, True, 1, False, "vxlan"), (13, "mixed", False, 1, True, "vxlan"),
+    (14, False, True, 113, False, "vxlan"), (16, False, True, 1, False, "erspan2"),
+    (17, "mixed", False, 1, True, "erspan3"), (18, False, True, 276, False, "erspan1"),
+    (19, True, False, 1, False, "gre_teb")])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
-def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, ipv6, vxlan, mode, tmp_path):
+def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, ipv6, tunnel, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6, vxlan)
+    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6, tunnel)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
     assert len(records) == (5 if orphans else 6)
     if orphans:
         assert expected[1]["rtp.unmatched"] > 100 and expected[1]["rtp.pending_adopted"] > 10
-    if vxlan:
-        assert expected[1]["net.tunnel.vxlan"] > 1000
+    if tunnel:
+        assert expected[1]["net.tunnel.vxlan" if tunnel == "vxlan" else "net.tunnel.gre"] > 1000
     assert expected[1]["net.duplicate"] > 0                 # the mirrored copies were recognised
     assert any(s["lost"] or s["reordered"] for r in records for s in r["streams"])
     assert _run(path, mode, "batches", tmp_path) == expected
@@ -256,12 +260,12 @@ def test_ipv6_address_table_starts_afresh_without_changing_anything(monkeypatch,
     assert len(resets) > 10
 
 
-@pytest.mark.parametrize("ipv6", [False, True])
-def test_batch_path_takes_rtp_inside_vxlan(ipv6, tmp_path):
-    """Cloud traffic mirroring (VXLAN to a collector): the RTP inside takes the batch path,
-    with the inner frame's MACs, as the decoder reports them."""
-    path = tmp_path / "vxlan.pcap"
-    _mangled_capture(path, 15, False, False, 1, ipv6, True, host_macs=True)
+@pytest.mark.parametrize("ipv6,tunnel", [(False, "vxlan"), (True, "vxlan"), (False, "erspan2"), (True, "erspan3")])
+def test_batch_path_takes_rtp_inside_tunnels(ipv6, tunnel, tmp_path):
+    """Cloud traffic mirroring (VXLAN to a collector), remote SPAN (ERSPAN): the RTP inside
+    takes the batch path, with the inner frame's MACs, as the decoder reports them."""
+    path = tmp_path / "tunnel.pcap"
+    _mangled_capture(path, 15, False, False, 1, ipv6, tunnel, host_macs=True)
     expected = _run(path, "inline", "frames", tmp_path)
     assert _run(path, "inline", "batches", tmp_path) == expected
     # The inner frames' MACs (02:00 + the party's IPv4 address 10.1.0.n / 10.2.0.n), not
@@ -277,4 +281,4 @@ def test_batch_path_takes_rtp_inside_vxlan(ipv6, tmp_path):
     eng.finish()
     frames = sum(1 for _ in open_captures([path], Counter()))
     assert sum(taken) > 0.85 * frames
-    assert eng.counters["net.tunnel.vxlan"] == frames
+    assert eng.counters["net.tunnel.vxlan" if tunnel == "vxlan" else "net.tunnel.gre"] == frames

@@ -1,5 +1,6 @@
-"""The batch fast path inside VXLAN (cloud traffic mirroring): which tunnelled frames it
-takes, and the inner fields it reads, checked against the per-packet decoder."""
+"""The batch fast path inside tunnels (VXLAN from cloud traffic mirroring, GRE/ERSPAN from
+remote SPAN): which tunnelled frames it takes, and the inner fields it reads, checked
+against the per-packet decoder."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from agent.net.decode import FrameDecoder
-from agent.net.fastpath import AddressIds, rtp_frames
+from agent.net.fastpath import TUNNEL_GRE, TUNNEL_VXLAN, AddressIds, rtp_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from synth import in_vxlan, to_ipv6, udp_frame, with_tags  # noqa: E402
+from synth import in_erspan, in_vxlan, ip_frame, to_ipv6, udp_frame, with_tags  # noqa: E402
 
 A, B = bytes([10, 1, 0, 5]), bytes([10, 2, 0, 5])
 
@@ -35,7 +36,7 @@ def test_inner_rtp_fields_match_the_decoder():
     frames = [in_vxlan(_rtp(1), 1), in_vxlan(with_tags(_rtp(2), b"\x81\x00\x00\x07\x81\x00\x00\x08"), 2),
               in_vxlan(to_ipv6(_rtp(3)), 3)]
     buf, starts, lens = _batch(frames)
-    fx = rtp_frames(buf, starts, lens, 1, AddressIds(), vxlan=True)
+    fx = rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True)
     assert fx.cand.tolist() == [True, True, True] and fx.tunnel.all() and fx.full_path.all()
     assert fx.seq.tolist() == [1, 2, 3] and fx.ssrc.tolist() == [0xBEEF] * 3
     assert fx.l2_at.tolist() == [50, 50, 50]                # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
@@ -55,6 +56,39 @@ def test_tunnelled_frames_left_to_the_decoder():
                               struct.pack("!BBHI", 0x80, 200, 6, 1) + bytes(20)), 5)
     frames = [good, no_vni, short, rtcp]
     buf, starts, lens = _batch(frames)
-    assert rtp_frames(buf, starts, lens, 1, AddressIds(), vxlan=True).cand.tolist() == [True, False, False, False]
-    # Without vxlan=True (a decoder that does not follow tunnels) none is taken.
+    assert rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True).cand.tolist() == [True, False, False, False]
+    # Without tunnels=True (a decoder that does not follow tunnels) none is taken.
     assert rtp_frames(buf, starts, lens, 1, AddressIds()) is None
+
+
+def test_inner_rtp_of_gre_and_erspan_match_the_decoder():
+    frames = [in_erspan(_rtp(1), 1, 2), in_erspan(_rtp(2), 2, 3), in_erspan(_rtp(3), 3, 1),
+              in_erspan(_rtp(4), 4, 0), in_vxlan(_rtp(5), 5)]
+    buf, starts, lens = _batch(frames)
+    fx = rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True)
+    assert fx.cand.all() and fx.seq.tolist() == [1, 2, 3, 4, 5]
+    assert fx.tunnel.tolist() == [TUNNEL_GRE] * 4 + [TUNNEL_VXLAN]
+    # Outer Ethernet 14 + IPv4 20 + GRE (8 with sequence, 4 bare, 8 with key) + ERSPAN (8 / 12 / 0 / 0).
+    assert fx.l2_at.tolist() == [14 + 20 + 8 + 8, 14 + 20 + 8 + 12, 14 + 20 + 4, 14 + 20 + 8, 50]
+    for i, frame in enumerate(frames):
+        counters = Counter()
+        dgram = FrameDecoder(counters).decode(0, 1, frame)
+        assert dgram is not None and (dgram.src_port, dgram.dst_port) == (40000, 50000)
+        assert dgram.payload == buf[starts[i] + fx.payload_at[i]:starts[i] + lens[i]]
+        assert dgram.src_mac == buf[starts[i] + fx.l2_at[i] + 6:starts[i] + fx.l2_at[i] + 12]
+        assert counters["net.tunnel.gre" if i < 4 else "net.tunnel.vxlan"] == 1
+
+
+def test_gre_frames_left_to_the_decoder():
+    inner = _rtp(1)
+    mac = bytes.fromhex("020000000001")
+    ip = bytes([192, 0, 2, 9])
+    frames = [
+        in_erspan(inner, 1, 2),
+        ip_frame(mac, mac, ip, ip, 47, struct.pack("!HH", 0x0000, 0x0800) + inner[14:]),   # GRE carrying IPv4
+        ip_frame(mac, mac, ip, ip, 47, struct.pack("!HH", 0x0001, 0x6558) + inner),        # version 1
+        ip_frame(mac, mac, ip, ip, 47, struct.pack("!HHI", 0x4000, 0x6558, 0) + inner),    # routing present
+        ip_frame(mac, mac, ip, ip, 47, struct.pack("!HH", 0x0000, 0x6558) + inner[:10]),   # inner cut short
+    ]
+    buf, starts, lens = _batch(frames)
+    assert rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True).cand.tolist() == [True] + [False] * 4
