@@ -99,14 +99,7 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data)
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)
@@ -685,12 +678,7 @@ def _create_whole(path: Path, data: bytes) -> bool:
     empty or part-written (a temp file linked into place), unlike a bare O_EXCL create."""
     path.parent.mkdir(mode=0o700, exist_ok=True)       # a shard removed by hand
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.claim.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -703,15 +691,22 @@ def _create_whole(path: Path, data: bytes) -> bool:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return False
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(fd, data)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return True
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the open file ``fd``, fsync it and close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: str) -> int:

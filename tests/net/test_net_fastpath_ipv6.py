@@ -14,6 +14,8 @@ from agent.net.decode import FrameDecoder
 from agent.net.dedup import rtp_key6
 from agent.net.fastpath import V6_KEY, AddressIds, rtp_frames
 
+from _net_testlib import as_batch
+
 SRC = bytes.fromhex("20010db8000000000000000000000a01")
 DST = bytes.fromhex("20010db8000000000000000000000b02")
 
@@ -28,16 +30,9 @@ def _frame(*, seq: int = 7, next_header: int = 17, plen_delta: int = 0, payload:
     return b"\x02" * 6 + b"\x04" * 6 + tags + b"\x86\xdd" + ip6 + body
 
 
-def _batch(frames: list[bytes]):
-    buf = b"".join(frames)
-    lens = np.array([len(f) for f in frames], dtype=np.int64)
-    starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
-    return buf, starts, lens
-
-
 def test_ipv6_rtp_fields_match_the_decoder():
     frames = [_frame(seq=s) for s in (1, 2, 3)] + [_frame(seq=9, tags=b"\x88\xa8\x00\x64\x81\x00\x00\x07")]
-    buf, starts, lens = _batch(frames)
+    buf, starts, lens = as_batch(frames)
     ids = AddressIds()
     fx = rtp_frames(buf, starts, lens, 1, ids)
     assert fx is not None and fx.cand.all() and fx.full_path.all() and not fx.safe.any()
@@ -64,7 +59,7 @@ def test_ipv6_frames_the_batch_path_leaves_to_the_decoder():
     hop_by_hop = bytes([17, 0]) + bytes(6)
     frames = [_frame(), _frame(next_header=0, ext=hop_by_hop), _frame(jumbo=True), _frame(plen_delta=4),
               _frame(payload=rtcp), _frame(tags=b"\x81\x00\x00\x01" * 3), _frame(next_header=6)]
-    buf, starts, lens = _batch(frames)
+    buf, starts, lens = as_batch(frames)
     fx = rtp_frames(buf, starts, lens, 1, AddressIds())
     assert fx.cand.tolist() == [True, False, False, False, False, False, False]
     # Without an id table the batch path takes no IPv6 at all.
@@ -89,6 +84,6 @@ def test_address_ids_are_exact_even_when_the_mix_collides(monkeypatch):
                                               + b"\x04" * 6 + b"\x00\x00")])
 def test_ipv6_in_linux_cooked_captures(linktype, header):
     frame = header + _frame()[14:]
-    buf, starts, lens = _batch([frame, frame])
+    buf, starts, lens = as_batch([frame, frame])
     fx = rtp_frames(buf, starts, lens, linktype, AddressIds())
     assert fx.cand.all() and fx.payload_at.tolist() == [len(header) + 48] * 2 and fx.seq.tolist() == [7, 7]

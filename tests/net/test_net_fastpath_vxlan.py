@@ -9,10 +9,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import TUNNEL_GRE, TUNNEL_VXLAN, AddressIds, rtp_frames
+
+from _net_testlib import as_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from synth import in_erspan, in_vxlan, ip_frame, to_ipv6, udp_frame, with_tags  # noqa: E402
@@ -25,17 +25,10 @@ def _rtp(seq: int) -> bytes:
     return udp_frame(bytes.fromhex("020000000011"), bytes.fromhex("020000000022"), A, B, 40000, 50000, inner, seq)
 
 
-def _batch(frames: list[bytes]):
-    buf = b"".join(frames)
-    lens = np.array([len(f) for f in frames], dtype=np.int64)
-    starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
-    return buf, starts, lens
-
-
 def test_inner_rtp_fields_match_the_decoder():
     frames = [in_vxlan(_rtp(1), 1), in_vxlan(with_tags(_rtp(2), b"\x81\x00\x00\x07\x81\x00\x00\x08"), 2),
               in_vxlan(to_ipv6(_rtp(3)), 3)]
-    buf, starts, lens = _batch(frames)
+    buf, starts, lens = as_batch(frames)
     fx = rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True)
     assert fx.cand.tolist() == [True, True, True] and fx.tunnel.all() and fx.full_path.all()
     assert fx.seq.tolist() == [1, 2, 3] and fx.ssrc.tolist() == [0xBEEF] * 3
@@ -55,7 +48,7 @@ def test_tunnelled_frames_left_to_the_decoder():
     rtcp = in_vxlan(udp_frame(b"\x02" * 6, b"\x04" * 6, A, B, 40001, 50001,
                               struct.pack("!BBHI", 0x80, 200, 6, 1) + bytes(20)), 5)
     frames = [good, no_vni, short, rtcp]
-    buf, starts, lens = _batch(frames)
+    buf, starts, lens = as_batch(frames)
     assert rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True).cand.tolist() == [True, False, False, False]
     # Without tunnels=True (a decoder that does not follow tunnels) none is taken.
     assert rtp_frames(buf, starts, lens, 1, AddressIds()) is None
@@ -64,7 +57,7 @@ def test_tunnelled_frames_left_to_the_decoder():
 def test_inner_rtp_of_gre_and_erspan_match_the_decoder():
     frames = [in_erspan(_rtp(1), 1, 2), in_erspan(_rtp(2), 2, 3), in_erspan(_rtp(3), 3, 1),
               in_erspan(_rtp(4), 4, 0), in_vxlan(_rtp(5), 5)]
-    buf, starts, lens = _batch(frames)
+    buf, starts, lens = as_batch(frames)
     fx = rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True)
     assert fx.cand.all() and fx.seq.tolist() == [1, 2, 3, 4, 5]
     assert fx.tunnel.tolist() == [TUNNEL_GRE] * 4 + [TUNNEL_VXLAN]
@@ -90,5 +83,5 @@ def test_gre_frames_left_to_the_decoder():
         ip_frame(mac, mac, ip, ip, 47, struct.pack("!HHI", 0x4000, 0x6558, 0) + inner),    # routing present
         ip_frame(mac, mac, ip, ip, 47, struct.pack("!HH", 0x0000, 0x6558) + inner[:10]),   # inner cut short
     ]
-    buf, starts, lens = _batch(frames)
+    buf, starts, lens = as_batch(frames)
     assert rtp_frames(buf, starts, lens, 1, AddressIds(), tunnels=True).cand.tolist() == [True] + [False] * 4
