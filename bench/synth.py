@@ -54,8 +54,10 @@ def _sip(start_line: str, callid: str, from_tag: str, to_tag: str, cseq: str,
 
 
 def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
-                ptime_ms: int = 20) -> int:
-    """Write the capture; returns the number of packets written."""
+                ptime_ms: int = 20, port_groups: int = 10000) -> int:
+    """Write the capture; returns the number of packets written. Call ``n`` uses RTP ports
+    20000 / 30000 + 2 * (n % port_groups): a small ``port_groups`` gives many phones the same
+    port on different addresses, as real sites do."""
     packets_per_call = int(duration_s * 1000 / ptime_ms)
     stagger_ns = int(duration_s * 1e9 / concurrent) if concurrent else 0
     tone = bytes((0x80 + int(40 * math.sin(2 * math.pi * 440 * i / 8000))) & 0xFF for i in range(160))
@@ -71,7 +73,7 @@ def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
             a_ip = bytes([10, 1, (n >> 8) & 0xFF, n & 0xFF])
             b_ip = bytes([10, 2, (n >> 8) & 0xFF, n & 0xFF])
             a_txt, b_txt = ".".join(map(str, a_ip)), ".".join(map(str, b_ip))
-            a_port, b_port = 20000 + 2 * (n % 10000), 30000 + 2 * (n % 10000)
+            a_port, b_port = 20000 + 2 * (n % port_groups), 30000 + 2 * (n % port_groups)
             caller, callee = f"1{n:06d}", f"2{n:06d}"
             callid, ftag, ttag = f"bench-{n}@10.1.0.1", f"f{n}", f"t{n}"
             sig = [

@@ -142,7 +142,7 @@ def _host_macs(frame: bytes) -> bytes:
 
 def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans: bool = False,
                      linktype: int = 1, ipv6: bool = False, tunnel: str = "",
-                     host_macs: bool = False) -> None:
+                     host_macs: bool = False, port_groups: int = 10000) -> None:
     """A synthetic capture of overlapping G.711 calls, then mirrored duplicates, reordering,
     loss, a sequence restart and an SSRC change sprinkled over its RTP."""
     import random
@@ -152,7 +152,7 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans
     from synth import PCAP_HEADER, in_erspan, in_vxlan, to_ipv6, write_calls
 
     clean = path.with_suffix(".clean.pcap")
-    write_calls(clean, calls=6, concurrent=4, duration_s=4.0)
+    write_calls(clean, calls=6, concurrent=4, duration_s=4.0, port_groups=port_groups)
     records = list(open_captures([clean], Counter()))
     if orphans:
         records = _orphaned(records)
@@ -211,17 +211,21 @@ def _mangled_capture(path: Path, seed: int, tag_all: bool | str = False, orphans
     (10, False, False, 276, True, ""), (12, False, True, 1, False, "vxlan"), (13, "mixed", False, 1, True, "vxlan"),
     (14, False, True, 113, False, "vxlan"), (16, False, True, 1, False, "erspan2"),
     (17, "mixed", False, 1, True, "erspan3"), (18, False, True, 276, False, "erspan1"),
-    (19, True, False, 1, False, "gre_teb")])
+    (19, True, False, 1, False, "gre_teb"), (20, False, True, 1, False, "shared_ports"),
+    (21, "mixed", False, 1, True, "shared_ports")])
 @pytest.mark.parametrize("mode", ["inspect", "inline"])
 def test_batches_equal_frames_mangled_traffic(seed, tag_all, orphans, linktype, ipv6, tunnel, mode, tmp_path):
     path = tmp_path / "mangled.pcap"
-    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6, tunnel)
+    # shared_ports: every phone and every PBX leg on the same two RTP ports (other addresses).
+    shared = tunnel == "shared_ports"
+    _mangled_capture(path, seed, tag_all, orphans, linktype, ipv6, "" if shared else tunnel,
+                     port_groups=1 if shared else 10000)
     expected = _run(path, mode, "frames", tmp_path)
     records = expected[0]
     assert len(records) == (5 if orphans else 6)
     if orphans:
         assert expected[1]["rtp.unmatched"] > 100 and expected[1]["rtp.pending_adopted"] > 10
-    if tunnel:
+    if tunnel and not shared:
         assert expected[1]["net.tunnel.vxlan" if tunnel == "vxlan" else "net.tunnel.gre"] > 1000
     assert expected[1]["net.duplicate"] > 0                 # the mirrored copies were recognised
     assert any(s["lost"] or s["reordered"] for r in records for s in r["streams"])
