@@ -4,7 +4,7 @@ Rewrites the first ``--frames`` records of the synthetic bench capture (bench/re
 200 concurrent 60 s G.711 calls, generated and cached under /tmp if missing) as untagged
 IPv4, 802.1Q, QinQ (802.1ad + 802.1Q), IPv6, IPv6 under QinQ, inside VXLAN (cloud
 traffic mirroring) and ERSPAN (a switch's remote SPAN), and as a directory of 5 rotated
-files, then runs
+files and as two taps overlapping in time, then runs
 ``calln-agent inspect`` on each in a child process and prints packets per CPU-second and
 peak RSS. A site whose traffic the batch path cannot take falls back to frame-by-frame
 decoding, several times slower: this shows which ones it takes.
@@ -74,10 +74,18 @@ def main() -> int:
         for n in range(5):
             rewrite_pcap(tmp / f"calln-encap-ipv4-{args.frames}.pcap", rotated / f"part_{n}.pcap",
                          lambda f: f, args.frames // 5, skip=n * (args.frames // 5))
-    runs = [cpu_of(agent + [str(rotated)]) for _ in range(args.runs)]
-    cpu = min(r[0] for r in runs)
-    rss = max(r[1] for r in runs)
-    print(f"{'5 rotated':<12} {args.frames / cpu:>14,.0f} {rss:>6} MiB", flush=True)
+    # ... and as two taps overlapping in time (every other frame in each), merged by time.
+    taps = tmp / f"calln-encap-taps-{args.frames}"
+    if not taps.is_dir():
+        taps.mkdir()
+        ipv4 = tmp / f"calln-encap-ipv4-{args.frames}.pcap"
+        for n in range(2):
+            rewrite_pcap(ipv4, taps / f"tap_{n}.pcap", lambda f: f, keep=lambda i: i % 2 == n)
+    for name, path in (("5 rotated", rotated), ("2 taps", taps)):
+        runs = [cpu_of(agent + [str(path)]) for _ in range(args.runs)]
+        cpu = min(r[0] for r in runs)
+        rss = max(r[1] for r in runs)
+        print(f"{name:<12} {args.frames / cpu:>14,.0f} {rss:>6} MiB", flush=True)
     return 0
 
 

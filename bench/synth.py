@@ -190,11 +190,13 @@ def in_erspan(frame: bytes, seq: int, erspan_type: int = 2) -> bytes:
                     bytes([192, 0, 2, 2]), 47, gre + frame, seq)
 
 
-def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None, skip: int = 0) -> int:
+def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None, skip: int = 0,
+                 keep=None) -> int:
     """Copy a little-endian microsecond pcap written by ``write_calls``, frame by frame through
-    ``convert`` (after the first ``skip`` records, at most ``limit``); returns the number of
-    records written."""
+    ``convert`` (after the first ``skip`` records, at most ``limit``, only record numbers for
+    which ``keep`` says so); returns the number of records written."""
     n = 0
+    seen = -1
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         fout.write(fin.read(24))
         while limit is None or n < limit:
@@ -203,8 +205,11 @@ def rewrite_pcap(src: Path, dst: Path, convert, limit: int | None = None, skip: 
                 break
             sec, usec, caplen, _ = struct.unpack("<IIII", head)
             frame = fin.read(caplen)
+            seen += 1
             if skip:
                 skip -= 1
+                continue
+            if keep is not None and not keep(seen):
                 continue
             frame = convert(frame)
             fout.write(struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame)

@@ -170,6 +170,11 @@ class _Cursor:
         self._next_batch()
         return part, False
 
+    def advance(self, n: int) -> None:
+        self.pos += n
+        if self.pos == len(self.batch):
+            self._next_batch()
+
     def record(self) -> tuple[int, int, bytes]:
         b = self.batch
         rec = (int(b.ts_ns[self.pos]), b.linktype, b.frame(self.pos))
@@ -181,6 +186,50 @@ class _Cursor:
 
 def _slice(b: FrameBatch, lo: int, hi: int) -> FrameBatch:
     return FrameBatch(b.buf, b.starts[lo:hi], b.lens[lo:hi], b.ts_ns[lo:hi], b.linktype)
+
+
+def _interleave(heap: list[tuple[int, int, _Cursor]], limit: int | None) -> FrameBatch | None:
+    """The frames that the record merge takes next from the active files, merged in one batch,
+    or None when there are none to take at once (or the files differ in link type).
+
+    Each file's frames from its position up to its first step back in time are in order;
+    ``bound`` is the least of those runs' last times. Every frame stamped before ``bound``
+    (and before ``limit``, where a pending file joins) comes out of the record merge before
+    any other frame (each other one has a frame at or after ``bound`` before or at it in its
+    file), and among themselves by (time, file): a stable sort of them in file order."""
+    active = sorted(heap, key=lambda entry: entry[1])
+    cursors = [c for _, _, c in active]
+    linktype = cursors[0].batch.linktype
+    if any(c.batch.linktype != linktype for c in cursors):
+        return None
+    runs = []
+    for c in cursors:
+        ts = c.batch.ts_ns[c.pos:]
+        back = np.flatnonzero(ts[1:] < ts[:-1])
+        runs.append(ts[:int(back[0]) + 1] if len(back) else ts)
+    bound = min(int(run[-1]) for run in runs)
+    if limit is not None:
+        bound = min(bound, limit)
+    counts = [int(np.searchsorted(run, bound, side="left")) for run in runs]
+    if sum(counts) < 2:
+        return None                          # one frame or none: the record step does it
+    regions, starts, lens, stamps = [], [], [], []
+    at = 0
+    for c, n in zip(cursors, counts):
+        if not n:
+            continue
+        b, lo, hi = c.batch, c.pos, c.pos + n
+        first, last = int(b.starts[lo]), int(b.starts[hi - 1] + b.lens[hi - 1])
+        regions.append(b.buf[first:last])
+        starts.append(b.starts[lo:hi] - first + at)
+        lens.append(b.lens[lo:hi])
+        stamps.append(b.ts_ns[lo:hi])
+        at += last - first
+        c.advance(n)
+    ts = np.concatenate(stamps)
+    order = np.argsort(ts, kind="stable")    # ties: file order, as the record merge's heap
+    return FrameBatch(b"".join(regions), np.concatenate(starts)[order], np.concatenate(lens)[order],
+                      ts[order], linktype)
 
 
 def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
@@ -220,6 +269,17 @@ def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
                 if stopped:
                     heapq.heappush(heap, (cursor.ts, idx, cursor))
                     break
+            continue
+        # Several files active (taps overlapping in time): what all of them hold below a bound
+        # is merged at once; where that is nothing, one record goes (the record merge's step).
+        merged = _interleave(heap, pending[-1][0] if pending else None)
+        if merged is not None:
+            if mixed:
+                yield from group_records(iter(mixed))
+                mixed = []
+            yield merged
+            heap = [(c.ts, idx, c) for _, idx, c in heap if c.batch is not None]
+            heapq.heapify(heap)
             continue
         _, idx, cursor = heap[0]
         mixed.append(cursor.record())

@@ -144,7 +144,8 @@ def _shifted(frames: list[tuple[int, bytes]], by_ns: int) -> list[tuple[int, byt
 
 
 @pytest.mark.parametrize("layout", ["rotated", "rotated_mixed_formats", "overlapping_taps", "touching",
-                                    "partly_overlapping", "damaged_member", "clock_jump_member"])
+                                    "partly_overlapping", "damaged_member", "clock_jump_member",
+                                    "overlapping_out_of_order", "three_taps_ties", "overlapping_linktypes"])
 def test_several_files_merge_in_batches_as_records(layout, tmp_path):
     """Several files (a directory of rotated files, two taps overlapping in time, files whose
     first and last times meet): the batch reader yields the records, in the order and with
@@ -170,6 +171,24 @@ def test_several_files_merge_in_batches_as_records(layout, tmp_path):
         a, b = frames[:3000], frames[3000:]
         (d / "a.pcap").write_bytes(_pcap(a))
         (d / "b.pcap").write_bytes(_pcap(_shifted(b, a[-1][0] - b[0][0])))
+    elif layout == "overlapping_out_of_order":
+        # Taps whose records step back in time now and then (interfaces interleaving).
+        rng = random.Random(3)
+        a, b = frames[0::2], frames[1::2]
+        for part in (a, b):
+            for _ in range(60):
+                i = rng.randrange(len(part) - 3)
+                part[i], part[i + 2] = part[i + 2], part[i]
+        (d / "tap_a.pcap").write_bytes(_pcap(a))
+        (d / "tap_b.pcap").write_bytes(_pcap(b))
+    elif layout == "three_taps_ties":
+        # Three taps with the very same timestamps (ties go in path order).
+        for n in range(3):
+            (d / f"tap_{n}.pcap").write_bytes(_pcap([(ts - ts % 10_000_000, f) for ts, f in frames[n::3]]))
+    elif layout == "overlapping_linktypes":
+        (d / "tap_a.pcap").write_bytes(_pcap(frames[0::2]))
+        cooked = _pcap(frames[1::2])
+        (d / "tap_b.pcap").write_bytes(cooked[:20] + struct.pack("<I", 113) + cooked[24:])
     else:                                               # partly_overlapping
         (d / "a.pcap").write_bytes(_pcap(frames[:4000]))
         (d / "b.pcap").write_bytes(_pcap(frames[3500:]))
@@ -178,5 +197,20 @@ def test_several_files_merge_in_batches_as_records(layout, tmp_path):
     assert len(want) >= 3000
     if layout == "rotated":
         assert batches == 4                             # each file's batch passes through
+    if layout in ("overlapping_taps", "three_taps_ties"):
+        assert batches < 20                             # merged in batches, not frame by frame
     if layout == "clock_jump_member":
         assert want_counters["capture.clock_jumps"] == 1
+
+
+def test_overlapping_files_tie_at_a_step_back(tmp_path):
+    """Tap A steps back in time right after a frame whose time tap B also has: the record
+    merge takes A's 5 s, then A's 2 s (now A's head), and only then B's 5 s."""
+    base = 1_768_471_200_000_000_000
+    a = [(base + s * 10**9, bytes([0xA0 + n]) * 60) for n, s in enumerate([1, 5, 2, 6])]
+    b = [(base + s * 10**9, bytes([0xB0 + n]) * 60) for n, s in enumerate([3, 5, 7])]
+    (tmp_path / "a.pcap").write_bytes(_pcap(a))
+    (tmp_path / "b.pcap").write_bytes(_pcap(b))
+    want, want_counters, got, got_counters, _ = _both_paths([tmp_path / "a.pcap", tmp_path / "b.pcap"])
+    assert [f[0] for _, _, f in want] == [0xA0, 0xB0, 0xA1, 0xA2, 0xB1, 0xA3, 0xB2]
+    assert got == want and got_counters == want_counters
