@@ -26,7 +26,7 @@ from agent.net.dedup import rtp_key, rtp_keys6_of_rows, rtp_keys_of_words
 from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.tunnels import GRE_ERSPAN_II, GRE_ERSPAN_III, GRE_TEB, VXLAN_PORT
 
-__all__ = ["RtpFrames", "rtp_frames", "AddressIds", "V6_KEY", "FIELD_BYTES"]
+__all__ = ["RtpFrames", "rtp_frames", "AddressIds", "V6_KEY", "TUNNEL_VXLAN", "TUNNEL_GRE", "FIELD_BYTES"]
 
 FIELD_BYTES = 56                   # Ethernet 14 + IPv4 20 + UDP 8 + RTP 12 + 2 payload bytes
 ROW_BYTES = FIELD_BYTES + 8        # room for two VLAN tags or a Linux cooked header
@@ -103,7 +103,7 @@ class RtpFrames:
     payload_at: np.ndarray         # int64 offset of the UDP payload in the frame (42 untagged Ethernet, +4 per tag)
     tunnel: np.ndarray             # int8: RTP inside a tunnel, TUNNEL_VXLAN or TUNNEL_GRE (else 0)
     l2_at: np.ndarray              # int64 offset of the Ethernet header whose MACs and VLANs count
-                                   # (0; inside VXLAN the inner one: what was on the mirrored wire)
+                                   # (0; inside a tunnel the inner one: what was on the mirrored wire)
 
 
 def _dedup_keys(f: np.ndarray, cand: np.ndarray, udp_len: np.ndarray) -> np.ndarray:
@@ -206,15 +206,16 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
         vx = np.flatnonzero(outer & to_vxlan & (f[:, 23] == 17) & (udp_len >= 8 + 8 + 14)
                             & (udp_len <= total - 20) & ((b0 & 0x08) != 0))
         gre = np.flatnonzero(outer & (f[:, 23] == _PROTO_GRE))
-        idx, at, length, kind = _gre_inner(data, starts, extra, total, gre)
+        idx, inner_at, length, kind = _gre_inner(data, starts, extra, total, gre)
         idx = np.concatenate((vx, idx))
         if len(idx):
-            at = np.concatenate((50 + extra[vx], at))
+            inner_at = np.concatenate((50 + extra[vx], inner_at))
             length = np.concatenate((udp_len[vx] - 16, length))
             kind = np.concatenate((np.full(len(vx), TUNNEL_VXLAN, dtype=np.int8), kind))
-            found = rtp_frames(buf, starts[idx] + at, length, LINKTYPE_ETHERNET, v6_ids)
+            # The inner frames are Ethernet frames like any other (one level: no tunnel in a tunnel).
+            found = rtp_frames(buf, starts[idx] + inner_at, length, LINKTYPE_ETHERNET, v6_ids)
             if found is not None and found.cand.any():
-                inner = (idx, at, kind, found)
+                inner = (idx, inner_at, kind, found)
     if v6 is None and inner is None and not cand.any():
         return None
     # Signalling a window of the batch path can step over: plain IPv4 TCP, or UDP whose payload
