@@ -123,9 +123,9 @@ def read_batches(paths: Iterable[str | Path], counters) -> Iterator[FrameBatch]:
     return _merge_batches(files, counters)
 
 
-def _file_batches(path: Path, counters) -> Iterator[FrameBatch]:
+def _file_batches(path: Path, counters, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch]:
     """One file's batches: the fast walker's, or the record reader's grouped."""
-    fast = _pcap_batches(path, counters)
+    fast = _pcap_batches(path, counters, read_bytes)
     if fast is not None:
         return fast
     return group_records(steady_records(read_capture(path, counters), counters, path))
@@ -232,6 +232,17 @@ def _interleave(heap: list[tuple[int, int, _Cursor]], limit: int | None) -> Fram
                       ts[order], linktype)
 
 
+MERGE_BYTES = 64 << 20            # the batches of all files active at once in a merge, at most about
+MERGE_MIN_READ = 1 << 20          # ... but no file reads less at a time than the record reader
+
+
+def _merge_read_bytes(active: int) -> int:
+    """The read size for a file joining ``active - 1`` others in a merge: each active file holds
+    a batch, so many taps overlapping in time read less at a time; rotated files, one or two
+    active, read as a single file does."""
+    return max(MERGE_MIN_READ, min(READ_BYTES, MERGE_BYTES // active))
+
+
 def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
     """``open_captures``' merge of several files, in batches: the same records in the same
     order (``files._merge``: a file joins when the merge reaches its first timestamp, ties
@@ -249,7 +260,7 @@ def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
     while pending or heap:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, idx, path = pending.pop()
-            cursor = _Cursor(_file_batches(path, counters))
+            cursor = _Cursor(_file_batches(path, counters, _merge_read_bytes(len(heap) + 1)))
             if cursor.batch is not None:
                 heapq.heappush(heap, (cursor.ts, idx, cursor))
         if not heap:
@@ -321,7 +332,7 @@ def _joined(frames: list[bytes], stamps: list[int], linktype: int, steady: _Stea
     return FrameBatch(b"".join(frames), starts, lens, ts, linktype)
 
 
-def _next_chunk(f, at: int, left: bytes) -> bytes | None:
+def _next_chunk(f, at: int, left: bytes, read_bytes: int) -> bytes | None:
     """The unconsumed ``left`` (it starts at file offset ``at``) followed by the next read, or
     None when the file has nothing more. A plain file is read again from ``at`` (a seek and
     one read: the partial record at the end of a chunk crosses the kernel twice) instead of
@@ -329,13 +340,13 @@ def _next_chunk(f, at: int, left: bytes) -> bytes | None:
     faulted memory; a gzip stream cannot seek back cheaply, so there they are joined."""
     if isinstance(f, io.BufferedReader):
         f.seek(at)
-        buf = f.read(READ_BYTES + len(left))
+        buf = f.read(read_bytes + len(left))
         return buf if len(buf) > len(left) else None
-    data = f.read(READ_BYTES)
+    data = f.read(read_bytes)
     return left + data if data else None
 
 
-def _pcap_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
+def _pcap_batches(path: Path, counters, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch] | None:
     """The fast walker for a classic pcap or a pcapng file, or None for anything else."""
     try:
         f = _open(path)
@@ -351,18 +362,19 @@ def _pcap_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
         return None
     if struct.unpack("<I", head[:4])[0] == PCAPNG_SHB:
         f.close()
-        return _pcapng_batches(path, counters)
+        return _pcapng_batches(path, counters, read_bytes)
     for endian in ("<", ">"):
         magic, = struct.unpack(endian + "I", head[:4])
         if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
             snaplen, network = struct.unpack_from(endian + "II", head, 16)
             header = (endian, magic, network & 0xFFFF, snaplen)
-            return _walk_file(path, f, counters, header)
+            return _walk_file(path, f, counters, header, read_bytes)
     f.close()
     return None
 
 
-def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int]) -> Iterator[FrameBatch]:
+def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int],
+               read_bytes: int = READ_BYTES) -> Iterator[FrameBatch]:
     endian, magic, linktype, snaplen = header
     u32 = np.dtype(endian + "u4")
     caplen_at = struct.Struct(endian + "I").unpack_from
@@ -375,7 +387,7 @@ def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int]) -> It
     with f:
         while True:
             try:
-                buf = _next_chunk(f, at, left)
+                buf = _next_chunk(f, at, left, read_bytes)
             except (EOFError, OSError, zlib.error):   # a damaged gzip stream: let the reader report it
                 handover = True
                 break
@@ -411,7 +423,7 @@ def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int]) -> It
         yield from group_records(resume_pcap(path, at, counters, endian, magic, linktype, snaplen), steady)
 
 
-def _pcapng_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
+def _pcapng_batches(path: Path, counters, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch] | None:
     """The fast walker for a pcapng file whose section header and interfaces come first (as
     every writer puts them), or None (the record reader then reads it all)."""
     try:
@@ -443,11 +455,11 @@ def _pcapng_batches(path: Path, counters) -> Iterator[FrameBatch] | None:
         f.close()
         return None                   # (an interface time offset beyond 64 bits: the reader clamps)
     f.close()
-    return _walk_pcapng(path, counters, pos, ifaces, endian)
+    return _walk_pcapng(path, counters, pos, ifaces, endian, read_bytes)
 
 
 def _walk_pcapng(path: Path, counters, start: int, ifaces: list[tuple[int, int, int, int]],
-                 endian: str) -> Iterator[FrameBatch]:
+                 endian: str, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch]:
     """Enhanced packet blocks from ``start`` on, one interface table; any other block, a block
     no writer produces, or a timestamp that needs the reader's care, and the record reader
     takes over at that block (``resume_pcapng``) with the same section state."""
@@ -467,7 +479,7 @@ def _walk_pcapng(path: Path, counters, start: int, ifaces: list[tuple[int, int, 
         left = b""
         while True:
             try:
-                buf = _next_chunk(f, at, left)
+                buf = _next_chunk(f, at, left, read_bytes)
             except (EOFError, OSError, zlib.error):   # a damaged gzip stream: the reader reports it
                 break
             if buf is None:

@@ -214,3 +214,24 @@ def test_overlapping_files_tie_at_a_step_back(tmp_path):
     want, want_counters, got, got_counters, _ = _both_paths([tmp_path / "a.pcap", tmp_path / "b.pcap"])
     assert [f[0] for _, _, f in want] == [0xA0, 0xB0, 0xA1, 0xA2, 0xB1, 0xA3, 0xB2]
     assert got == want and got_counters == want_counters
+
+
+def test_many_overlapping_taps_read_less_at_a_time(tmp_path, monkeypatch):
+    """Each file active in a merge holds a batch: with many taps overlapping in time each reads
+    less (memory stays about MERGE_BYTES), with the same records as the record merge."""
+    import agent.capture.batches as batches
+
+    monkeypatch.setattr(batches, "MERGE_BYTES", 64 * 1024)
+    monkeypatch.setattr(batches, "READ_BYTES", 32 * 1024)
+    monkeypatch.setattr(batches, "MERGE_MIN_READ", 4 * 1024)
+    sizes = []
+    original = batches._file_batches
+    monkeypatch.setattr(batches, "_file_batches",
+                        lambda path, counters, read_bytes=batches.READ_BYTES:
+                        (sizes.append(read_bytes), original(path, counters, read_bytes))[1])
+    frames = _frames(4000, seed=9)
+    for n in range(8):
+        (tmp_path / f"tap_{n}.pcap").write_bytes(_pcap(frames[n::8]))
+    want, want_counters, got, got_counters, _ = _both_paths([tmp_path])
+    assert got == want and got_counters == want_counters and len(got) == 4000
+    assert sizes[0] == 32 * 1024 and min(sizes) < sizes[0]
