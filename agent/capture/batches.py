@@ -188,6 +188,9 @@ def _slice(b: FrameBatch, lo: int, hi: int) -> FrameBatch:
     return FrameBatch(b.buf, b.starts[lo:hi], b.lens[lo:hi], b.ts_ns[lo:hi], b.linktype)
 
 
+_INTERLEAVE_AHEAD = 16_384
+
+
 def _interleave(heap: list[tuple[int, int, _Cursor]], limit: int | None) -> FrameBatch | None:
     """The frames that the record merge takes next from the active files, merged in one batch,
     or None when there are none to take at once (or the files differ in link type).
@@ -204,7 +207,9 @@ def _interleave(heap: list[tuple[int, int, _Cursor]], limit: int | None) -> Fram
         return None
     runs = []
     for c in cursors:
-        ts = c.batch.ts_ns[c.pos:]
+        # A bounded look ahead: taps whose clocks step back every few frames would otherwise
+        # rescan the rest of their batches at every step.
+        ts = c.batch.ts_ns[c.pos:c.pos + _INTERLEAVE_AHEAD]
         back = np.flatnonzero(ts[1:] < ts[:-1])
         runs.append(ts[:int(back[0]) + 1] if len(back) else ts)
     bound = min(int(run[-1]) for run in runs)
@@ -247,8 +252,9 @@ def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
     """``open_captures``' merge of several files, in batches: the same records in the same
     order (``files._merge``: a file joins when the merge reaches its first timestamp, ties
     go in path order). While one file is active (rotated files: the usual case) its own
-    batches pass through, cut where the next file starts; only where files overlap in time
-    are records interleaved one by one (and grouped into batches again)."""
+    batches pass through, cut where the next file starts; where files overlap in time,
+    ``_interleave`` merges what it can at once, and the rest (around a step back in time, or
+    files of different link types) is interleaved record by record and grouped again."""
     pending: list[tuple[int, int, Path]] = []
     for idx, path in enumerate(files):
         ts = first_timestamp(path, counters)   # format errors surface before the first batch

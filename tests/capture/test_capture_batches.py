@@ -235,3 +235,17 @@ def test_many_overlapping_taps_read_less_at_a_time(tmp_path, monkeypatch):
     want, want_counters, got, got_counters, _ = _both_paths([tmp_path])
     assert got == want and got_counters == want_counters and len(got) == 4000
     assert sizes[0] == 32 * 1024 and min(sizes) < sizes[0]
+
+
+def test_overlapping_taps_with_jittery_clocks(tmp_path, monkeypatch):
+    """Taps whose clocks step back every few frames, with a short look ahead: still exactly
+    the record merge."""
+    import agent.capture.batches as batches
+
+    monkeypatch.setattr(batches, "_INTERLEAVE_AHEAD", 7)
+    rng = random.Random(11)
+    frames = [(ts + rng.randrange(-3_000_000, 3_000_000), f) for ts, f in _frames(3000, seed=4)]
+    (tmp_path / "a.pcap").write_bytes(_pcap(frames[0::2]))
+    (tmp_path / "b.pcap").write_bytes(_pcap(frames[1::2]))
+    want, want_counters, got, got_counters, _ = _both_paths([tmp_path])
+    assert got == want and got_counters == want_counters and len(got) == 3000
