@@ -33,6 +33,8 @@ from typing import Callable
 import numpy as np
 from scapy.all import IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw, fragment, raw
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2
+from scapy.contrib.erspan import ERSPAN_II
+from scapy.layers.l2 import GRE
 from scapy.layers.vxlan import VXLAN
 
 OUT_DIR = Path(__file__).resolve().parent
@@ -111,7 +113,7 @@ class Pkt:
 class Capture:
     name: str
     description: str
-    link: str = "ether"  # ether | vlan | qinq | sll | sll2 | vxlan
+    link: str = "ether"  # ether | vlan | qinq | sll | sll2 | vxlan | erspan
     fmt: str = "pcap"  # pcap | pcapng
     pkts: list[Pkt] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)
@@ -972,6 +974,9 @@ SCENARIOS = {
     "vxlan": lambda: sc_basic("vxlan", "vxlan", "Basic call as cloud traffic mirroring delivers "
                               "it: every frame inside VXLAN (UDP 4789, VNI 4242) from the mirror "
                               "source 192.0.2.1 to a collector 192.0.2.2; MACs are the inner frames'."),
+    "erspan": lambda: sc_basic("erspan", "erspan", "Basic call as a switch's remote SPAN sends it: "
+                               "every frame inside GRE + ERSPAN type II (session 7, VLAN 100) from "
+                               "the switch 192.0.2.3 to a collector 192.0.2.2; MACs are the inner frames'."),
     "sll": lambda: sc_basic("sll", "sll", "Basic call in a Linux cooked (SLL, linktype 113) "
                             "capture; the SLL address field carries the sender's MAC."),
     "sll2": lambda: sc_basic("sll2", "sll2", "Basic call in a Linux cooked v2 (SLL2, linktype "
@@ -1008,6 +1013,11 @@ def frame(link: str, p: Pkt) -> bytes:
         return raw(Ether(src=p.src_mac, dst=p.dst_mac) / Dot1Q(vlan=100, prio=5) / l3)
     if link == "qinq":
         return raw(Ether(src=p.src_mac, dst=p.dst_mac) / Dot1AD(vlan=200) / Dot1Q(vlan=100) / l3)
+    if link == "erspan":
+        inner = Ether(src=p.src_mac, dst=p.dst_mac, type=proto) / l3
+        return raw(Ether(src="02:00:00:00:00:cc", dst="02:00:00:00:00:bb") / IP(src="192.0.2.3", dst="192.0.2.2")
+                   / GRE(seqnum_present=1, seqence_number=1, proto=0x88BE) / ERSPAN_II(vlan=100, session_id=7)
+                   / inner)
     if link == "vxlan":
         inner = Ether(src=p.src_mac, dst=p.dst_mac, type=proto) / l3
         return raw(Ether(src="02:00:00:00:00:aa", dst="02:00:00:00:00:bb") / IP(src="192.0.2.1", dst="192.0.2.2")
@@ -1022,7 +1032,7 @@ def frame(link: str, p: Pkt) -> bytes:
 
 
 LINKTYPES = {"ether": LINKTYPE_ETHERNET, "vlan": LINKTYPE_ETHERNET, "qinq": LINKTYPE_ETHERNET,
-             "vxlan": LINKTYPE_ETHERNET,
+             "vxlan": LINKTYPE_ETHERNET, "erspan": LINKTYPE_ETHERNET,
              "sll": LINKTYPE_LINUX_SLL, "sll2": LINKTYPE_LINUX_SLL2}
 
 

@@ -49,6 +49,6 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(PCAPS_DIR / "make_pcaps.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True, timeout=300)
     made = sorted(p.name for p in tmp_path.iterdir())
-    assert len(made) == 48
+    assert len(made) == 50
     for name in made:
         assert (tmp_path / name).read_bytes() == (PCAPS_DIR / name).read_bytes(), name

@@ -86,7 +86,8 @@ def _batched(path: Path, tmp_path: Path) -> tuple[float, Counter]:
     return sum(taken) / sum(1 for _ in open_captures([path], Counter())), eng.counters
 
 
-@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "qinq.pcap", "sll.pcap", "ipv6.pcap", "vxlan.pcap"])
+@pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "qinq.pcap", "sll.pcap", "ipv6.pcap", "vxlan.pcap",
+                                  "erspan.pcap"])
 def test_batch_path_takes_the_rtp(name, tmp_path):
     """Not a vacuous equality: on a plain G.711 call most frames take the batch path."""
     assert _batched(PCAPS / name, tmp_path)[0] > 0.9
