@@ -134,8 +134,10 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     cap = config.capture
     counters = new_counters()
     sources = open_sources(interfaces, cap)
+    # Only enqueues: recovery belongs to the supervisor, whose uploader may be delivering and
+    # deleting the very calls a second recovery here would re-save (a restart under load).
     spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
-                  ledger_days=config.spool.ledger_days, counters=counters)
+                  ledger_days=config.spool.ledger_days, counters=counters, recover=False)
     work = Path(config.spool.dir) / "work" / f"capture-{os.getpid()}"
     sink = SpoolSink(spool, config)
     queue: RenderQueue

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.killpoints import kill_point
 
 log = logging.getLogger("agent.deliver")
 
@@ -139,8 +140,11 @@ class Spool:
     """The durable queue of finished calls. Thread-safe within one process."""
 
     def __init__(self, dir: Path, *, retention_days: float = 0.0, ledger_days: float = 400.0,
-                 counters: Counter | None = None) -> None:
+                 counters: Counter | None = None, recover: bool = True) -> None:
+        """``recover``: complete half-done steps at full refreshes (the default). A process that
+        only enqueues (the capture process beside a running uploader) passes False."""
         self.dir = Path(dir)
+        self.recover = recover
         self.retention_days = retention_days
         self.ledger_days = ledger_days
         self.counters: Counter = counters if counters is not None else Counter()
@@ -175,17 +179,18 @@ class Spool:
             return None
         call_id = f"{time.time_ns():016x}-{uuid.uuid4().hex[:8]}"
         answered = bool(record.get("answered", True))
-        state: dict[str, Any] = {
-            "id": call_id, "key": key, "state": READY, "reason": "",
-            "tempcallid": None, "next_chunk": 1, "total_chunks": None, "chunk_bytes": None,
-            "audio_size": None, "gzip": False, "last_chunk_attempted": False,
-            "restarts": 0, "enqueued_at": time.time(), "delivered_at": None,
-            "audio_file": None, "content_type": "",
-        }
+        state = _fresh_state(call_id, key)
         work = self.tmp_dir / call_id
         work.mkdir(mode=0o700)
+        # Held while the call is built: start-up recovery completes only tmp/ entries whose
+        # enqueuer died (the kernel drops the lock with the process), never one in progress.
+        lock_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        audio_file = None
         try:
-            audio_file = None
+            # record.json first and state.json last: a tmp/ entry with a state is complete, and
+            # one with a record and its audio can be completed by recovery (_tmp_state).
+            write_atomic(work / "record.json", _dumps(record), sync_dir=False)
             if audio_path is not None:
                 ctype = content_type or _TYPE_FOR_EXT.get(Path(audio_path).suffix.lstrip(".").lower(), "audio/mpeg")
                 audio_file = f"audio.{_EXT_FOR_TYPE.get(ctype, 'bin')}"
@@ -197,6 +202,7 @@ class Spool:
                 state["content_type"] = "audio/wav"
                 self.counters["deliver.spool.silence_generated"] += 1
             state["audio_file"] = audio_file
+            kill_point("spool_audio_moved")
             if not answered and not upload_unanswered:
                 state["state"] = SKIPPED_UNANSWERED
                 self.counters["deliver.spool.skipped_unanswered"] += 1
@@ -205,20 +211,25 @@ class Spool:
                 state["state"] = PARKED
                 state["reason"] = f"no_audio:{why}"
                 self.counters["deliver.spool.parked_no_audio"] += 1
-            write_atomic(work / "record.json", _dumps(record), sync_dir=False)
             write_atomic(work / "state.json", _dumps(state), sync_dir=False)
             fsync_dir(work)
+            kill_point("spool_tmp_written")
             # Claim the key only once the call is complete on disk; the exclusive
             # create is what makes two concurrent enqueues of one call safe.
             if not self._ledger_claim(key, call_id):
                 shutil.rmtree(work, ignore_errors=True)
                 self.counters["deliver.spool.duplicate"] += 1
                 return None
-            os.replace(work, self.calls_dir / call_id)
-            fsync_dir(self.calls_dir)
+            kill_point("spool_claimed")
+            self._publish(call_id)
+            kill_point("spool_published")
         except BaseException:
+            if audio_file is not None and audio_path is not None:
+                _put_back(work / audio_file, Path(audio_path))   # the caller still holds the call
             shutil.rmtree(work, ignore_errors=True)
             raise
+        finally:
+            os.close(lock_fd)
         if state["state"] == SKIPPED_UNANSWERED:
             self._ledger_mark(key, "skipped", call_id)
         with self._lock:
@@ -226,21 +237,33 @@ class Spool:
         self.counters["deliver.spool.enqueued"] += 1
         return call_id
 
+    def _publish(self, call_id: str) -> None:
+        """Make a complete tmp/<id> visible as a call: one atomic rename."""
+        os.replace(self.tmp_dir / call_id, self.calls_dir / call_id)
+        fsync_dir(self.calls_dir)
+
     @staticmethod
     def _move_in(src: Path, dst: Path) -> None:
+        """Move the recording in, private (0600) and durable; ``dst`` appears whole or not at all."""
         try:
             os.replace(src, dst)
-        except OSError:
-            # Another filesystem (EXDEV) or a read-only source: copy, fsync, then drop the source.
-            with open(src, "rb") as fin, open(dst, "wb") as fout:
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS):
+                raise               # ENOSPC, EIO: the caller's fault handling decides
+            # Another filesystem or a read-only source: copy, fsync, rename, then drop the source.
+            part = dst.with_name(f".{dst.name}.part")
+            with open(src, "rb") as fin, open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                                              "wb") as fout:
                 shutil.copyfileobj(fin, fout, 1 << 20)
                 fout.flush()
                 os.fsync(fout.fileno())
+            os.replace(part, dst)
             try:
                 os.unlink(src)
             except OSError:
                 pass
             return
+        os.chmod(dst, 0o600)        # rendered files are made with the worker's umask
         fd = os.open(dst, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -450,13 +473,16 @@ class Spool:
 
     # ------------------------------------------------------------------ state
     def refresh(self, *, full: bool = False) -> None:
-        """Pick up calls enqueued by other processes and states changed by ``retry``."""
+        """Pick up calls enqueued by other processes and states changed by ``retry``.
+        A full refresh of a recovering spool also completes what a crash left half-done."""
         try:
             mtime = self._signal.stat().st_mtime_ns
         except FileNotFoundError:
             mtime = 0
         full = full or mtime != self._signal_mtime_ns
         self._signal_mtime_ns = mtime
+        if full and self.recover:
+            self._recover_tmp()         # first: a call it publishes is then read below
         try:
             names = {e.name for e in os.scandir(self.calls_dir) if e.is_dir() and not e.name.startswith(".")}
         except FileNotFoundError:
@@ -469,38 +495,147 @@ class Spool:
                     st = self._read_state(name)
                     if st is not None:
                         self._states[name] = st
-        if full:
+        if full and self.recover:
             self._reconcile()
-            self._clean_tmp()
 
     def _read_state(self, call_id: str) -> dict[str, Any] | None:
+        path = self.calls_dir / call_id / "state.json"
         try:
-            return json.loads((self.calls_dir / call_id / "state.json").read_bytes())
+            return json.loads(path.read_bytes())
+        except FileNotFoundError:
+            if self.recover and (self.calls_dir / call_id).is_dir():
+                return self._rebuild_state(call_id)
+            return None           # deleted meanwhile, or another process will rebuild it
         except (OSError, ValueError):
             self.counters["deliver.spool.unreadable_state"] += 1
+            if self.recover:
+                return self._rebuild_state(call_id, unreadable=True)
             return None
 
+    def _rebuild_state(self, call_id: str, *, unreadable: bool = False) -> dict[str, Any] | None:
+        """A call in calls/ without a (readable) state. Never written: ``ready``. Unreadable
+        (it may have been part-uploaded): ``parked:state_unreadable``, for an operator."""
+        st = _tmp_state(self.calls_dir / call_id, call_id)
+        if st is None:
+            log.error("spool: call %s has neither a state nor a readable record: left as it is", call_id)
+            return None
+        if unreadable:
+            st.update(state=PARKED, reason="state_unreadable")
+        try:
+            self.save_state(st)
+        except FileNotFoundError:
+            return None           # delivered and deleted meanwhile
+        self.counters["deliver.spool.recovered_state"] += 1
+        log.warning("spool: call %s had no readable state: now %s", call_id,
+                    st["state"] + (f":{st['reason']}" if st["reason"] else ""))
+        return st
+
     def _reconcile(self) -> None:
-        # A crash between writing "delivered" to the ledger and to the state file.
+        """Make the ledger agree with the calls (a crash between the two writes of a step).
+        Another process may deliver and delete a call meanwhile: that call is simply gone."""
         with self._lock:
             items = list(self._states.items())
         for call_id, st in items:
-            if st["state"] in ACTIVE_STATES:
-                line = self._ledger_lookup(st["key"])
-                if line and line.startswith("delivered"):
-                    st = dict(st, state=DELIVERED, delivered_at=st.get("delivered_at") or time.time())
-                    self.save_state(st)
-                    if self.retention_days <= 0:
-                        self._delete(call_id)
-
-    def _clean_tmp(self) -> None:
-        for e in os.scandir(self.tmp_dir):
-            # Only litter old enough not to be another process's enqueue in progress.
             try:
-                if time.time() - e.stat().st_mtime > 3600:
-                    shutil.rmtree(e.path, ignore_errors=True)
+                self._reconcile_one(call_id, st)
+            except FileNotFoundError:
+                with self._lock:
+                    if not (self.calls_dir / call_id).exists():
+                        self._states.pop(call_id, None)
+
+    def _reconcile_one(self, call_id: str, st: dict[str, Any]) -> None:
+        key = st["key"]
+        path = self._ledger_path(key)
+        line = self._entry_line(path) or self._entry_line(self._flat_ledger_path(key))
+        kind, owner, _ = _parse_entry(line or "")
+        if line is None:
+            # State without ledger: claim the key for this call so a replay does not enqueue it
+            # again. The claim is exclusive: an uploader marking the call delivered meanwhile wins.
+            if self._ledger_claim(key, call_id):
+                kind = {SKIPPED_UNANSWERED: "skipped"}.get(st["state"], "delivered" if st["state"] in DONE_STATES
+                                                           else "queued")
+                if kind in FINAL_LEDGER_KINDS:
+                    self._ledger_mark(key, kind, call_id)
+                self.counters["deliver.spool.ledger_repaired"] += 1
+                log.warning("spool: call %s had no ledger entry: now %s", call_id, kind)
+            return
+        if owner != call_id:
+            return                # another call of the same key owns the entry: not ours to change
+        if st["state"] in ACTIVE_STATES and kind == "delivered":
+            # A crash between writing "delivered" to the ledger and to the state file.
+            st = dict(st, state=DELIVERED, delivered_at=st.get("delivered_at") or time.time())
+            self.save_state(st)
+            if self.retention_days <= 0:
+                self._delete(call_id)
+        elif st["state"] == SKIPPED_UNANSWERED and kind == "queued":
+            self._ledger_mark(key, "skipped", call_id)      # a crash right after the publish
+
+    def _recover_tmp(self) -> None:
+        """Complete or clear what crashed enqueues and deletions left in tmp/.
+
+        A complete call whose enqueuer died is claimed (if nobody else holds its key) and
+        published: a kill between claim and publish must not lose it. An entry still locked
+        belongs to a live enqueue and is left alone."""
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return
+        for e in entries:
+            if e.name.startswith("del-"):
+                shutil.rmtree(e.path, ignore_errors=True)     # a delivered call's deletion
+                continue
+            try:
+                fd = os.open(e.path, os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
-                pass
+                _remove_if_older(e, time.time() - LITTER_AGE_S)     # not a call directory
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue          # an enqueue in progress
+                self._recover_one(Path(e.path), e.name)
+            except OSError as exc:
+                self.counters["deliver.spool.io_error"] += 1
+                log.error("spool: cannot recover %s yet: %s", e.path, exc)
+            finally:
+                os.close(fd)
+
+    def _recover_one(self, work: Path, call_id: str) -> None:
+        if not work.exists():
+            return                    # published or removed by its enqueuer just before the lock
+        st = _tmp_state(work, call_id)
+        if st is None:
+            # No record yet: cut off by a crash, or an enqueue between its mkdir and its lock.
+            # Nothing that could become a call; removed once surely not in progress.
+            if work.stat().st_mtime < time.time() - LITTER_AGE_S:
+                shutil.rmtree(work, ignore_errors=True)
+                self.counters["deliver.spool.tmp_incomplete_removed"] += 1
+            return
+        if not (work / "state.json").exists():
+            if st["audio_file"] is None and st["state"] == PARKED:
+                # Killed while moving the recording in: the enqueue never returned, so the
+                # caller (a replay run again) makes the call anew with its audio.
+                shutil.rmtree(work, ignore_errors=True)
+                self.counters["deliver.spool.tmp_incomplete_removed"] += 1
+                return
+            write_atomic(work / "state.json", _dumps(st))
+        key = st["key"]
+        path = self._ledger_path(key)
+        try:
+            kind, owner, _ = _parse_entry(path.read_text().strip())
+        except (FileNotFoundError, NotADirectoryError):
+            kind, owner = "", ""
+        if not (kind == "queued" and owner == call_id) and not self._ledger_claim(key, call_id):
+            shutil.rmtree(work, ignore_errors=True)          # another call holds the key
+            self.counters["deliver.spool.duplicate"] += 1
+            log.info("spool: %s left by a crash is a duplicate of a known call: removed", call_id)
+            return
+        self._publish(call_id)
+        if st["state"] == SKIPPED_UNANSWERED:
+            self._ledger_mark(key, "skipped", call_id)
+        self.counters["deliver.spool.recovered_publish"] += 1
+        log.warning("spool: call %s left half-enqueued by a crash: published", call_id)
 
     def state_of(self, call_id: str) -> dict[str, Any]:
         """A copy of the call's state dict (raises KeyError)."""
@@ -528,6 +663,7 @@ class Spool:
     def mark_done(self, state: dict[str, Any], final_state: str) -> None:
         """Delivered (confirmed or not): ledger first, then state, then retention."""
         self._ledger_mark(state["key"], "delivered", state["id"])
+        kill_point("spool_ledger_delivered")
         state["state"] = final_state
         state["delivered_at"] = time.time()
         self.save_state(state)
@@ -542,6 +678,7 @@ class Spool:
             os.replace(path, trash)
         except OSError:
             return
+        kill_point("spool_delete_renamed")
         shutil.rmtree(trash, ignore_errors=True)
         with self._lock:
             self._states.pop(call_id, None)
@@ -644,6 +781,40 @@ class Spool:
         return max(0.0, now_wall - min(times)) if times else 0.0
 
 
+def _tmp_state(work: Path, call_id: str) -> dict[str, Any] | None:
+    """The state of a call directory: its state.json, or one rebuilt from its record and
+    audio (a crash before state.json was written; enqueue writes it last). None: no record."""
+    try:
+        return json.loads((work / "state.json").read_bytes())
+    except (OSError, ValueError):
+        pass
+    try:
+        record = json.loads((work / "record.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    st = _fresh_state(call_id, call_key(record))
+    audio = sorted(p.name for p in work.glob("audio.*"))
+    if audio:
+        st["audio_file"] = audio[0]
+        st["content_type"] = _TYPE_FOR_EXT.get(audio[0].rpartition(".")[2], "audio/mpeg")
+    elif record.get("answered", True) is False:
+        st["state"] = SKIPPED_UNANSWERED
+    else:
+        st.update(state=PARKED, reason=f"no_audio:{record.get('no_audio_reason') or 'unknown'}")
+    return st
+
+
+def _fresh_state(call_id: str, key: str) -> dict[str, Any]:
+    """The upload state of a call nothing has been sent for yet."""
+    return {
+        "id": call_id, "key": key, "state": READY, "reason": "",
+        "tempcallid": None, "next_chunk": 1, "total_chunks": None, "chunk_bytes": None,
+        "audio_size": None, "gzip": False, "last_chunk_attempted": False,
+        "restarts": 0, "enqueued_at": time.time(), "delivered_at": None,
+        "audio_file": None, "content_type": "",
+    }
+
+
 def _parse_entry(text: str) -> tuple[str, str, float | None]:
     """(kind, call id, time written or None) of a ledger line; older versions wrote no time."""
     parts = text.split()
@@ -696,6 +867,15 @@ def _create_whole(path: Path, data: bytes) -> bool:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return True
+
+
+def _put_back(moved: Path, src: Path) -> None:
+    """Undo _move_in after a failed enqueue (a rename: it needs no free space)."""
+    try:
+        if moved.exists() and not src.exists():
+            os.replace(moved, src)
+    except OSError as exc:
+        log.error("cannot put %s back to %s: %s", moved, src, exc)
 
 
 def _write_synced(fd: int, data: bytes) -> None:
