@@ -13,15 +13,19 @@ usage / configuration / capture file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from agent.config import Config, load_config
 from agent.errors import AgentError
+from agent.summaries import delivery_line, skipped_input_line, without_recording_lines
+from agent.textsafe import terminal_safe
 
 log = logging.getLogger("agent")
 
@@ -35,7 +39,42 @@ def _counters_summary(counters) -> str:
     return ", ".join(f"{k}={counters[k]}" for k in keys)
 
 
+def _close_summary(args: argparse.Namespace, counters) -> None:
+    """Every counter with --counters; otherwise one line when input was skipped."""
+    if args.counters:
+        sys.stderr.write(_counters_summary(counters) + "\n")
+    elif (line := skipped_input_line(counters)) is not None:
+        sys.stderr.write(line + "\n")
+
+
+def _captures(paths: list[str], stack: contextlib.ExitStack) -> list[str]:
+    """The command's capture arguments, checked: a directory must hold captures, and ``-``
+    is the capture on stdin (copied to a temporary file to its end, then replayed)."""
+    from agent.capture.files import CAPTURE_SUFFIXES, iter_capture_paths
+
+    out = []
+    for path in paths:
+        if path == "-":
+            tmp = stack.enter_context(tempfile.NamedTemporaryFile(prefix="calln-stdin-", suffix=".pcap"))
+            shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+            tmp.flush()
+            out.append(tmp.name)
+            continue
+        if Path(path).is_dir() and not iter_capture_paths([path]):
+            raise AgentError(f"{path}: this directory holds no capture files "
+                             f"(looked for names ending {', '.join(CAPTURE_SUFFIXES)})")
+        out.append(path)
+    return out
+
+
 # ---------------------------------------------------------------------- inspect
+
+def _codecs(names: list[str]) -> str:
+    """``PCMU/8000``, ``telephone-event/8000`` -> ``PCMU+te``: names without clock rates,
+    RFC 4733 events as ``te``; never cut."""
+    short = [name.split("/", 1)[0] for name in names]
+    return "+".join("te" if name.lower() == "telephone-event" else name for name in short) or "-"
+
 
 def _row(record: dict[str, Any]) -> str:
     caller = record["callerphone"] or "?"
@@ -44,11 +83,14 @@ def _row(record: dict[str, Any]) -> str:
     callee = record["destinationphone"] or "?"
     if record["destinationname"]:
         callee = f'{record["destinationname"]} <{callee}>'
+    # escaped before the column cut, so an escape is never cut into something live
+    caller, callee = terminal_safe(caller), terminal_safe(callee)
     state = "answered" if record["answered"] else "unanswered"
-    codecs = ",".join(record.get("codecs_answered") or record.get("codecs_offered") or []) or "-"
+    codecs = _codecs(record.get("codecs_answered") or record.get("codecs_offered") or [])
     media = f'{record["callermediaendpoint"] or "-"} <-> {record["destinationmediaendpoint"] or "-"}'
     return (f'{record["startdatetimeutc"]}  {caller:32.32} -> {callee:32.32} {state:10} '
-            f'{record["end_reason"]:18} {record["duration_ms"] / 1000:8.1f}s  {codecs:24.24} {media}')
+            f'{terminal_safe(record["end_reason"]):18} {record["duration_ms"] / 1000:8.1f}s  '
+            f'{codecs:16} {terminal_safe(media)}')
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -62,7 +104,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             finished.media_log.unlink(missing_ok=True)
         records.append(finished.record)
 
-    engine = replay(args.captures, config, on_finished, progress=not args.quiet, keep_audio=False)
+    with contextlib.ExitStack() as stack:
+        captures = _captures(args.captures, stack)
+        engine = replay(captures, config, on_finished, progress=not args.quiet, keep_audio=False)
     engine.close()
     records.sort(key=lambda r: (r["start_ts_ns"], r["callid"]))
     out = sys.stdout
@@ -71,7 +115,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
     else:
         out.write(f"{'start (UTC)':19}  {'caller':32} -> {'callee':32} {'state':10} {'end':18} "
-                  f"{'talk':>9}  {'codecs':24} media\n")
+                  f"{'talk':>9}  {'codecs':16} media\n")
         for record in records:
             out.write(_row(record) + "\n")
         out.write(f"{len(records)} call(s)\n")
@@ -79,29 +123,42 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if undecodable:
             out.write("signalling the agent cannot decode (calls it cannot see): "
                       + ", ".join(f"{k}={v}" for k, v in sorted(undecodable.items())) + "\n")
-    if args.counters:
-        sys.stderr.write(_counters_summary(engine.counters) + "\n")
+    _close_summary(args, engine.counters)
     return 0
 
 
 # ---------------------------------------------------------------------- replay
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent.recorder import Recorder, write_to_directory
-    from agent.replay import replay
-
     config = _config(args)
     if not args.out and not args.deliver:
         raise AgentError("replay needs --out DIR or --deliver")
-    if args.deliver:
-        from agent.delivery import replay_and_deliver
-        status, summary = replay_and_deliver(args.captures, config, deadline_s=args.deadline_s,
-                                             progress=not args.quiet, workers=args.workers)
-        print("spool: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.items())))
-        if status:
-            print(f"calln-agent: delivery not finished within {args.deadline_s:.0f} s; "
-                  "the spool keeps the rest (calln-agent spool list)", file=sys.stderr)
-        return status
+    with contextlib.ExitStack() as stack:
+        captures = _captures(args.captures, stack)
+        if args.deliver:
+            return _replay_deliver(args, config, captures)
+        return _replay_out(args, config, captures)
+
+
+def _replay_deliver(args: argparse.Namespace, config: Config, captures: list[str]) -> int:
+    from agent.counters import new_counters
+    from agent.delivery import replay_and_deliver
+
+    counters = new_counters()
+    status, summary = replay_and_deliver(captures, config, deadline_s=args.deadline_s,
+                                         progress=not args.quiet, workers=args.workers, counters=counters)
+    print(delivery_line(counters, summary))
+    if status:
+        print(f"calln-agent: delivery not finished within {args.deadline_s:.0f} s; "
+              "the spool keeps the rest (calln-agent spool list)", file=sys.stderr)
+    _close_summary(args, counters)
+    return status
+
+
+def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -> int:
+    from agent.recorder import Recorder, write_to_directory
+    from agent.replay import replay
+
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
@@ -113,15 +170,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     recorder = Recorder(config.recording, out_dir, on_rendered, fmt=args.format, workers=args.workers)
     try:
-        engine = replay(args.captures, config, recorder, progress=not args.quiet,
+        engine = replay(captures, config, recorder, progress=not args.quiet,
                         workdir=out_dir / ".work", defer_media=True)
     finally:
         recorder.close()
     engine.close()
     with_audio = sum(1 for r in written if r.get("recording"))
     print(f"{len(written)} call(s), {with_audio} recording(s) in {out_dir}")
+    for line in without_recording_lines(sorted(written, key=lambda r: (r["start_ts_ns"], r["callid"]))):
+        print(line)
+    _close_summary(args, engine.counters)
     if args.counters:
-        sys.stderr.write(_counters_summary(engine.counters) + "\n")
         sys.stderr.write(f"recorder worker CPU: {recorder.worker_cpu_s:.2f} s\n")
     shutil.rmtree(out_dir / ".work", ignore_errors=True)
     return 0 if recorder.errors == 0 else 1
@@ -129,28 +188,81 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- main
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calln-agent", description="CallN passive call recorder")
-    parser.add_argument("--config", help="TOML configuration file (default: $CALLN_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log call events")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _VersionAction(argparse.Action):
+    """``--version``: the agent and the libraries that decide its output (agent/versions.py)."""
 
-    p = sub.add_parser("inspect", help="print the calls in captures")
-    p.add_argument("captures", nargs="+", help="pcap/pcapng files (gz ok) or directories")
-    p.add_argument("--json", action="store_true", help="one JSON call record per line")
-    p.add_argument("--counters", action="store_true", help="print skip/drop counters on stderr")
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from agent.versions import version_lines
+        print("\n".join(version_lines()))
+        parser.exit()
+
+
+CAPTURES_HELP = ("pcap/pcapng files (.gz too), directories of them (rotated files are merged by "
+                 "time), or - for a capture on stdin")
+
+INSPECT_EPILOG = """examples:
+  calln-agent inspect capture.pcap                  one row per call
+  calln-agent inspect --json rotated/ | jq .callid  one JSON call record per line
+  tcpdump -i eth1 -w - -c 100000 | calln-agent inspect -
+
+In-band DTMF (tones in the audio) needs decoding, so inspect does not show it; replay does.
+"""
+
+REPLAY_EPILOG = """examples:
+  calln-agent replay capture.pcap --out recordings/            recording + JSON record per call
+  calln-agent replay rotated/ --out rec/ --format wav --workers 2
+  calln-agent --config agent.toml replay capture.pcap --deliver    spool and upload to [api] url
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="calln-agent", description="CallN passive call recorder: rebuilds calls from SIP/RTP "
+        "seen on a tap or in captures, records them and delivers them to the CallN API.",
+        epilog="examples:\n  calln-agent demo\n  calln-agent inspect capture.pcap\n"
+               "  calln-agent --config /etc/calln-agent/agent.toml check-config\n\n"
+               "exit status: 0 success, 1 finished with work pending or failed, "
+               "2 bad usage, configuration or capture file",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version and those of PyAV/FFmpeg, LAME and numpy, then exit")
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML configuration file (default: $CALLN_CONFIG, else built-in defaults)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log call events")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print the calls in captures (no audio is decoded)",
+                       description="Print one row per call found in captures, or one JSON call "
+                       "record per line. Nothing is written to disk.",
+                       epilog=INSPECT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help=CAPTURES_HELP)
+    p.add_argument("--json", action="store_true", help="one JSON call record per line instead of the table")
+    p.add_argument("--counters", action="store_true",
+                   help="print every skip/drop counter on stderr at the end")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("replay", help="replay captures into recordings or the CallN API")
-    p.add_argument("captures", nargs="+")
-    p.add_argument("--out", help="write recordings + JSON records here")
-    p.add_argument("--deliver", action="store_true", help="spool and deliver to the configured API")
-    p.add_argument("--format", choices=("wav", "mp3"), help="recording format (default: config)")
-    p.add_argument("--workers", type=int, help="encoder processes (default: config / CPUs)")
-    p.add_argument("--deadline-s", type=float, default=600.0, help="--deliver: give up after this long")
-    p.add_argument("--counters", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p = sub.add_parser("replay", help="replay captures into recordings or the CallN API",
+                       description="Replay captures through the agent exactly as live capture runs: "
+                       "--out writes a recording and a JSON record per call, --deliver spools every "
+                       "call and uploads it to the configured API.",
+                       epilog=REPLAY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("captures", nargs="+", metavar="CAPTURE", help=CAPTURES_HELP)
+    p.add_argument("--out", metavar="DIR", help="write recordings + JSON records here")
+    p.add_argument("--deliver", action="store_true",
+                   help="spool every call and deliver it to [api] url (needs a configuration)")
+    p.add_argument("--format", choices=("wav", "mp3"), help="--out recording format (default: [recording] format)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="encoder processes (default: [recording] workers, else one per CPU)")
+    p.add_argument("--deadline-s", type=float, default=600.0, metavar="SECONDS",
+                   help="--deliver: stop waiting for uploads after this long; the spool keeps the "
+                        "rest (default: 600)")
+    p.add_argument("--counters", action="store_true",
+                   help="print every skip/drop counter and the encoders' CPU time on stderr at the end")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_replay)
 
     from agent.deliver.commands import register as register_delivery

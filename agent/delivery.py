@@ -62,9 +62,11 @@ class SpoolSink:
 
 
 def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadline_s: float = 600.0,
-                       progress: bool = True, workers: int | None = None) -> tuple[int, dict[str, int]]:
-    """Replay captures into the spool and deliver everything. Returns (exit status, spool summary)."""
-    counters = new_counters()
+                       progress: bool = True, workers: int | None = None,
+                       counters=None) -> tuple[int, dict[str, int]]:
+    """Replay captures into the spool and deliver everything. Returns (exit status, spool summary);
+    ``counters`` (optional) receives the run's counters (the caller's closing summary reads them)."""
+    counters = new_counters() if counters is None else counters
     spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
                   ledger_days=config.spool.ledger_days, counters=counters)
     uploader = Uploader(spool, config.api, counters=counters)

@@ -568,6 +568,9 @@ def check_config(config: Config, interfaces: list[str]) -> list[tuple[str, str]]
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from agent.versions import version_lines
+    for line in version_lines():
+        print(f"INFO {line}")
     try:
         config = load_config(args.config)
     except ConfigError as exc:

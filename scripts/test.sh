@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's test command: install what is needed, then run the whole test suite.
+# The README's test command: install what is needed (scripts/setup.sh: system tools, .venv),
+# then run the whole test suite with .venv's Python.
 # Extra arguments go to pytest (e.g. -m "not slow" for the fast set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m pytest -q -ra "$@"
+exec .venv/bin/python -m pytest -q -ra "$@"
