@@ -100,12 +100,21 @@ class SipSection:
 class RecordingSection:
     format: str = "mp3"          # mp3 | wav
     channels: int = 1            # 1 = mono mix, 2 = caller left / callee right
-    sample_rate_hz: int = 16000  # output rate; 0 = highest rate present in the call
+    # Output rate. 0: the call's native rate (8 kHz when every stream is narrowband, 16 kHz
+    # with any wideband one); -1 (unset): 0 for WAV, 16000 for MP3 (8 kHz MP3 is MPEG-2.5,
+    # which not every player handles). See output_rate_hz.
+    sample_rate_hz: int = -1
     mp3_bitrate_kbps: int = 32
     mp3_quality: int = 7         # LAME's algorithm quality, 0 (slowest) .. 9 (fastest); see README
     workers: int = 0             # encoder processes; 0 = number of CPUs
     mask_dtmf_audio: bool = False     # PCI: silence DTMF tones / key-press spans in recordings
     redact_dtmf_digits: bool = False  # PCI: never send or store the digits pressed
+
+    def output_rate_hz(self, fmt: str) -> int:
+        """The rate to render a ``fmt`` recording at (0: the call's native rate)."""
+        if self.sample_rate_hz >= 0:
+            return self.sample_rate_hz
+        return 16000 if fmt.lower() == "mp3" else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +239,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 
 def _check_recording(recording: RecordingSection) -> None:
+    if recording.sample_rate_hz < -1:
+        raise ConfigError(f"[recording] sample_rate_hz: expected a rate in Hz, 0 (native) or -1 (by format), "
+                          f"got {recording.sample_rate_hz!r}")
     if not 0 <= recording.mp3_quality <= 9:
         raise ConfigError(f"[recording] mp3_quality: expected 0 (slowest) to 9 (fastest), "
                           f"got {recording.mp3_quality!r}")

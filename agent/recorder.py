@@ -97,7 +97,7 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
             return None, None, "no_rtp", [], record, time.process_time() - cpu_start
         directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
         result = render_recording(media_log, streams, out_path, fmt=fmt, channels=settings.channels,
-                                  sample_rate_hz=settings.sample_rate_hz,
+                                  sample_rate_hz=settings.output_rate_hz(fmt),
                                   bitrate_kbps=settings.mp3_bitrate_kbps, mp3_quality=settings.mp3_quality,
                                   inband_dtmf_directions=directions, mask_spans_ns=spans,
                                   mask_inband=settings.mask_dtmf_audio)

@@ -54,10 +54,13 @@ def _sip(start_line: str, callid: str, from_tag: str, to_tag: str, cseq: str,
 
 
 def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
-                ptime_ms: int = 20, port_groups: int = 10000) -> int:
+                ptime_ms: int = 20, port_groups: int = 10000, loss: float = 0.0,
+                reorder: float = 0.0, seed: int = 16) -> int:
     """Write the capture; returns the number of packets written. Call ``n`` uses RTP ports
     20000 / 30000 + 2 * (n % port_groups): a small ``port_groups`` gives many phones the same
-    port on different addresses, as real sites do."""
+    port on different addresses, as real sites do. ``loss``: the fraction of RTP packets
+    dropped; ``reorder``: the fraction that arrive one packet late (after their successor),
+    both drawn from a generator seeded with ``seed``, so a capture is reproducible."""
     packets_per_call = int(duration_s * 1000 / ptime_ms)
     stagger_ns = int(duration_s * 1e9 / concurrent) if concurrent else 0
     tone = bytes((0x80 + int(40 * math.sin(2 * math.pi * 440 * i / 8000))) & 0xFF for i in range(160))
@@ -67,6 +70,9 @@ def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
         # Calls are generated in start order; frames of overlapping calls are merged by time
         # with a small heap of per-call generators.
         import heapq
+        import random
+
+        rng = random.Random(seed)
 
         def call_frames(n: int):
             start_ns = T0_S * 10**9 + n * stagger_ns
@@ -90,12 +96,24 @@ def write_calls(path: Path, *, calls: int, concurrent: int, duration_s: float,
                                                 ETH_PBX if src == a_ip else ETH_CALLER, src, dst, 5060, 5060, payload)
             media_ns = start_ns + 30_000_000
             ssrc_a, ssrc_b = 0x1000 + n, 0x2000 + n
+            ptime_ns = ptime_ms * 1_000_000
+            media = []
             for i in range(packets_per_call):
-                t = media_ns + i * ptime_ms * 1_000_000
+                t = media_ns + i * ptime_ns
                 hdr_a = struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, (i * 160) & 0xFFFFFFFF, ssrc_a)
                 hdr_b = struct.pack("!BBHII", 0x80, 0, (i + 7) & 0xFFFF, (i * 160 + 999) & 0xFFFFFFFF, ssrc_b)
-                yield t, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, a_port, b_port, hdr_a + tone, i)
-                yield t + 300_000, udp_frame(ETH_PBX, ETH_CALLER, b_ip, a_ip, b_port, a_port, hdr_b + tone, i)
+                for at, frame in ((t, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, a_port, b_port, hdr_a + tone, i)),
+                                  (t + 300_000, udp_frame(ETH_PBX, ETH_CALLER, b_ip, a_ip, b_port, a_port,
+                                                          hdr_b + tone, i))):
+                    if loss or reorder:
+                        draw = rng.random()
+                        if draw < loss:
+                            continue
+                        if draw < loss + reorder:
+                            at += ptime_ns + 1_000_000       # arrives just after its successor
+                    media.append((at, frame))
+            media.sort(key=lambda item: item[0])
+            yield from media
             end = media_ns + packets_per_call * ptime_ms * 1_000_000
             yield end, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, 5060, 5060,
                                  _sip(f"BYE sip:{callee}@pbx.example SIP/2.0", callid, ftag, ttag, "2 BYE", caller, callee))
@@ -222,5 +240,7 @@ if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/synth.pcap")
     n = write_calls(out, calls=int(sys.argv[2]) if len(sys.argv) > 2 else 200,
                     concurrent=int(sys.argv[3]) if len(sys.argv) > 3 else 200,
-                    duration_s=float(sys.argv[4]) if len(sys.argv) > 4 else 60.0)
+                    duration_s=float(sys.argv[4]) if len(sys.argv) > 4 else 60.0,
+                    loss=float(sys.argv[5]) if len(sys.argv) > 5 else 0.0,
+                    reorder=float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
     print(f"{n} packets -> {out}")

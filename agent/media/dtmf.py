@@ -12,9 +12,11 @@ Owns two pure detectors (no I/O, no clocks of their own):
   digits and are only counted.
 * ``InbandDtmfDetector``: tones inside decoded audio, a Goertzel-style filter bank (a Hann
   window, three probes per DTMF frequency so the frequency and level can be interpolated)
-  with ITU-T Q.24-like acceptance rules: per-tone level, twist, frequency tolerance, the
-  winning tone well above the others of its group, the two tones carrying most of the
-  block's energy (what rejects speech), a minimum duration and a minimum pause.
+  over back-to-back 20 ms frames, so a stretch of audio is one matrix product (frames x
+  probes) with no copy of the signal; ITU-T Q.24-like acceptance rules: per-tone level,
+  twist, frequency tolerance, the winning tone well above the others of its group, the two
+  tones carrying most of the frame's energy (what rejects speech), a minimum duration (two
+  frames: 40 ms) and a minimum pause (two frames).
 
 Does not own which packets are events (``stream.py`` knows the payload types per
 direction), placing audio on the call timeline or masking (``render.py``).
@@ -163,11 +165,11 @@ class InbandDtmfDetector:
     8 kHz are averaged down to 8 kHz first (DTMF tops out at 1633 Hz).
     """
 
-    def __init__(self, rate_hz: int = 8000, *, block_ms: float = 25.6, hop_ms: float = 8.0,
+    def __init__(self, rate_hz: int = 8000, *, block_ms: float = 20.0, hop_ms: float = 20.0,
                  min_level_dbm0: float = -32.0, normal_twist_db: float = 8.0,
                  reverse_twist_db: float = 6.0, freq_tolerance: float = 0.03,
                  relative_peak_db: float = 8.0, min_tone_fraction: float = 0.8,
-                 min_hits: int = 4, min_pause_blocks: int = 3) -> None:
+                 min_hits: int = 2, min_pause_blocks: int = 2) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
         self.rate_hz = rate_hz
@@ -293,12 +295,19 @@ class InbandDtmfDetector:
     def _project(self, seg: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray]:
         """(nb, 24) windowed probe powers (unscaled: cos^2 + sin^2) and (nb,) windowed
         energy of the nb blocks at the start of ``seg`` (block k = seg[k*hop : k*hop + n])."""
-        # A contiguous copy of the overlapping blocks lets the projection run as one BLAS
-        # matrix product; the strided window view would take numpy's slow non-BLAS loop.
-        view = np.lib.stride_tricks.sliding_window_view(seg, self.n)[::self.hop][:nb]
-        proj = np.ascontiguousarray(view) @ self.basis
-        proj *= proj
         k = self.nominal.size * 3
+        if self.hop == self.n:
+            # Back-to-back frames (the default): the signal itself, seen as rows, is the
+            # matrix (no copy), and each frame's windowed energy one more product.
+            blocks = seg[:nb * self.n].reshape(nb, self.n)
+            proj = blocks @ self.basis
+            proj *= proj
+            return proj[:, :k] + proj[:, k:], (blocks * blocks) @ self.window
+        # Overlapping blocks: a contiguous copy lets the projection run as one BLAS matrix
+        # product; the strided window view would take numpy's slow non-BLAS loop.
+        blocks = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(seg, self.n)[::self.hop][:nb])
+        proj = blocks @ self.basis
+        proj *= proj
         c = proj[:, :k] + proj[:, k:]
         hop = self.hop
         pwindow = self._phase_window()
