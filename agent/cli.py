@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_demo(sub)
     from agent.run import register as register_run    # live capture daemon: run, check-config
     register_run(sub)
+    from agent.service import register as register_service
+    register_service(sub)
     return parser
 
 

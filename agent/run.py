@@ -586,7 +586,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="capture live from interfaces and deliver calls (the daemon)")
+    p = subparsers.add_parser(
+        "run", help="capture live from interfaces and deliver calls (the daemon)",
+        description="Capture SIP and RTP live from a SPAN/mirror interface, record every call and "
+        "deliver it to the CallN API through the spool. SIGTERM finishes calls in progress; SIGHUP "
+        "re-reads [api] and [metrics].",
+        epilog="examples:\n"
+               "  calln-agent --config /etc/calln-agent/agent.toml run            interfaces from the config\n"
+               "  calln-agent --config agent.toml run -i eth1 -i eth2             two mirror ports\n"
+               "  calln-agent --config agent.toml run --metrics-listen 0.0.0.0:9731 --log-json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--interface", action="append",
                    help="capture on this interface (repeatable; default: [capture] interfaces)")
     p.add_argument("--metrics-listen", help="HOST:PORT for /metrics and /health (default: [metrics] "
@@ -594,6 +603,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     p.add_argument("--debug", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_run)
-    p = subparsers.add_parser("check-config", help="check configuration, privileges, spool and clock")
+    p = subparsers.add_parser(
+        "check-config", help="check configuration, privileges, spool and clock",
+        description="Check a deployment before starting it: the configuration, the API URL and "
+        "credentials, the interfaces, capture privileges, the filter, the spool and the clock. "
+        "Prints the versions that decide output first. Exit 0 when all is well.",
+        epilog="examples:\n"
+               "  calln-agent --config /etc/calln-agent/agent.toml check-config\n"
+               "  CALLN_CONFIG=agent.toml calln-agent check-config -i eth1\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--interface", action="append", help="interface to check (default: config)")
     p.set_defaults(func=cmd_check_config)

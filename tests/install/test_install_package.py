@@ -18,6 +18,7 @@ from tests.install._install_testlib import REPO
 
 BUNDLED = {name: REPO / "pcaps" / name for name in DEFAULT_CAPTURES}
 BUNDLED["agent.example.toml"] = REPO / "deploy" / "agent.example.toml"
+BUNDLED["calln-agent.service"] = REPO / "deploy" / "calln-agent.service"
 
 
 def test_bundled_files_are_the_sources() -> None:
@@ -45,6 +46,8 @@ def test_wheel_in_a_fresh_venv_runs_the_demo_from_any_directory(tmp_path) -> Non
     with zipfile.ZipFile(wheel) as zf:
         for name, source in BUNDLED.items():
             assert zf.read(f"agent/bundled/{name}") == source.read_bytes(), name
+        man = [n for n in zf.namelist() if n.endswith(".data/data/share/man/man1/calln-agent.1")]
+        assert len(man) == 1 and zf.read(man[0]) == (REPO / "deploy" / "calln-agent.1").read_bytes()
     with tarfile.open(sdist) as tf:
         top = sdist.name.removesuffix(".tar.gz")
         for name, source in BUNDLED.items():
@@ -71,3 +74,4 @@ def test_wheel_in_a_fresh_venv_runs_the_demo_from_any_directory(tmp_path) -> Non
     assert "the receiver stored 4 call(s):" in demo.stdout
     # the captures came from the installed package, not from this checkout
     assert f"{venv}/lib/" in demo.stdout and str(REPO / "agent") not in demo.stdout
+    assert (venv / "share" / "man" / "man1" / "calln-agent.1").is_file()      # man calln-agent

@@ -126,4 +126,4 @@ def test_example_config_documents_every_key() -> None:
         commented = {k for k in keys if f"# {k} =" in text}
         assert keys <= present | commented, (section.name, keys - present - commented)
     config = load_config(path, env={})
-    assert config.capture.interfaces == ("eth1",) and config.metrics.listen == "127.0.0.1:9731"
+    assert config.metrics.listen == "127.0.0.1:9731"
