@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.config import load_config
@@ -23,6 +24,7 @@ SPOOL_EPILOG = """examples:
   calln-agent --config /etc/calln-agent/agent.toml spool list      one line per call in the spool
   calln-agent spool --dir /var/spool/calln-agent show 1a2b3c4d     state and record of one call
   calln-agent spool retry --parked                                 every parked call back in the queue
+  calln-agent spool delivered --since 24h                          what was uploaded in the last day
 
 A call's ID is the first column of `spool list` (also in `spool list --json` as "id").
 """
@@ -50,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = ssub.add_parser("retry", help="put a parked call (or all with --parked) back in the queue")
     p.add_argument("id", nargs="?", help="the call's ID: the first column of `calln-agent spool list`")
     p.add_argument("--parked", action="store_true", help="retry every parked call")
+    p = ssub.add_parser("delivered", help="calls the ledger records as delivered: when, numbers, "
+                                          "start time, confirmed or not")
+    p.add_argument("--since", metavar="WHEN",
+                   help="only calls delivered since: a duration back from now (90m, 24h, 7d) or a "
+                        "UTC date/time (2026-12-04, 2026-12-04T09:30)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=spool_command)
 
     rp = subparsers.add_parser("receiver", help="run a local CallN-compatible HTTPS receiver",
@@ -92,8 +100,43 @@ def _spool_dir(args: argparse.Namespace) -> Path:
     return Path(args.dir or load_config(getattr(args, "config", None)).spool.dir)
 
 
+def _utc(wall: float) -> str:
+    return datetime.fromtimestamp(wall, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def delivered_command(args: argparse.Namespace, spool_dir: Path) -> int:
+    from agent.deliver.ledger_view import delivered_calls, parse_since
+    try:
+        since = parse_since(args.since, time.time()) if args.since else None
+    except ValueError as exc:
+        print(f"calln-agent: error: {exc}", file=sys.stderr)
+        return 2
+    calls = delivered_calls(spool_dir, since)
+    for call in calls:
+        record = call.record or {}
+        row = {"delivered_at": _utc(call.delivered_at_wall), "id": call.id,
+               "state": call.state or "", "startdatetimeutc": record.get("startdatetimeutc", ""),
+               "callerphone": record.get("callerphone", ""),
+               "destinationphone": record.get("destinationphone", "")}
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False))
+        elif call.record is None:
+            print(f"{row['delivered_at']}  {call.id}  (record removed: [spool] retention_days)")
+        else:
+            print(terminal_safe(f"{row['delivered_at']}  {call.id}  {row['state']:<22} "
+                                f"{row['startdatetimeutc']:<19}  {row['callerphone']} -> "
+                                f"{row['destinationphone']}"))
+    print(f"# spool {spool_dir}: {len(calls)} call(s) delivered"
+          + (f" since {_utc(since)}" if since is not None else "")
+          + " (numbers and confirmation shown while [spool] retention_days keeps the call)",
+          file=sys.stderr)
+    return 0
+
+
 def spool_command(args: argparse.Namespace) -> int:
     spool_dir = _spool_dir(args)
+    if args.spool_cmd == "delivered" and spool_dir.is_dir():
+        return delivered_command(args, spool_dir)
     if not spool_dir.is_dir():
         # a read never creates a spool (opening one makes its 256 ledger directories)
         print(f"# spool {spool_dir}: does not exist (nothing was ever spooled here; "

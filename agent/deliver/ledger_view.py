@@ -1,0 +1,87 @@
+"""Read-only view of the delivered-ledger, for ``calln-agent spool delivered``.
+
+Delivered calls leave the spool at once (``[spool] retention_days = 0``), so the ledger is
+what remembers them: one file per call key, "delivered <id> <time>" (spool.py's layout,
+parsed by its ``_parse_entry``). The call's record and final state (confirmed or
+unconfirmed) are joined from ``calls/<id>/`` while the call is still retained. Nothing is
+created or changed: a listing must not make a spool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from agent.deliver.spool import _parse_entry
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+@dataclass(frozen=True)
+class DeliveredCall:
+    delivered_at_wall: float              # seconds since the epoch
+    id: str                               # the spool id the call had
+    state: str | None                     # delivered / delivered_unconfirmed; None once removed
+    record: dict[str, Any] | None         # None once removed from the spool
+
+
+def _entries(ledger: Path) -> Iterator[os.DirEntry]:
+    """Every ledger file: the 256 shards, and entries of the older flat layout."""
+    with os.scandir(ledger) as top:
+        for entry in top:
+            if entry.is_dir() and len(entry.name) == 2 and _HEX.fullmatch(entry.name):
+                with os.scandir(entry.path) as shard:
+                    yield from (e for e in shard if e.is_file() and _HEX.fullmatch(e.name))
+            elif entry.is_file() and _HEX.fullmatch(entry.name):
+                yield entry
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def delivered_calls(spool_dir: Path, since_wall: float | None = None) -> list[DeliveredCall]:
+    """Calls the ledger records as delivered (at or after ``since_wall``), oldest first."""
+    ledger = spool_dir / "ledger"
+    if not ledger.is_dir():
+        return []
+    out = []
+    for entry in _entries(ledger):
+        try:
+            with open(entry.path, encoding="utf-8", errors="replace") as fh:
+                kind, call_id, ts = _parse_entry(fh.read())
+            if ts is None:                         # entries of older versions carry no time
+                ts = entry.stat().st_mtime
+        except OSError:                            # pruned while we read
+            continue
+        if kind != "delivered" or (since_wall is not None and ts < since_wall):
+            continue
+        call_dir = spool_dir / "calls" / call_id
+        state = _json(call_dir / "state.json")
+        out.append(DeliveredCall(ts, call_id, state.get("state") if state else None,
+                                 _json(call_dir / "record.json")))
+    out.sort(key=lambda c: (c.delivered_at_wall, c.id))
+    return out
+
+
+def parse_since(text: str, now_wall: float) -> float:
+    """``--since``: a duration back from now (``90m``, ``24h``, ``7d``) or an ISO date/time
+    (``2026-12-04``, ``2026-12-04T09:30``; UTC unless it names a zone)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        return now_wall - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r}: expected e.g. 24h, 7d or 2026-12-04T09:30") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
