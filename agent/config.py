@@ -109,6 +109,7 @@ class RecordingSection:
     workers: int = 0             # encoder processes; 0 = number of CPUs
     mask_dtmf_audio: bool = False     # PCI: silence DTMF tones / key-press spans in recordings
     redact_dtmf_digits: bool = False  # PCI: never send or store the digits pressed
+    group: str = ""               # recordings readable by this group too (0640/0750); default 0600/0700
 
     def output_rate_hz(self, fmt: str) -> int:
         """The rate to render a ``fmt`` recording at (0: the call's native rate)."""
@@ -245,6 +246,13 @@ def _check_recording(recording: RecordingSection) -> None:
     if not 0 <= recording.mp3_quality <= 9:
         raise ConfigError(f"[recording] mp3_quality: expected 0 (slowest) to 9 (fastest), "
                           f"got {recording.mp3_quality!r}")
+    if recording.group:
+        import grp
+        try:
+            if not recording.group.isdigit():
+                grp.getgrnam(recording.group)
+        except KeyError:
+            raise ConfigError(f"[recording] group: no group named {recording.group!r} on this host") from None
 
 
 def _check_spool(spool: SpoolSection) -> None:

@@ -3,13 +3,20 @@
 Used by ``replay --deliver``, ``demo`` and live ``run``. The spool is written
 before anything else happens to a finished call; the uploader runs in its own
 thread so a slow or dead server never slows the capture loop.
+
+A spool that cannot be written (ENOSPC, EIO, a read-only remount) is a fault like any
+other: the finished call is held in memory (its recording stays where it was rendered),
+counted, and enqueued again with back-off until space returns. Beyond ``hold_max`` calls,
+or when the process ends first, a held call is reported by name as lost.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Iterable
 
@@ -17,24 +24,55 @@ from agent.config import Config
 from agent.counters import new_counters
 from agent.deliver.spool import Spool
 from agent.deliver.uploader import Uploader
+from agent.errors import AgentError
+from agent.lifecycle import stop_signals
 from agent.recorder import Recorder, Rendered
 from agent.replay import replay
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
+HOLD_MAX_CALLS = 1000          # finished calls held in memory while the spool cannot be written
+RETRY_BASE_S = 1.0
+RETRY_MAX_S = 30.0
+CLOSE_RETRY_S = 5.0            # at the end, how long held calls still wait for space
+
+
+def call_name(record: dict) -> str:
+    """How a lost call is named in the log: enough for an operator to find it elsewhere."""
+    return (f"callid={record.get('callid')} start={record.get('startdatetimeutc')} "
+            f"caller={record.get('callerphone') or '?'} callee={record.get('destinationphone') or '?'}")
 
 
 class SpoolSink:
-    """Recorder destination: every rendered call enters the spool atomically."""
+    """Recorder destination: every rendered call enters the spool atomically, or is held."""
 
-    def __init__(self, spool: Spool, config: Config, uploader: Uploader | None = None) -> None:
+    def __init__(self, spool: Spool, config: Config, uploader: Uploader | None = None, *,
+                 hold_max: int = HOLD_MAX_CALLS, retry_base_s: float = RETRY_BASE_S,
+                 retry_max_s: float = RETRY_MAX_S) -> None:
         self.spool = spool
         self.config = config
         self.uploader = uploader
+        self.counters = getattr(spool, "counters", None)
+        if self.counters is None:
+            self.counters = new_counters()
+        self.hold_max = max(1, hold_max)
+        self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.enqueued = 0
         self.duplicates = 0
         self.legs_skipped = 0
+        self.lost: list[str] = []            # names of the calls given up
+        self._held: deque[Rendered] = deque()
+        self._lock = threading.RLock()
+        self._delay_s = retry_base_s
+        self._retry_at = 0.0
+        self._wake = threading.Event()
+        self._closed = False
+        self._retrier: threading.Thread | None = None
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def __call__(self, rendered: Rendered) -> None:
         record = rendered.record
@@ -45,6 +83,46 @@ class SpoolSink:
                 rendered.audio_path.unlink(missing_ok=True)
             self.legs_skipped += 1
             return
+        with self._lock:
+            self._held.append(rendered)
+            if time.monotonic() >= self._retry_at:
+                self._flush()
+            self._bound()
+
+    def _flush(self) -> None:
+        """Spool what is held, oldest first, until the spool refuses (then back off)."""
+        while self._held:
+            try:
+                self._enqueue(self._held[0])
+            except OSError as exc:
+                self.counters["deliver.spool.io_error"] += 1
+                self._retry_at = time.monotonic() + self._delay_s
+                log.error("spool %s not writable (%s): %d call(s) held in memory, next try in %.0f s",
+                          self.spool.dir, exc.strerror or exc, len(self._held), self._delay_s)
+                self._delay_s = min(self.retry_max_s, self._delay_s * 2)
+                self._start_retrier()
+                break
+            self._held.popleft()
+            if self._delay_s != self.retry_base_s:
+                log.warning("spool writable again: %d call(s) still held", len(self._held))
+                self._delay_s = self.retry_base_s
+        self.counters["deliver.spool.held"] = len(self._held)
+
+    def _bound(self) -> None:
+        while len(self._held) > self.hold_max:
+            self._give_up(self._held.popleft(), f"more than {self.hold_max} calls held")
+        self.counters["deliver.spool.held"] = len(self._held)
+
+    def _give_up(self, rendered: Rendered, why: str) -> None:
+        name = call_name(rendered.record)
+        self.lost.append(name)
+        self.counters["deliver.spool.lost"] += 1
+        log.error("call LOST, the spool could not be written (%s): %s", why, name)
+        if rendered.audio_path is not None:
+            rendered.audio_path.unlink(missing_ok=True)
+
+    def _enqueue(self, rendered: Rendered) -> None:
+        record = rendered.record
         fmt = (record.get("recording") or {}).get("format", self.config.api.format)
         content_type = CONTENT_TYPES.get(fmt) if rendered.audio_path else None
         spool_id = self.spool.enqueue(record, rendered.audio_path, content_type,
@@ -60,37 +138,86 @@ class SpoolSink:
             if self.uploader is not None:
                 self.uploader.wake()
 
+    def _start_retrier(self) -> None:
+        if self._retrier is None or not self._retrier.is_alive():
+            self._retrier = threading.Thread(target=self._retry_loop, name="calln-spool-retry", daemon=True)
+            self._retrier.start()
+
+    def _retry_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(max(0.0, self._retry_at - time.monotonic()))
+            self._wake.clear()
+            with self._lock:
+                if self._closed or not self._held:
+                    return
+                if time.monotonic() >= self._retry_at:
+                    self._flush()
+
+    def close(self, wait_s: float = CLOSE_RETRY_S) -> list[str]:
+        """At the end: give held calls ``wait_s`` more for space, then report each left as
+        lost. Returns the names of every call lost."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                self._retry_at = 0.0
+                self._delay_s = min(self._delay_s, 0.5)
+                self._flush()
+                if not self._held or time.monotonic() >= deadline or stop_signals.requested:
+                    while self._held:
+                        self._give_up(self._held.popleft(), "process ending")
+                    self.counters["deliver.spool.held"] = 0
+                    self._closed = True
+                    self._wake.set()
+                    return list(self.lost)
+            time.sleep(0.2)
+
 
 def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadline_s: float = 600.0,
                        progress: bool = True, workers: int | None = None,
                        counters=None) -> tuple[int, dict[str, int]]:
     """Replay captures into the spool and deliver everything. Returns (exit status, spool summary);
-    ``counters`` (optional) receives the run's counters (the caller's closing summary reads them)."""
+    ``counters`` (optional) receives the run's counters (the caller's closing summary reads them).
+    SIGINT / SIGTERM stop it (``Interrupted``); what is spooled stays for the next run."""
     counters = new_counters() if counters is None else counters
-    spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
-                  ledger_days=config.spool.ledger_days, counters=counters)
-    uploader = Uploader(spool, config.api, counters=counters)
+    try:
+        spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
+                      ledger_days=config.spool.ledger_days, counters=counters)
+    except OSError as exc:
+        raise AgentError(f"spool {config.spool.dir} not usable: {exc.strerror or exc}") from None
+    uploader = Uploader(spool, config.api, counters=counters, sleep=stop_signals.sleep)
     work = Path(config.spool.dir) / "work"
     sink = SpoolSink(spool, config, uploader)
-    # Recordings are made in the format the API will receive.
-    # A PBX leg whose talk another leg uploads is spooled nowhere: do not spend CPU on its audio.
-    recorder = Recorder(config.recording, work / "rendered", sink, fmt=config.api.format, workers=workers,
-                        render_if=lambda record: record.get("upload") is not False)
-    uploader.start_thread()
-    started = time.monotonic()
+    signals = stop_signals.install()
     try:
+        # Recordings are made in the format the API will receive.
+        # A PBX leg whose talk another leg uploads is spooled nowhere: do not spend CPU on its audio.
+        recorder = Recorder(config.recording, work / "rendered", sink, fmt=config.api.format, workers=workers,
+                            render_if=lambda record: record.get("upload") is not False)
+        uploader.start_thread()
+        started = time.monotonic()
         try:
-            engine = replay(captures, config, recorder, counters=counters, workdir=work / "media",
-                            progress=progress, defer_media=True)
+            try:
+                engine = replay(captures, config, recorder, counters=counters, workdir=work / "media",
+                                progress=progress, defer_media=True)
+            finally:
+                recorder.close()
+                lost = sink.close()
+            engine.close()
+            remaining = max(0.0, deadline_s - (time.monotonic() - started))
+            uploader.stop()
+            done = uploader.run_until_idle(deadline_s=remaining)
         finally:
-            recorder.close()
-        engine.close()
-        remaining = max(0.0, deadline_s - (time.monotonic() - started))
-        uploader.stop()
-        done = uploader.run_until_idle(deadline_s=remaining)
+            uploader.stop()
+            uploader.close()
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError as exc:       # the spool failing outside an enqueue (its directories, a state)
+        raise AgentError(f"spool {config.spool.dir}: {exc.strerror or exc}; spooled calls are kept "
+                         "for the next run") from None
     finally:
-        uploader.stop()
-        uploader.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if signals:
+            stop_signals.restore()
     summary = spool.summary()
-    return (0 if done else 1), summary
+    if lost:
+        summary["lost"] = len(lost)
+        log.error("%d call(s) could not be spooled and are lost (see the log lines above)", len(lost))
+    return (0 if done and not lost else 1), summary

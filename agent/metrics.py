@@ -94,6 +94,12 @@ def render_metrics(snap: Snapshot) -> str:
            [({}, float(snap.spool_oldest_undelivered_s))])
     metric("calln_spool_free_megabytes", "gauge", "Free space on the spool's filesystem.",
            [({}, float(snap.spool_free_mb))])
+    metric("calln_spool_held_calls", "gauge", "Finished calls held in memory: the spool cannot be written.",
+           [({}, c.get("deliver.spool.held", 0))])
+    metric("calln_spool_io_errors_total", "counter", "Writes to the spool that failed (ENOSPC, EIO, ...).",
+           [({}, c.get("deliver.spool.io_error", 0))])
+    metric("calln_calls_lost_total", "counter", "Finished calls given up because the spool could not be written.",
+           [({}, c.get("deliver.spool.lost", 0))])
     metric("calln_seconds_since_last_packet", "gauge", "Seconds since the capture saw a packet.",
            [({}, float(snap.seconds_since_packet))])
     metric("calln_capture_up", "gauge", "1 while the capture process runs.", [({}, int(snap.capture_alive))])
@@ -114,6 +120,12 @@ def health(snap: Snapshot, limits: HealthLimits) -> tuple[bool, list[str]]:
         reasons.append(f"uploads failing for {snap.upload_failing_s:.0f} s")
     if snap.spool_free_mb >= 0 and snap.spool_free_mb < limits.min_free_mb:
         reasons.append(f"spool disk low ({snap.spool_free_mb:.0f} MB free)")
+    held = snap.counters.get("deliver.spool.held", 0)
+    if held:
+        reasons.append(f"spool not writable: {held} finished call(s) held in memory")
+    lost = snap.counters.get("deliver.spool.lost", 0)
+    if lost:
+        reasons.append(f"{lost} call(s) lost: the spool could not be written (names in the log)")
     return not reasons, reasons
 
 

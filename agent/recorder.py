@@ -18,9 +18,10 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,8 @@ from typing import Any, Callable
 from agent.config import RecordingSection
 from agent.calls.record import merge_dtmf_presses, presses_from_events
 from agent.engine import FinishedCall, complete_media
+from agent.lifecycle import PARENT_ENV, die_with_parent, stop_signals
+from agent.private import file_mode, make_private, make_private_dir, umask_for
 from agent.media.render import render_recording
 from agent.media.stream import MediaPlan
 
@@ -115,8 +118,9 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
     return Path(result.path), fields, "", list(result.dtmf), record, cpu_s
 
 
-def _start_forkserver_single_threaded_blas() -> None:
-    """Start the forkserver (if not running yet) with BLAS limited to one thread.
+def _start_forkserver() -> int | None:
+    """Start the forkserver (if not running yet) with BLAS limited to one thread, dying with
+    this process (agent.forkserver_guard). Returns its pid when known.
 
     The workers are the parallelism: a worker's DTMF scan (one matrix product per few
     seconds of audio) spreading over every core only adds CPU time and contends with the
@@ -124,11 +128,13 @@ def _start_forkserver_single_threaded_blas() -> None:
     every worker; the capture process's own environment is left as it was."""
     from multiprocessing import forkserver
 
-    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
+    env = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    saved = {name: os.environ.get(name) for name in (*env, PARENT_ENV)}
     try:
-        for name in names:
-            os.environ.setdefault(name, "1")
+        for name, value in env.items():
+            os.environ.setdefault(name, value)
+        os.environ[PARENT_ENV] = str(os.getpid())
+        forkserver.set_forkserver_preload(["agent.forkserver_guard"])
         forkserver.ensure_running()
     finally:
         for name, value in saved.items():
@@ -136,29 +142,52 @@ def _start_forkserver_single_threaded_blas() -> None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+def _worker_init(forkserver_pid: int | None, umask: int) -> None:
+    """In each render worker: die with the forkserver, leave SIGINT to the main process (a
+    Ctrl-C reaches the whole process group), create recordings private (``umask``)."""
+    die_with_parent(forkserver_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.umask(umask)
+
+
+ABORT_WAIT_S = 3.0     # on a stop, renders already running get this long before their workers are killed
 
 
 class Recorder:
-    """Renders finished calls in a process pool and passes each result to ``on_rendered``."""
+    """Renders finished calls in a process pool and passes each result to ``on_rendered``.
+
+    A SIGINT / SIGTERM while it runs (``stop_on_signals``, the default for commands; the
+    live capture process handles its signals itself) cancels the calls not yet rendering,
+    gives those rendering ``ABORT_WAIT_S``, kills the rest and raises ``Interrupted`` from
+    ``close()``: what was finished was passed on, nothing half-done is."""
 
     def __init__(self, settings: RecordingSection, out_dir: Path,
                  on_rendered: Callable[[Rendered], None], *, fmt: str | None = None,
                  workers: int | None = None,
-                 render_if: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 render_if: Callable[[dict[str, Any]], bool] | None = None,
+                 stop_on_signals: bool = True) -> None:
         self.settings = settings
         self.fmt = fmt or settings.format
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.out_dir, settings.group)
         self.on_rendered = on_rendered
         self.render_if = render_if       # e.g. delivery: legs another leg uploads need no audio
         n = workers or settings.workers or os.cpu_count() or 1
         # forkserver: workers never inherit the capture loop's threads or open sockets.
-        _start_forkserver_single_threaded_blas()
-        self.pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver"))
+        forkserver_pid = _start_forkserver()
+        self.pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver"),
+                                        initializer=_worker_init,
+                                        initargs=(forkserver_pid, umask_for(settings.group)))
         self._seq = 0
         self._lock = threading.Lock()
+        self._futures: dict[Future, Path | None] = {}     # submitted → its media log
         self.errors = 0
+        self.cancelled = 0              # calls dropped unrendered by a stop
         self.worker_cpu_s = 0.0         # CPU the workers spent (benchmarks: audio-s per CPU-s)
+        self._signals = stop_signals.install() if stop_on_signals else False
 
     def __call__(self, finished: FinishedCall) -> None:
         self._seq += 1
@@ -174,9 +203,21 @@ class Recorder:
         out_path = self.out_dir / f"{base}.{self.fmt}"
         future = self.pool.submit(_render_job, finished.media_log, finished.streams, finished.media_plan,
                                   out_path, self.settings, self.fmt, record)
+        with self._lock:
+            self._futures[future] = finished.media_log
         future.add_done_callback(lambda f, record=record: self._done(f, record))
 
+    def _stopping(self) -> bool:
+        return bool(self._signals) and stop_signals.requested
+
     def _done(self, future: Future, record: dict[str, Any]) -> None:
+        with self._lock:
+            media_log = self._futures.pop(future, None)
+        if future.cancelled() or (self._stopping() and future.exception() is not None):
+            self.cancelled += 1         # stopped before it finished: half-done, not passed on
+            if media_log is not None:
+                media_log.unlink(missing_ok=True)
+            return
         try:
             audio_path, fields, reason, inband, record, cpu_s = future.result()
             self.worker_cpu_s += cpu_s
@@ -184,6 +225,8 @@ class Recorder:
             log.error("rendering call %s failed: %s", record.get("callid"), exc)
             self.errors += 1
             audio_path, fields, reason, inband = None, None, f"render_failed:{type(exc).__name__}", []
+        if audio_path is not None and self.settings.group:
+            make_private(audio_path, self.settings.group)
         if inband or self.settings.redact_dtmf_digits:
             record = merge_inband_dtmf(record, inband, redact=self.settings.redact_dtmf_digits)
         record = dict(record, recording=fields)
@@ -193,12 +236,43 @@ class Recorder:
             self.on_rendered(Rendered(record=record, audio_path=audio_path, no_audio_reason=reason))
 
     def close(self) -> None:
-        """Wait for every submitted call, then stop the workers."""
-        self.pool.shutdown(wait=True)
+        """Wait for every submitted call, then stop the workers. After a stop signal: cancel,
+        bound the wait, and raise ``Interrupted``."""
+        try:
+            while True:
+                with self._lock:
+                    pending = set(self._futures)
+                if not pending or self._stopping():
+                    break
+                wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            if self._stopping():
+                self._abort()
+                stop_signals.check()
+            self.pool.shutdown(wait=True)
+        finally:
+            if self._signals:
+                self._signals = False
+                stop_signals.restore()
+
+    def _abort(self) -> None:
+        with self._lock:
+            pending = set(self._futures)
+        for f in pending:
+            f.cancel()
+        running = {f for f in pending if not f.cancelled()}
+        wait(running, timeout=ABORT_WAIT_S)
+        # Renders still running after the grace: kill their workers (private API, guarded).
+        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.kill()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for litter in (*self.out_dir.glob("*.part"), *self.out_dir.glob("*.pcm")):
+            litter.unlink(missing_ok=True)          # files of renders cut short
+        log.warning("stopped: %d call(s) not rendered", self.cancelled)
 
 
-def write_to_directory(out_dir: Path) -> Callable[[Rendered], None]:
-    """Destination for ``replay --out``: the JSON record beside its recording."""
+def write_to_directory(out_dir: Path, group: str = "") -> Callable[[Rendered], None]:
+    """Destination for ``replay --out``: the JSON record beside its recording (private)."""
     out_dir = Path(out_dir)
 
     def write(rendered: Rendered) -> None:
@@ -208,6 +282,9 @@ def write_to_directory(out_dir: Path) -> Callable[[Rendered], None]:
         else:
             json_path = out_dir / (recording_basename(record, 0) + f"_{safe_name(record['callid'], 16)}.json")
         tmp = json_path.with_suffix(".json.part")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(group)), "w") as fh:
+            fh.write(json.dumps(record, indent=1, sort_keys=True))
+        if group:
+            make_private(tmp, group)
         os.replace(tmp, json_path)
     return write

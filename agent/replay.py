@@ -2,10 +2,14 @@
 
 Owns the loop from ``read_batches`` to ``Engine.feed_batch`` plus a progress line on
 stderr for long files. What happens to finished calls is the caller's sink.
+
+SIGINT / SIGTERM stop it between batches (``Interrupted``, no traceback): calls already
+finished were handed to the sink; calls still in progress are discarded with their media.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,6 +18,7 @@ from typing import Callable, Iterable
 from agent.capture.batches import read_batches
 from agent.config import Config
 from agent.engine import Engine, FinishedCall
+from agent.lifecycle import Interrupted, stop_signals
 
 PROGRESS_EVERY_PACKETS = 200_000
 PROGRESS_AFTER_S = 3.0
@@ -32,8 +37,11 @@ def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[F
     started = time.monotonic()
     packets = 0
     next_report = PROGRESS_EVERY_PACKETS
+    signals = stop_signals.install()
     try:
         for batch in batches:
+            if stop_signals.requested:
+                stop_signals.check()
             feed_batch(batch)
             packets += len(batch)
             if packets >= next_report:
@@ -44,7 +52,14 @@ def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[F
                                      f"{engine.counters['calls.started']:,} calls")
                     sys.stderr.flush()
         engine.finish()
+    except Interrupted:
+        engine.close()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)     # media of calls never finished
+        raise
     finally:
+        if signals:
+            stop_signals.restore()
         if progress and packets >= PROGRESS_EVERY_PACKETS and sys.stderr.isatty():
             sys.stderr.write("\n")
         engine.counters["capture.frames"] += packets

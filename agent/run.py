@@ -108,8 +108,12 @@ def _call_line(record: dict[str, Any]) -> str:
 
 
 def capture_main(config: Config, interfaces: list[str], conn, stop_event, log_json: bool,
-                 log_level: int) -> None:
-    """Entry point of the capture process (spawned: it inherits no threads or sockets)."""
+                 log_level: int, parent_pid: int | None = None) -> None:
+    """Entry point of the capture process (spawned: it inherits no threads or sockets).
+    It dies with the supervisor: orphaned, it would go on capturing beside a restarted agent."""
+    from agent.lifecycle import die_with_parent
+
+    die_with_parent(parent_pid)
     setup_logging(log_json, log_level)
     stopping = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # the supervisor decides
@@ -153,7 +157,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             queue.done()
 
     recorder = Recorder(config.recording, work / "rendered", on_rendered, fmt=config.api.format,
-                        render_if=lambda record: record.get("upload") is not False)  # legs uploaded elsewhere
+                        render_if=lambda record: record.get("upload") is not False,  # legs uploaded elsewhere
+                        stop_on_signals=False)              # SIGTERM here means: finish and spool
     queue = RenderQueue(recorder, cap.max_render_queue, counters)
 
     def on_finished(finished) -> None:
@@ -214,6 +219,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             nbytes += b
         engine.finish("shutdown")
         recorder.close()                        # waits for every render → spool
+        sink.close()                            # calls held by a full spool: a last try, or named as lost
         engine.close()
     finally:
         _report(conn, sources, counters, engine, queue, frames, nbytes, last_packet_wall, reported_drops,
@@ -325,7 +331,7 @@ class Supervisor:
         self.stop_event = ctx.Event()
         self.proc = ctx.Process(target=capture_main, name="calln-capture",
                                 args=(self.config, self.interfaces, send, self.stop_event,
-                                      self.log_json, self.log_level))
+                                      self.log_json, self.log_level, os.getpid()))
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())

@@ -1,0 +1,101 @@
+"""Process lifetime: children that die with their parent, and SIGINT / SIGTERM as a clean stop.
+
+* ``die_with_parent``: PR_SET_PDEATHSIG (Linux prctl through ctypes), so a capture process,
+  the recorder's forkserver and its render workers never outlive the process that made them
+  (a ``kill -9`` of the agent used to leave them running, capturing and holding the spool).
+  The chain: supervisor → capture process → forkserver → workers; the resource tracker
+  exits by itself once every holder of its pipe is gone.
+* ``StopSignals``: while installed, the first SIGINT or SIGTERM sets a flag that the long
+  loops (replay, the recorder's wait, uploads) poll and turn into ``Interrupted`` (an
+  AgentError: the command prints one line, no traceback). A second signal exits at once.
+
+Does not own what a stop keeps or discards: that is the spool's and the recorder's rule.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+
+from agent.errors import AgentError
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+PARENT_ENV = "CALLN_PARENT_PID"     # the forkserver's expected parent (set by the recorder)
+
+
+class Interrupted(AgentError):
+    """SIGINT or SIGTERM asked the command to stop."""
+
+
+def die_with_parent(expected_ppid: int | None = None, sig: int = signal.SIGKILL) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies. If the parent is
+    already gone (``expected_ppid`` differs from getppid), exit now. False: not on Linux."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        ok = False
+    if expected_ppid is not None and os.getppid() != expected_ppid:
+        os._exit(1)               # the parent died before the death signal was armed
+    return ok
+
+
+class StopSignals:
+    """SIGINT / SIGTERM → a stop flag, for the main thread of a command. Nested installs
+    share one flag; the outermost ``restore`` puts the previous handlers back."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._depth = 0
+        self._saved: dict[int, object] = {}
+
+    def install(self) -> bool:
+        """True if installed (only the main thread can install signal handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        if self._depth == 0:
+            self.event.clear()
+            self.signum = None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handler)
+        self._depth += 1
+        return True
+
+    def restore(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, old in self._saved.items():
+                signal.signal(sig, old)
+            self._saved.clear()
+
+    def _handler(self, signum: int, _frame) -> None:
+        if self.event.is_set():
+            os._exit(128 + signum)      # a second signal: the operator insists
+        self.signum = signum
+        self.event.set()
+        log.warning("%s: stopping; finished work is kept (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` if a stop was asked for."""
+        if self.event.is_set():
+            name = signal.Signals(self.signum).name if self.signum else "a signal"
+            raise Interrupted(f"interrupted by {name}: finished work is kept")
+
+    def sleep(self, seconds: float) -> None:
+        """A sleep that a stop cuts short (raising ``Interrupted``)."""
+        self.event.wait(seconds)
+        self.check()
+
+
+stop_signals = StopSignals()
