@@ -218,6 +218,5 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
             stop_signals.restore()
     summary = spool.summary()
     if lost:
-        summary["lost"] = len(lost)
         log.error("%d call(s) could not be spooled and are lost (see the log lines above)", len(lost))
     return (0 if done and not lost else 1), summary

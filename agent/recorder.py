@@ -213,7 +213,10 @@ class Recorder:
     def _done(self, future: Future, record: dict[str, Any]) -> None:
         with self._lock:
             media_log = self._futures.pop(future, None)
-        if future.cancelled() or (self._stopping() and future.exception() is not None):
+        # After a stop only whole recordings are passed on: a job that failed or found no
+        # media may have lost its media log to the stop's clean-up (the next run redoes it).
+        if future.cancelled() or (self._stopping() and (future.exception() is not None
+                                                        or future.result()[0] is None)):
             self.cancelled += 1         # stopped before it finished: half-done, not passed on
             if media_log is not None:
                 media_log.unlink(missing_ok=True)

@@ -68,5 +68,6 @@ def test_sigint_stops_replay_deliver_and_keeps_the_spool(tmp_path: Path, capture
     assert "Traceback" not in text and proc.returncode == 2 and "interrupted by SIGINT" in text, text
     spool = Spool(spool_dir)
     entries = spool.list()
-    assert len(entries) >= 3 and all(e.audio_path.stat().st_size > 0 for e in entries)
+    assert len(entries) >= 3 and all(e.audio_path and e.audio_path.stat().st_size > 0 for e in entries), \
+        [(e.state, e.reason, e.record.get("recording")) for e in entries if not e.audio_path]
     assert not list(spool.tmp_dir.iterdir())
