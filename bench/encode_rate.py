@@ -2,10 +2,14 @@
 
 Feeds a speech-like signal (tones + noise, so LAME cannot coast on silence) to
 ``agent.media.encoder`` in 20 ms chunks, as the renderer does, and measures process CPU
-time. ``--quality`` compares LAME's algorithm qualities (speed and SNR). ``--hour`` also encodes one hour of 16 kHz mono and samples RSS every 10 minutes of
-audio to show memory stays flat.
+time. ``--quality`` compares LAME's algorithm qualities (speed and SNR). ``--bindings`` encodes the
+same PCM at the same bit rate and LAME quality through every maintained Python binding of
+LAME installed (lameenc, libmp3lame through PyAV, libsndfile through soundfile, pedalboard)
+and prints speed and SNR (decoded by ffmpeg through PyAV): why the agent uses lameenc.
+``--hour`` also encodes one hour of 16 kHz mono and samples RSS every 10 minutes of audio to
+show memory stays flat.
 
-    python3 bench/encode_rate.py [--seconds 120] [--quality] [--hour]
+    python3 bench/encode_rate.py [--seconds 120] [--quality] [--bindings] [--hour]
 """
 
 from __future__ import annotations
@@ -98,6 +102,85 @@ def quality_table(seconds: float, tmp: str) -> None:
         os.unlink(path)
 
 
+def _lameenc(path: str, pcm: np.ndarray, rate_hz: int, kbps: int, quality: int) -> None:
+    import lameenc
+
+    enc = lameenc.Encoder()
+    enc.set_in_sample_rate(rate_hz)
+    enc.set_channels(1)
+    enc.set_bit_rate(kbps)
+    enc.set_quality(quality)
+    enc.silence()
+    with open(path, "wb") as fh:
+        for start in range(0, len(pcm), rate_hz):
+            fh.write(enc.encode(pcm[start:start + rate_hz].tobytes()))
+        fh.write(enc.flush())
+
+
+def _pyav(path: str, pcm: np.ndarray, rate_hz: int, kbps: int, quality: int) -> None:
+    import av
+
+    with av.open(path, "w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=rate_hz)
+        stream.layout = "mono"
+        stream.bit_rate = kbps * 1000
+        stream.codec_context.format = "s16p"
+        stream.codec_context.options = {"abr": "0", "compression_level": str(quality)}
+        stream.codec_context.open()
+        n = stream.codec_context.frame_size
+        for start in range(0, len(pcm) - len(pcm) % n, n):
+            frame = av.AudioFrame.from_ndarray(pcm[start:start + n].reshape(1, -1), format="s16p", layout="mono")
+            frame.sample_rate = rate_hz
+            frame.pts = start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def _soundfile(path: str, pcm: np.ndarray, rate_hz: int, kbps: int, quality: int) -> None:
+    # libsndfile takes no LAME quality and no bit rate in kbit/s: CBR at a compression level
+    # (0 = 160 kbit/s .. 1 = 8 kbit/s at these rates, linear); the table prints what came out.
+    import soundfile
+
+    level = 1 - (kbps - 8) / (160 - 8)
+    with soundfile.SoundFile(path, "w", rate_hz, 1, format="MP3", subtype="MPEG_LAYER_III",
+                             compression_level=level, bitrate_mode="CONSTANT") as fh:
+        for start in range(0, len(pcm), rate_hz):
+            fh.write(pcm[start:start + rate_hz])
+
+
+def _pedalboard(path: str, pcm: np.ndarray, rate_hz: int, kbps: int, quality: int) -> None:
+    # pedalboard bundles LAME; it sets the bit rate, not the algorithm quality.
+    from pedalboard.io import AudioFile
+
+    with AudioFile(path, "w", rate_hz, 1, quality=f"{kbps} kbps") as fh:
+        for start in range(0, len(pcm), rate_hz):
+            fh.write(pcm[start:start + rate_hz].astype(np.float32).reshape(1, -1) / 32768.0)
+
+
+def bindings_table(seconds: float, tmp: str) -> None:
+    """The same PCM, bit rate and LAME quality through each binding: speed, SNR, size."""
+    print(f"MP3 bindings, {seconds:.0f} s of the same speech-like mono PCM, CBR, LAME quality {MP3_QUALITY} "
+          "where the binding takes one:")
+    for rate_hz, kbps in ((16000, 32), (8000, 16)):
+        pcm = speech_like(rate_hz, seconds, 1)
+        for name, encode in (("lameenc", _lameenc), ("PyAV libmp3lame", _pyav), ("soundfile (libsndfile)", _soundfile),
+                             ("pedalboard", _pedalboard)):
+            path = os.path.join(tmp, f"{name.split()[0]}.mp3")
+            try:
+                cpu0 = time.process_time()
+                encode(path, pcm, rate_hz, kbps, MP3_QUALITY)
+                cpu_s = time.process_time() - cpu0
+            except Exception as exc:     # a binding not installed, or refusing the rate
+                print(f"  {rate_hz:>5} Hz {kbps} kbit/s {name:24}: n/a ({type(exc).__name__}: {exc})")
+                continue
+            size = os.path.getsize(path)
+            print(f"  {rate_hz:>5} Hz {kbps} kbit/s {name:24}: {seconds / cpu_s:7.0f} audio-s/CPU-s, "
+                  f"SNR {snr_db(pcm, path):5.1f} dB, {size * 8 / seconds / 1000:5.1f} kbit/s")
+            os.unlink(path)
+
+
 def hour_rss(tmp: str) -> None:
     rate_hz, minute = 16000, speech_like(16000, 60.0, 1)
     chunk = rate_hz // 50
@@ -123,6 +206,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=120.0, help="audio per measurement")
     ap.add_argument("--hour", action="store_true", help="also run the 1-hour RSS check")
     ap.add_argument("--quality", action="store_true", help="also compare LAME algorithm qualities")
+    ap.add_argument("--bindings", action="store_true", help="also compare the Python bindings of LAME")
     args = ap.parse_args()
     import av  # noqa: F401  (loaded before any measurement: its import is not encoding)
 
@@ -132,6 +216,8 @@ def main() -> None:
         measure(16000, 2, 48, args.seconds, tmp)  # stereo (caller left, callee right)
         if args.quality:
             quality_table(args.seconds, tmp)
+        if args.bindings:
+            bindings_table(args.seconds, tmp)
         if args.hour:
             hour_rss(tmp)
     print(

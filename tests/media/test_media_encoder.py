@@ -186,3 +186,29 @@ def test_mp3_quality_is_validated_in_the_configuration(tmp_path):
     conf.write_text("[recording]\nmp3_quality = 12\n")
     with pytest.raises(ConfigError, match="mp3_quality"):
         load_config(conf, env={})
+
+
+@pytest.mark.parametrize("rate_hz,channels,kbps", [(16000, 1, 32), (8000, 1, 16), (44100, 2, 64)])
+def test_mp3_ffmpeg_plays_exactly_the_pcm_written(tmp_path, rate_hz, channels, kbps):
+    """Decoded by the ffmpeg command line (an independent decoder), the file holds as many
+    samples as were written and the audio starts where it did: the LAME Info tag's encoder
+    delay and padding reach the decoder."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed")
+    n = rate_hz * 2 + 123
+    t = np.arange(n) / rate_hz
+    mono = (8000 * np.sin(2 * np.pi * 440 * t) * (t > 0.5)).astype(np.int16)
+    pcm = mono if channels == 1 else np.stack([mono, mono // 2], axis=1)
+    enc = open_encoder(tmp_path / "x.mp3", "mp3", rate_hz, channels, bitrate_kbps=kbps)
+    _write_in_chunks(enc, pcm, 500)
+    enc.close()
+    out = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "x.mp3"), "-f", "s16le", "-"],
+                         capture_output=True, check=True, timeout=60)
+    assert out.stderr == b""
+    decoded = np.frombuffer(out.stdout, dtype="<i2").reshape(-1, channels)
+    assert decoded.shape[0] == n
+    onset = int(np.argmax(np.abs(decoded[:, 0]) > 2000))
+    assert abs(onset - rate_hz // 2) <= rate_hz // 2000 + 2      # within half a millisecond
