@@ -33,6 +33,7 @@ import numpy as np
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.capture.batches import FrameBatch
 from agent.calls.end_reason import EndReason
+from agent.calls.endpoints import EndpointMap
 from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
 from agent.calls.record import build_record, merge_dtmf_presses, presses_from_events
@@ -75,52 +76,6 @@ HELD = -1                          # _route_run: RTP of no known endpoint (held 
 SLOW = -2                          # _route_run: a frame feed() must handle itself
 
 
-class EndpointMap(dict):
-    """The tracker's media map ``(ip, port) -> (call, side)``, mirrored for the fused fast
-    path under a packed key (4-byte IPv4 address + 2-byte port, as they sit in the frame; 16
-    bytes + port for IPv6, which only the batch path reads), with each endpoint's text label.
-    The tracker only assigns and deletes single keys."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.packed: dict[bytes, tuple[Call, int]] = {}
-        self.labels: dict[bytes, str] = {}
-        self.version = 0            # bumped on every change: the batch path's sorted copy follows it
-
-    def __setitem__(self, endpoint: tuple[str, int], value: tuple[Call, int]) -> None:
-        super().__setitem__(endpoint, value)
-        self.version += 1
-        key = _packed_endpoint(endpoint)
-        if key is not None:
-            self.packed[key] = value
-            self.labels[key] = f"{endpoint[0]}:{endpoint[1]}"
-
-    def __delitem__(self, endpoint: tuple[str, int]) -> None:
-        super().__delitem__(endpoint)
-        self.version += 1
-        key = _packed_endpoint(endpoint)
-        if key is not None:
-            self.packed.pop(key, None)
-            self.labels.pop(key, None)
-
-
-def _packed_endpoint(endpoint: tuple[str, int]) -> bytes | None:
-    ip, port = endpoint
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        return None
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    try:
-        packed = socket.inet_pton(family, ip)
-    except (OSError, ValueError):          # not an address (SDP may carry anything)
-        return None
-    # Only the canonical text, which is what packets decode to: the fast paths must match
-    # exactly what the text map would ("010.0.0.1" or "1" must not become 10.0.0.1, nor
-    # "2001:DB8::1" 2001:db8::1).
-    if socket.inet_ntop(family, packed) != ip:
-        return None
-    return packed + port.to_bytes(2, "big")
-
-
 @dataclass(slots=True)
 class FinishedCall:
     call: Call
@@ -148,12 +103,13 @@ class Engine:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="calln-work-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.decoder = FrameDecoder(self.counters)
-        self.tracker = CallTracker(config.sip, self.counters)
+        # The media map: this engine routes packets with it, the tracker claims and releases.
+        self._endpoints = EndpointMap()
+        self.tracker = CallTracker(config.sip, self.counters, self._endpoints)
         self.macs = MacTable(router_ip_threshold=config.sip.router_mac_ip_threshold,
                              l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
         self.sip_ports = frozenset(config.capture.sip_ports)
         self._sip_ports_np = np.array(sorted(self.sip_ports), dtype=np.int64)
-        self.tracker.endpoints = self._endpoints = EndpointMap()   # the fast-path dict
         self._packed = self._endpoints.packed
         self._labels = self._endpoints.labels
         self._dedup = self.decoder.dedup_rtp       # RTP's own table (see FrameDecoder)
@@ -376,27 +332,47 @@ class Engine:
         self.now_ns = max(self.now_ns, int(running[b - 1 - base]))
 
     def _sync_map(self) -> None:
-        """The endpoint map as sorted packed keys with a slot per (call, sending side)."""
+        """The endpoint map as sorted packed keys with a slot per (call, sending side). Only the
+        keys changed since the last look are replaced (a claim or a burst of endings costs
+        what changed, in numpy, not a rebuild in Python)."""
         endpoints = self._endpoints
         if self._np_version == endpoints.version:
             return
-        rows = []
-        cache = self._entry_slots
-        for packed, (call, side) in self._packed.items():
-            entry = (packed, id(call), side)
-            row = cache.get(entry)
-            if row is None:
-                # A packet TO a side's endpoint was sent by the other side; one FROM it, by that side.
-                key = (int.from_bytes(packed, "big") if len(packed) == 6
-                       else self._v6_ids.key(packed[:16], int.from_bytes(packed[16:], "big")))
-                row = cache[entry] = (key, self._slot(call, 1 - side), self._slot(call, side))
-            rows.append(row)
-        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
-        table = table[np.argsort(table[:, 0])]
-        self._np_keys = table[:, 0].copy()
-        self._np_dst_slot = table[:, 1].copy()
-        self._np_src_slot = table[:, 2].copy()
+        changed = endpoints.take_changed()
+        packed = self._packed
+        if changed is None or self._np_version < 0:
+            changed = packed.keys()
+            keys = dst = src = np.zeros(0, dtype=np.int64)
+        else:
+            keys, dst, src = self._np_keys, self._np_dst_slot, self._np_src_slot
+            if len(keys):
+                keep = ~np.isin(keys, np.array([self._media_key(p) for p in changed], dtype=np.int64))
+                keys, dst, src = keys[keep], dst[keep], src[keep]
+        rows = [self._map_row(p, *packed[p]) for p in changed if p in packed]
+        if rows:
+            add = np.array(rows, dtype=np.int64).reshape(-1, 3)
+            add = add[np.argsort(add[:, 0])]
+            at = np.searchsorted(keys, add[:, 0])
+            keys, dst, src = (np.insert(keys, at, add[:, 0]), np.insert(dst, at, add[:, 1]),
+                              np.insert(src, at, add[:, 2]))
+        self._np_keys, self._np_dst_slot, self._np_src_slot = keys, dst, src
         self._np_version = endpoints.version
+
+    def _media_key(self, packed: bytes) -> int:
+        """The int64 key ``rtp_frames`` computes for frames to or from this packed endpoint."""
+        if len(packed) == 6:
+            return int.from_bytes(packed, "big")
+        return self._v6_ids.key(packed[:16], int.from_bytes(packed[16:], "big"))
+
+    def _map_row(self, packed: bytes, call: Call, side: int) -> tuple[int, int, int]:
+        """(key, slot of packets TO the endpoint, slot of packets FROM it): a packet to a side's
+        endpoint was sent by the other side; one from it, by that side."""
+        entry = (packed, id(call), side)
+        row = self._entry_slots.get(entry)
+        if row is None:
+            row = self._entry_slots[entry] = (self._media_key(packed), self._slot(call, 1 - side),
+                                              self._slot(call, side))
+        return row
 
     def _slot(self, call: Call, sender: int) -> int:
         key = (id(call), sender)
@@ -543,8 +519,9 @@ class Engine:
             self._pending = []
             self._pending_calls.clear()
             self._apply(idx, slots, by_dst, ts)
-        if len(self._slots) > SLOTS_MAX:
-            # Nothing is pending: start the slot table afresh (it holds ended calls too).
+        if len(self._slots) > SLOTS_MAX + 4 * len(self._endpoints):
+            # Nothing is pending: start the slot table afresh (it holds ended calls too), when
+            # ended calls fill most of it (so the rebuild costs O(1) per call routed).
             self._reset_slots()
 
     def _apply(self, idx: np.ndarray, slots: np.ndarray, by_dst: np.ndarray, ts: np.ndarray) -> None:

@@ -19,7 +19,7 @@ class EndReason(str, Enum):
     CAPTURE_END = "capture_end"              # replay reached the end of the capture
     SHUTDOWN = "shutdown"                    # the agent stopped (SIGTERM) with the call in progress
     DIALOG_ERROR = "dialog_error"            # 481/408 to an in-dialog request
-    EVICTED = "evicted"                      # sip.max_calls reached: an unanswered call without media made room
+    EVICTED = "evicted"                      # sip.max_calls reached: a dialog without media made room
 
 
 def rejected(status_code: int) -> str:

@@ -6,9 +6,14 @@ advances. Events out: ``CallStarted``, ``CallAnswered``, ``EndpointClaimed`` and
 ``CallEnded``. No sockets, no files, no wall clock: replaying a capture twice gives
 the same calls.
 
-It also owns the media map, ``endpoints``: ``(ip, port) -> (call, side)``, the one
-dict the engine's RTP fast path looks packets up in. The newest SDP that claims an
-endpoint takes it over (ports are reused; a PBX moves media with re-INVITEs).
+It writes the media map it is given (``endpoints``, an :class:`EndpointMap` that the
+engine's media routing owns and looks packets up in): claims as SDP arrives, releases when a
+call ends. The newest SDP that claims an endpoint takes it over (ports are reused; a PBX
+moves media with re-INVITEs).
+
+Every step costs O(1) in the number of calls but ``on_time``, which looks at each call once
+per tick: ending a call releases only its own endpoints, and a full table (``max_calls``)
+finds the dialog to evict at the head of a queue.
 
 This module is where a call ends; the reasons are in ``end_reason.py``.
 """
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 
 from agent.calls.call import CALLEE, CALLER, Call, CallState
 from agent.calls.end_reason import EndReason, rejected
+from agent.calls.endpoints import EndpointMap
 from agent.config import SipSection
 from agent.errors import ParseError
 from agent.net.datagram import Datagram
@@ -62,11 +68,16 @@ Event = CallStarted | CallAnswered | EndpointClaimed | CallEnded
 
 
 class CallTracker:
-    def __init__(self, config: SipSection, counters) -> None:
+    def __init__(self, config: SipSection, counters, endpoints: EndpointMap | None = None) -> None:
         self.config = config
         self.counters = counters
         self.calls: dict[str, Call] = {}
-        self.endpoints: dict[tuple[str, int], tuple[Call, int]] = {}
+        self.endpoints = endpoints if endpoints is not None else EndpointMap()
+        # Dialogs without media, the ones a full table may evict: unanswered ones in the order
+        # they started, then answered ones in the order they were answered (least likely to
+        # be a real call first). A call leaves both when its first RTP is seen or it ends.
+        self._unanswered_idle: dict[str, Call] = {}
+        self._answered_idle: dict[str, Call] = {}
         # Ended Call-IDs -> time they ended: late BYEs and retransmissions create nothing.
         self._tombstones: OrderedDict[str, int] = OrderedDict()
         self._rtp_timeout_ns = int(config.rtp_timeout_s * NS)
@@ -148,18 +159,23 @@ class CallTracker:
             call.session_id = msg.session_id or ""
             _take_leg_headers(call, msg)
         self.calls[call.callid] = call
+        (self._answered_idle if call.answered else self._unanswered_idle)[call.callid] = call
         self.counters["calls.started"] += 1
         events.append(CallStarted(call))
         log.info("call start %s partial=%s", call.callid, call.partial_start)
         return call
 
     def _make_room(self, ts_ns: int, events: list[Event]) -> bool:
-        """At sip.max_calls: end the oldest unanswered call that has no media (a scanner's
-        INVITE flood looks like that) so real calls are never evicted or starved."""
-        for call in self.calls.values():            # insertion order: oldest first
-            if not call.answered and call.last_media_ns is None:
+        """At sip.max_calls: end the dialog least likely to be a real call, so that a new INVITE
+        is refused only when every dialog has media. First the oldest unanswered one without
+        media (a scanner's INVITE flood looks like that), then the longest-answered one that
+        never carried media (a dialog kept for the signalling timeout). Counted by reason."""
+        for idle, reason in ((self._unanswered_idle, "unanswered"), (self._answered_idle, "answered_no_media")):
+            if idle:
+                call = next(iter(idle.values()))
                 self._end(call, ts_ns, EndReason.EVICTED.value, events)
                 self.counters["calls.evicted"] += 1
+                self.counters[f"calls.evicted.{reason}"] += 1
                 return True
         return False
 
@@ -237,6 +253,8 @@ class CallTracker:
         if 200 <= code < 300:
             call.state = CallState.CONFIRMED
             call.answer_ts_ns = ts_ns
+            if self._unanswered_idle.pop(call.callid, None) is not None:
+                self._answered_idle[call.callid] = call
             call.final_status = code
             self._drop_other_forks(call, msg.to_tag or "")
             if msg.to_addr is not None:
@@ -319,7 +337,7 @@ class CallTracker:
                     continue
                 holder = self.endpoints.get(endpoint)
                 if holder is not None and holder[0] is call:
-                    del self.endpoints[endpoint]
+                    self.endpoints.release(endpoint)
                 if endpoint in party.sdp_endpoints:
                     party.sdp_endpoints.remove(endpoint)
                 self.counters["calls.fork_media_dropped"] += 1
@@ -332,12 +350,12 @@ class CallTracker:
         holder = self.endpoints.get(endpoint)
         if holder is not None and holder[0] is call and holder[1] == side:
             return
-        self.endpoints[endpoint] = (call, side)
+        self.endpoints.claim(endpoint, call, side)
         events.append(EndpointClaimed(call, side, endpoint))
         if holder is not None and holder[0] is not call:
             old = holder[0]
             self.counters["media.endpoint_taken_over"] += 1
-            if not any(h[0] is old for h in self.endpoints.values()):
+            if not self.endpoints.holds_any(old):
                 # The newer dialog owns every endpoint the old one had: it is over.
                 self._end(old, old.last_media_ns or old.last_sip_ns, EndReason.MEDIA_TAKEN_OVER.value, events)
 
@@ -346,8 +364,11 @@ class CallTracker:
         return callid in self.calls or callid in self._tombstones
 
     def on_media(self, call: Call, side: int, ts_ns: int, src: tuple[str, int], src_mac: bytes) -> None:
-        """RTP from ``side`` of ``call`` was seen (the engine calls this once per packet batch)."""
+        """The first RTP from ``side`` of ``call`` was seen (the engine calls this once per side;
+        later packets only move ``call.last_media_ns``)."""
         call.last_media_ns = ts_ns
+        self._unanswered_idle.pop(call.callid, None)      # a call with media is never evicted
+        self._answered_idle.pop(call.callid, None)
         party = call.parties[side]
         if party.seen_endpoint is None:
             party.seen_endpoint = src
@@ -413,9 +434,10 @@ class CallTracker:
         call.end_ts_ns = max(ts_ns, call.start_ts_ns)
         call.end_reason = reason
         self.calls.pop(call.callid, None)
+        self._unanswered_idle.pop(call.callid, None)
+        self._answered_idle.pop(call.callid, None)
         self._tombstones[call.callid] = call.end_ts_ns
-        for endpoint in [ep for ep, (c, _) in self.endpoints.items() if c is call]:
-            del self.endpoints[endpoint]
+        self.endpoints.release_call(call)
         self.counters[f"calls.ended.{reason}"] += 1
         events.append(CallEnded(call))
         log.info("call end %s reason=%s", call.callid, reason)

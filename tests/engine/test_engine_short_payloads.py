@@ -42,11 +42,11 @@ def test_empty_udp_to_a_media_endpoint(mode, tmp_path):
 def test_hostile_sdp_addresses_do_not_reach_the_fast_path():
     """SDP may carry anything in c=: only canonical addresses (what packets decode to) get a
     packed fast-path key."""
-    from agent.engine import _packed_endpoint
+    from agent.calls.endpoints import packed_endpoint
 
-    assert _packed_endpoint(("10.0.0.20", 50000)) == bytes([10, 0, 0, 20, 0xC3, 0x50])
-    assert _packed_endpoint(("2001:db8::1", 5000)) == bytes.fromhex("20010db8" + "00" * 11 + "01" + "1388")
+    assert packed_endpoint(("10.0.0.20", 50000)) == bytes([10, 0, 0, 20, 0xC3, 0x50])
+    assert packed_endpoint(("2001:db8::1", 5000)) == bytes.fromhex("20010db8" + "00" * 11 + "01" + "1388")
     for ip in ("10.0.0\x00.1", "010.0.0.1", "1", "0x0a.0.0.1", "pbx.example.com", "2001:DB8::1",
                "2001:db8:0::1", "fe80::1%eth0", "::ffff:10.0.0.1x", "2001:db8::1\x00"):
-        assert _packed_endpoint((ip, 5000)) is None, ip
-    assert _packed_endpoint(("10.0.0.1", 70000)) is None
+        assert packed_endpoint((ip, 5000)) is None, ip
+    assert packed_endpoint(("10.0.0.1", 70000)) is None

@@ -1,0 +1,134 @@
+"""The call tracker through its public seams (sans-IO): SIP messages and packet time in,
+events, calls and counters out."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from agent.calls.call import CALLEE, CALLER
+from agent.calls.endpoints import EndpointMap
+from agent.calls.tracker import CallEnded, CallTracker
+from agent.config import SipSection
+from agent.net.datagram import Datagram
+from agent.sip.message import parse_message
+
+NS = 1_000_000_000
+A, B = "10.0.0.10", "10.0.0.20"
+
+
+def sdp(ip: str, port: int) -> str:
+    return (f"v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+
+
+def sip(first: str, callid: str, cseq: str, to_tag: str = "", body: str = "") -> bytes:
+    to = "<sip:1002@example.com>" + (f";tag={to_tag}" if to_tag else "")
+    head = (f"{first}\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK{callid}\r\n"
+            f"From: <sip:1001@example.com>;tag=f-{callid}\r\nTo: {to}\r\nCall-ID: {callid}\r\nCSeq: {cseq}\r\n")
+    if body:
+        head += "Content-Type: application/sdp\r\n"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n" + body).encode()
+
+
+class Wire:
+    """Feeds a tracker as the engine does and collects the ended calls."""
+
+    def __init__(self, **sip_config) -> None:
+        self.counters: Counter = Counter()
+        self.endpoints = EndpointMap()
+        self.tracker = CallTracker(SipSection(**sip_config), self.counters, self.endpoints)
+        self.ended: dict[str, str] = {}
+
+    def send(self, ts_s: float, src: str, dst: str, data: bytes) -> None:
+        dgram = Datagram(int(ts_s * NS), src, 5060, dst, 5060, "udp", data)
+        self._collect(self.tracker.on_sip(parse_message(data), dgram))
+
+    def invite(self, ts_s: float, callid: str, port: int | None = None) -> None:
+        self.send(ts_s, A, B, sip("INVITE sip:1002@example.com SIP/2.0", callid, "1 INVITE",
+                                  body=sdp(A, port) if port else ""))
+
+    def answer(self, ts_s: float, callid: str, port: int | None = None) -> None:
+        self.send(ts_s, B, A, sip("SIP/2.0 200 OK", callid, "1 INVITE", to_tag="t",
+                                  body=sdp(B, port) if port else ""))
+
+    def media(self, ts_s: float, callid: str, side: int) -> None:
+        call = self.tracker.calls[callid]
+        self.tracker.on_media(call, side, int(ts_s * NS), (A if side == CALLER else B, 4000), b"")
+
+    def tick(self, ts_s: float) -> None:
+        self._collect(self.tracker.on_time(int(ts_s * NS)))
+
+    def _collect(self, events) -> None:
+        for event in events:
+            if isinstance(event, CallEnded):
+                self.ended[event.call.callid] = event.call.end_reason
+
+
+# ---------------------------------------------------------------------- a full call table
+
+def test_a_full_table_evicts_unanswered_before_answered_without_media_oldest_first():
+    wire = Wire(max_calls=4)
+    wire.invite(0.0, "answered-old")
+    wire.answer(0.1, "answered-old")
+    wire.invite(1.0, "answered-new")
+    wire.answer(1.1, "answered-new")
+    wire.invite(2.0, "ringing-old")
+    wire.invite(3.0, "ringing-new")
+    for n, ts_s in enumerate((4.0, 5.0, 6.0, 7.0)):
+        wire.invite(ts_s, f"new-{n}")
+        wire.answer(ts_s + 0.1, f"new-{n}")          # answered later than the first two
+    assert list(wire.ended) == ["ringing-old", "ringing-new", "answered-old", "answered-new"]
+    assert set(wire.ended.values()) == {"evicted"}
+    assert wire.counters["calls.evicted.unanswered"] == 2
+    assert wire.counters["calls.evicted.answered_no_media"] == 2
+    assert sorted(wire.tracker.calls) == ["new-0", "new-1", "new-2", "new-3"]
+
+
+def test_calls_with_media_are_never_evicted_and_a_new_invite_is_then_refused():
+    wire = Wire(max_calls=2)
+    for n, callid in enumerate(("talking-caller", "talking-callee")):
+        wire.invite(n, callid, 40000 + 2 * n)
+        wire.answer(n + 0.1, callid, 50000 + 2 * n)
+    wire.media(2.0, "talking-caller", CALLER)
+    wire.media(2.0, "talking-callee", CALLEE)       # media from either side counts
+    wire.invite(3.0, "scanner")
+    assert wire.ended == {}
+    assert sorted(wire.tracker.calls) == ["talking-callee", "talking-caller"]
+    assert wire.counters["calls.refused_limit"] == 1
+    assert wire.counters["calls.evicted"] == 0
+
+
+def test_an_unanswered_call_with_early_media_is_kept_over_an_answered_one_without():
+    wire = Wire(max_calls=2)
+    wire.invite(0.0, "silent")
+    wire.answer(0.1, "silent")
+    wire.invite(1.0, "early-media", 40000)
+    wire.media(1.5, "early-media", CALLEE)
+    wire.invite(2.0, "next")
+    assert wire.ended == {"silent": "evicted"}
+    assert sorted(wire.tracker.calls) == ["early-media", "next"]
+
+
+# ---------------------------------------------------------------------- endpoints
+
+def test_ending_a_call_releases_its_endpoints_and_only_its_own():
+    wire = Wire()
+    for n in range(3):
+        wire.invite(n, f"c{n}", 40000 + 2 * n)
+        wire.answer(n + 0.1, f"c{n}", 50000 + 2 * n)
+    assert len(wire.endpoints) == 6
+    wire.send(5.0, A, B, sip("BYE sip:1002@example.com SIP/2.0", "c1", "2 BYE", to_tag="t"))
+    assert wire.ended == {"c1": "bye"}
+    assert sorted(wire.endpoints) == [(A, 40000), (A, 40004), (B, 50000), (B, 50004)]
+    assert wire.endpoints[(B, 50004)] == (wire.tracker.calls["c2"], CALLEE)
+
+
+def test_a_newer_call_taking_every_endpoint_ends_the_older_one():
+    wire = Wire()
+    wire.invite(0.0, "old", 40000)
+    wire.answer(0.1, "old", 50000)
+    wire.invite(1.0, "new", 40000)
+    assert wire.ended == {}                          # the old call still holds 50000
+    wire.answer(1.1, "new", 50000)
+    assert wire.ended == {"old": "media_taken_over"}
+    assert wire.endpoints.of_call(wire.tracker.calls["new"]) == [(A, 40000), (B, 50000)]
