@@ -35,6 +35,7 @@ class Snapshot:
     upload_failing_s: float = 0.0
     capture_alive: bool = True
     up_since_s: float = 0.0
+    upload_problems: tuple[str, ...] = ()   # Uploader.problems(): stops and local I/O faults
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,15 @@ def render_metrics(snap: Snapshot) -> str:
             ({"result": "retried"}, c.get("deliver.upload.transient", 0)
              + c.get("deliver.upload.expired_restart", 0)),
             ({"result": "parked"}, c.get("deliver.upload.parked", 0))])
+    faults = (("transient", "deliver.upload.transient"), ("auth", "deliver.upload.auth_failed"),
+              ("quota", "deliver.upload.quota"), ("config", "deliver.upload.config_error"),
+              ("tls", "deliver.upload.tls_error"), ("local_io", "deliver.upload.local_io_error"),
+              ("expired", "deliver.upload.expired_restart"),
+              ("unconfirmed", "deliver.upload.delivered_unconfirmed"))
+    metric("calln_upload_faults_total", "counter", "Upload faults by kind (tls and local_io: "
+           "certificate not verified, spool write failed; unconfirmed: 404 after an uncertain "
+           "last chunk, counted as delivered).",
+           [({"kind": kind}, c.get(name, 0)) for kind, name in faults])
     metric("calln_spool_calls", "gauge", "Calls in the spool, by state.",
            [({"state": s}, n) for s, n in sorted(snap.spool_states.items())] or [({"state": "ready"}, 0)])
     metric("calln_spool_oldest_undelivered_seconds", "gauge", "Age of the oldest call not yet delivered.",
@@ -118,6 +128,7 @@ def health(snap: Snapshot, limits: HealthLimits) -> tuple[bool, list[str]]:
         reasons.append(f"no packets for {snap.seconds_since_packet:.0f} s")
     if limits.upload_failing_s > 0 and snap.upload_failing_s > limits.upload_failing_s:
         reasons.append(f"uploads failing for {snap.upload_failing_s:.0f} s")
+    reasons.extend(snap.upload_problems)
     if snap.spool_free_mb >= 0 and snap.spool_free_mb < limits.min_free_mb:
         reasons.append(f"spool disk low ({snap.spool_free_mb:.0f} MB free)")
     held = snap.counters.get("deliver.spool.held", 0)

@@ -2,9 +2,9 @@
 
 Owns a small in-process server (stdlib ``http.server`` in threads, TLS with a
 self-signed CA generated on first start) that implements the whole upload
-contract of API.md, with fault injection (500s, dropped connections before or
-after processing, slowness, expiring temp ids) and durable storage of each
-completed call as ``<n>.json`` + ``<n>.mp3|.wav`` plus ``index.json``.
+contract of API.md, with fault injection (random 500s and dropped connections,
+slowness, expiring temp ids, and scripted faults: any outcome of FAULT_ACTIONS at
+any step of FAULT_STEPS) and durable storage of each completed call as ``<n>.json`` + ``<n>.mp3|.wav`` plus ``index.json``.
 It is not a production server: one process, state of open uploads in memory.
 """
 
@@ -21,6 +21,7 @@ import random
 import re
 import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
@@ -108,6 +109,50 @@ class _Pending:
     puts: int = 0
 
 
+# Scripted faults (tests of the fault matrix). Where: the request a call is at.
+FAULT_STEPS = ("post", "first", "middle", "last")
+# What: the outcome the request gets. "after" = the request is processed (the call created,
+# the chunk stored, the last one completing the call) and only then does the answer fail.
+FAULT_ACTIONS = (
+    "no_answer",      # processed, then the connection is closed without a byte of answer
+    "reset_before",   # connection reset before the body is read: nothing processed
+    "reset_after",    # processed, then the connection is reset
+    "timeout",        # processed, the answer held past the client's timeout, then dropped
+    "500_before",     # 500, nothing processed
+    "500_after",      # processed (committed), then 500
+    "503",            # 503 Service Unavailable, nothing processed
+    "404_expired",    # the temp id is forgotten and the request answered 404
+    "401", "403", "413",  # answered at once, nothing processed
+)
+_ANSWER_AT_ONCE = {"500_before": (500, "Server Error"), "503": (503, "Service Unavailable"),
+                   "401": (401, "Unauthorized"), "403": (403, "account has reached monthly deposit quota of 0"),
+                   "413": (413, "Payload Too Large")}
+
+
+@dataclass(slots=True)
+class FaultRule:
+    step: str          # one of FAULT_STEPS
+    action: str        # one of FAULT_ACTIONS
+    times: int = 1     # how many matching requests get it
+
+    def __post_init__(self) -> None:
+        if self.step not in FAULT_STEPS or self.action not in FAULT_ACTIONS:
+            raise ValueError(f"no such fault: {self.step} / {self.action}")
+
+
+def request_step(method: str, path: str, content_range: str) -> str | None:
+    """Which FAULT_STEPS a request is: the POST, or the first, a middle or the last chunk."""
+    if method == "POST" and path == "/api/call":
+        return "post"
+    m = _RANGE_RE.match(content_range.strip())
+    if method != "PUT" or not path.startswith("/api/callaudio/") or not m:
+        return None
+    n, total = int(m.group(1)), m.group(2)
+    if total != "*" and n >= int(total):
+        return "last"
+    return "first" if n == 1 else "middle"
+
+
 @dataclass(slots=True)
 class Faults:
     fail_rate: float = 0.0           # fraction of requests answered 500 (before processing)
@@ -116,6 +161,8 @@ class Faults:
     fail_first: int = 0              # the first N requests are answered 500
     expire_after_chunks: int = 0     # a temp id vanishes after N chunks (once per call)
     drop_last_chunk_response: int = 0  # process the N next final chunks, then drop the answer
+    script: list[FaultRule] = field(default_factory=list)  # scripted faults, applied in order
+    hold_s: float = 1.0              # how long "timeout" holds the answer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,8 +193,22 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _reset(self) -> None:
+        # SO_LINGER 0: close() sends a TCP RST, the way a crashing server or a middlebox does.
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+
     def _handle(self) -> None:
         rx: ReceiverServer = self.server.receiver
+        step = request_step(self.command, self.path, self.headers.get("Content-Range") or "")
+        scripted = rx._scripted_fault(step)
+        if scripted == "reset_before":
+            self._reset()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         if not self.server.tls:
@@ -156,6 +217,14 @@ class _Handler(BaseHTTPRequestHandler):
         if not rx._authorized(self.headers.get("Authorization", "")):
             self._reply(401, "Unauthorized")
             return
+        if scripted in _ANSWER_AT_ONCE:
+            self._reply(*_ANSWER_AT_ONCE[scripted])
+            return
+        if scripted == "404_expired":
+            if step == "post":          # no temp id yet: the endpoint itself answers 404
+                self._reply(404, "Not found")
+                return
+            rx._forget(self.path)
         action = rx._fault_before()
         if action == "fail":
             self._reply(500, "Server Error")
@@ -167,7 +236,16 @@ class _Handler(BaseHTTPRequestHandler):
                                                 drop_after=(action == "drop_after"))
         if rx.faults.slow_ms:
             time.sleep(rx.faults.slow_ms / 1000.0)
-        if drop_after:
+        if scripted == "timeout":
+            time.sleep(rx.faults.hold_s)
+            drop_after = True
+        if scripted == "reset_after":
+            self._reset()
+            return
+        if scripted == "500_after":
+            self._reply(500, "Server Error")
+            return
+        if drop_after or scripted == "no_answer":
             self._drop()
             return
         self._reply(code, answer)
@@ -324,6 +402,25 @@ class ReceiverServer:
                 return "drop_after"
         return None
 
+    def _scripted_fault(self, step: str | None) -> str | None:
+        """The scripted fault this request gets, if any (each rule is used ``times`` times)."""
+        if step is None:
+            return None
+        with self._lock:
+            for rule in self.faults.script:
+                if rule.times > 0 and rule.step == step:
+                    rule.times -= 1
+                    self._count(f"fault.{step}.{rule.action}")
+                    return rule.action
+        return None
+
+    def _forget(self, path: str) -> None:
+        """Expire a temp id now (the scripted 404_expired)."""
+        tempcallid = path.rpartition("/")[2]
+        with self._lock:
+            if self._pending.pop(tempcallid, None) is not None:
+                self._count("expired")
+
     def _dispatch(self, method: str, path: str, headers: Any, body: bytes, *,
                   drop_after: bool = False) -> tuple[int, Any, bool]:
         """Returns (code, answer, drop_the_answer)."""
@@ -451,4 +548,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["ReceiverServer", "StoredCall", "Faults", "ensure_certificates", "API_FIELDS"]
+__all__ = ["ReceiverServer", "StoredCall", "Faults", "FaultRule", "FAULT_STEPS", "FAULT_ACTIONS", "ensure_certificates", "API_FIELDS"]

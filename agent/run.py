@@ -303,7 +303,8 @@ class Supervisor:
                         seconds_since_packet=max(0.0, time.time() - state["last_packet_wall"]),
                         upload_failing_s=(time.monotonic() - self._fail_since) if self._fail_since else 0.0,
                         capture_alive=bool(self.proc is not None and self.proc.is_alive()),
-                        up_since_s=time.time() - self.started_wall)
+                        up_since_s=time.time() - self.started_wall,
+                        upload_problems=tuple(self.uploader.problems()))
 
     def limits(self):
         from agent.metrics import HealthLimits
@@ -511,12 +512,13 @@ def clock_synchronised() -> bool | None:
 def check_config(config: Config, interfaces: list[str]) -> list[tuple[str, str]]:
     """(level, message) pairs; level is ok / warn / fail."""
     from agent.capture.live import build_filter, compile_filter, interface_exists
-    from agent.deliver.client import check_url
+    from agent.deliver.client import check_url, probe_tls
 
     out: list[tuple[str, str]] = []
     try:
         check_url(config.api.url)
         out.append(("ok", f"API URL {config.api.url} uses https"))
+        out.append(probe_tls(config.api.url, config.api.ca_bundle, config.api.connect_timeout_s))
     except ConfigError as exc:
         out.append(("fail", str(exc)))
     if config.api.username and config.api.password:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip as _gzip
 import json
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,9 @@ OK = "ok"                # 200
 TRANSIENT = "transient"  # 500, other 5xx, network error, timeout, reset: retry with back-off
 AUTH = "auth"            # 401: stop all uploading
 QUOTA = "quota"          # 403: back off for hours
-PARK = "park"            # 400 / 405: never retry blindly
+PARK = "park"            # 400 / 405 / 413: never retry blindly
 EXPIRED = "expired"      # 404 on audio: the temp id is gone
-CONFIG = "config"        # 406 (plain HTTP) or another sign the URL is wrong
+CONFIG = "config"        # 406 (plain HTTP), a certificate that does not verify, a wrong URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Outcome:
     tempcallid: str | None = None  # create_call success
     complete: bool = False         # put_audio: the server said {"status": "complete"}
     response_lost: bool = False    # the request may have reached the server (no answer read)
+    tls_error: bool = False        # the server's certificate could not be verified (CONFIG)
 
 
 def api_fields(record: dict[str, Any]) -> dict[str, str]:
@@ -58,6 +60,37 @@ def check_url(base_url: str) -> None:
         raise ConfigError(f"[api] url {base_url!r}: the CallN API requires https:// (plain HTTP is refused)")
 
 
+def trust_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The TLS context that verifies the API server: ``ca_bundle`` or the system trust store.
+    ConfigError when the bundle cannot be loaded (refused at start-up, not at upload time)."""
+    try:
+        return ssl.create_default_context(cafile=ca_bundle or None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"[api] ca_bundle {ca_bundle}: cannot load a CA certificate from it "
+                          f"({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def probe_tls(base_url: str, ca_bundle: str | None, timeout_s: float = 5.0) -> tuple[str, str]:
+    """For check-config: (level, message) on whether the API server's certificate verifies.
+    "fail" when it does not (or the bundle is unusable), "warn" when the server is unreachable."""
+    try:
+        ctx = trust_context(ca_bundle)
+    except ConfigError as exc:
+        return "fail", str(exc)
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port or 443
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host):
+                pass
+    except ssl.SSLCertVerificationError as exc:
+        return "fail", tls_problem(ca_bundle, base_url, exc)
+    except (OSError, ssl.SSLError) as exc:
+        return "warn", f"cannot reach {host}:{port} to check its TLS certificate: {exc}"
+    trust = f"[api] ca_bundle {ca_bundle}" if ca_bundle else "the system trust store"
+    return "ok", f"TLS certificate of {host} verified against {trust}"
+
+
 class CallnClient:
     """A reusable HTTPS connection to the CallN API with Basic auth."""
 
@@ -68,6 +101,7 @@ class CallnClient:
         check_url(base_url)
         self.base_url = base_url.rstrip("/")
         self.username = username
+        self._ca_bundle = ca_bundle
         timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
                                 write=write_timeout_s, pool=connect_timeout_s)
         kwargs: dict[str, Any] = {}
@@ -75,7 +109,7 @@ class CallnClient:
             kwargs["transport"] = transport
         self._http = httpx.Client(
             auth=httpx.BasicAuth(username, password), timeout=timeout,
-            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
+            verify=trust_context(ca_bundle),
             follow_redirects=False, **kwargs)
 
     def close(self) -> None:
@@ -131,11 +165,35 @@ class CallnClient:
     def _send(self, method: str, url: str, headers: dict[str, str], body: bytes) -> httpx.Response | Outcome:
         try:
             return self._http.request(method, url, headers=headers, content=body)
-        except httpx.ConnectError as exc:
-            # Nothing was sent (TLS verification failures land here too: say so).
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # Nothing was sent. A certificate that does not verify is a configuration fault
+            # (wrong [api] ca_bundle, or not the CallN server): retrying cannot fix it.
+            verify = _cert_verify_error(exc)
+            if verify is not None:
+                return Outcome(CONFIG, None, tls_problem(self._ca_bundle, url, verify), tls_error=True)
             return Outcome(TRANSIENT, None, f"connect: {exc}")
         except httpx.TransportError as exc:  # timeouts, resets, server closed without answer
             return Outcome(TRANSIENT, None, f"{type(exc).__name__}: {exc}", response_lost=True)
+
+
+def _cert_verify_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind an httpx exception, if that is what it is."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def tls_problem(ca_bundle: str | None, url: str, exc: ssl.SSLCertVerificationError) -> str:
+    """An operator's sentence for a certificate that did not verify: what, where, which CA."""
+    trust = f"[api] ca_bundle {ca_bundle}" if ca_bundle else "the system trust store ([api] ca_bundle unset)"
+    why = exc.verify_message or exc.reason or str(exc)
+    return (f"TLS certificate verify failed for {httpx.URL(url).host} ({why}) against {trust}: "
+            f"set [api] ca_bundle to the CA that signed the server's certificate")
 
 
 def _text(resp: httpx.Response) -> str:
@@ -150,7 +208,9 @@ def _classify(resp: httpx.Response) -> Outcome:
         return Outcome(AUTH, code, text or "Unauthorized")
     if code == 403:
         return Outcome(QUOTA, code, text)
-    if code in (400, 405):
+    if code in (400, 405, 413):
+        # 413: a chunk larger than the server takes; the same bytes never fit. The operator
+        # lowers [api] chunk_bytes and retries the call (a retry makes a new chunk plan).
         return Outcome(PARK, code, f"{code} {text}")
     if code == 406:
         return Outcome(CONFIG, code, text or "SSL must be used")

@@ -18,6 +18,7 @@ operator says the credentials or the URL were fixed.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import Any, Callable
 
 from agent.config import ApiSection
 from agent.deliver import client as cl
+from agent.deliver.decide import CHUNK, LAST_CHUNK, POST, Action, Decision, decide
 from agent.deliver.spool import (ACTIVE_STATES, CREATED, DELIVERED, DELIVERED_UNCONFIRMED,
                                  PARKED, READY, UPLOADING, Spool, write_atomic)
 from agent.errors import AgentError, ConfigError
@@ -85,6 +87,7 @@ class Uploader:
             raise ConfigError(f"[api] format {api_config.format!r}: expected mp3 or wav")
         if api_config.chunk_bytes < 1:
             raise ConfigError("[api] chunk_bytes must be positive")
+        cl.trust_context(api_config.ca_bundle)   # ConfigError at start-up for an unusable bundle
         self.spool = spool
         self.api = api_config
         self.counters: Counter = counters if counters is not None else spool.counters
@@ -118,6 +121,7 @@ class Uploader:
         self.quota_until: float | None = None
         self.quota_reason = ""
         self.config_error = ""
+        self.local_io_error = ""   # the last spool I/O failure, until a step succeeds again
         self._next_refresh = 0.0
         self._next_purge = 0.0
         self._lock_fd: int | None = None
@@ -315,9 +319,42 @@ class Uploader:
             if state["state"] not in ACTIVE_STATES or self._paused():
                 break
             stepped = True
-            if not self._step(state):
+            with self._lock:
+                backoff_before = self._backoff.get(call_id)
+            try:
+                go_on = self._step(state)
+            except OSError as exc:
+                # The spool (state, ledger, audio) failed under us: ENOSPC, EIO. A fault like
+                # any other: back off, count, report; the state on disk is the last good one,
+                # and progress that could not be saved is no progress (the back-off grows).
+                with self._lock:
+                    if backoff_before is not None:
+                        self._backoff[call_id] = backoff_before
+                self._local_io_fault(state, exc)
+                break
+            self.local_io_error = ""
+            if not go_on:
                 break
         return stepped
+
+    def _local_io_fault(self, st: dict[str, Any], exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, "OSError")
+        self.counters["deliver.upload.local_io_error"] += 1
+        self.local_io_error = f"{name} {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        self._fail_backoff(st, persist=False)
+        log.error("call %s: spool I/O failed (%s); backing off, the call stays spooled",
+                  st["id"], self.local_io_error)
+
+    def problems(self) -> list[str]:
+        """What keeps uploads from working now, for /health (empty when nothing does)."""
+        out = []
+        if self.config_error:
+            out.append(f"uploads stopped: {self.config_error}")
+        if self.auth_failed:
+            out.append(f"uploads stopped: credentials refused (401 {self.auth_reason})")
+        if self.local_io_error:
+            out.append(f"uploads backing off: spool I/O failed ({self.local_io_error})")
+        return out
 
     # ------------------------------------------------------------------ back-off
     @property
@@ -325,16 +362,23 @@ class Uploader:
         """The longest per-call wait _fail_backoff can choose (maximum times the jitter)."""
         return self.backoff_max_s * 1.5
 
-    def _fail_backoff(self, st: dict[str, Any]) -> None:
-        """Back the call off, in memory and in its state file (wall clock, for a restart)."""
+    def _fail_backoff(self, st: dict[str, Any], *, persist: bool = True) -> None:
+        """Back the call off, in memory and in its state file (wall clock, for a restart).
+        A state file that cannot be written leaves the back-off in memory only."""
         call_id = st["id"]
         with self._lock:
             attempts = self._backoff.get(call_id, (0, 0.0))[0] + 1
             delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(attempts - 1, 30))
             delay *= 0.5 + self._rng()  # jitter: spread retries of many calls apart
             self._backoff[call_id] = (attempts, self._clock() + delay)
+        if not persist:
+            return
         st["backoff"] = {"attempts": attempts, "due_wall": self._wall() + delay}
-        self.spool.save_state(st)
+        try:
+            self.spool.save_state(st)
+        except OSError as exc:
+            self.counters["deliver.upload.local_io_error"] += 1
+            log.error("call %s: cannot persist its back-off (%s): kept in memory", call_id, exc)
 
     def _ok(self, st: dict[str, Any]) -> None:
         """The call made progress: forget its back-off (persisted by the caller's next save)."""
@@ -408,45 +452,54 @@ class Uploader:
 
     def _step(self, st: dict[str, Any]) -> bool:
         """One request for the call. Returns True to continue with the same call at once."""
-        call_id = st["id"]
         audio = self.spool.audio_path_of(st)
         if audio is None or not audio.exists():
             self._park(st, "audio_missing")
             return False
         if st["state"] == READY:
-            if st.get("total_chunks") is None:
-                # The plan is fixed once and saved before anything is sent.
-                size = audio.stat().st_size
-                st["chunk_bytes"] = self.api.chunk_bytes
-                st["audio_size"] = size
-                st["total_chunks"] = max(1, math.ceil(size / self.api.chunk_bytes))
-                if not st.get("content_type"):
-                    st["content_type"] = "audio/wav" if audio.suffix == ".wav" else "audio/mpeg"
-                st["gzip"] = st["content_type"] == "audio/wav"
-                self.spool.save_state(st)
-            try:
-                record = self.spool.record_of(call_id)
-            except (OSError, ValueError) as exc:
-                self._park(st, f"record_unreadable: {exc}")
-                return False
-            out = self._get_client().create_call(record)
-            self._kill("after_create_response")
-            if out.kind == cl.OK:
-                st.update(state=CREATED, tempcallid=out.tempcallid, next_chunk=1, last_chunk_attempted=False)
-                self._ok(st)
-                self.spool.save_state(st)
-                self._kill("after_create_state")
-                self.counters["deliver.upload.calls_created"] += 1
-                return True
-            return self._failure(st, out, first_last_chunk=False)
+            return self._create(st, audio)
+        return self._send_chunk(st, audio)
 
-        # created / uploading: send chunk next_chunk of the saved plan
+    def _create(self, st: dict[str, Any], audio: Path) -> bool:
+        call_id = st["id"]
+        if st.get("total_chunks") is None:
+            # The plan is fixed once and saved before anything is sent.
+            size = audio.stat().st_size
+            st["chunk_bytes"] = self.api.chunk_bytes
+            st["audio_size"] = size
+            st["total_chunks"] = max(1, math.ceil(size / self.api.chunk_bytes))
+            if not st.get("content_type"):
+                st["content_type"] = "audio/wav" if audio.suffix == ".wav" else "audio/mpeg"
+            st["gzip"] = st["content_type"] == "audio/wav"
+            self.spool.save_state(st)
+        try:
+            record = self.spool.record_of(call_id)
+        except (FileNotFoundError, ValueError) as exc:
+            self._park(st, f"record_unreadable: {exc}")
+            return False
+        out = self._get_client().create_call(record)
+        self._kill("after_create_response")
+        d = decide(POST, out, bool(st.get("last_chunk_attempted")))
+        if d.action is Action.NEXT:
+            st.update(state=CREATED, tempcallid=out.tempcallid, next_chunk=1,
+                      last_chunk_attempted=d.last_chunk_uncertain)
+            self._ok(st)
+            self.spool.save_state(st)
+            self._kill("after_create_state")
+            self.counters["deliver.upload.calls_created"] += 1
+            return True
+        return self._failure(st, out, d)
+
+    def _send_chunk(self, st: dict[str, Any], audio: Path) -> bool:
+        """Send chunk ``next_chunk`` of the saved plan."""
+        call_id = st["id"]
         n, total = int(st["next_chunk"]), int(st["total_chunks"])
         chunk_bytes = int(st["chunk_bytes"])
-        is_last = n >= total
-        resend_of_last = is_last and bool(st.get("last_chunk_attempted"))
-        if is_last and not resend_of_last:
-            st["last_chunk_attempted"] = True  # saved BEFORE the last chunk goes out
+        step = LAST_CHUNK if n >= total else CHUNK
+        uncertain_before = bool(st.get("last_chunk_attempted"))
+        if step == LAST_CHUNK and not uncertain_before:
+            # Saved BEFORE the last chunk goes out: a crash while it is on the wire is uncertain.
+            st["last_chunk_attempted"] = True
             self.spool.save_state(st)
             self._kill("after_last_chunk_flag")
         with open(audio, "rb") as fh:
@@ -456,33 +509,34 @@ class Uploader:
         out = self._get_client().put_audio(st["tempcallid"], n, total, data, st["content_type"],
                                            gzip=bool(st.get("gzip")))
         self.counters["deliver.upload.chunks_sent"] += 1
-        self._kill("after_last_chunk_response" if is_last else "after_chunk_response")
-        if out.kind == cl.OK:
+        self._kill("after_last_chunk_response" if step == LAST_CHUNK else "after_chunk_response")
+        d = decide(step, out, uncertain_before)
+        if d.action is Action.DELIVERED:
             self._ok(st)
-            if is_last:
-                if not out.complete:
-                    self.counters["deliver.upload.last_chunk_not_complete"] += 1
-                self.spool.mark_done(st, DELIVERED)
-                self._kill("after_delivered")
-                self.counters["deliver.upload.delivered"] += 1
-                log.info("call %s delivered (%d chunks)", call_id, total)
-                return False
-            st.update(state=UPLOADING, next_chunk=n + 1)
+            if not out.complete:
+                self.counters["deliver.upload.last_chunk_not_complete"] += 1
+            self.spool.mark_done(st, DELIVERED)
+            self._kill("after_delivered")
+            self.counters["deliver.upload.delivered"] += 1
+            log.info("call %s delivered (%d chunks)", call_id, total)
+            return False
+        if d.action is Action.NEXT:
+            self._ok(st)
+            st.update(state=UPLOADING, next_chunk=n + 1, last_chunk_attempted=d.last_chunk_uncertain)
             self.spool.save_state(st)
             return True
-        if out.kind == cl.EXPIRED:
-            if resend_of_last:
-                # The last chunk's answer was lost earlier; the id was most likely consumed by
-                # completion. Starting again would store the call twice.
-                self._ok(st)
-                self.spool.mark_done(st, DELIVERED_UNCONFIRMED)
-                self.counters["deliver.upload.delivered_unconfirmed"] += 1
-                log.warning("call %s: last chunk re-sent after a lost answer got 404: "
-                            "counted as delivered (unconfirmed)", call_id)
-                return False
+        if d.action is Action.DELIVERED_UNCONFIRMED:
+            self._ok(st)
+            st["last_chunk_attempted"] = d.last_chunk_uncertain
+            self.spool.mark_done(st, DELIVERED_UNCONFIRMED)
+            self.counters["deliver.upload.delivered_unconfirmed"] += 1
+            log.warning("call %s: last chunk re-sent after an uncertain answer got 404: "
+                        "counted as delivered (unconfirmed)", call_id)
+            return False
+        if d.action is Action.RESTART:
             restarts = int(st.get("restarts", 0)) + 1
-            st.update(state=READY, tempcallid=None, next_chunk=1, last_chunk_attempted=False,
-                      restarts=restarts)
+            st.update(state=READY, tempcallid=None, next_chunk=1,
+                      last_chunk_attempted=d.last_chunk_uncertain, restarts=restarts)
             self.spool.save_state(st)
             self.counters["deliver.upload.expired_restart"] += 1
             log.info("call %s: temp id expired at chunk %d/%d, starting again", call_id, n, total)
@@ -490,25 +544,24 @@ class Uploader:
                 self._fail_backoff(st)  # a server that expires every id must not make us spin
                 return False
             return True
-        # Only this attempt's flag may be cleared: an earlier unanswered attempt stays unknown.
-        return self._failure(st, out, first_last_chunk=is_last and not resend_of_last)
+        return self._failure(st, out, d)
 
-    def _failure(self, st: dict[str, Any], out: cl.Outcome, *, first_last_chunk: bool) -> bool:
+    def _failure(self, st: dict[str, Any], out: cl.Outcome, d: Decision) -> bool:
+        """Carry out a decision that ends this call's turn (back-off, park, account stops)."""
         call_id = st["id"]
-        if first_last_chunk and not out.response_lost:
-            # The first send of the last chunk was answered (or never left): it did not
-            # complete the call, so a later 404 means "expired", not "consumed".
-            st["last_chunk_attempted"] = False
-            self.spool.save_state(st)
-        if out.kind == cl.TRANSIENT:
+        if bool(st.get("last_chunk_attempted")) != d.last_chunk_uncertain and d.action is not Action.PARK:
+            st["last_chunk_attempted"] = d.last_chunk_uncertain
+            if d.action is not Action.BACKOFF:      # _fail_backoff saves it
+                self.spool.save_state(st)
+        if d.action is Action.BACKOFF:
             self.counters["deliver.upload.transient"] += 1
             self._fail_backoff(st)
             log.info("call %s: transient failure (%s), backing off", call_id, out.reason)
             return False
-        if out.kind == cl.PARK:
+        if d.action is Action.PARK:
             self._park(st, out.reason)
             return False
-        if out.kind == cl.AUTH:
+        if d.action is Action.STOP_AUTH:
             with self._lock:
                 if not self.auth_failed:
                     self.counters["deliver.upload.auth_failed"] += 1
@@ -520,19 +573,19 @@ class Uploader:
             log.error("CallN API refused the credentials of user %r (401): all uploading stopped, "
                       "calls stay spooled; fix the username/password", self.api.username)
             return False
-        if out.kind == cl.QUOTA:
+        if d.action is Action.PAUSE_QUOTA:
             self.counters["deliver.upload.quota"] += 1
             self.quota_until = self._clock() + self.quota_backoff_s
             self.quota_reason = out.reason
             self._save_quota(self._wall() + self.quota_backoff_s)
             log.error("CallN quota reached (%s): uploads paused for %.0f s", out.reason, self.quota_backoff_s)
             return False
-        if out.kind == cl.CONFIG:
-            self.counters["deliver.upload.config_error"] += 1
-            self.config_error = out.reason or f"HTTP {out.status}"
-            log.error("CallN API configuration error (%s): uploading stopped", self.config_error)
-            return False
-        self._fail_backoff(st)
+        # STOP_CONFIG
+        self.counters["deliver.upload.config_error"] += 1
+        if out.tls_error:
+            self.counters["deliver.upload.tls_error"] += 1
+        self.config_error = out.reason or f"HTTP {out.status}"
+        log.error("CallN API configuration error (%s): uploading stopped", self.config_error)
         return False
 
     def _park(self, st: dict[str, Any], reason: str) -> None:
