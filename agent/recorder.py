@@ -31,7 +31,7 @@ from agent.calls.record import merge_dtmf_presses, presses_from_events
 from agent.engine import FinishedCall, complete_media
 from agent.lifecycle import PARENT_ENV, die_with_parent, stop_signals
 from agent.private import file_mode, make_private, make_private_dir, umask_for
-from agent.media.render import render_recording
+from agent.media.render import render_recording, streams_in_use
 from agent.media.stream import MediaPlan
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
         if media_log is None or not streams:
             return None, None, "no_rtp", [], record, time.process_time() - cpu_start
         directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
+        streams = streams_in_use(streams, record.get("streams") or [])    # native rate: codecs used
         result = render_recording(media_log, streams, out_path, fmt=fmt, channels=settings.channels,
                                   sample_rate_hz=settings.output_rate_hz(fmt),
                                   bitrate_kbps=settings.mp3_bitrate_kbps, mp3_quality=settings.mp3_quality,

@@ -2,9 +2,10 @@
 
 Owns the post-call pipeline that runs in a worker process: read the call's media log once,
 place every packet on the call timeline (``timeline.StreamTimeline``), decode it
-(``codecs.make_decoder``, one decoder per stream and payload type), resample each
-contiguous run of audio to the working rate and write it at its offset into one raw int16
-temp file per direction (sparse: gaps, loss, CN and DTMF read back as zeros); then read
+(``codecs.make_decoder``, one decoder per stream and payload type), bring each contiguous
+run of audio to the working rate (the call's native rate: the highest rate of its codecs, so
+only a lower-rate stream in a call with a wideband one is resampled here) and write it at its
+offset into one raw int16 temp file per direction (sparse: gaps, loss, CN and DTMF read back as zeros); then read
 the two temp files chunk by chunk, mix (mono: clipped sum; stereo: caller left =
 direction 0, callee right = direction 1) and stream the result into the encoder.
 
@@ -51,7 +52,7 @@ from agent.media.encoder import open_encoder
 from agent.media.medialog import MediaBlock, read_media_log_blocks
 from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec, StreamTimeline
 
-__all__ = ["RenderResult", "render_recording", "CodecInfo", "StreamSpec"]
+__all__ = ["RenderResult", "render_recording", "streams_in_use", "CodecInfo", "StreamSpec"]
 
 _NS = 1_000_000_000
 _MARGIN_NS = 2 * _NS            # room before the first packet for early-placed audio
@@ -492,6 +493,21 @@ def _render_packets(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos
         stats.audio_packets += 1
 
 
+def streams_in_use(streams: list[StreamSpec], stream_records: list[dict]) -> list[StreamSpec]:
+    """``streams`` with each codec map narrowed to the payload types the stream carried (the
+    record's ``streams[].payload_types``), so the call's native rate is that of the codecs it
+    used, not of every codec its SDP offered. A stream the records do not list keeps its map."""
+    carried = {rec.get("index"): {int(pt) for pt in (rec.get("payload_types") or {})} for rec in stream_records}
+    out = []
+    for spec in streams:
+        pts = carried.get(spec.index)
+        if pts is None:
+            out.append(spec)
+        else:
+            out.append(StreamSpec(spec.index, spec.direction, {pt: c for pt, c in spec.codecs.items() if pt in pts}))
+    return out
+
+
 def _work_rate(streams: list[StreamSpec]) -> int:
     """The highest native rate any audio codec of the call decodes to (8000 if none)."""
     best = 0
@@ -513,8 +529,10 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
                      mask_inband: bool = False) -> RenderResult:
     """Decode, place, mix and encode one call. See the module docstring.
 
-    ``sample_rate_hz=0`` renders at the highest native rate of the decoders the call
-    actually used. t=0 is ``start_ns`` if given, else the first audio packet of the call.
+    Each direction is built at the call's native rate (the highest rate of the codecs in
+    ``streams``: 8 kHz for narrowband, 16 kHz with G.722); only the mix is resampled, once,
+    to ``sample_rate_hz`` when that differs. ``sample_rate_hz=0`` keeps the highest native
+    rate of the decoders the call actually used. t=0 is ``start_ns`` if given, else the first audio packet of the call.
     With no decodable audio nothing is written and ``path`` is None.
     ``mask_spans_ns`` are (start_ns, end_ns) in packet time, silenced with a guard of
     ``DTMF_MASK_GUARD_MS`` either side.
@@ -522,7 +540,9 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, not {channels}")
     out_path = Path(out_path)
-    work_rate = sample_rate_hz if sample_rate_hz > 0 else _work_rate(streams)
+    # Each direction is built at the call's native rate; the mix alone is resampled, once,
+    # when the output rate differs (an anti-alias filter, libswresample).
+    work_rate = _work_rate(streams)
     specs = {s.index: s for s in streams}
     queue = _WriteQueue()
     dirfiles = [_DirectionFile(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate, queue)
@@ -584,7 +604,7 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
         if mask_inband:
             spans += [(e["ts_ns"], e["ts_ns"] + e["duration_ms"] * 1_000_000) for e in dtmf]
         masked_ms = _mask(dirfiles, spans, base_ns, work_rate)
-        out_rate = work_rate if sample_rate_hz > 0 else (used_max_rate or work_rate)
+        out_rate = sample_rate_hz if sample_rate_hz > 0 else (used_max_rate or work_rate)
         result = _mix_and_encode(dirfiles, t0, end, work_rate, out_rate, out_path, fmt,
                                  channels, bitrate_kbps, mp3_quality)
         return RenderResult(
