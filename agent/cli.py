@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config, load_config
+from agent.counters import new_counters
 from agent.errors import AgentError
+from agent.progress import Progress
 from agent.summaries import delivery_line, skipped_input_line, without_recording_lines
 from agent.textsafe import terminal_safe
 
@@ -104,9 +106,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             finished.media_log.unlink(missing_ok=True)
         records.append(finished.record)
 
+    counters = new_counters()
     with contextlib.ExitStack() as stack:
         captures = _captures(args.captures, stack)
-        engine = replay(captures, config, on_finished, progress=not args.quiet, keep_audio=False)
+        with Progress(captures=captures, counters=counters, enabled=not args.quiet):
+            engine = replay(captures, config, on_finished, counters=counters, progress=False,
+                            keep_audio=False)
     engine.close()
     records.sort(key=lambda r: (r["start_ts_ns"], r["callid"]))
     out = sys.stdout
@@ -141,12 +146,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _replay_deliver(args: argparse.Namespace, config: Config, captures: list[str]) -> int:
-    from agent.counters import new_counters
     from agent.delivery import replay_and_deliver
 
     counters = new_counters()
-    status, summary = replay_and_deliver(captures, config, deadline_s=args.deadline_s,
-                                         progress=not args.quiet, workers=args.workers, counters=counters)
+
+    def delivered() -> tuple[int, int]:
+        done = sum(counters.get(f"deliver.upload.{k}", 0) for k in ("delivered", "delivered_unconfirmed", "parked"))
+        return done, counters.get("deliver.spool.enqueued", 0)
+
+    with Progress(captures=captures, counters=counters, enabled=not args.quiet, delivered=delivered):
+        status, summary = replay_and_deliver(captures, config, deadline_s=args.deadline_s, progress=False,
+                                             workers=args.workers, counters=counters)
     print(delivery_line(counters, summary))
     if status:
         print(f"calln-agent: delivery not finished within {args.deadline_s:.0f} s; "
@@ -169,11 +179,15 @@ def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -
         written.append(rendered.record)
 
     recorder = Recorder(config.recording, out_dir, on_rendered, fmt=args.format, workers=args.workers)
-    try:
-        engine = replay(captures, config, recorder, progress=not args.quiet,
-                        workdir=out_dir / ".work", defer_media=True)
-    finally:
-        recorder.close()
+    counters = new_counters()
+    with Progress(captures=captures, counters=counters, enabled=not args.quiet,
+                  rendered=lambda: len(written)) as progress:
+        try:
+            engine = replay(captures, config, recorder, counters=counters, progress=False,
+                            workdir=out_dir / ".work", defer_media=True)
+            progress.reading_done()
+        finally:
+            recorder.close()
     engine.close()
     with_audio = sum(1 for r in written if r.get("recording"))
     print(f"{len(written)} call(s), {with_audio} recording(s) in {out_dir}")
