@@ -557,6 +557,9 @@ def check_config(config: Config, interfaces: list[str]) -> list[tuple[str, str]]
         out.append((level, f"spool {spool} writable ({free_mb:,.0f} MB free)"))
     except OSError as exc:
         out.append(("fail", f"spool {spool} not writable: {exc.strerror or exc}"))
+    from agent.private import loose_spool_modes
+    for line in loose_spool_modes(spool):
+        out.append(("warn", f"spool not private: {line} (chmod -R go-rwx {spool})"))
     synced = clock_synchronised()
     if synced is None:
         out.append(("warn", "cannot tell whether the clock is synchronised (adjtimex failed)"))

@@ -60,6 +60,7 @@ from typing import Any
 
 from agent.errors import AgentError
 from agent.killpoints import kill_point
+from agent.private import loose_spool_modes
 
 log = logging.getLogger("agent.deliver")
 
@@ -165,6 +166,11 @@ class Spool:
         self.tmp_dir = self.dir / "tmp"
         self._signal = self.dir / "retry.signal"
         self.quota_file = self.dir / "quota.json"
+        if not created and recover:
+            loose = loose_spool_modes(self.dir)
+            for line in loose[:5]:
+                log.warning("spool not private: %s (recordings inside; chmod -R go-rwx %s)", line, self.dir)
+            self.counters["deliver.spool.loose_modes"] = len(loose)
         self._open_ledger()
         self.refresh(full=True)
         self.prune_ledger()

@@ -146,3 +146,108 @@ def test_engine_counts_audio_dropped_on_full_disk(small_fs):
     engine.finish()
     filler.unlink()
     assert any(k.startswith("media.log") and v > 0 for k, v in counters.items()), dict(counters)
+
+
+# ---------------------------------------------------------------- the spool itself full
+
+def _rendered(tmp: Path, i: int, size: int = 3000):
+    from agent.recorder import Rendered
+    sys_path_deliver()
+    from deliver_helpers import make_record
+    audio = tmp / f"rendered-{i}.mp3"
+    audio.write_bytes(os.urandom(size))
+    record = dict(make_record(i), recording={"format": "mp3", "file": audio.name})
+    return Rendered(record=record, audio_path=audio, no_audio_reason="")
+
+
+def sys_path_deliver() -> None:
+    import sys
+    d = str(Path(__file__).resolve().parents[1] / "deliver")
+    if d not in sys.path:
+        sys.path.insert(0, d)
+
+
+def _wait(predicate, timeout_s: float = 20.0) -> bool:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_calls_finished_while_the_spool_is_full_are_held_then_spooled(small_fs, tmp_path, caplog):
+    from agent.deliver.spool import READY, Spool
+    from agent.delivery import SpoolSink
+    from agent.metrics import HealthLimits, Snapshot, health
+
+    spool = Spool(small_fs / "spool")
+    sink = SpoolSink(spool, Config(), retry_base_s=0.05, retry_max_s=0.2)
+    rendered = [_rendered(tmp_path, i) for i in range(3)]
+    data = {r.record["callid"]: r.audio_path.read_bytes() for r in rendered}
+    filler = _fill(small_fs)
+    caplog.set_level(logging.ERROR, logger="agent.delivery")
+    for r in rendered:
+        sink(r)                                  # never raises: the call is held
+    assert sink.held == 3 and spool.counters["deliver.spool.held"] == 3
+    assert spool.counters["deliver.spool.io_error"] >= 1 and "not writable" in caplog.text
+    assert all(r.audio_path.exists() for r in rendered)            # recordings kept where rendered
+    assert not list(spool.calls_dir.iterdir()) and not list(spool.tmp_dir.iterdir())
+    ok, reasons = health(Snapshot(counters=dict(spool.counters)), HealthLimits(min_free_mb=0))
+    assert not ok and any("3 finished call(s) held" in r for r in reasons)
+    filler.unlink()                              # space returns: the retry thread spools them
+    assert _wait(lambda: sink.held == 0), sink.held
+    spool.refresh()
+    entries = spool.list()
+    assert [e.state for e in entries] == [READY] * 3
+    assert {e.record["callid"]: e.audio_path.read_bytes() for e in entries} == data
+    assert sink.close(wait_s=0) == [] and spool.counters["deliver.spool.lost"] == 0
+
+
+def test_held_calls_beyond_the_bound_or_at_exit_are_named_as_lost(small_fs, tmp_path, caplog):
+    from agent.deliver.spool import Spool
+    from agent.delivery import SpoolSink
+
+    spool = Spool(small_fs / "spool")
+    sink = SpoolSink(spool, Config(), hold_max=2, retry_base_s=60)
+    _fill(small_fs)
+    caplog.set_level(logging.ERROR, logger="agent.delivery")
+    for i in range(3):
+        sink(_rendered(tmp_path, i))
+    assert sink.held == 2 and spool.counters["deliver.spool.lost"] == 1
+    assert "call LOST" in caplog.text and "callid=call-0@pbx" in caplog.text
+    lost = sink.close(wait_s=0)
+    assert [n.split()[0] for n in lost] == ["callid=call-0@pbx", "callid=call-1@pbx", "callid=call-2@pbx"]
+    assert spool.counters["deliver.spool.lost"] == 3 and spool.counters["deliver.spool.held"] == 0
+
+
+def test_replay_deliver_on_a_full_spool_names_the_lost_calls_without_a_traceback(small_fs, tmp_path):
+    import subprocess
+    import sys
+    from agent.deliver.spool import Spool
+    from agent.receiver import ReceiverServer
+
+    rx = ReceiverServer(tmp_path / "rx", cert_dir=tmp_path / "certs", username="agent", password="secret")
+    url, ca = rx.start()
+    try:
+        spool_dir = small_fs / "spool"
+        Spool(spool_dir)                         # an agent's spool, then the disk fills
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text(f'[api]\nurl = "{url}"\nusername = "agent"\nca_bundle = "{ca}"\nformat = "wav"\n'
+                       f'[spool]\ndir = "{spool_dir}"\nmin_free_mb = 0\n[recording]\nworkers = 1\n')
+        env = dict(os.environ, CALLN_PASSWORD="secret", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        cmd = [sys.executable, "-m", "agent.cli", "--config", str(cfg), "replay",
+               str(PCAPS / "multi_call.pcap"), "--deliver", "-q", "--deadline-s", "20"]
+        filler = _fill(small_fs)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.count("call LOST") == 3 and "multi_call-0001@callntest.example" in proc.stderr
+        assert rx.stored_calls() == []
+        filler.unlink()                          # space back: the same replay delivers each call once
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        stored = rx.stored_calls()
+        assert len(stored) == 3 and len({(c.meta["startdatetimeutc"], c.meta["callerphone"])
+                                         for c in stored}) == 3
+    finally:
+        rx.stop()
