@@ -78,6 +78,16 @@ def _codecs(names: list[str]) -> str:
     return "+".join("te" if name.lower() == "telephone-event" else name for name in short) or "-"
 
 
+def _dtmf(record: dict[str, Any]) -> str:
+    """Digits caller/callee. inspect decodes no audio: a call that negotiated no
+    telephone-event may carry its digits in-band, and says so rather than show none."""
+    caller, callee = record.get("callerdtmf") or "", record.get("destinationdtmf") or ""
+    codecs = record.get("codecs_answered") or record.get("codecs_offered") or []
+    if not caller and not callee and not any(c.lower().startswith("telephone-event") for c in codecs):
+        return "in-band: not scanned"
+    return terminal_safe(f"{caller or '-'}/{callee or '-'}")
+
+
 def _row(record: dict[str, Any]) -> str:
     caller = record["callerphone"] or "?"
     if record["callername"]:
@@ -92,7 +102,7 @@ def _row(record: dict[str, Any]) -> str:
     media = f'{record["callermediaendpoint"] or "-"} <-> {record["destinationmediaendpoint"] or "-"}'
     return (f'{record["startdatetimeutc"]}  {caller:32.32} -> {callee:32.32} {state:10} '
             f'{terminal_safe(record["end_reason"]):18} {record["duration_ms"] / 1000:8.1f}s  '
-            f'{codecs:16} {terminal_safe(media)}')
+            f'{codecs:16} {_dtmf(record):20} {terminal_safe(media)}')
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -112,6 +122,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         with Progress(captures=captures, counters=counters, enabled=not args.quiet):
             engine = replay(captures, config, on_finished, counters=counters, progress=False,
                             keep_audio=False)
+        if args.json:
+            from agent.sources import capture_files, file_spans
+            stdin_names = {str(Path(c)): "-" for c, a in zip(captures, args.captures) if a == "-"}
+            spans = file_spans(captures, stdin_names)
+            for record in records:
+                record["capture_files"] = capture_files(record["start_ts_ns"], spans)
     engine.close()
     records.sort(key=lambda r: (r["start_ts_ns"], r["callid"]))
     out = sys.stdout
@@ -120,7 +136,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
     else:
         out.write(f"{'start (UTC)':19}  {'caller':32} -> {'callee':32} {'state':10} {'end':18} "
-                  f"{'talk':>9}  {'codecs':16} media\n")
+                  f"{'talk':>9}  {'codecs':16} {'dtmf (caller/callee)':20} media\n")
         for record in records:
             out.write(_row(record) + "\n")
         out.write(f"{len(records)} call(s)\n")

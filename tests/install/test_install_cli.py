@@ -52,7 +52,10 @@ def test_inspect_reads_a_capture_on_stdin() -> None:
     from_file = cli("inspect", "--json", "-q", str(PCAPS / "multi_call.pcap"))
     assert from_stdin.returncode == 0, from_stdin.stderr
     calls = [json.loads(line) for line in from_stdin.stdout.splitlines()]
-    assert len(calls) == 3 and from_stdin.stdout == from_file.stdout
+    same = [json.loads(line) for line in from_file.stdout.splitlines()]
+    assert [c.pop("capture_files") for c in calls] == [["-"]] * 3
+    assert [c.pop("capture_files") for c in same] == [[str(PCAPS / "multi_call.pcap")]] * 3
+    assert len(calls) == 3 and calls == same
 
 
 def test_codec_column_is_never_cut() -> None:
@@ -129,3 +132,26 @@ def test_demo_removes_its_temporary_directory(tmp_path) -> None:
     assert removed, proc.stdout
     from pathlib import Path
     assert not Path(removed.group(1)).exists()
+
+
+def test_inspect_dtmf_column_marks_what_it_cannot_see() -> None:
+    proc = cli("inspect", "-q", str(PCAPS / "dtmf_rfc4733.pcap"), str(PCAPS / "sipp_g711a.pcap"))
+    lines = proc.stdout.decode().splitlines()
+    assert "dtmf (caller/callee)" in lines[0]
+    assert " 1599#/*0 " in lines[1]                 # RFC 4733 events, both sides
+    assert " 1/1 " in lines[2]                      # SIPp's call
+    public = REPO.parent / "shared" / "pcaps" / "public" / "sip_call_rtp_g711.pcap"
+    if public.is_file():                            # PCMA/G729 only: digits could be in-band
+        assert "in-band: not scanned" in cli("inspect", "-q", str(public)).stdout.decode()
+
+
+def test_inspect_json_names_each_calls_capture_file(tmp_path) -> None:
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
+    (rotated / "a.pcap").write_bytes((PCAPS / "sipp_g711a.pcap").read_bytes())     # 2026-11-26
+    (rotated / "b.pcap").write_bytes((PCAPS / "multi_call.pcap").read_bytes())     # 2026-01-15
+    proc = cli("inspect", "--json", "-q", str(rotated))
+    files = {json.loads(line)["callid"]: json.loads(line)["capture_files"] for line in proc.stdout.splitlines()}
+    assert sorted(map(tuple, files.values())) == [(str(rotated / "a.pcap"),)] + [(str(rotated / "b.pcap"),)] * 3
+    one = cli("inspect", "--json", "-q", "-", stdin=(PCAPS / "basic_udp.pcap").read_bytes())
+    assert [json.loads(line)["capture_files"] for line in one.stdout.splitlines()] == [["-"]]
