@@ -10,6 +10,7 @@ Key names are stable: other tools write these files.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import socket
@@ -236,6 +237,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     sections["api"] = dataclasses.replace(api, password=_read_password(api, env))
     _check_spool(sections["spool"])
     _check_recording(sections["recording"])
+    _check_values(sections)
     return Config(**sections)
 
 
@@ -259,3 +261,114 @@ def _check_spool(spool: SpoolSection) -> None:
     if not math.isfinite(spool.ledger_days) or spool.ledger_days < 0:
         raise ConfigError(f"[spool] ledger_days: expected a number of days >= 0 (0 = keep forever), "
                           f"got {spool.ledger_days!r}")
+
+
+# ---------------------------------------------------------------------- value rules
+# Every enumerated or ranged key, refused at start-up (a daemon must not lose every call's
+# audio one render error at a time). Each rule returns what was expected, or None when fine.
+
+def _one_of(*allowed: Any) -> Any:
+    return lambda v: None if v in allowed else "one of " + ", ".join(repr(a) for a in allowed)
+
+
+def _ints(lo: int, hi: int) -> Any:
+    return lambda v: None if lo <= v <= hi else f"an integer from {lo} to {hi}"
+
+
+def _seconds(*, zero_ok: bool) -> Any:
+    def check(v: float) -> str | None:
+        good = math.isfinite(v) and (v >= 0 if zero_ok else v > 0)
+        return None if good else ("a finite number >= 0" if zero_ok else "a finite number > 0")
+    return check
+
+
+def _each(rule: Any, *, non_empty: bool = False) -> Any:
+    def check(values: tuple[Any, ...]) -> str | None:
+        if non_empty and not values:
+            return "a non-empty list"
+        for v in values:
+            why = rule(v)
+            if why is not None:
+                return f"a list of {why} ({v!r} is not)"
+        return None
+    return check
+
+
+def _ip(v: str) -> str | None:
+    try:
+        ipaddress.ip_address(v)
+        return None
+    except ValueError:
+        return "IP addresses"
+
+
+def _cidr(v: str) -> str | None:
+    try:
+        ipaddress.ip_network(v, strict=False)
+        return None
+    except ValueError:
+        return "networks (CIDR)"
+
+
+def _listen(v: str) -> str | None:
+    from agent.metrics import parse_listen
+    if not v:
+        return None                      # empty = metrics off
+    try:
+        host, port = parse_listen(v)
+    except ValueError:
+        return "HOST:PORT (or empty to turn metrics off)"
+    return None if 0 <= port <= 65535 else "HOST:PORT with a port up to 65535"
+
+
+MAC_FORMATS = ("plain_upper", "colon_lower", "colon_upper")   # agent/calls/macs.py
+MP3_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)   # what LAME encodes
+MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 192, 224, 256, 320)
+
+VALUE_RULES: dict[tuple[str, str], Any] = {
+    ("api", "format"): _one_of("mp3", "wav"),
+    ("api", "chunk_bytes"): _ints(1024, 256 * 1024 * 1024),
+    ("api", "connect_timeout_s"): _seconds(zero_ok=False),
+    ("api", "read_timeout_s"): _seconds(zero_ok=False),
+    ("api", "write_timeout_s"): _seconds(zero_ok=False),
+    ("api", "max_in_flight"): _ints(1, 64),
+    ("spool", "retention_days"): _seconds(zero_ok=True),
+    ("spool", "min_free_mb"): _ints(0, 1 << 30),
+    ("capture", "sip_ports"): _each(_ints(1, 65535)),
+    ("capture", "snaplen"): _ints(64, 262144),
+    ("capture", "buffer_mb"): _ints(1, 1 << 20),
+    ("capture", "block_kb"): _ints(4, 1 << 20),
+    ("capture", "block_timeout_ms"): _ints(1, 60_000),
+    ("capture", "idle_advance_s"): _seconds(zero_ok=False),
+    ("capture", "max_render_queue"): _ints(1, 1 << 20),
+    ("capture", "shutdown_timeout_s"): _seconds(zero_ok=True),
+    ("metrics", "listen"): _listen,
+    ("metrics", "health_no_packets_s"): _seconds(zero_ok=True),
+    ("metrics", "health_upload_failing_s"): _seconds(zero_ok=True),
+    ("metrics", "health_min_free_mb"): _ints(0, 1 << 30),
+    ("sip", "caller_identity"): _each(_one_of("from", "pai", "rpid"), non_empty=True),
+    ("sip", "callee_identity"): _each(_one_of("to", "request_uri"), non_empty=True),
+    ("sip", "rtp_timeout_s"): _seconds(zero_ok=False),
+    ("sip", "signalling_timeout_s"): _seconds(zero_ok=False),
+    ("sip", "ringing_timeout_s"): _seconds(zero_ok=False),
+    ("sip", "max_duration_s"): _seconds(zero_ok=False),
+    ("sip", "tombstone_s"): _seconds(zero_ok=True),
+    ("sip", "l2_networks"): _each(_cidr),
+    ("sip", "mac_format"): _one_of(*MAC_FORMATS),
+    ("sip", "router_mac_ip_threshold"): _ints(1, 1 << 20),
+    ("sip", "pbx_addresses"): _each(_ip),
+    ("sip", "max_calls"): _ints(1, 10_000_000),
+    ("recording", "format"): _one_of("mp3", "wav"),
+    ("recording", "channels"): _one_of(1, 2),
+    ("recording", "sample_rate_hz"): _one_of(-1, 0, *MP3_RATES_HZ),
+    ("recording", "mp3_bitrate_kbps"): _one_of(*MP3_BITRATES_KBPS),
+    ("recording", "workers"): _ints(0, 1024),
+}
+
+
+def _check_values(sections: Mapping[str, Any]) -> None:
+    for (section, key), rule in VALUE_RULES.items():
+        value = getattr(sections[section], key)
+        why = rule(value)
+        if why is not None:
+            raise ConfigError(f"[{section}] {key}: expected {why}, got {value!r}")
