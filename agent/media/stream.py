@@ -40,6 +40,7 @@ from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
 from agent.media.medialog import MediaBlock, MediaLogWriter, NullMediaLog, read_media_log_blocks
 from agent.media.runs import RtpRun, RunGroups
+from agent.media.sequencing import StreamSequence, extend_seq, jumps_within, sequence_stream
 from agent.media.rtp import is_zrtp, parse_rtp
 
 __all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "sequence_capture",
@@ -78,6 +79,9 @@ class StreamInfo:
     stats: StreamStats
 
 
+# sequence_capture reads a raw log up to this size whole, to sequence the call at once
+# (~27 minutes of a two-way G.711 call).
+WHOLE_CALL_BYTES = 32 << 20
 # feed_run looks for in-order stretches in windows that grow while they hold.
 _BULK_MIN = 64
 _BULK_MAX = 16_384
@@ -283,6 +287,100 @@ class CallMedia:
                 not_rtp += 1
             pos += 1
         return not_rtp
+
+    def take_whole(self, run: RtpRun) -> bool:
+        """``on_rtp`` for every packet of ``run`` (a whole call's raw log, arrival order) with
+        the same results, each stream sequenced at once (``sequencing.sequence_stream``).
+        Only for a fresh ``CallMedia`` and a call whose packets are all plain RTP headers,
+        with one source and one SSRC per direction, no sequence jump that ``CallMedia`` would
+        treat as a restart, and a first packet per stream that is not comfort noise; returns
+        False, having changed nothing, for any other call (``feed_run`` takes it then)."""
+        n = len(run)
+        if self._streams or not n or bool(np.any(run.b0 != 0x80)) or bool(np.any((run.b1 >= 192) & (run.b1 <= 223))):
+            return False
+        plans = []
+        for direction in (0, 1):
+            idx = np.flatnonzero(run.direction == direction)
+            if not idx.size:
+                continue
+            if (bool(np.any(run.src_key[idx] != run.src_key[idx[0]])) or bool(np.any(run.ssrc[idx] != run.ssrc[idx[0]]))
+                    or int(run.b1[idx[0]]) & 0x7F == _CN_PT):
+                return False
+            ext = extend_seq(run.seq[idx])
+            if not jumps_within(ext, MAX_DROPOUT, MAX_MISORDER):
+                return False
+            plans.append((int(idx[0]), direction, idx, ext))
+        plans.sort()                                   # streams in order of first arrival
+        label = run.label
+        pt = (run.b1 & 0x7F).astype(np.int64)
+        released, triggers, streams = [], [], []
+        is_event = np.zeros(n, dtype=bool)
+        for first, direction, idx, ext in plans:
+            dst = label(int(run.dst_key[first])) if run.dst_known[first] else ""
+            st = self._new_stream(direction, int(run.ssrc[first]), int(run.seq[first]), label(int(run.src_key[first])),
+                                  dst, int(run.arrival_ns[first]))
+            st.clock_hz = self._clock_for(direction, int(pt[first]))
+            st.event_pts = self._event_pts(direction)
+            if st.event_pts:
+                is_event[idx] = np.isin(pt[idx], list(st.event_pts))
+            seq = sequence_stream(ext, run.arrival_ns[idx], window_packets=self.reorder_window_packets,
+                                  window_ns=self.reorder_window_ns, max_misorder=MAX_MISORDER)
+            self._took_whole(st, run, idx, pt, is_event, seq)
+            released.append(idx[seq.released])
+            triggers.append(idx[seq.trigger])
+            streams.append(np.full(seq.released.size, st.index, dtype=np.int64))
+            st.window = {e: self._held(run, int(idx[p]), pt) for e, p in seq.window.items()}
+            st.window_since_ns = seq.window_since_ns
+        self.last_arrival_ns = int(run.arrival_ns.max())
+        rows = np.concatenate(released)
+        order = np.argsort(np.concatenate(triggers), kind="stable")
+        rows = rows[order]
+        stream_index = np.concatenate(streams)[order]
+        ext_all = np.empty(n, dtype=np.int64)
+        for _first, _direction, idx, ext in plans:
+            ext_all[idx] = ext
+        sizes = run.size[rows] - 12
+        if self.redact_dtmf:
+            sizes = np.where(is_event[rows], 0, sizes)      # the record keeps its slot, not the digit
+        if isinstance(self.log, NullMediaLog):
+            self.log.records += rows.size
+        else:
+            self.log.append_records(stream_index, ext_all[rows], run.rtp_ts[rows], run.arrival_ns[rows], pt[rows],
+                                    run.b1[rows] > 0x7F, run.buf, run.data_start[rows] + 12, sizes)
+        return True
+
+    def _held(self, run: RtpRun, i: int, pt: np.ndarray) -> tuple[int, int, int, bool, bytes]:
+        """A packet still in the reorder window after ``take_whole``, as ``_accept`` holds it."""
+        payload = run.data(i)[12:]
+        st = self._by_key[(int(run.direction[i]), int(run.ssrc[i]))]
+        if self.redact_dtmf and int(pt[i]) in st.event_pts:
+            payload = b""
+        return int(run.rtp_ts[i]), int(run.arrival_ns[i]), int(pt[i]), bool(run.b1[i] > 0x7F), payload
+
+    def _took_whole(self, st: _Stream, run: RtpRun, idx: np.ndarray, pt: np.ndarray, is_event: np.ndarray,
+                    seq: StreamSequence) -> None:
+        """The stream state and counters ``_accept`` / ``_too_old`` leave after ``seq``."""
+        acc = idx[seq.accepted]
+        stats = st.stats
+        stats.packets = int(acc.size)
+        stats.bytes = int(run.size[acc].sum()) - 12 * int(acc.size)
+        stats.last_arrival_ns = int(run.arrival_ns[acc[-1]])
+        kinds, firsts, counts = np.unique(pt[acc], return_index=True, return_counts=True)
+        for k in np.argsort(firsts).tolist():
+            stats.payload_types[int(kinds[k])] = int(counts[k])
+        stats.lost, stats.duplicated, stats.late, stats.reordered = seq.lost, seq.duplicated, seq.late, seq.reordered
+        st.next_ext, st.max_ext, st.skipped = seq.next_ext, seq.max_ext, seq.skipped
+        arrival = run.arrival_ns[acc]
+        rtp_ts = run.rtp_ts[acc]
+        jitter = 0.0
+        for d in _deviations(st.clock_hz, arrival, rtp_ts):
+            jitter += (d - jitter) / 16.0
+        st.jitter_ticks = jitter
+        st.prev_arrival_ns = int(arrival[-1])
+        st.prev_ts = int(rtp_ts[-1])
+        if st.event_pts:
+            for i in acc[is_event[acc]].tolist():
+                self._on_event(st, int(pt[i]), int(run.rtp_ts[i]), int(run.arrival_ns[i]), run.data(i)[12:])
 
     def _ready(self, run: RtpRun, i: int) -> _Stream | None:
         """The stream packet ``i`` continues, if its state lets packets be taken at once."""
@@ -828,7 +926,14 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     tables = [(np.array([e[0] for e in ev], dtype=np.int64), np.array([0] + [e[1] for e in ev], dtype=np.int64),
                np.array([0] + [e[2] for e in ev], dtype=np.int64)) for ev in events]
     done = 0
-    for block in read_media_log_blocks(raw_path):
+    try:
+        size = raw_path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    # A call whose raw log fits WHOLE_CALL_BYTES is read as one block and, when it qualifies,
+    # sequenced at once (CallMedia.take_whole); longer calls go block by block (bounded memory).
+    chunk = size + 1 if bulk and size <= WHOLE_CALL_BYTES else 1 << 20
+    for block in read_media_log_blocks(raw_path, chunk_bytes=chunk):
         n = len(block)
         direction = (block.stream & 1).astype(np.int64)
         numbers = done + np.arange(n, dtype=np.int64)
@@ -842,7 +947,7 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
         run = _raw_run(block, direction, src, dst, names.__getitem__)
         if run is None or not bulk:
             _each_record(media, block, direction, src, dst, names)
-        else:
+        elif not (chunk > size and media.take_whole(run)):
             media.feed_run(run)
         done += n
     media.close()

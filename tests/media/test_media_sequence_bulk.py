@@ -62,3 +62,79 @@ def test_bulk_sequencing_equals_packet_by_packet_on_damaged_traffic(seed, tmp_pa
     path = tmp_path / "mangled.pcap"
     _mangled_capture(path, seed)
     assert _compare(path, tmp_path) > 2000
+
+
+# ------------------------------------------------------------ whole-call sequencing
+
+def _impaired_raw_log(path: Path, seed: int, *, events: bool) -> "MediaPlan":
+    """A two-way call's raw log (whole RTP packets, arrival order) with loss, duplicates,
+    reordering by one to forty packets, late copies of lost packets, silences longer than the
+    reorder window, a sequence wrap, and (``events``) RFC 4733 key presses."""
+    import random
+    import struct
+
+    from agent.media.medialog import MediaLogWriter
+    from agent.media.stream import MediaPlan
+    from agent.media.timeline import CodecInfo
+
+    rnd = random.Random(seed)
+    packets = []                                       # (arrival_ns, direction, bytes)
+    for direction in (0, 1):
+        seq0 = 65000 if direction == 0 else rnd.randrange(1 << 16)
+        ts0 = rnd.getrandbits(32)
+        t = 1_000_000_000 + direction * 300_000
+        for k in range(3000):
+            t += 20_000_000
+            if rnd.random() < 0.002:
+                t += rnd.choice([250_000_000, 900_000_000])          # a silence beyond the window
+            pt = 0
+            payload = bytes([(k * 7 + direction) & 0xFF]) * 160
+            if events and 1000 <= k % 1500 < 1010:
+                pt = 101
+                payload = struct.pack("!BBH", 5, 0x0A | (0x80 if k % 1500 == 1009 else 0), 160 * (k % 1500 - 999))
+            head = struct.pack("!BBHII", 0x80, pt | (0x80 if k == 0 else 0), (seq0 + k) & 0xFFFF,
+                               (ts0 + 160 * k) & 0xFFFFFFFF, 0x1000 + direction)
+            r = rnd.random()
+            at = t
+            if r < 0.01:
+                continue                                                     # lost
+            if r < 0.02:
+                at += rnd.choice([21_000_000, 45_000_000, 150_000_000, 800_000_000])   # reordered / very late
+            packets.append((at, direction, head + payload))
+            if r > 0.99:
+                packets.append((at + rnd.randrange(1, 300_000_000), direction, head + payload))   # a copy
+    packets.sort(key=lambda p: p[0])
+    writer = MediaLogWriter(path)
+    labels, seen = [], set()
+    for n, (at, direction, data) in enumerate(packets):
+        if direction not in seen:
+            seen.add(direction)
+            labels.append((n, direction, f"10.0.0.{direction + 1}:4000", f"10.0.0.{2 - direction}:4000"))
+        writer.append(direction, 0, 0, at, 0, False, data)
+    writer.close()
+    codecs = {0: CodecInfo("PCMU", 8000), 101: CodecInfo("telephone-event", 8000)}
+    return MediaPlan(codecs={0: codecs, 1: codecs}, labels=labels)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("redact", [False, True])
+def test_whole_call_sequencing_equals_packet_by_packet(seed, redact, tmp_path, monkeypatch):
+    """CallMedia.take_whole (the whole call at once) leaves the same ordered log, counters,
+    jitter and key presses as feeding the packets one by one, on traffic with loss,
+    duplicates, reordering, late packets, long silences and a sequence wrap."""
+    from dataclasses import replace
+
+    from agent.media.stream import CallMedia
+
+    raw = tmp_path / "raw"
+    plan = replace(_impaired_raw_log(raw, seed, events=seed % 2 == 0), redact_dtmf=redact)
+    taken = []
+    take_whole = CallMedia.take_whole
+    monkeypatch.setattr(CallMedia, "take_whole", lambda self, run: taken.append(take_whole(self, run)) or taken[-1])
+    one = sequence_capture(raw, tmp_path / "one", plan, bulk=False)
+    whole = sequence_capture(raw, tmp_path / "whole", plan, bulk=True)
+    assert taken == [True]
+    assert _outcome(whole, tmp_path / "whole") == _outcome(one, tmp_path / "one")
+    stats = [s.stats for s in one.streams]
+    assert all(s.lost and s.duplicated and s.reordered and s.late for s in stats)
+    assert (len(one.dtmf_events) > 0) == (seed % 2 == 0)
