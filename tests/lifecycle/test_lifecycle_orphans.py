@@ -34,3 +34,32 @@ def test_sigkill_of_replay_leaves_no_descendant(tmp_path: Path, capture: Path) -
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+@pytest.mark.netns
+def test_sigkill_of_run_leaves_no_descendant(tmp_path: Path) -> None:
+    """The daemon: capture process, its forkserver, render workers, resource trackers."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "live"))
+    from _live_testlib import (PCAPS, AgentProcess, pcap_frames, require_root_netns, send_frames,
+                               veth_pair, write_config)
+
+    from agent.receiver import ensure_certificates
+
+    require_root_netns()
+    ca = ensure_certificates(tmp_path / "certs")[0]
+    cfg = write_config(tmp_path / "agent.toml", url="https://127.0.0.1:9", ca=ca, spool=tmp_path / "spool")
+    cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 2"))
+    with veth_pair() as (a, b):
+        agent = AgentProcess(cfg, [b], tmp_path / "agent.log")
+        try:
+            agent.wait_ready()
+            # a finished call makes the pool start its render workers (they start on demand)
+            send_frames(a, (frame for _, frame in pcap_frames(PCAPS / "multi_call.pcap")))
+            # resource tracker, capture process, forkserver, >= 1 render worker
+            kids = wait_for(lambda: (lambda d: d if len(d) >= 4 else None)(descendants(agent.proc.pid)), 30)
+            assert kids and len(kids) >= 4, f"tree never formed: {kids}\n{agent.log_text()}"
+        finally:
+            agent.kill()
+        left = wait_for(lambda: not alive(kids), ORPHAN_GRACE_S) and set() or alive(kids)
+    assert left == set(), f"{len(left)} of {len(kids)} descendants outlived the agent"
