@@ -1,13 +1,22 @@
-"""Replay throughput, next to tshark on the same file in the same run.
+"""Replay throughput of the whole process tree, next to tshark on the same file in the same run.
 
-Generates (once, cached) a synthetic capture of 200 concurrent G.711 calls of 60 s
-(about 1.2 million packets), then measures:
-  1. ``calln-agent inspect`` (signalling + RTP fast path, no audio) vs ``tshark -q -z sip,stat``
-  2. ``calln-agent replay --out DIR --format wav`` (full recording) vs ``tshark -q -z rtp,streams``
-  3. ``replay --format mp3``: audio-seconds encoded per CPU-second, and calls per core
-Each command runs in a child process; CPU time and peak RSS are that child's.
+Generates (once, cached under /tmp) two synthetic captures of 200 concurrent G.711 calls of
+60 s (about 1.2 million packets, 12,000 audio-seconds): a clean one, and the same calls with
+1 % packet loss and 1 % reordering (``bench/synth.py``). For each it measures, CPU of the
+whole process tree (the recorder's forkserver and workers included: ``bench/proctree.py``
+makes the measuring process a child subreaper):
 
-    python3 bench/replay_rate.py [--calls 200] [--duration-s 60] [--skip-tshark]
+  * ``calln-agent inspect`` vs ``tshark -q -z sip,stat``;
+  * ``calln-agent replay --format wav`` at the call's native rate (8 kHz for G.711) and at a
+    fixed 16 kHz, vs ``tshark -q -z rtp,streams``: the ratio is tshark's CPU over ours
+    (1.0 = the same CPU), and audio-seconds per CPU-second;
+  * ``replay --format mp3`` (the default, 16 kHz): audio-seconds per CPU-second, calls per core;
+  * the recorder workers' own CPU (``replay --counters``): the render alone.
+
+The machine's load average is printed first and last: on a shared machine CPU-time ratios
+hold better than wall times.
+
+    python3 bench/replay_rate.py [--calls 200] [--duration-s 60] [--skip-tshark] [--skip-mp3] [--clean-only]
 """
 
 from __future__ import annotations
@@ -15,110 +24,102 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from proctree import machine_load, run_tree  # noqa: E402
 from synth import write_calls  # noqa: E402
-
 
 WORKER_CPU = re.compile(r"recorder worker CPU: ([0-9.]+) s")
 
 
-def run_child(cmd: list[str]) -> tuple[float, float, int]:
-    """Run cmd; return (wall s, CPU s, peak RSS in MiB of the main process).
+def capture_for(calls: int, duration_s: float, loss: float, reorder: float) -> Path:
+    tag = f"{calls}x{int(duration_s)}s" + (f"-loss{loss:g}-reorder{reorder:g}" if loss or reorder else "")
+    path = Path(tempfile.gettempdir()) / f"calln-bench-{tag}.pcap"
+    if not path.exists():
+        print(f"generating {path} ...", flush=True)
+        write_calls(path, calls=calls, concurrent=calls, duration_s=duration_s, loss=loss, reorder=reorder)
+    return path
 
-    CPU counts the process and its waited-for children; the recorder's worker processes
-    (children of a forkserver) are not waited for by us, so `replay --counters` reports
-    their CPU itself and it is added here."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    # A fresh process per command, so ru_maxrss is that command's own peak.
-    wrapper = [sys.executable, "-c",
-               "import resource,subprocess,sys;"
-               "p=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,text=True);"
-               "sys.stderr.write(p.stderr);"
-               "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
-               "print(r.ru_maxrss, file=sys.stderr);sys.exit(p.returncode)", *cmd]
-    proc = subprocess.run(wrapper, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    workers = WORKER_CPU.search(proc.stderr)
-    if workers:
-        cpu += float(workers.group(1))
-    peak_kib = int(proc.stderr.strip().splitlines()[-1])
-    return wall, cpu, peak_kib // 1024
+
+def count_packets(capture: Path) -> int:
+    if shutil.which("capinfos"):
+        out = subprocess.run(["capinfos", "-c", "-M", str(capture)], capture_output=True, text=True).stdout
+        return int(out.split()[-1])
+    sys.path.insert(0, str(HERE.parent))
+    from agent.capture.pcapfile import read_capture
+    return sum(1 for _ in read_capture(capture, {}))
+
+
+def bench_capture(capture: Path, audio_s: float, args) -> None:
+    packets = count_packets(capture)
+    print(f"\ncapture: {capture.name} ({capture.stat().st_size / 2**20:.0f} MiB, {packets:,} packets, "
+          f"{audio_s:,.0f} audio-s)")
+    agent = [sys.executable, "-m", "agent.cli"]
+    rows = []          # (name, usage, worker CPU or None)
+    tshark = shutil.which("tshark") and not args.skip_tshark
+
+    def replay(fmt: str, rate: str | None) -> None:
+        out = Path(tempfile.mkdtemp(prefix="calln-bench-out-"))
+        env_rate = [] if rate is None else ["env", f"CALLN_RECORDING_SAMPLE_RATE_HZ={rate}"]
+        try:
+            usage = run_tree(env_rate + agent + ["replay", "-q", "--counters", "--out", str(out), "--format", fmt,
+                                                 str(capture)])
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        workers = WORKER_CPU.search(usage.stderr)
+        name = f"replay --format {fmt}" + ("" if rate is None else f" ({int(rate) // 1000} kHz)")
+        rows.append((name, usage, float(workers.group(1)) if workers else None))
+
+    rows.append(("inspect", run_tree(agent + ["inspect", "-q", str(capture)]), None))
+    if tshark:
+        rows.append(("tshark -z sip,stat", run_tree(["tshark", "-n", "-q", "-r", str(capture), "-z", "sip,stat"]), None))
+    replay("wav", None)
+    if tshark:
+        rows.append(("tshark -z rtp,streams", run_tree(["tshark", "-n", "-q", "-r", str(capture), "-z", "rtp,streams"]),
+                     None))
+    replay("wav", "16000")
+    if not args.skip_mp3:
+        replay("mp3", None)
+
+    print(f"{'command':30} {'CPU s':>7} {'wall s':>7} {'packets/CPU-s':>14} {'audio-s/CPU-s':>14} "
+          f"{'workers CPU s':>13} {'render audio-s/CPU-s':>21} {'peak RSS':>9}")
+    for name, u, workers in rows:
+        audio = f"{audio_s / u.cpu_s:14,.0f}" if name.startswith("replay") else f"{'':14}"
+        w = f"{workers:13.1f} {audio_s / workers:21,.0f}" if workers else f"{'':13} {'':21}"
+        print(f"{name:30} {u.cpu_s:7.1f} {u.wall_s:7.1f} {packets / u.cpu_s:14,.0f} {audio} {w} "
+              f"{u.peak_rss_mib:6d} MiB")
+    by = {name: u.cpu_s for name, u, _ in rows}
+    for ours, theirs in (("inspect", "tshark -z sip,stat"),
+                         ("replay --format wav", "tshark -z rtp,streams"),
+                         ("replay --format wav (16 kHz)", "tshark -z rtp,streams")):
+        if ours in by and theirs in by:
+            print(f"  {ours} vs {theirs}: {by[theirs] / by[ours]:.2f}x (tshark CPU / ours)")
+    if "replay --format mp3" in by:
+        per_cpu = audio_s / by["replay --format mp3"]
+        print(f"  MP3 end to end: {per_cpu:,.0f} audio-s per CPU-s = concurrent calls per core "
+              f"({1000 / per_cpu:.2f} cores for 1,000 concurrent calls)")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--duration-s", type=float, default=60.0)
-    ap.add_argument("--capture", help="use this capture instead of generating one")
     ap.add_argument("--skip-tshark", action="store_true")
     ap.add_argument("--skip-mp3", action="store_true")
+    ap.add_argument("--clean-only", action="store_true", help="skip the capture with loss and reordering")
     args = ap.parse_args()
-
-    cache = Path(tempfile.gettempdir()) / f"calln-bench-{args.calls}x{int(args.duration_s)}s.pcap"
-    capture = Path(args.capture) if args.capture else cache
-    if not capture.exists():
-        print(f"generating {capture} ...", flush=True)
-        write_calls(capture, calls=args.calls, concurrent=args.calls, duration_s=args.duration_s)
-    packets = int(subprocess.run(["capinfos", "-c", "-M", str(capture)], capture_output=True, text=True)
-                  .stdout.split()[-1]) if shutil.which("capinfos") else None
-    if packets is None:
-        sys.path.insert(0, str(HERE.parent))
-        from agent.capture.pcapfile import read_capture
-        packets = sum(1 for _ in read_capture(capture, {}))
-    print(f"capture: {capture} ({capture.stat().st_size / 2**20:.0f} MiB, {packets:,} packets, "
-          f"{args.calls} calls x {args.duration_s:.0f} s)")
-    agent = [sys.executable, "-m", "agent.cli"]
-    rows = []
-
-    wall, cpu, rss = run_child(agent + ["inspect", "-q", str(capture)])
-    rows.append(("calln-agent inspect", wall, cpu, rss))
-    if not args.skip_tshark and shutil.which("tshark"):
-        wall, cpu, rss = run_child(["tshark", "-n", "-q", "-r", str(capture), "-z", "sip,stat"])
-        rows.append(("tshark -z sip,stat", wall, cpu, rss))
-    out = Path(tempfile.mkdtemp(prefix="calln-bench-out-"))
-    try:
-        wall, cpu, rss = run_child(agent + ["replay", "-q", "--counters", "--out", str(out), "--format", "wav", str(capture)])
-        rows.append(("calln-agent replay --format wav", wall, cpu, rss))
-        if not args.skip_tshark and shutil.which("tshark"):
-            wall, cpu, rss = run_child(["tshark", "-n", "-q", "-r", str(capture), "-z", "rtp,streams"])
-            rows.append(("tshark -z rtp,streams", wall, cpu, rss))
-        shutil.rmtree(out)
-        out.mkdir()
-        if not args.skip_mp3:
-            wall, cpu, rss = run_child(agent + ["replay", "-q", "--counters", "--out", str(out), "--format", "mp3", str(capture)])
-            rows.append(("calln-agent replay --format mp3", wall, cpu, rss))
-            mp3_cpu = cpu
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-
-    print(f"\n{'command':34} {'wall s':>8} {'CPU s':>8} {'packets/wall-s':>15} {'packets/CPU-s':>14} {'peak RSS':>9}")
-    for name, wall, cpu, rss in rows:
-        print(f"{name:34} {wall:8.1f} {cpu:8.1f} {packets / wall:15,.0f} {packets / cpu:14,.0f} {rss:7d} MiB")
-    by = {name: (wall, cpu) for name, wall, cpu, rss in rows}
-    for ours, theirs in (("calln-agent inspect", "tshark -z sip,stat"),
-                         ("calln-agent replay --format wav", "tshark -z rtp,streams")):
-        if ours in by and theirs in by:
-            print(f"{ours} vs {theirs}: {by[theirs][1] / by[ours][1]:.2f}x tshark's rate (CPU time)")
-    if not args.skip_mp3:
-        audio_s = args.calls * args.duration_s
-        per_cpu = audio_s / mp3_cpu
-        print(f"MP3 full replay: {audio_s:,.0f} audio-seconds in {mp3_cpu:.1f} CPU-s = {per_cpu:.0f} "
-              f"audio-s per CPU-s -> {per_cpu:.0f} concurrent calls per core "
-              f"({1000 / per_cpu:.1f} cores for 1,000 concurrent calls)")
+    print(f"machine: {machine_load()} at start")
+    audio_s = args.calls * args.duration_s
+    bench_capture(capture_for(args.calls, args.duration_s, 0.0, 0.0), audio_s, args)
+    if not args.clean_only:
+        bench_capture(capture_for(args.calls, args.duration_s, 0.01, 0.01), audio_s, args)
+    print(f"\nmachine: {machine_load()} at end")
     return 0
 
 
