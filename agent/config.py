@@ -38,6 +38,7 @@ class ApiSection:
     ca_bundle: str = ""              # path to a PEM bundle; empty = system trust store
     chunk_bytes: int = 512 * 1024
     format: str = "mp3"              # mp3 | wav
+    version: int = 1                 # CallN API 1 (POST /api/call) or 2 (/api/v2/call, key-press times)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     write_timeout_s: float = 60.0
@@ -327,6 +328,7 @@ MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 
 
 VALUE_RULES: dict[tuple[str, str], Any] = {
     ("api", "format"): _one_of("mp3", "wav"),
+    ("api", "version"): _one_of(1, 2),
     ("api", "chunk_bytes"): _ints(1024, 256 * 1024 * 1024),
     ("api", "connect_timeout_s"): _seconds(zero_ok=False),
     ("api", "read_timeout_s"): _seconds(zero_ok=False),

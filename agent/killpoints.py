@@ -2,7 +2,7 @@
 SIGKILL itself the n-th time (default 1) it passes ``kill_point(name)``.
 
 The spec is read once at import; with the variable unset a kill point costs one falsy
-test. The uploader keeps its own hook on the same variable (its point names differ).
+test. The spool and the uploader use it (their point names differ).
 """
 
 from __future__ import annotations

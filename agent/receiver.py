@@ -1,4 +1,4 @@
-"""A local CallN-v1-compatible HTTPS receiver, for the demo and the tests.
+"""A local CallN-compatible HTTPS receiver (API v1 and v2), for the demo and the tests.
 
 Owns a small in-process server (stdlib ``http.server`` in threads, TLS with a
 self-signed CA generated on first start) that implements the whole upload
@@ -92,7 +92,7 @@ def ensure_certificates(cert_dir: Path, hostnames: tuple[str, ...] = ("localhost
 @dataclass(slots=True)
 class StoredCall:
     n: int
-    meta: dict[str, str]
+    meta: dict[str, Any]
     audio: bytes
     content_type: str
     tempcallid: str
@@ -100,7 +100,7 @@ class StoredCall:
 
 @dataclass(slots=True)
 class _Pending:
-    meta: dict[str, str]
+    meta: dict[str, Any]
     meta_hash: str
     created_at: float
     content_type: str | None = None
@@ -142,10 +142,10 @@ class FaultRule:
 
 def request_step(method: str, path: str, content_range: str) -> str | None:
     """Which FAULT_STEPS a request is: the POST, or the first, a middle or the last chunk."""
-    if method == "POST" and path == "/api/call":
+    if method == "POST" and path in ("/api/call", "/api/v2/call"):
         return "post"
     m = _RANGE_RE.match(content_range.strip())
-    if method != "PUT" or not path.startswith("/api/callaudio/") or not m:
+    if method != "PUT" or not path.startswith(("/api/callaudio/", "/api/v2/callaudio/")) or not m:
         return None
     n, total = int(m.group(1)), m.group(2)
     if total != "*" and n >= int(total):
@@ -172,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read stored_calls()
         pass
 
-    def _reply(self, code: int, body: Any) -> None:
+    def _reply(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         if isinstance(body, (dict, list)):
             data, ctype = json.dumps(body).encode(), "application/json"
         else:
@@ -182,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         if code == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="CallN"')
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -232,8 +234,8 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "drop":
             self._drop()
             return
-        code, answer, drop_after = rx._dispatch(self.command, self.path, self.headers, body,
-                                                drop_after=(action == "drop_after"))
+        code, answer, drop_after, extra = rx._dispatch(self.command, self.path, self.headers, body,
+                                                       drop_after=(action == "drop_after"))
         if rx.faults.slow_ms:
             time.sleep(rx.faults.slow_ms / 1000.0)
         if scripted == "timeout":
@@ -248,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         if drop_after or scripted == "no_answer":
             self._drop()
             return
-        self._reply(code, answer)
+        self._reply(code, answer, extra)
 
     do_POST = do_PUT = do_GET = _handle
 
@@ -285,6 +287,7 @@ class ReceiverServer:
                  username: str = "agent", password: str = "secret", cert_dir: Path | None = None,
                  plain_port: int | None = None, quota: int | None = None,
                  unknown_phones: tuple[str, ...] = (), accept_wav: bool = True,
+                 no_audio_phones: tuple[str, ...] = (),
                  faults: Faults | None = None, seed: int | None = None) -> None:
         self.dir = Path(dir)
         self.host, self.port, self.plain_port = host, port, plain_port
@@ -292,6 +295,7 @@ class ReceiverServer:
         self.cert_dir = Path(cert_dir) if cert_dir else self.dir / "certs"
         self.quota = quota
         self.unknown_phones = set(unknown_phones)
+        self.no_audio_phones = set(no_audio_phones)   # v2: "handset disabled", 200 without audio
         self.accept_wav = accept_wav
         self.faults = faults or Faults()
         self._rng = random.Random(seed)
@@ -422,12 +426,20 @@ class ReceiverServer:
                 self._count("expired")
 
     def _dispatch(self, method: str, path: str, headers: Any, body: bytes, *,
-                  drop_after: bool = False) -> tuple[int, Any, bool]:
-        """Returns (code, answer, drop_the_answer)."""
-        if method == "POST" and path == "/api/call":
-            code, answer = self._create(headers, body)
-        elif method == "PUT" and path.startswith("/api/callaudio/"):
-            code, answer, last = self._audio(path[len("/api/callaudio/"):], headers, body)
+                  drop_after: bool = False) -> tuple[int, Any, bool, dict[str, str]]:
+        """Returns (code, answer, drop_the_answer, extra headers)."""
+        extra: dict[str, str] = {}
+        if method == "POST" and path in ("/api/call", "/api/v2/call"):
+            v2 = path == "/api/v2/call"
+            code, answer = self._create_v2(headers, body) if v2 else self._create(headers, body)
+            if v2 and code == 200 and isinstance(answer, dict) and "tempcallid" in answer:
+                # v2: 206 and the id in a header while audio must follow.
+                code, extra = 206, {"Temporary-Call-ID": answer["tempcallid"]}
+        elif method == "PUT" and path.startswith(("/api/callaudio/", "/api/v2/callaudio/")):
+            v2 = path.startswith("/api/v2/")
+            code, answer, last = self._audio(path.rpartition("/")[2], headers, body)
+            if v2 and code == 200 and answer.get("status") != "complete":
+                code = 206                   # v2: more chunks needed
             with self._lock:
                 if last and self.faults.drop_last_chunk_response > 0:
                     self.faults.drop_last_chunk_response -= 1
@@ -435,24 +447,43 @@ class ReceiverServer:
                     drop_after = True
         else:
             code, answer = 404, "Not found"
-        return code, answer, drop_after
+        return code, answer, drop_after, extra
 
     def _create(self, headers: Any, body: bytes) -> tuple[int, Any]:
-        if not (headers.get("Content-Type") or "").lower().startswith("application/json"):
+        meta = _json_object(headers, body)
+        if meta is None or not all(isinstance(v, str) for v in meta.values()):
             return 400, "JSON body not provided"
+        return self._open_call(meta, meta.get("startdatetimeutc"),
+                               (meta.get("callerphone"), meta.get("destinationphone")))
+
+    def _create_v2(self, headers: Any, body: bytes) -> tuple[int, Any]:
+        meta = _json_object(headers, body)
+        if meta is None:
+            return 400, "JSON body not provided"
+        if "connecteddatetimeutc" not in meta and "connectdatetimeutc" in meta:
+            # The vendor's own example spells it so; the schema's name is what we store.
+            meta["connecteddatetimeutc"] = meta.pop("connectdatetimeutc")
+        why = _v2_problem(meta)
+        if why:
+            return 400, why
+        phones = (meta["caller"]["phonenumber"], meta["destination"]["phonenumber"])
+        code, answer = self._open_call(meta, meta.get("startdatetimeutc"), phones)
+        if code == 200 and (set(phones) & self.no_audio_phones):
+            # "Handset disabled": the call is complete without audio.
+            with self._lock:
+                self._store(answer["tempcallid"], self._pending[answer["tempcallid"]])
+            return 200, {"status": "complete"}
+        return code, answer
+
+    def _open_call(self, meta: dict[str, Any], start: Any, phones: tuple[Any, Any]) -> tuple[int, Any]:
+        """Step 1 of either version, once the body is valid: a new temp id (or 405 / 403)."""
         try:
-            meta = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return 400, "JSON body not provided"
-        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            return 400, "JSON body not provided"
-        try:
-            dt.datetime.strptime(meta.get("startdatetimeutc", ""), "%Y-%m-%d %H:%M:%S")
+            dt.datetime.strptime(start if isinstance(start, str) else "", "%Y-%m-%d %H:%M:%S")
         except ValueError:
             return 400, "invalid startdatetimeutc"
-        for phone_field in ("callerphone", "destinationphone"):
-            if meta.get(phone_field) in self.unknown_phones:
-                return 405, f"reseller account has no clients with that phone number {meta[phone_field]}"
+        for phone in phones:
+            if phone in self.unknown_phones:
+                return 405, f"reseller account has no clients with that phone number {phone}"
         meta_hash = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
         with self._lock:
             if self.quota is not None and len(self._index) >= self.quota:
@@ -521,12 +552,12 @@ class ReceiverServer:
         n = len(self._index) + 1
         ext = _EXT.get(p.content_type or "", "bin")
         audio = b"".join(p.chunks[i] for i in range(1, (p.total or 0) + 1))
-        _write_atomic(self.dir / f"{n}.{ext}", audio)
+        _write_atomic(self.dir / f"{n}.{ext}", audio)      # empty for a v2 call without audio
         _write_atomic(self.dir / f"{n}.json", json.dumps(p.meta, ensure_ascii=False, indent=1).encode())
+        caller, destination = phones_of(p.meta)
         self._index.append({"n": n, "tempcallid": tempcallid, "file": f"{n}.{ext}",
                             "content_type": p.content_type, "bytes": len(audio),
-                            "callerphone": p.meta.get("callerphone", ""),
-                            "destinationphone": p.meta.get("destinationphone", ""),
+                            "callerphone": caller, "destinationphone": destination,
                             "startdatetimeutc": p.meta.get("startdatetimeutc", ""),
                             "stored_at": time.time()})
         _write_atomic(self.dir / "index.json", json.dumps(self._index, indent=1).encode())
@@ -539,6 +570,61 @@ class ReceiverServer:
             return []
 
 
+def phones_of(meta: dict[str, Any]) -> tuple[str, str]:
+    """(caller, destination) numbers of a stored call's metadata, v1 or v2."""
+    if isinstance(meta.get("caller"), dict):
+        return meta["caller"].get("phonenumber", ""), meta["destination"].get("phonenumber", "")
+    return meta.get("callerphone", ""), meta.get("destinationphone", "")
+
+
+def _json_object(headers: Any, body: bytes) -> dict[str, Any] | None:
+    if not (headers.get("Content-Type") or "").lower().startswith("application/json"):
+        return None
+    try:
+        meta = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+_V2_TEXT = ("startdatetimeutc", "callid", "clientoperatingsystem", "clientservername", "location", "notes")
+_V2_PARTY = ("phonenumber", "name", "macaddress", "mediaendpoint")
+_V2_KEYS = frozenset("0123456789*#ABCD")
+
+
+def _v2_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with a v2 call body, or "" (the schema of API.md, version 2)."""
+    for name in _V2_TEXT:
+        if not isinstance(meta.get(name, ""), str):
+            return f"{name} must be a string"
+    for name in ("connecteddatetimeutc", "telephonyplatform"):
+        if meta.get(name) is not None and not isinstance(meta[name], str):
+            return f"{name} must be a string or null"
+    if meta.get("connecteddatetimeutc"):
+        try:
+            dt.datetime.strptime(meta["connecteddatetimeutc"], "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            return "invalid connecteddatetimeutc"
+    for side in ("caller", "destination"):
+        party = meta.get(side)
+        if not isinstance(party, dict):
+            return f"{side} must be an object"
+        for name in _V2_PARTY:
+            if not isinstance(party.get(name, ""), str):
+                return f"{side}.{name} must be a string"
+        presses = party.get("keypresses")
+        if presses is None:
+            continue
+        if not isinstance(presses, list):
+            return f"{side}.keypresses must be a list or null"
+        for press in presses:
+            if (not isinstance(press, dict) or not isinstance(press.get("timems"), int)
+                    or isinstance(press.get("timems"), bool) or press["timems"] < 0
+                    or not (press.get("key") is None or press.get("key") in _V2_KEYS)):
+                return f"{side}.keypresses: bad entry {press!r}"
+    return ""
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -548,4 +634,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["ReceiverServer", "StoredCall", "Faults", "FaultRule", "FAULT_STEPS", "FAULT_ACTIONS", "ensure_certificates", "API_FIELDS"]
+__all__ = ["ReceiverServer", "StoredCall", "phones_of", "Faults", "FaultRule", "FAULT_STEPS", "FAULT_ACTIONS", "ensure_certificates", "API_FIELDS"]

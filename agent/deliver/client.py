@@ -1,12 +1,18 @@
-"""The CallN v1 HTTP client: one request per call, a typed Outcome per answer.
+"""The CallN HTTP client (API v1 and v2): one request per call, a typed Outcome per answer.
 
-Owns the wire format (headers, JSON body, Content-Range, gzip) and the mapping
-of every result code in API.md to an Outcome kind. It keeps no upload state and
-makes no retry decisions: that is the uploader's job.
+Owns the wire format (paths, headers, JSON bodies of both versions, Content-Range,
+gzip) and the mapping of every result code in API.md to an Outcome kind. It keeps no
+upload state and makes no retry decisions: that is the uploader's job.
+
+v2 differs on the wire only: ``POST /api/v2/call`` with nested caller/destination
+objects answers 206 + ``Temporary-Call-ID`` (audio must follow) or 200 (the call is
+complete without audio); ``PUT /api/v2/callaudio/{id}`` answers 206 while chunks remain
+and 200 when the call is stored.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip as _gzip
 import json
 import socket
@@ -41,7 +47,8 @@ class Outcome:
     status: int | None = None      # HTTP status, None when no response arrived
     reason: str = ""               # server text or exception summary (never credentials)
     tempcallid: str | None = None  # create_call success
-    complete: bool = False         # put_audio: the server said {"status": "complete"}
+    complete: bool = False         # the call is stored: last chunk done (v1 {"status": "complete"},
+                                   # v2 200), or a v2 POST answered 200 (no audio needed)
     response_lost: bool = False    # the request may have reached the server (no answer read)
     tls_error: bool = False        # the server's certificate could not be verified (CONFIG)
 
@@ -53,6 +60,71 @@ def api_fields(record: dict[str, Any]) -> dict[str, str]:
         value = record.get(name)
         out[name] = "" if value is None else str(value)
     return out
+
+
+# Where v2 takes what the record has. The record (agent/calls/record.py) may carry these
+# keys; when it does not, v2 sends null:
+#   keypresses          {"caller": [{"timems", "key"}...], "destination": [...]}; else built from
+#                       the record's ``dtmf`` list (digit, side, offset_ms from the INVITE)
+#   connecteddatetimeutc  "YYYY-MM-DD HH:MM:SS"; else from ``answer_ts_ns`` (the 200 OK's time)
+#   telephonyplatform   the PBX side's User-Agent / Server header
+#   notes               free text
+KEYS_V2 = frozenset("0123456789*#ABCD")
+
+
+def _utc_text(ts_ns: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _keypresses(record: dict[str, Any], side: str) -> list[dict[str, Any]] | None:
+    """A side's key presses as v2 wants them, or None when there were none."""
+    given = record.get("keypresses")
+    if isinstance(given, dict):
+        presses = given.get(side) or []
+    else:
+        record_side = "caller" if side == "caller" else "callee"
+        presses = [{"timems": p.get("offset_ms"), "key": p.get("digit")}
+                   for p in record.get("dtmf") or []
+                   if isinstance(p, dict) and p.get("side") == record_side]
+    out = []
+    for p in presses:
+        try:
+            timems = int(p["timems"])
+        except (KeyError, TypeError, ValueError):
+            continue                       # a press without a time is not a v2 key press
+        key = p.get("key")
+        # A redacted digit (PCI) stays a press with its time and no key.
+        out.append({"timems": max(0, timems), "key": key if key in KEYS_V2 else None})
+    return out or None
+
+
+def api_body_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """The POST /api/v2/call body (API.md, version 2) from a call record."""
+    def text(name: str) -> str:
+        value = record.get(name)
+        return "" if value is None else str(value)
+
+    def party(prefix: str, side: str) -> dict[str, Any]:
+        return {"phonenumber": text(f"{prefix}phone"), "name": text(f"{prefix}name"),
+                "macaddress": text(f"{prefix}macaddress"),
+                "mediaendpoint": text(f"{prefix}mediaendpoint"),
+                "keypresses": _keypresses(record, side)}
+
+    connected = record.get("connecteddatetimeutc")
+    if not connected and isinstance(record.get("answer_ts_ns"), int):
+        connected = _utc_text(record["answer_ts_ns"])
+    return {
+        "startdatetimeutc": text("startdatetimeutc"),
+        "connecteddatetimeutc": connected or None,
+        "callid": text("callid"),
+        "caller": party("caller", "caller"),
+        "destination": party("destination", "destination"),
+        "telephonyplatform": record.get("telephonyplatform") or None,
+        "clientoperatingsystem": text("clientoperatingsystem"),
+        "clientservername": text("servername"),
+        "location": text("location"),
+        "notes": text("notes"),
+    }
 
 
 def check_url(base_url: str) -> None:
@@ -97,8 +169,11 @@ class CallnClient:
     def __init__(self, base_url: str, username: str, password: str, *,
                  ca_bundle: str | None = None, connect_timeout_s: float = 10.0,
                  read_timeout_s: float = 60.0, write_timeout_s: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, version: int = 1) -> None:
         check_url(base_url)
+        if version not in (1, 2):
+            raise ConfigError(f"[api] version {version!r}: expected 1 or 2")
+        self.version = version
         self.base_url = base_url.rstrip("/")
         self.username = username
         self._ca_bundle = ca_bundle
@@ -122,23 +197,31 @@ class CallnClient:
         self.close()
 
     # ------------------------------------------------------------------ requests
-    def create_call(self, fields: dict[str, Any]) -> Outcome:
-        body = json.dumps(api_fields(fields), ensure_ascii=False).encode("utf-8")
+    def create_call(self, record: dict[str, Any]) -> Outcome:
+        body_obj = api_body_v2(record) if self.version == 2 else api_fields(record)
+        body = json.dumps(body_obj, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8"}
-        resp = self._send("POST", f"{self.base_url}/api/call", headers, body)
+        path = "/api/v2/call" if self.version == 2 else "/api/call"
+        resp = self._send("POST", f"{self.base_url}{path}", headers, body)
         if isinstance(resp, Outcome):
             return resp
-        if resp.status_code == 200:
-            try:
-                tempcallid = resp.json()["tempcallid"]
-            except (ValueError, KeyError, TypeError):
-                tempcallid = None
+        code = resp.status_code
+        if self.version == 2 and code == 200:
+            return Outcome(OK, 200, "no audio needed", complete=True)
+        if (self.version, code) in ((1, 200), (2, 206)):
+            if self.version == 2:
+                tempcallid = resp.headers.get("Temporary-Call-ID")
+            else:
+                try:
+                    tempcallid = resp.json()["tempcallid"]
+                except (ValueError, KeyError, TypeError):
+                    tempcallid = None
             if not isinstance(tempcallid, str) or not tempcallid or "/" in tempcallid:
-                return Outcome(TRANSIENT, 200, f"200 without a usable tempcallid: {_text(resp)}")
-            return Outcome(OK, 200, "", tempcallid=tempcallid)
-        if resp.status_code == 404:
+                return Outcome(TRANSIENT, code, f"{code} without a usable temp call id: {_text(resp)}")
+            return Outcome(OK, code, "", tempcallid=tempcallid)
+        if code == 404:
             # No such endpoint: the URL points at something that is not the CallN API.
-            return Outcome(CONFIG, 404, f"POST /api/call answered 404: {_text(resp)}")
+            return Outcome(CONFIG, 404, f"POST {path} answered 404: {_text(resp)}")
         return _classify(resp)
 
     def put_audio(self, tempcallid: str, chunk_no: int, total_chunks: int | None,
@@ -149,16 +232,20 @@ class CallnClient:
             # mtime=0: a re-sent chunk is byte-identical on the wire too.
             data = _gzip.compress(data, compresslevel=6, mtime=0)
             headers["Content-Encoding"] = "gzip"
-        resp = self._send("PUT", f"{self.base_url}/api/callaudio/{tempcallid}", headers, data)
+        path = "/api/v2/callaudio/" if self.version == 2 else "/api/callaudio/"
+        resp = self._send("PUT", f"{self.base_url}{path}{tempcallid}", headers, data)
         if isinstance(resp, Outcome):
             return resp
-        if resp.status_code == 200:
+        code = resp.status_code
+        if self.version == 2 and code in (200, 206):
+            return Outcome(OK, code, "", complete=(code == 200))
+        if self.version == 1 and code == 200:
             try:
                 status = resp.json().get("status")
             except (ValueError, AttributeError):
                 status = None
             return Outcome(OK, 200, "", complete=(status == "complete"))
-        if resp.status_code == 404:
+        if code == 404:
             return Outcome(EXPIRED, 404, _text(resp))
         return _classify(resp)
 

@@ -57,7 +57,7 @@ def decide(step: str, out: cl.Outcome, last_chunk_uncertain: bool) -> Decision:
         uncertain = True
     kind = out.kind
     if kind == cl.OK:
-        if step == LAST_CHUNK:
+        if step == LAST_CHUNK or (step == POST and out.complete):   # v2: 200, no audio needed
             return Decision(Action.DELIVERED, False)
         # A new temp id (POST) starts with nothing sent; a middle chunk changes nothing.
         return Decision(Action.NEXT, False if step == POST else uncertain)

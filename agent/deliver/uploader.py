@@ -1,4 +1,4 @@
-"""The uploader: drives spooled calls through the CallN v1 protocol.
+"""The uploader: drives spooled calls through the CallN protocol (API v1 or v2).
 
 Owns the per-call state machine (ready → created → uploading → delivered |
 delivered_unconfirmed | parked), back-off (per call, exponential with jitter),
@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import random
-import signal
 import threading
 import time
 from collections import Counter
@@ -38,26 +37,9 @@ from agent.deliver.decide import CHUNK, LAST_CHUNK, POST, Action, Decision, deci
 from agent.deliver.spool import (ACTIVE_STATES, CREATED, DELIVERED, DELIVERED_UNCONFIRMED,
                                  PARKED, READY, UPLOADING, Spool, write_atomic)
 from agent.errors import AgentError, ConfigError
+from agent.killpoints import kill_point
 
 log = logging.getLogger("agent.deliver")
-
-KILL_ENV = "CALLN_TEST_KILL_AT"  # test hook: "point" or "point:n" → SIGKILL self at the n-th hit
-
-
-class _KillHook:
-    """Crash-test hook: kill this process with SIGKILL at a named point."""
-
-    def __init__(self) -> None:
-        spec = os.environ.get(KILL_ENV, "")
-        self.point, _, n = spec.partition(":")
-        self.remaining = int(n) if n.isdigit() else 1
-
-    def __call__(self, point: str) -> None:
-        if self.point and point == self.point:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-
 
 def _reread_credentials(api: ApiSection) -> ApiSection:
     """Default credential source after a 401: the environment or the password file, again."""
@@ -85,6 +67,8 @@ class Uploader:
         cl.check_url(api_config.url)  # ConfigError at start-up for http://
         if api_config.format not in ("mp3", "wav"):
             raise ConfigError(f"[api] format {api_config.format!r}: expected mp3 or wav")
+        if api_config.version not in (1, 2):
+            raise ConfigError(f"[api] version {api_config.version!r}: expected 1 or 2")
         if api_config.chunk_bytes < 1:
             raise ConfigError("[api] chunk_bytes must be positive")
         cl.trust_context(api_config.ca_bundle)   # ConfigError at start-up for an unusable bundle
@@ -107,7 +91,7 @@ class Uploader:
         self.quota_backoff_s = quota_backoff_s
         self.auth_recheck_s, self.auth_retry_s = auth_recheck_s, auth_retry_s
         self.poll_s, self.retention_check_s = poll_s, retention_check_s
-        self._kill = _KillHook()
+        self._kill = kill_point   # crash tests: CALLN_TEST_KILL_AT (agent/killpoints.py)
         self._lock = threading.Lock()
         self._claimed: set[str] = set()
         self._backoff: dict[str, tuple[int, float]] = {}   # id -> (attempts, due at clock())
@@ -147,7 +131,7 @@ class Uploader:
                 self.api.url, self.api.username, self.api.password,
                 ca_bundle=self.api.ca_bundle or None, connect_timeout_s=self.api.connect_timeout_s,
                 read_timeout_s=self.api.read_timeout_s, write_timeout_s=self.api.write_timeout_s,
-                transport=self._transport)
+                transport=self._transport, version=self.api.version)
         return self._client
 
     def close(self) -> None:
@@ -480,6 +464,14 @@ class Uploader:
         out = self._get_client().create_call(record)
         self._kill("after_create_response")
         d = decide(POST, out, bool(st.get("last_chunk_attempted")))
+        if d.action is Action.DELIVERED:
+            # v2 answered 200: the server stored the call and wants no audio.
+            self._ok(st)
+            self.spool.mark_done(st, DELIVERED)
+            self.counters["deliver.upload.delivered"] += 1
+            self.counters["deliver.upload.no_audio_needed"] += 1
+            log.info("call %s delivered without audio (the server needs none)", call_id)
+            return False
         if d.action is Action.NEXT:
             st.update(state=CREATED, tempcallid=out.tempcallid, next_chunk=1,
                       last_chunk_attempted=d.last_chunk_uncertain)

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 # (section, key, a bad TOML value, a good one): one row per rule in agent/config.py.
 BAD_VALUES = [
     ("api", "format", '"flac"', '"wav"'),
+    ("api", "version", "3", "2"),
     ("api", "chunk_bytes", "0", "65536"),
     ("api", "connect_timeout_s", "0", "2.5"),
     ("api", "read_timeout_s", "-1", "30"),

@@ -4,7 +4,7 @@ or in a state an operator can see (parked with its reason, uploads stopped), and
 outcome shows in the metrics.
 
 One call of three chunks (first, middle, last); the fault hits the first request of its
-step once, then the server behaves. Back-off runs on a fake clock; only the "timeout"
+step once, then the server behaves. Every cell runs with API v1 and with v2. Back-off runs on a fake clock; only the "timeout"
 cells wait for real (the client's read timeout is shrunk to 0.3 s).
 """
 
@@ -17,7 +17,7 @@ import pytest
 from agent.deliver.spool import Spool
 from agent.deliver.uploader import Uploader
 from agent.metrics import HealthLimits, Snapshot, health, render_metrics
-from agent.receiver import FAULT_ACTIONS, FAULT_STEPS, FaultRule, Faults, ReceiverServer
+from agent.receiver import FAULT_ACTIONS, FAULT_STEPS, FaultRule, Faults, ReceiverServer, phones_of
 from deliver_helpers import FakeTime, api_for, make_audio, make_record
 
 CHUNK_BYTES = 4096
@@ -98,8 +98,9 @@ def cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("certs")
 
 
+@pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
 @pytest.mark.parametrize(("step", "action"), sorted(MATRIX), ids=lambda v: str(v))
-def test_fault_cell(tmp_path: Path, cert_dir: Path, step: str, action: str) -> None:
+def test_fault_cell(tmp_path: Path, cert_dir: Path, step: str, action: str, version: int) -> None:
     (final, stored_expected), counter = MATRIX[(step, action)]
     rx = ReceiverServer(tmp_path / "rx", cert_dir=cert_dir, username="agent", password="secret",
                         faults=Faults(script=[FaultRule(step, action)], hold_s=HOLD_S))
@@ -110,7 +111,8 @@ def test_fault_cell(tmp_path: Path, cert_dir: Path, step: str, action: str) -> N
         rec = make_record(0)
         call_id = spool.enqueue(rec, audio, "audio/mpeg")
         ft = FakeTime()
-        up = Uploader(spool, api_for(rx, chunk_bytes=CHUNK_BYTES, read_timeout_s=READ_TIMEOUT_S),
+        up = Uploader(spool, api_for(rx, chunk_bytes=CHUNK_BYTES, read_timeout_s=READ_TIMEOUT_S,
+                                     version=version),
                       clock=ft.clock, sleep=ft.sleep, rng=lambda: 0.5,
                       quota_backoff_s=3600.0, auth_retry_s=900.0)
         finished = up.run_until_idle(deadline_s=24 * 3600)
@@ -122,7 +124,8 @@ def test_fault_cell(tmp_path: Path, cert_dir: Path, step: str, action: str) -> N
     assert rx.stats.get(f"fault.{step}.{action}") == 1, "the fault was applied"
     assert len(stored) == stored_expected
     for c in stored:
-        assert c.audio == data and c.meta["callerphone"] == rec["callerphone"]
+        assert c.audio == data and phones_of(c.meta) == (rec["callerphone"], rec["destinationphone"])
+        assert ("caller" in c.meta) is (version == 2)      # the version spoken is the one stored
     entry = spool.get(call_id)
     assert spool.counters[counter] >= 1
     snap = Snapshot(counters=dict(spool.counters), spool_states=spool.summary(),
