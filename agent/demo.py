@@ -106,7 +106,7 @@ def _demo(args: argparse.Namespace, captures: list[Path], base: Path) -> int:
     print(f"{'start (UTC)':19}  {'caller':28} {'callee':28} {'caller dtmf':11} {'callee dtmf':11} "
           f"{'audio':>7}  file")
     for call in stored:
-        m = call.meta
+        m = call.v1_fields()          # v1 or v2 alike
         caller = f"{m['callername']} <{m['callerphone']}>" if m["callername"] else m["callerphone"]
         callee = f"{m['destinationname']} <{m['destinationphone']}>" if m["destinationname"] else m["destinationphone"]
         seconds = _audio_seconds(call.audio, call.content_type)

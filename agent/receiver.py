@@ -97,6 +97,22 @@ class StoredCall:
     content_type: str
     tempcallid: str
 
+    def v1_fields(self) -> dict[str, str]:
+        """The call in v1 field names, whichever version stored it (for listings)."""
+        m = self.meta
+        if not isinstance(m.get("caller"), dict):
+            return {k: str(m.get(k, "")) for k in API_FIELDS}
+        out = {"startdatetimeutc": str(m.get("startdatetimeutc", "")),
+               "clientoperatingsystem": str(m.get("clientoperatingsystem", "")),
+               "servername": str(m.get("clientservername", "")), "location": str(m.get("location", ""))}
+        for prefix, side in (("caller", "caller"), ("destination", "destination")):
+            party = m.get(side) or {}
+            out[f"{prefix}name"], out[f"{prefix}phone"] = party.get("name", ""), party.get("phonenumber", "")
+            out[f"{prefix}macaddress"] = party.get("macaddress", "")
+            out[f"{prefix}mediaendpoint"] = party.get("mediaendpoint", "")
+            out[f"{prefix}dtmf"] = "".join(p.get("key") or "" for p in party.get("keypresses") or [])
+        return out
+
 
 @dataclass(slots=True)
 class _Pending:

@@ -41,6 +41,12 @@ from agent.killpoints import kill_point
 
 log = logging.getLogger("agent.deliver")
 
+def _io_text(exc: OSError) -> str:
+    """'ENOSPC No space left on device: /path' for logs and /health."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    return f"{name} {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+
+
 def _reread_credentials(api: ApiSection) -> ApiSection:
     """Default credential source after a 401: the environment or the password file, again."""
     password = os.environ.get("CALLN_PASSWORD", "")
@@ -105,7 +111,8 @@ class Uploader:
         self.quota_until: float | None = None
         self.quota_reason = ""
         self.config_error = ""
-        self.local_io_error = ""   # the last spool I/O failure, until a step succeeds again
+        self.local_io_error = ""   # the last spool I/O failure of a call, until a step succeeds
+        self.upkeep_io_error = ""  # the last failure of refresh / purge / prune, until one succeeds
         self._next_refresh = 0.0
         self._next_purge = 0.0
         self._lock_fd: int | None = None
@@ -238,13 +245,22 @@ class Uploader:
 
     def _housekeeping(self) -> None:
         now = self._clock()
-        if now >= self._next_refresh:
-            self._next_refresh = now + self.poll_s
-            self.spool.refresh()
-        if now >= self._next_purge:
-            self._next_purge = now + self.retention_check_s
-            self.spool.purge_expired()
-            self.spool.prune_ledger()     # one shard of the dedup ledger per pass
+        try:
+            if now >= self._next_refresh:
+                self._next_refresh = now + self.poll_s
+                self.spool.refresh()
+            if now >= self._next_purge:
+                self._next_purge = now + self.retention_check_s
+                self.spool.purge_expired()
+                self.spool.prune_ledger()     # one shard of the dedup ledger per pass
+        except OSError as exc:
+            # A full or failing disk under the spool's own upkeep: counted and reported like
+            # a call's I/O fault, tried again at the next pass (poll_s / retention_check_s).
+            self.counters["deliver.upload.local_io_error"] += 1
+            self.upkeep_io_error = _io_text(exc)
+            log.error("spool upkeep failed (%s); trying again later", self.upkeep_io_error)
+        else:
+            self.upkeep_io_error = ""
 
     def run_once(self) -> bool:
         """Drive one due call as far as it will go. Returns whether any request was made."""
@@ -322,9 +338,8 @@ class Uploader:
         return stepped
 
     def _local_io_fault(self, st: dict[str, Any], exc: OSError) -> None:
-        name = errno.errorcode.get(exc.errno or 0, "OSError")
         self.counters["deliver.upload.local_io_error"] += 1
-        self.local_io_error = f"{name} {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        self.local_io_error = _io_text(exc)
         self._fail_backoff(st, persist=False)
         log.error("call %s: spool I/O failed (%s); backing off, the call stays spooled",
                   st["id"], self.local_io_error)
@@ -338,6 +353,8 @@ class Uploader:
             out.append(f"uploads stopped: credentials refused (401 {self.auth_reason})")
         if self.local_io_error:
             out.append(f"uploads backing off: spool I/O failed ({self.local_io_error})")
+        if self.upkeep_io_error:
+            out.append(f"spool upkeep failing: {self.upkeep_io_error}")
         return out
 
     # ------------------------------------------------------------------ back-off

@@ -117,3 +117,29 @@ def test_upload_thread_survives_a_full_disk_without_spinning(
     assert stored.audio == data
     assert up.counters["deliver.upload.worker_error"] == 0
     assert threading.active_count() < 50
+
+
+def test_spool_upkeep_failing_is_reported_not_raised(tmp_path: Path, receiver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO while the uploader rescans the spool: replay --deliver must not die of it."""
+    spool, call_id, data = _one_call(tmp_path)
+    failing = {"on": True}
+    real_refresh = spool.refresh
+
+    def refresh(**kw: object) -> None:
+        if failing["on"]:
+            raise OSError(errno.EIO, "Input/output error", str(spool.calls_dir))
+        real_refresh(**kw)
+    monkeypatch.setattr(spool, "refresh", refresh)
+    ft = FakeTime()
+    up = Uploader(spool, api_for(receiver), clock=ft.clock, sleep=ft.sleep)
+    up.run_once()                          # the call is delivered; the rescan after it fails
+    assert not up.run_once()
+    assert any(p.startswith("spool upkeep failing: EIO") for p in up.problems())
+    assert up.counters["deliver.upload.local_io_error"] >= 1
+    failing["on"] = False
+    assert up.run_until_idle(deadline_s=60)
+    up.close()
+    assert up.problems() == []
+    [stored] = receiver.stored_calls()
+    assert stored.audio == data and spool.get(call_id).state == DELIVERED
