@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from agent.config import RecordingSection
 from agent.calls.record import merge_dtmf_presses, presses_from_events
-from agent.engine import FinishedCall, complete_media
+from agent.pipeline.completion import complete_media
+from agent.pipeline.finishing import FinishedCall
 from agent.lifecycle import PARENT_ENV, die_with_parent, stop_signals
 from agent.private import file_mode, make_private, make_private_dir, umask_for
 from agent.media.render import render_recording, streams_in_use

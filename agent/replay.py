@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from agent.capture.batches import read_batches
 from agent.config import Config
-from agent.engine import Engine, FinishedCall
+from agent.pipeline.engine import Engine, FinishedCall
 from agent.lifecycle import Interrupted, stop_signals
 
 PROGRESS_EVERY_PACKETS = 200_000

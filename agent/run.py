@@ -132,7 +132,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.counters import new_counters
     from agent.deliver.spool import Spool
     from agent.delivery import SpoolSink
-    from agent.engine import Engine
+    from agent.pipeline.engine import Engine
     from agent.recorder import Recorder
 
     cap = config.capture

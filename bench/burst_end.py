@@ -114,7 +114,7 @@ def run(path: Path, config=None) -> dict:
     second (above 1 CPU-s a live tap would drop frames)."""
     from agent.capture.batches import read_batches
     from agent.config import load_config
-    from agent.engine import Engine
+    from agent.pipeline.engine import Engine
 
     records: dict[str, dict] = {}
     ended_by_timeout = 0

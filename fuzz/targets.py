@@ -455,11 +455,10 @@ def mutate_records(records, edits):
 
 def check_engine(inp) -> None:
     from agent.config import Config
-    from agent.engine import Engine
+    from agent.pipeline.engine import Engine
 
     import json
 
-    import agent.engine as engine_module
     from agent.capture.batches import group_records
 
     name, edits = inp
@@ -467,33 +466,29 @@ def check_engine(inp) -> None:
     # Every media mode: recordings (raw log, sequenced later), inline, and inspect's counters-only;
     # frame by frame (live capture's unit until it batches) and in batches (replay), which
     # must agree exactly.
-    saved_min = engine_module.BATCH_MIN
-    engine_module.BATCH_MIN = 1
-    try:
-        for mode in ({}, {"defer_media": True}, {"keep_audio": False}):
-            outcomes = []
-            for batched in (False, True):
-                finished: list = []
-                counters: Counter = Counter()
-                with tempfile.TemporaryDirectory(dir=_TMP) as work:
-                    engine = Engine(Config(), finished.append, counters=counters, workdir=Path(work), **mode)
-                    if batched:
-                        for batch in group_records(iter(records)):
-                            engine.feed_batch(batch)
-                    else:
-                        for ts, lt, frame in records:
-                            engine.feed(ts, lt, frame)
-                    engine.finish()
-                    logs = [f.media_log.read_bytes() if f.media_log else b"" for f in finished]
-                for f in finished:
-                    rec = f.record
-                    assert isinstance(rec["callid"], str) and rec["end_reason"]
-                    assert rec["duration_ms"] >= 0
-                outcomes.append(([json.dumps(f.record, sort_keys=True, default=str) for f in finished],
-                                 dict(counters), logs))
-            assert outcomes[0] == outcomes[1]
-    finally:
-        engine_module.BATCH_MIN = saved_min
+    for mode in ({}, {"defer_media": True}, {"keep_audio": False}):
+        outcomes = []
+        for batched in (False, True):
+            finished: list = []
+            counters: Counter = Counter()
+            with tempfile.TemporaryDirectory(dir=_TMP) as work:
+                engine = Engine(Config(), finished.append, counters=counters, workdir=Path(work),
+                                batch_min=1, **mode)
+                if batched:
+                    for batch in group_records(iter(records)):
+                        engine.feed_batch(batch)
+                else:
+                    for ts, lt, frame in records:
+                        engine.feed(ts, lt, frame)
+                engine.finish()
+                logs = [f.media_log.read_bytes() if f.media_log else b"" for f in finished]
+            for f in finished:
+                rec = f.record
+                assert isinstance(rec["callid"], str) and rec["end_reason"]
+                assert rec["duration_ms"] >= 0
+            outcomes.append(([json.dumps(f.record, sort_keys=True, default=str) for f in finished],
+                             dict(counters), logs))
+        assert outcomes[0] == outcomes[1]
 
 
 TARGETS = {

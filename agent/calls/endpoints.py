@@ -7,9 +7,8 @@ O(1) in the number of calls:
   endpoints without looking at anyone else's (a burst of 10,000 endings used to scan the
   whole map once per call: the square of the burst);
 - the same map under packed keys (the 4 or 16 address bytes and the 2 port bytes as they
-  sit in a frame), with each endpoint's ``ip:port`` label, for the RTP fast paths; and a
-  journal of the packed keys changed since the batch router last looked, so it updates its
-  sorted copy instead of rebuilding it.
+  sit in a frame) for the batch router, and a journal of the packed keys changed since it
+  last looked, so it updates its sorted copy instead of rebuilding it.
 
 The media-routing stage creates the map and passes it to the call tracker, which claims and
 releases endpoints as SDP comes and calls end. Only this class writes to it.
@@ -36,7 +35,6 @@ class EndpointMap:
         self._holders: dict[Endpoint, Holder] = {}
         self._of_call: dict[int, dict[Endpoint, None]] = {}   # id(call) -> its endpoints, in order
         self.packed: dict[bytes, Holder] = {}
-        self.labels: dict[bytes, str] = {}
         self.version = 0                 # bumped on every change
         self._changed: set[bytes] | None = set()
 
@@ -106,10 +104,8 @@ class EndpointMap:
             return
         if holder is not None:
             self.packed[key] = holder
-            self.labels[key] = f"{endpoint[0]}:{endpoint[1]}"
         else:
             self.packed.pop(key, None)
-            self.labels.pop(key, None)
         if self._changed is not None:
             self._changed.add(key)
             if len(self._changed) > JOURNAL_MAX:

@@ -10,15 +10,37 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["parse_rtp", "is_zrtp", "parse_telephone_event", "RTP_HEADER_BYTES"]
+__all__ = ["parse_rtp", "looks_like_rtp", "is_rtcp", "is_zrtp", "parse_telephone_event", "RTP_HEADER_BYTES",
+           "RTP_VERSION_MASK", "RTP_VERSION_2", "RTCP_MUX_FIRST", "RTCP_MUX_LAST"]
 
 RTP_HEADER_BYTES = 12
+# The one test of "RTP, not RTCP", used per packet here and by the numpy fast path
+# (agent/net/fastpath.py) through these constants: version 2 in the first byte's top two
+# bits, and a second byte outside 192..223, where RTCP multiplexed on the RTP port (RFC 5761)
+# puts its packet type (SR 200, RR 201, SDES, BYE, APP, feedback, XR; RTP must not use
+# marker + PT 64..95).
+RTP_VERSION_MASK = 0xC0
+RTP_VERSION_2 = 0x80
+RTCP_MUX_FIRST = 192
+RTCP_MUX_LAST = 223
 
 _HDR = struct.Struct("!BBHII")
 _EXT_HDR = struct.Struct("!HH")
 _EVENT = struct.Struct("!BBH")
 
 RtpFields = tuple[int, bool, int, int, int, int, int]
+
+
+def looks_like_rtp(payload) -> bool:
+    """At least a header, RTP version 2, not RTCP multiplexed on the port."""
+    return (len(payload) >= RTP_HEADER_BYTES and payload[0] & RTP_VERSION_MASK == RTP_VERSION_2
+            and not RTCP_MUX_FIRST <= payload[1] <= RTCP_MUX_LAST)
+
+
+def is_rtcp(data) -> bool:
+    """RTCP multiplexed on the RTP port (version 2, packet type 192..223)."""
+    return (len(data) >= 2 and data[0] & RTP_VERSION_MASK == RTP_VERSION_2
+            and RTCP_MUX_FIRST <= data[1] <= RTCP_MUX_LAST)
 
 
 def parse_rtp(data: bytes) -> RtpFields | None:
@@ -29,14 +51,10 @@ def parse_rtp(data: bytes) -> RtpFields | None:
     types 192..223 seen as marker + PT 64..95, which RTP must not use), or a CSRC list,
     header extension or padding count that runs past the end of the datagram.
     """
+    if not looks_like_rtp(data):
+        return None
     n = len(data)
-    if n < 12:
-        return None
     b0, b1, seq, ts, ssrc = _HDR.unpack_from(data, 0)
-    if b0 >> 6 != 2:
-        return None
-    if 192 <= b1 <= 223:
-        return None  # RTCP (SR 200, RR 201, SDES, BYE, APP, feedback, XR) on a muxed port
     start = 12 + ((b0 & 0x0F) << 2)
     if b0 & 0x10:  # header extension: 16-bit profile, 16-bit length in 32-bit words
         if start + 4 > n:

@@ -41,7 +41,7 @@ from agent.media.dtmf import TelephoneEventTracker
 from agent.media.medialog import MediaBlock, MediaLogWriter, NullMediaLog, read_media_log_blocks
 from agent.media.runs import RtpRun, RunGroups
 from agent.media.sequencing import StreamSequence, extend_seq, jumps_within, sequence_stream
-from agent.media.rtp import is_zrtp, parse_rtp
+from agent.media.rtp import is_rtcp, is_zrtp, looks_like_rtp, parse_rtp
 
 __all__ = ["StreamStats", "StreamInfo", "CallMedia", "MediaCapture", "MediaPlan", "sequence_capture",
            "MAX_DROPOUT", "MAX_MISORDER"]
@@ -599,7 +599,7 @@ class CallMedia:
             self.zrtp_packets += 1
             self._count("media.zrtp")
             return True
-        if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:
+        if is_rtcp(data):
             self.rtcp += 1
             self._count("media.skip.rtcp_mux")
         else:
@@ -815,7 +815,7 @@ class MediaCapture:
 
     def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
         """Take one UDP payload of the call's media. False when it is not RTP."""
-        if len(data) < 12 or data[0] & 0xC0 != 0x80 or 192 <= data[1] <= 223:
+        if not looks_like_rtp(data):
             return self._not_rtp(data)
         if src is not self._last_src[direction] and src != self._last_src[direction]:
             self._last_src[direction] = src
@@ -856,7 +856,7 @@ class MediaCapture:
             self.zrtp_seen = True
             self.zrtp_packets += 1
             return True
-        if len(data) >= 2 and data[0] >> 6 == 2 and 192 <= data[1] <= 223:
+        if is_rtcp(data):
             self.rtcp += 1
         else:
             self.not_rtp += 1

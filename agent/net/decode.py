@@ -19,7 +19,8 @@ import socket
 import struct
 
 from agent.net.datagram import TCP, UDP, Datagram
-from agent.net.dedup import Deduplicator, looks_like_rtp, rtp_key, rtp_key6
+from agent.media.rtp import looks_like_rtp
+from agent.net.dedup import Deduplicator, rtp_key, rtp_key6
 from agent.net.fragments import FragmentReassembler
 from agent.net.ip import (PROTO_ESP, PROTO_GRE, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP,
                           PROTO_IPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, parse_ipv4,
@@ -57,7 +58,7 @@ class FrameDecoder:
                                   idle_timeout_ns=tcp_idle_timeout_ns)
         # Two tables: RTP (keyed by rtp_key) and everything else, each with its own packet-time
         # generations, so the batch path can de-duplicate a run of RTP at once while signalling
-        # in the middle of it is handled frame by frame (agent.engine).
+        # in the middle of it is handled frame by frame (agent/pipeline/batch_routing.py).
         self.dedup = Deduplicator(window_ns=dedup_window_ns) if dedup else None
         self.dedup_rtp = Deduplicator(window_ns=dedup_window_ns) if dedup else None
         self.max_tunnel_depth = max_tunnel_depth
@@ -103,6 +104,12 @@ class FrameDecoder:
             return None
         ver, off, end, smac, dmac, vlans = l2
         return self._l3(ts_ns, frame, ver, off, end, smac, dmac, vlans, 0)
+
+    @property
+    def next_expire_ns(self) -> int:
+        """Packet time at which ``decode`` next expires fragments and TCP flows: a caller that
+        steps over frames (the batch router) calls ``expire`` where ``decode`` would have."""
+        return self._next_expire_ns
 
     def expire(self, now_ns: int) -> None:
         """Drop stale fragments and idle TCP flows (packet time)."""

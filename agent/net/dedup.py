@@ -9,8 +9,8 @@ differ in their RTP sequence number; IPv4 id 0 with DF is common) are never
 taken for copies. Does not own: finding the fields in a frame.
 
 Two kinds of key, chosen by the packet's content so every decoding path (the
-per-packet paths in ``agent.net.decode`` and ``agent.engine``, and the vectorised
-batch path in ``agent.batch``) gives one packet the same key:
+per-packet path in ``agent.net.decode`` and the vectorised
+batch path in ``agent.net.fastpath``) gives one packet the same key:
 
 - IPv4 UDP whose payload looks like RTP: ``rtp_key`` over a 32-byte fingerprint
   (IP id, addresses, the UDP header incl. its checksum, the first 14 payload bytes:
@@ -37,7 +37,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["Deduplicator", "rtp_key", "rtp_key6", "rtp_keys_of_words", "rtp_keys6_of_rows", "looks_like_rtp"]
+__all__ = ["Deduplicator", "rtp_key", "rtp_key6", "rtp_keys_of_words", "rtp_keys6_of_rows"]
 
 _M64 = (1 << 64) - 1
 # Odd multipliers (from the golden ratio and friends): different 64-bit words of a
@@ -49,11 +49,6 @@ _K6_NP = np.array(_K6, dtype=np.uint64)
 _WORDS = struct.Struct("<QQQQ").unpack
 _WORDS6 = struct.Struct("<8Q").unpack
 FINGERPRINT_UDP_BYTES = 22          # UDP header (8) + the first 14 payload bytes
-
-
-def looks_like_rtp(payload) -> bool:
-    """RTP version 2, not an RTCP packet type (200-204 and neighbours)."""
-    return len(payload) >= 12 and payload[0] & 0xC0 == 0x80 and not 192 <= payload[1] <= 223
 
 
 def rtp_key(ident: int, src4: bytes, dst4: bytes, udp: bytes) -> int:

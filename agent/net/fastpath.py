@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from agent.media.rtp import RTCP_MUX_FIRST, RTCP_MUX_LAST, RTP_VERSION_2, RTP_VERSION_MASK
 from agent.net.dedup import rtp_key, rtp_keys6_of_rows, rtp_keys_of_words
 from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
 from agent.net.tunnels import GRE_ERSPAN_II, GRE_ERSPAN_III, GRE_TEB, VXLAN_PORT
@@ -189,7 +190,7 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     b0 = f[:, 42]
     b1 = f[:, 43]
     cand &= ((total >= 28) & (total <= lens - 14 - extra) & (udp_len >= 20) & (udp_len <= total - 20)
-             & ((b0 & 0xC0) == 0x80) & ((b1 < 192) | (b1 > 223)))
+             & ((b0 & RTP_VERSION_MASK) == RTP_VERSION_2) & ((b1 < RTCP_MUX_FIRST) | (b1 > RTCP_MUX_LAST)))
     # The decoder takes UDP to the VXLAN port as a tunnel: its inside is read below, or the
     # frame is left to the full path.
     to_vxlan = (f[:, 36] == VXLAN_PORT >> 8) & (f[:, 37] == VXLAN_PORT & 0xFF)
@@ -222,7 +223,7 @@ def rtp_frames(buf: bytes, starts: np.ndarray, lens: np.ndarray,
     # is not RTP (both are de-duplicated in the other table, see FrameDecoder), not fragments
     # or tunnels (whose insides could be RTP).
     plain = (lens >= FIELD_BYTES + extra) & ipv4 & (f[:, 14] == 0x45) & ((f[:, 20] & 0x3F) == 0) & (f[:, 21] == 0)
-    safe = plain & ((f[:, 23] == 6) | ((f[:, 23] == 17) & ~to_vxlan & ((b0 & 0xC0) != 0x80)))
+    safe = plain & ((f[:, 23] == 6) | ((f[:, 23] == 17) & ~to_vxlan & ((b0 & RTP_VERSION_MASK) != RTP_VERSION_2)))
     dedup_key = _dedup_keys(f, cand, udp_len)
     # Shifted by two bytes, the IPv4 addresses, the RTP timestamp and SSRC fall on 4-byte
     # boundaries and the ports and sequence number on 2-byte ones: one copy, then views.
@@ -309,7 +310,8 @@ def _ipv6_rows(data: np.ndarray, starts: np.ndarray, lens: np.ndarray, extra: np
     plen = (r6[:, 4].astype(np.int64) << 8) | r6[:, 5]
     ulen = (r6[:, 44].astype(np.int64) << 8) | r6[:, 45]
     ok = ((r6[:, 0] >> 4 == 6) & (r6[:, 6] == 17) & (plen > 0) & (plen <= lens[idx] - 54 - extra[idx])
-          & (ulen >= 20) & (ulen <= plen) & ((r6[:, 48] & 0xC0) == 0x80) & ((r6[:, 49] < 192) | (r6[:, 49] > 223))
+          & (ulen >= 20) & (ulen <= plen) & ((r6[:, 48] & RTP_VERSION_MASK) == RTP_VERSION_2)
+          & ((r6[:, 49] < RTCP_MUX_FIRST) | (r6[:, 49] > RTCP_MUX_LAST))
           & ~((r6[:, 42] == VXLAN_PORT >> 8) & (r6[:, 43] == VXLAN_PORT & 0xFF)))
     if not ok.any():
         return None

@@ -14,8 +14,7 @@ def test_release_call_drops_exactly_that_calls_endpoints():
     m.release_call(a)
     assert not m.holds_any(a) and m.of_call(a) == []
     assert list(m) == [("10.0.0.3", 6000)]
-    assert list(m.packed.values()) == [(b, 0)]
-    assert list(m.labels.values()) == ["10.0.0.3:6000"]
+    assert m.packed == {packed_endpoint(("10.0.0.3", 6000)): (b, 0)}
 
 
 def test_a_claim_moves_the_endpoint_out_of_the_previous_holders_index():

@@ -13,7 +13,7 @@ from agent.calls.legs import ConversationGrouper, group_all, link_reason, number
 from agent.calls.macs import MacTable
 from agent.calls.record import build_record
 from agent.config import Config, SipSection
-from agent.engine import FinishedCall
+from agent.pipeline.finishing import FinishedCall
 from agent.sip.uri import parse_name_addr
 from tests.conftest import PCAPS, run_inspect
 

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import agent.engine as engine_mod
 from agent.capture.batches import group_records, read_batches
 from agent.capture.files import open_captures
 from agent.config import load_config
-from agent.engine import Engine
+from agent.pipeline.engine import Engine
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,12 +26,14 @@ CAPTURES = sorted(p for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng",
 PUBLIC_CAPTURES = sorted(PUBLIC.glob("*.pcap*")) if PUBLIC.is_dir() else []
 
 
-def _run(path: Path, mode: str, feeding: str, tmp_path: Path) -> tuple[list[dict], dict, list[str]]:
+def _run(path: Path, mode: str, feeding: str, tmp_path: Path, made=lambda engine: None
+         ) -> tuple[list[dict], dict, list[str]]:
     finished = []
     counters = Counter()
     workdir = tmp_path / f"work-{mode}-{feeding}"
     eng = Engine(load_config(None, env={}), finished.append, counters=counters, workdir=workdir,
-                 keep_audio=(mode != "inspect"), defer_media=(mode == "deferred"))
+                 keep_audio=(mode != "inspect"), defer_media=(mode == "deferred"), batch_min=1)
+    made(eng)
     if feeding == "frames":
         for ts_ns, linktype, frame in open_captures([path], counters):
             eng.feed(ts_ns, linktype, frame)
@@ -50,11 +51,6 @@ def _run(path: Path, mode: str, feeding: str, tmp_path: Path) -> tuple[list[dict
     logs = [hashlib.sha256(f.media_log.read_bytes()).hexdigest() if f.media_log else "" for f in finished]
     eng.close()
     return records, dict(counters), logs
-
-
-@pytest.fixture(autouse=True)
-def _batch_everything(monkeypatch):
-    monkeypatch.setattr(engine_mod, "BATCH_MIN", 1)      # even tiny captures take the batch path
 
 
 @pytest.mark.parametrize("mode", ["inspect", "inline", "deferred"])
@@ -75,15 +71,13 @@ def test_batches_equal_frames_public_captures(path, tmp_path):
 
 def _batched(path: Path, tmp_path: Path) -> tuple[float, Counter]:
     """Replay ``path`` in batches: the fraction of its frames handed to calls by the batch
-    path (``_apply``), and the counters."""
-    eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w", keep_audio=False)
-    taken = []
-    original = eng._apply
-    eng._apply = lambda idx, *rest: (taken.append(len(idx)), original(idx, *rest))
+    path, and the counters."""
+    eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w",
+                 keep_audio=False, batch_min=1)
     for batch in read_batches([path], eng.counters):
         eng.feed_batch(batch)
     eng.finish()
-    return sum(taken) / sum(1 for _ in open_captures([path], Counter())), eng.counters
+    return eng.batches.packets_routed / sum(1 for _ in open_captures([path], Counter())), eng.counters
 
 
 @pytest.mark.parametrize("name", ["basic_udp.pcap", "vlan.pcap", "qinq.pcap", "sll.pcap", "ipv6.pcap", "vxlan.pcap",
@@ -262,12 +256,10 @@ def test_ipv6_address_table_starts_afresh_without_changing_anything(monkeypatch,
     path = tmp_path / "v6.pcap"
     _mangled_capture(path, 11, False, True, 1, True)
     expected = _run(path, "inline", "frames", tmp_path)
-    resets = []
-    original = Engine._reset_slots
+    engines = []
     monkeypatch.setattr(AddressIds, "MAX", 3)
-    monkeypatch.setattr(Engine, "_reset_slots", lambda self: (resets.append(1), original(self)))
-    assert _run(path, "inline", "small", tmp_path) == expected
-    assert len(resets) > 10
+    assert _run(path, "inline", "small", tmp_path, engines.append) == expected
+    assert engines[0].batches.slot_table_resets > 10
 
 
 @pytest.mark.parametrize("ipv6,tunnel", [(False, "vxlan"), (True, "vxlan"), (False, "erspan2"), (True, "erspan3")])

@@ -5,7 +5,7 @@ import dataclasses
 from collections import Counter
 
 from agent.config import load_config
-from agent.engine import Engine
+from agent.pipeline.engine import Engine
 from agent.capture.files import open_captures
 from tests.conftest import PCAPS
 

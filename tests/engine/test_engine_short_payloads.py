@@ -7,7 +7,7 @@ import pytest
 
 from agent.capture.files import open_captures
 from agent.config import load_config
-from agent.engine import Engine
+from agent.pipeline.engine import Engine
 from bench.synth import udp_frame
 from tests.conftest import PCAPS
 

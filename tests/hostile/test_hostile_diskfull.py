@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.engine import Engine
+from agent.pipeline.engine import Engine
 from agent.media.medialog import MediaLogWriter, read_media_log
 from agent.media.render import render_recording
 

@@ -37,7 +37,7 @@ def test_engine_survives_runt_frames(tmp_path, frame):
     from collections import Counter
 
     from agent.config import Config
-    from agent.engine import Engine
+    from agent.pipeline.engine import Engine
 
     counters: Counter = Counter()
     engine = Engine(Config(), lambda f: None, counters=counters, workdir=tmp_path)

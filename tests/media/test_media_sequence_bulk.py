@@ -14,7 +14,7 @@ import pytest
 
 from agent.capture.batches import read_batches
 from agent.config import load_config
-from agent.engine import Engine
+from agent.pipeline.engine import Engine
 from agent.media.stream import sequence_capture
 
 REPO = Path(__file__).resolve().parents[2]

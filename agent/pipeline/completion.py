@@ -1,0 +1,88 @@
+"""Completing a call record from its media: per-stream counters, RFC 4733 key presses,
+encryption, and the stream specs the renderer needs.
+
+Runs in the capture process for ``inspect`` (media sequenced as it arrived) and in the
+recorder's worker processes for recordings (the raw media log sequenced there). It sits in
+the pipeline, not in ``media/``, because it joins media results with the call record's
+DTMF rules (``calls/record.py``): ``media/`` and ``calls/`` do not import each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.calls.call import CALLEE, CALLER, Call
+from agent.calls.record import merge_dtmf_presses, presses_from_events
+from agent.media.stream import CallMedia, MediaPlan, sequence_capture
+from agent.media.timeline import CodecInfo, StreamSpec
+
+
+def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
+                   redact: bool) -> tuple[dict[str, Any], list[StreamSpec]]:
+    """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log``: returns
+    the record completed with per-stream counters and RFC 4733 key presses, and the stream
+    specs ``render_recording`` needs. The raw log is deleted."""
+    media = sequence_capture(raw_log, ordered_log, plan)
+    raw_log.unlink(missing_ok=True)
+    record, specs = media_record(record, media, plan.codecs, redact=redact)
+    record["streams"] = unrecorded_streams(plan, record["streams"])
+    return record, specs
+
+
+def media_record(record: dict[str, Any], media: CallMedia, codecs: dict[int, dict], *,
+                 redact: bool) -> tuple[dict[str, Any], list[StreamSpec]]:
+    """The record completed from a sequenced call's media: per-stream counters, RFC 4733 key
+    presses, encryption; and the stream specs ``render_recording`` needs."""
+    streams, specs = [], []
+    for info in media.streams:
+        stats = info.stats
+        streams.append({
+            "index": info.index, "direction": info.direction, "ssrc": stats.ssrc,
+            "packets": stats.packets, "lost": stats.lost, "duplicated": stats.duplicated,
+            "reordered": stats.reordered, "late": stats.late,
+            "jitter_ms": round(stats.jitter_ms, 3), "src": stats.src, "dst": stats.dst,
+            "payload_types": {str(k): v for k, v in stats.payload_types.items()},
+        })
+        specs.append(StreamSpec(index=info.index, direction=info.direction,
+                                codecs=codecs.get(info.direction, {})))
+    presses = presses_from_events(media.dtmf_events, int(record.get("start_ts_ns") or 0))
+    record = merge_dtmf_presses(dict(record, streams=streams), presses, redact=redact)
+    if media.zrtp_seen:
+        record["encrypted"] = True
+    return record, specs
+
+
+def unrecorded_streams(plan: MediaPlan, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``streams`` plus, per direction, the packets seen on the wire but never written (disk
+    full or below the floor): they stay on record, marked ``unrecorded``."""
+    if not plan.log_failures:
+        return streams
+    out = list(streams)
+    for direction in (CALLER, CALLEE):
+        logged = sum(st["packets"] + st["duplicated"] + st["late"] for st in streams
+                     if st["direction"] == direction)
+        missing = plan.captured_packets[direction] - logged
+        if missing > 0:
+            out.append({"index": -1, "direction": direction, "ssrc": None, "packets": missing,
+                        "lost": 0, "duplicated": 0, "reordered": 0, "late": 0, "jitter_ms": 0.0,
+                        "src": "", "dst": "", "payload_types": {}, "unrecorded": True})
+    return out
+
+
+def codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:
+    """PT map for media sent by side ``direction``: the receiver's rtpmap first (it defined
+    what it wants to receive), the sender's as fallback (phones differ, many break RFC 3264)."""
+    sender = call.parties[direction]
+    receiver = call.parties[CALLEE if direction == CALLER else CALLER]
+    codecs: dict[int, CodecInfo] = {}
+    for party in (sender, receiver):          # receiver last: it wins
+        for pt, rtpmap in party.rtpmaps.items():
+            codecs[pt] = CodecInfo(encoding=rtpmap.encoding, clock_rate_hz=rtpmap.clock_rate_hz,
+                                   channels=rtpmap.channels, fmtp=party.fmtp.get(pt))
+    return codecs
+
+
+def clock_rate(call: Call, direction: int, pt: int) -> int:
+    info = codecs_for_direction(call, direction).get(pt)
+    return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000

@@ -1,0 +1,157 @@
+"""Finishing: the media object a call's RTP goes to, and an ended call made into a
+:class:`FinishedCall` for whoever consumes the engine (recorder, ``inspect``).
+
+Owns the disk floor (below ``[spool] min_free_mb`` a new call records no audio, so the
+spool is never endangered) and the three media modes:
+
+- ``keep_audio`` False (``inspect``): RTP is sequenced as it arrives, into counters only;
+  no media log is written and the record is complete here;
+- ``defer_media`` True (recordings): the raw media log and a ``MediaPlan`` are handed on,
+  and the recorder's worker processes sequence them (``completion.complete_media``);
+- neither: the raw log is sequenced here into an ordered log (tests and benches that
+  render in-process).
+
+Finished calls pass through the conversation grouper (``calls/legs.py``), which links the
+legs of one conversation and marks those not to upload, before ``on_finished`` sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.calls.call import CALLEE, CALLER, Call
+from agent.calls.legs import ConversationGrouper
+from agent.calls.macs import MacTable
+from agent.calls.record import build_record
+from agent.config import Config
+from agent.media.stream import CallMedia, MediaCapture, MediaPlan
+from agent.media.timeline import StreamSpec
+from agent.pipeline.completion import clock_rate, codecs_for_direction, complete_media, media_record
+from agent.pipeline.completion import unrecorded_streams
+
+log = logging.getLogger(__name__)
+
+DISK_CHECK_S = 2.0                 # how often free space is looked at (wall clock: disks are real)
+
+
+@dataclass(slots=True)
+class FinishedCall:
+    call: Call
+    record: dict[str, Any]
+    media_log: Path | None          # the ordered media log, or the raw one when media_plan is set
+    streams: list[StreamSpec] = field(default_factory=list)
+    media_plan: MediaPlan | None = None   # set: media not sequenced yet (see complete_media)
+
+
+class Finisher:
+    def __init__(self, config: Config, counters, macs: MacTable, workdir: Path, grouper: ConversationGrouper,
+                 on_finished: Callable[[FinishedCall], None], *, keep_audio: bool, defer_media: bool) -> None:
+        self.config = config
+        self.counters = counters
+        self.macs = macs
+        self.workdir = workdir
+        self.grouper = grouper
+        self.on_finished = on_finished
+        self.keep_audio = keep_audio
+        self.defer_media = defer_media
+        self._media_seq = 0
+        self._disk_checked_at = float("-inf")
+        self._disk_low = False
+
+    # ------------------------------------------------------------------ media
+
+    def new_media(self, call: Call) -> MediaCapture | CallMedia:
+        redact = self.config.recording.redact_dtmf_digits      # telephone-event digits never reach the disk
+        write_audio = self._disk_has_room()
+        if not self.keep_audio:
+            return CallMedia(None, redact_dtmf=redact,
+                             clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
+                             codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction))
+        self._media_seq += 1
+        path = self.workdir / f"call-{self._media_seq:08d}.rtp"
+        return MediaCapture(path, redact_dtmf=redact,
+                            codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction),
+                            counters=self.counters, write_audio=write_audio)
+
+    def _disk_has_room(self) -> bool:
+        """Below ``[spool] min_free_mb`` no new call starts writing audio: signalling is still
+        recorded, the spool is never endangered. Checked at most every DISK_CHECK_S."""
+        now = time.monotonic()
+        if now >= self._disk_checked_at + DISK_CHECK_S:
+            self._disk_checked_at = now
+            try:
+                st = os.statvfs(self.workdir)
+                free_mb = st.f_bavail * st.f_frsize // (1024 * 1024)
+            except OSError:
+                free_mb = None
+            low = free_mb is not None and free_mb < self.config.spool.min_free_mb
+            if low != self._disk_low:
+                self._disk_low = low
+                if low:
+                    log.error("free disk %d MB is below [spool] min_free_mb %d: new calls are recorded "
+                              "WITHOUT AUDIO until space returns", free_mb, self.config.spool.min_free_mb)
+                else:
+                    log.warning("free disk is above [spool] min_free_mb again: recording audio")
+        if self._disk_low:
+            self.counters["media.disk_low.calls_without_audio"] += 1
+        return not self._disk_low
+
+    # ------------------------------------------------------------------ finishing
+
+    def finish(self, call: Call, now_ns: int) -> None:
+        """``call`` ended (its media got every packet it had): make its FinishedCall."""
+        media, call.media = call.media, None
+        redact = self.config.recording.redact_dtmf_digits
+        if redact:                                   # PCI: the digits never leave the agent
+            for press in call.dtmf:
+                press["digit"] = ""
+        if media is None:
+            self._emit(FinishedCall(call=call, record=build_record(call, self.config, self.macs), media_log=None),
+                       now_ns)
+            return
+        media.close()
+        codecs = {CALLER: codecs_for_direction(call, CALLER), CALLEE: codecs_for_direction(call, CALLEE)}
+        if isinstance(media, CallMedia):             # keep_audio False: sequenced as it arrived
+            record, _specs = media_record(build_record(call, self.config, self.macs), media, codecs,
+                                          redact=redact)
+            self._emit(FinishedCall(call=call, record=record, media_log=None), now_ns)
+            return
+        plan = media.plan(codecs)
+        extra: dict[str, Any] = {}
+        if media.zrtp_seen:
+            extra["encrypted"] = True
+        if not media.log_path.exists():
+            if not media.write_audio:
+                # Disk below the floor: no audio, but the packets seen stay on record.
+                extra["no_audio_reason"] = "disk_low"
+                extra["streams"] = unrecorded_streams(plan, [])
+            self._emit(FinishedCall(call=call, record=build_record(call, self.config, self.macs, extra),
+                                    media_log=None), now_ns)
+            return
+        record = build_record(call, self.config, self.macs, extra)
+        if self.defer_media:
+            # Sequencing (reorder, stats, RFC 4733) runs with the rendering, in a worker.
+            self._emit(FinishedCall(call=call, record=record, media_log=media.log_path, media_plan=plan), now_ns)
+            return
+        ordered = media.log_path.with_suffix(".ordered")
+        record, specs = complete_media(record, media.log_path, plan, ordered, redact=redact)
+        self._emit(FinishedCall(call=call, record=record, media_log=ordered, streams=specs), now_ns)
+
+    def _emit(self, finished: FinishedCall, now_ns: int) -> None:
+        self.counters["calls.finished"] += 1
+        for ready in self.grouper.feed(finished, max(now_ns, finished.call.end_ts_ns or 0)):
+            self.on_finished(ready)
+
+    def release(self, now_ns: int) -> None:
+        """Conversations whose legs are all in: on to ``on_finished``."""
+        for ready in self.grouper.release(now_ns):
+            self.on_finished(ready)
+
+    def flush(self) -> None:
+        for ready in self.grouper.flush():
+            self.on_finished(ready)
