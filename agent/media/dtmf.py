@@ -195,6 +195,7 @@ class InbandDtmfDetector:
             freqs += [f - self.half_bin_hz, f, f + self.half_bin_hz]
         ang = 2 * np.pi * np.outer(n, np.array(freqs)) / self.det_rate
         self.basis = np.concatenate([np.cos(ang), np.sin(ang)], axis=1) * self.window[:, None]
+        self._basis32 = self.basis.astype(np.float32)
         self.nominal = np.array(DTMF_LOW_HZ + DTMF_HIGH_HZ, dtype=np.float64)
         self._pwindow: np.ndarray | None = None  # window by hop-long slices (_phase_window)
         # streaming state
@@ -300,9 +301,11 @@ class InbandDtmfDetector:
             # Back-to-back frames (the default): the signal itself, seen as rows, is the
             # matrix (no copy), and each frame's windowed energy one more product.
             blocks = seg[:nb * self.n].reshape(nb, self.n)
-            proj = blocks @ self.basis
+            # The projection in single precision (twice the speed; its 1e-7 relative error is
+            # far below every acceptance margin), the decisions in double.
+            proj = blocks.astype(np.float32) @ self._basis32
             proj *= proj
-            return proj[:, :k] + proj[:, k:], (blocks * blocks) @ self.window
+            return (proj[:, :k] + proj[:, k:]).astype(np.float64), (blocks * blocks) @ self.window
         # Overlapping blocks: a contiguous copy lets the projection run as one BLAS matrix
         # product; the strided window view would take numpy's slow non-BLAS loop.
         blocks = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(seg, self.n)[::self.hop][:nb])

@@ -37,6 +37,12 @@ _RUN_HEADER_DTYPE = np.dtype([("stream_index", "<u2"), ("seq", "<u2"), ("rtp_ts"
                           ("pt", "u1"), ("flags", "u1"), ("payload_len", "<u2")])
 FLUSH_BYTES = 64 * 1024
 
+
+def _record_dtype(payload_bytes: int) -> np.dtype:
+    """A whole record with a payload of ``payload_bytes`` as one packed numpy record."""
+    return np.dtype(_RUN_HEADER_DTYPE.descr + [("payload", "u1", (payload_bytes,))] if payload_bytes
+                    else _RUN_HEADER_DTYPE)
+
 log = logging.getLogger(__name__)
 
 # (stream_index, seq, rtp_ts, arrival_ns, pt, marker, payload)
@@ -101,19 +107,18 @@ class MediaLogWriter:
                 self.append(int(stream_index[i]), int(seq[i]), int(rtp_ts[i]), int(arrival_ns[i]), int(pt[i]),
                             bool(marker[i]), buf[start:start + int(sizes[i])])
             return
-        out = np.zeros((n, RECORD_HEADER.size + size), dtype=np.uint8)
-        header = np.zeros(n, dtype=_RUN_HEADER_DTYPE)
-        header["stream_index"] = stream_index & 0xFFFF
-        header["seq"] = seq & 0xFFFF
-        header["rtp_ts"] = rtp_ts & 0xFFFFFFFF
-        header["arrival_ns"] = arrival_ns
-        header["pt"] = pt & 0x7F
-        header["flags"] = marker != 0
-        header["payload_len"] = size
-        out[:, :RECORD_HEADER.size] = header.view(np.uint8).reshape(n, RECORD_HEADER.size)
+        # Header and payload side by side as one structured record per packet: one pass each.
+        out = np.empty(n, dtype=_record_dtype(size))
+        out["stream_index"] = stream_index & 0xFFFF
+        out["seq"] = seq & 0xFFFF
+        out["rtp_ts"] = rtp_ts & 0xFFFFFFFF
+        out["arrival_ns"] = arrival_ns
+        out["pt"] = pt & 0x7F
+        out["flags"] = marker != 0
+        out["payload_len"] = size
         if size:
-            out[:, RECORD_HEADER.size:] = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), size)[starts]
-        self._buf += out.tobytes()
+            out["payload"] = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), size)[starts]
+        self._buf += memoryview(out).cast("B")
         self.records += n
         self._buf_records += n
         if len(self._buf) >= self.flush_bytes:

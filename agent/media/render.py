@@ -61,6 +61,7 @@ _CN_PT = 13
 DTMF_MASK_GUARD_MS = 40         # silence this much either side of a key press / tone
 _SCAN_CHUNK_S = 30              # direction audio read per step by the DTMF scan and the mixer
 _RESAMPLE_SLICE_S = 5          # input per libswresample call
+_EMIT_S = 10                    # audio a run without resampling holds before writing it
 # A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
 _MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
 
@@ -171,7 +172,7 @@ class _Run:
     """A contiguous stretch of one stream's decoded audio at its native rate."""
 
     __slots__ = ("rate", "start_ns", "in_samples", "buf", "buf_n", "resampler",
-                 "out_start", "out_written")
+                 "out_start", "out_written", "emit_n")
 
     def __init__(self, rate: int, start_ns: int, work_rate: int) -> None:
         self.rate = rate
@@ -180,6 +181,10 @@ class _Run:
         self.buf: list[np.ndarray] = []
         self.buf_n = 0
         self.resampler = None
+        # Pending audio is written out once it reaches emit_n samples: a second through a
+        # resampler (libswresample is fastest on pieces of a few seconds), else _EMIT_S
+        # seconds (fewer, larger writes; memory stays bounded).
+        self.emit_n = rate * (1 if rate != work_rate else _EMIT_S)
         if rate != work_rate:
             import av  # PyAV; imported lazily so plain G.711 at the same rate never needs it
 
@@ -289,7 +294,7 @@ def _add_audio(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_
             run.buf.append(pcm)
             run.buf_n += pcm.size
             run.in_samples += pcm.size
-            if run.buf_n >= rate:
+            if run.buf_n >= run.emit_n:
                 _emit(run, sr.dirfile, final=False)
             return
     _start_run(sr, pos_ns, pcm, rate, work_rate)
@@ -317,11 +322,11 @@ def _append(run: _Run, pcm: np.ndarray) -> None:
 def _append_stretch(sr: _StreamRender, queue: _WriteQueue, rows: np.ndarray, src: np.ndarray,
                     i: int, j: int, flat: np.ndarray, rate: int) -> None:
     """Append packets i..j-1 (back to back in ``flat``) to the open run, emitting where
-    ``_add_audio`` would: after the packet that brings the pending audio to a second."""
+    ``_add_audio`` would: after the packet that brings the pending audio to ``emit_n``."""
     run = sr.run
     k = i
     while k < j:
-        need = rate - run.buf_n
+        need = run.emit_n - run.buf_n
         e = max(k + 1, int(np.searchsorted(src, src[k] + need, side="left")))
         if e > j:
             _append(run, flat[src[k]:src[j]])
@@ -373,7 +378,7 @@ def _place_audio(sr: _StreamRender, queue: _WriteQueue, rows: np.ndarray, pos_ns
             if g:
                 _append(run, np.zeros(g, dtype=np.int16))
             _append(run, pcm)
-            if run.buf_n >= rate:
+            if run.buf_n >= run.emit_n:
                 _emit(run, sr.dirfile, final=False)
         else:
             _start_run(sr, int(pos_ns[j]), pcm, rate, work_rate)
