@@ -5,6 +5,9 @@
   replay CAPTURE... --deliver   spool every call and deliver it to the CallN API
   demo                          local receiver + bundled capture + delivery, then a table
   spool ... / receiver ...      see agent/deliver/commands.py
+  run / check-config            the live capture daemon: agent/run.py
+  install-service               the systemd service: agent/service.py
+  --version                     versions that decide output: agent/versions.py
 
 Exit status: 0 success, 1 a run that finished with work pending or failed, 2 bad
 usage / configuration / capture file.
