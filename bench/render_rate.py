@@ -1,32 +1,40 @@
-"""Render-only throughput: ``render_recording`` over already-sequenced media logs.
+"""The recorder worker alone: ``_render_job`` (sequencing, decode, in-band DTMF scan, mix,
+encode) over the raw media logs of a replay, in this process, CPU time.
 
-Replays a synthetic capture once (cached under /tmp) with the engine sequencing media
-itself, keeps every call's ordered media log and stream specs, then times only
-``render_recording`` over them (CPU time of this process), and reports RTP packets per
-CPU-second. ``--profile`` prints the top of a cProfile of the render pass. Run it with
-``OPENBLAS_NUM_THREADS=1`` to match the recorder's workers (BLAS threads only add CPU time).
+Replays a synthetic capture once (cached under /tmp) with media deferred, as the recorder's
+workers receive it, and keeps every call's raw log, plan and record. Then runs exactly the
+worker's job for each call and prints audio-seconds per CPU-second (a call of 60 s is 60
+audio-seconds) with the time of each phase. ``--loss``/``--reorder`` make the capture
+impaired; ``--profile`` prints the top of a cProfile. BLAS is kept to one thread, as in the
+recorder's workers.
 
-    python3 bench/render_rate.py [--calls 20] [--duration-s 60] [--format wav] [--profile]
+    python3 bench/render_rate.py [--calls 40] [--duration-s 60] [--format wav] [--rate 0]
+                                 [--loss 0.01 --reorder 0.01] [--profile]
 """
 
 from __future__ import annotations
 
-import argparse
-import pickle
-import shutil
-import sys
-import tempfile
-import time
-from pathlib import Path
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import pickle  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from proctree import machine_load  # noqa: E402
 from synth import write_calls  # noqa: E402
 
 
-def prepare(capture: Path, keep_dir: Path) -> list[tuple[Path, list, dict]]:
-    """Replay ``capture`` once and keep (ordered log, stream specs, record) per call."""
+def prepare(capture: Path, keep_dir: Path) -> list:
+    """Replay ``capture`` once, media deferred; keep (raw log, plan, record, specs) per call."""
     index = keep_dir / "calls.pickle"
     if index.exists():
         return pickle.loads(index.read_bytes())
@@ -34,66 +42,76 @@ def prepare(capture: Path, keep_dir: Path) -> list[tuple[Path, list, dict]]:
     from agent.replay import replay
 
     keep_dir.mkdir(parents=True, exist_ok=True)
-    calls: list[tuple[Path, list, dict]] = []
+    calls = []
 
     def on_finished(finished) -> None:
         if finished.media_log is None or not finished.media_log.exists():
             return
-        kept = keep_dir / f"call{len(calls):05d}.log"
+        kept = keep_dir / f"call{len(calls):05d}.raw"
         shutil.copyfile(finished.media_log, kept)
         finished.media_log.unlink(missing_ok=True)
-        calls.append((kept, finished.streams, finished.record))
+        calls.append((kept, finished.media_plan, finished.record, finished.streams))
 
-    engine = replay([capture], load_config(None), on_finished, progress=False,
-                    workdir=keep_dir / ".work", defer_media=False)
+    engine = replay([capture], load_config(None), on_finished, progress=False, workdir=keep_dir / ".work",
+                    defer_media=True)
     engine.close()
     index.write_bytes(pickle.dumps(calls))
     return calls
 
 
-def render_all(calls, out_dir: Path, fmt: str) -> int:
-    from agent.config import RecordingSection
-    from agent.media.render import render_recording
-    from agent.recorder import dtmf_plan
-
-    settings = RecordingSection()
-    packets = 0
-    for i, (log_path, streams, record) in enumerate(calls):
-        directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
-        result = render_recording(log_path, streams, out_dir / f"r{i:05d}.{fmt}", fmt=fmt,
-                                  channels=settings.channels,
-                                  sample_rate_hz=settings.sample_rate_hz,
-                                  bitrate_kbps=settings.mp3_bitrate_kbps,
-                                  inband_dtmf_directions=directions, mask_spans_ns=spans,
-                                  mask_inband=settings.mask_dtmf_audio)
-        packets += result.audio_packets
-        if result.path is not None:
-            Path(result.path).unlink(missing_ok=True)
-    return packets
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=20)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--format", default="wav", choices=("wav", "mp3"))
+    ap.add_argument("--rate", type=int, default=-1, help="[recording] sample_rate_hz (-1: by format, 0: native)")
+    ap.add_argument("--loss", type=float, default=0.0)
+    ap.add_argument("--reorder", type=float, default=0.0)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
 
     tmp = Path(tempfile.gettempdir())
-    tag = f"{args.calls}x{int(args.duration_s)}s"
+    tag = f"{args.calls}x{int(args.duration_s)}s" + (f"-loss{args.loss:g}-reorder{args.reorder:g}"
+                                                     if args.loss or args.reorder else "")
     capture = tmp / f"calln-render-bench-{tag}.pcap"
     if not capture.exists():
         print(f"generating {capture} ...", flush=True)
-        write_calls(capture, calls=args.calls, concurrent=args.calls, duration_s=args.duration_s)
-    calls = prepare(capture, tmp / f"calln-render-bench-{tag}.logs")
-    out_dir = Path(tempfile.mkdtemp(prefix="calln-render-out-"))
+        write_calls(capture, calls=args.calls, concurrent=args.calls, duration_s=args.duration_s,
+                    loss=args.loss, reorder=args.reorder)
+    calls = prepare(capture, tmp / f"calln-render-bench-{tag}.raw")
     # A worker imports these once; keep the imports out of the timing.
     import av  # noqa: F401  # pyflakes: imported for its side effect
-    import agent.media.render  # noqa: F401
-    import agent.recorder  # noqa: F401
+    import lameenc  # noqa: F401
 
+    from agent.config import RecordingSection
+    from agent.media import render, stream
+    from agent.recorder import _render_job
+
+    settings = RecordingSection(sample_rate_hz=args.rate)
+    phases: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t = time.process_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.process_time() - t
+        return wrapper
+
+    stream.sequence_capture = timed("sequencing", stream.sequence_capture)
+    render._render_stream_rows = timed("place + decode", render._render_stream_rows)
+    render._inband_dtmf = timed("in-band DTMF scan", render._inband_dtmf)
+    render._mix_and_encode = timed(f"mix + {args.format}", render._mix_and_encode)
+    import agent.pipeline.completion
+    agent.pipeline.completion.sequence_capture = stream.sequence_capture
+
+    out = Path(tempfile.mkdtemp(prefix="calln-render-out-"))
+    work = []
+    for i, (raw, plan, record, streams) in enumerate(calls):
+        copy = out / f"c{i}.raw"
+        shutil.copyfile(raw, copy)
+        work.append((copy, plan, record, streams))
     try:
         if args.profile:
             import cProfile
@@ -101,17 +119,21 @@ def main() -> int:
 
             prof = cProfile.Profile()
             prof.enable()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        packets = render_all(calls, out_dir, args.format)
+        cpu0 = time.process_time()
+        for i, (raw, plan, record, streams) in enumerate(work):
+            _render_job(raw, streams, plan, out / f"r{i:05d}.{args.format}", settings, args.format, record)
         cpu = time.process_time() - cpu0
-        wall = time.perf_counter() - wall0
         if args.profile:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    print(f"render {args.format}: {len(calls)} calls, {packets} audio packets, "
-          f"CPU {cpu:.2f} s, wall {wall:.2f} s -> {packets / cpu:,.0f} packets/CPU-s")
+        shutil.rmtree(out, ignore_errors=True)
+    audio_s = len(calls) * args.duration_s
+    print(f"worker job, {args.format} at {settings.output_rate_hz(args.format) or 'native'} Hz, {capture.name}: "
+          f"{len(calls)} calls, {audio_s:,.0f} audio-s in {cpu:.2f} CPU-s = {audio_s / cpu:,.0f} audio-s per CPU-s "
+          f"({machine_load()})")
+    for name, seconds in phases.items():
+        print(f"  {name:20} {seconds * 1000 / len(calls):6.2f} ms per call")
     return 0
 
 
