@@ -1,0 +1,310 @@
+"""Voice quality of RTP streams: loss, jitter, delta and gap figures, and an E-model MOS.
+
+Pure functions over whole arrays (one stream, arrival order): no I/O, no per-packet objects.
+The sequencer hands them the arrays it already holds (``QualityCollector``), so quality costs
+no second pass over the packets.
+
+Jitter, delta and "max delta" follow Wireshark's RTP stream analysis (``tshark -z
+rtp,streams``, ui/tap-rtp-analysis.c) operation by operation, so that the oracle agrees:
+
+* every packet after the first moves the RFC 3550 estimate J = (15 J + D) / 16, where D is
+  |arrival - expected arrival| against the last packet that was *in time sequence* (RTP
+  timestamp not below the highest so far); a late packet updates J but not the reference;
+* the clock is converted with an integer number of ticks per ms (``clock_rate // 1000``,
+  Wireshark's unsigned division); packets without a clock (telephone-event) leave J alone;
+* max delta, max jitter and mean jitter count only "regular" packets: not the first, no
+  marker bit, not comfort noise nor right after it, not behind in RTP time. The mean is
+  Wireshark's running mean, whose weight is the count of *all* packets before it.
+
+The MOS is the ITU-T G.107 E-model reduced to its defaults (R = 93.2 - Id - Ie,eff), with
+each codec's equipment impairment Ie and packet-loss robustness Bpl (G.113 Appendix I where it
+lists the codec), and the loss a listener would hear: network loss plus the packets a jitter
+buffer would have discarded as too late. Two buffers are simulated, as VoIPmonitor does: a
+fixed 50 ms one and an adaptive one that grows up to 500 ms. A passive tap cannot see one-way
+delay, so the delay is assumed (``ASSUMED_PATH_DELAY_MS`` plus the buffer's depth) and stated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from agent.media.sequencing import extend_seq
+
+__all__ = ["StreamQuality", "MosEstimate", "CodecImpairment", "stream_quality", "jitter_buffer_loss",
+           "codec_impairment", "r_factor", "mos_from_r", "mos_estimate", "direction_quality",
+           "QualityCollector", "FIXED_BUFFER_MS", "ADAPTIVE_MAX_BUFFER_MS", "ASSUMED_PATH_DELAY_MS",
+           "HEADLINE_BUFFER"]
+
+_CN_PTS = (13, 19)                 # comfort noise, and its pre-RFC 3389 number (Wireshark's PT_CN_OLD)
+FIXED_BUFFER_MS = 50.0
+ADAPTIVE_MAX_BUFFER_MS = 500.0
+# One-way mouth-to-ear delay a tap cannot measure: assume a short managed path (LAN / metro
+# trunk) and add the simulated buffer's depth on top.
+ASSUMED_PATH_DELAY_MS = 20.0
+HEADLINE_BUFFER = "adaptive_500ms"  # the figure inspect, metrics and mos_below use
+
+
+@dataclass(slots=True)
+class StreamQuality:
+    expected: int = 0              # sequence slots from the lowest to the highest number seen
+    received: int = 0              # packets seen, copies included
+    lost: int = 0                  # slots never seen (expected - distinct numbers seen)
+    duplicated: int = 0            # copies of a number already seen
+    reordered: int = 0             # first copies that arrived after a higher number
+    sequence_errors: int = 0       # packets whose number is not the successor of the highest before
+    codec_changes: int = 0         # payload type changes (comfort noise and events not counted)
+    jitter_mean_ms: float = 0.0
+    jitter_max_ms: float = 0.0
+    max_delta_ms: float = 0.0      # longest wait between consecutive regular packets
+    longest_gap_ms: float = 0.0    # longest wait between any two consecutive packets (silence included)
+    late_fixed: int = 0            # discarded by the fixed 50 ms buffer
+    late_adaptive: int = 0         # discarded by the adaptive buffer
+    adaptive_depth_ms: float = 0.0  # the adaptive buffer's depth at the end
+
+    def as_record(self) -> dict:
+        out = asdict(self)
+        for key in ("jitter_mean_ms", "jitter_max_ms", "max_delta_ms", "longest_gap_ms", "adaptive_depth_ms"):
+            out[key] = round(out[key], 3)
+        return out
+
+
+def _extend_ts(rtp_ts: np.ndarray) -> np.ndarray:
+    """RTP timestamps unwrapped against the packet before (as the RTP dissector extends them)."""
+    ts = np.asarray(rtp_ts, dtype=np.int64)
+    if not ts.size:
+        return ts
+    d = (ts[1:] - ts[:-1]) & 0xFFFFFFFF
+    d[d >= 0x80000000] -= 0x100000000
+    out = np.empty_like(ts)
+    out[0] = ts[0]
+    out[1:] = ts[0] + np.cumsum(d)
+    return out
+
+
+def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, pt: np.ndarray,
+                   marker: np.ndarray, clock_rate_hz: np.ndarray) -> StreamQuality:
+    """Quality of ONE stream (one SSRC from one source) from its packets in arrival order:
+    16-bit sequence numbers, 32-bit RTP timestamps, capture times (ns), payload types, marker
+    bits and each packet's clock rate (Hz; 0 for packets without an audio clock, e.g.
+    telephone-event). See the module docstring for the exact jitter arithmetic."""
+    n = int(np.asarray(seq).size)
+    q = StreamQuality(received=n)
+    if not n:
+        return q
+    ext = extend_seq(seq)
+    ts = _extend_ts(rtp_ts)
+    arrival_ns = np.asarray(arrival_ns, dtype=np.int64)
+    pt = np.asarray(pt, dtype=np.int64)
+    marker = np.asarray(marker, dtype=bool)
+    clock = np.asarray(clock_rate_hz, dtype=np.int64)
+
+    # --- sequence figures
+    distinct, first_at = np.unique(ext, return_index=True)
+    q.expected = int(distinct[-1] - distinct[0] + 1)
+    q.lost = q.expected - int(distinct.size)
+    q.duplicated = n - int(distinct.size)
+    highest_before = np.maximum.accumulate(ext)
+    highest_before = np.concatenate(([ext[0] - 1], highest_before[:-1]))
+    first_copy = np.zeros(n, dtype=bool)
+    first_copy[first_at] = True
+    q.reordered = int(np.count_nonzero(first_copy & (ext < highest_before)))
+    q.sequence_errors = int(np.count_nonzero(ext[1:] != highest_before[1:] + 1))
+    audio = ~np.isin(pt, _CN_PTS) & (clock > 0)
+    audio_pt = pt[audio]
+    q.codec_changes = int(np.count_nonzero(audio_pt[1:] != audio_pt[:-1]))
+
+    # --- timing: Wireshark's reference is the last packet in time sequence
+    t_ms = (arrival_ns - arrival_ns[0]) / 1e6
+    if n > 1:
+        q.longest_gap_ms = float(np.max(np.diff(t_ms)))
+    ts_high_before = np.concatenate(([ts[0]], np.maximum.accumulate(ts)[:-1]))
+    in_time = ts >= ts_high_before
+    in_time[0] = True
+    ref = np.maximum.accumulate(np.where(in_time, np.arange(n), 0))   # last in-time packet at or before i
+    ref = np.concatenate(([0], ref[:-1]))                              # ... strictly before i
+    delta_ms = t_ms - t_ms[ref]
+    ticks_per_ms = clock // 1000          # Wireshark divides the clock rate as an integer
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff_ms = np.abs(t_ms - (t_ms[ref] + (ts - ts[ref]) / np.where(ticks_per_ms > 0, ticks_per_ms, 1)))
+    prev_pt = np.concatenate(([pt[0]], pt[:-1]))
+    regular = in_time & ~marker & ~np.isin(pt, _CN_PTS) & ~np.isin(prev_pt, _CN_PTS)
+    regular[0] = False
+    if regular.any():
+        q.max_delta_ms = max(0.0, float(delta_ms[regular].max()))
+    jitter = mean = top = 0.0
+    clocked = (ticks_per_ms > 0).tolist()
+    for i, (d, has_clock, reg) in enumerate(zip(diff_ms.tolist(), clocked, regular.tolist())):
+        if i == 0 or not has_clock:
+            continue
+        jitter = (15 * jitter + d) / 16
+        if reg:
+            top = max(top, jitter)
+            mean = (mean * (i - 1) + jitter) / i
+    q.jitter_mean_ms, q.jitter_max_ms = mean, top
+
+    # --- jitter buffers: first copies of audio packets, by their transit time
+    keep = first_copy & audio & (ticks_per_ms > 0)
+    if keep.any():
+        q.late_fixed, q.late_adaptive, q.adaptive_depth_ms = jitter_buffer_loss(
+            t_ms[keep] - ts[keep] / (clock[keep] / 1000.0))
+    return q
+
+
+def jitter_buffer_loss(transit_ms: np.ndarray) -> tuple[int, int, float]:
+    """Packets a playout buffer discards as too late, given each packet's transit time (arrival
+    minus media time, ms, arrival order): (late with a fixed 50 ms buffer, late with the
+    adaptive one, the adaptive depth at the end in ms).
+
+    Both buffers are anchored on the fastest packet of the stream (the least transit), so a
+    packet is late when it trails that one by more than the depth. The adaptive buffer starts
+    at 50 ms and grows, never shrinks, to the largest lateness seen *before* each packet (the
+    packet that shows a new delay is lost, the next ones are not), capped at 500 ms."""
+    rel = transit_ms - transit_ms.min()
+    late_fixed = int(np.count_nonzero(rel > FIXED_BUFFER_MS))
+    seen_before = np.concatenate(([0.0], np.maximum.accumulate(rel)[:-1]))
+    depth = np.clip(seen_before, FIXED_BUFFER_MS, ADAPTIVE_MAX_BUFFER_MS)
+    late_adaptive = int(np.count_nonzero(rel > depth))
+    final_depth = float(min(ADAPTIVE_MAX_BUFFER_MS, max(FIXED_BUFFER_MS, float(rel.max()))))
+    return late_fixed, late_adaptive, final_depth
+
+
+# ------------------------------------------------------------------ E-model (ITU-T G.107)
+
+@dataclass(frozen=True, slots=True)
+class CodecImpairment:
+    ie: float        # equipment impairment factor
+    bpl: float       # packet-loss robustness factor
+    source: str      # where the figures come from
+
+
+# G.113 Appendix I lists G.711 (with PLC), G.729A + VAD, G.723.1, GSM-EFR...; codecs it does
+# not list carry the commonly used figures of the same family, marked "approx." (VoIPmonitor
+# and most monitors do the same; a wideband codec is scored on the narrowband scale).
+_CODECS: dict[str, CodecImpairment] = {
+    "pcmu": CodecImpairment(0.0, 25.1, "G.113 I: G.711 with PLC"),
+    "pcma": CodecImpairment(0.0, 25.1, "G.113 I: G.711 with PLC"),
+    "g722": CodecImpairment(0.0, 25.1, "approx.: as G.711 (narrowband scale)"),
+    "g729": CodecImpairment(11.0, 19.0, "G.113 I: G.729A + VAD"),
+    "g729a": CodecImpairment(11.0, 19.0, "G.113 I: G.729A + VAD"),
+    "g723": CodecImpairment(15.0, 16.1, "G.113 I: G.723.1 6.3 kbit/s"),
+    "g726-32": CodecImpairment(7.0, 20.0, "approx.: G.113 I Ie, Bpl assumed"),
+    "gsm": CodecImpairment(20.0, 10.0, "approx.: GSM-FR Ie (G.113 I), Bpl assumed"),
+    "gsm-efr": CodecImpairment(5.0, 10.0, "G.113 I: GSM-EFR"),
+    "ilbc": CodecImpairment(10.0, 32.0, "approx."),
+    "opus": CodecImpairment(0.0, 30.0, "approx.: narrowband scale"),
+    "speex": CodecImpairment(10.0, 20.0, "approx."),
+}
+_UNKNOWN = CodecImpairment(0.0, 25.1, "unknown codec: scored as G.711")
+
+
+def codec_impairment(encoding: str) -> CodecImpairment:
+    """Ie and Bpl for an SDP encoding name (case-insensitive); G.711's for unknown names."""
+    return _CODECS.get(encoding.lower(), _UNKNOWN)
+
+
+def delay_impairment(delay_ms: float) -> float:
+    """Id at the E-model's default settings, as the usual closed form (Cole & Rosenbluth):
+    0.024 d, plus 0.11 (d - 177.3) beyond 177.3 ms."""
+    return 0.024 * delay_ms + (0.11 * (delay_ms - 177.3) if delay_ms > 177.3 else 0.0)
+
+
+def r_factor(loss_pct: float, codec: CodecImpairment, delay_ms: float, burst_r: float = 1.0) -> float:
+    """R = 93.2 - Id - Ie,eff with Ie,eff = Ie + (95 - Ie) Ppl / (Ppl / BurstR + Bpl)
+    (G.107 7.1: 93.2 is Ro - Is with every other parameter at its default)."""
+    ie_eff = codec.ie + (95.0 - codec.ie) * loss_pct / (loss_pct / burst_r + codec.bpl)
+    return 93.2 - delay_impairment(delay_ms) - ie_eff
+
+
+def mos_from_r(r: float) -> float:
+    """G.107 Annex B: MOS_CQE of R."""
+    if r <= 0:
+        return 1.0
+    if r >= 100:
+        return 4.5
+    return 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
+
+
+@dataclass(slots=True)
+class MosEstimate:
+    buffer: str                 # "fixed_50ms" | "adaptive_500ms"
+    effective_loss_pct: float   # network loss plus the packets the buffer discarded
+    assumed_delay_ms: float     # one-way, assumed (a tap cannot see it): path + buffer depth
+    r: float
+    mos: float
+
+    def as_record(self) -> dict:
+        return {"buffer": self.buffer, "effective_loss_pct": round(self.effective_loss_pct, 3),
+                "assumed_delay_ms": round(self.assumed_delay_ms, 1), "r": round(self.r, 1),
+                "mos": round(self.mos, 2)}
+
+
+def mos_estimate(q: StreamQuality, encoding: str) -> dict[str, MosEstimate]:
+    """Both buffers' MOS for a stream, keyed by buffer name."""
+    codec = codec_impairment(encoding)
+    out = {}
+    for name, late, depth in (("fixed_50ms", q.late_fixed, FIXED_BUFFER_MS),
+                              ("adaptive_500ms", q.late_adaptive, q.adaptive_depth_ms or FIXED_BUFFER_MS)):
+        loss = 100.0 * (q.lost + late) / q.expected if q.expected else 0.0
+        delay = ASSUMED_PATH_DELAY_MS + depth
+        r = r_factor(loss, codec, delay)
+        out[name] = MosEstimate(name, loss, delay, r, mos_from_r(r))
+    return out
+
+
+def direction_quality(streams: list[tuple[StreamQuality, str]]) -> dict | None:
+    """One direction's figures from its streams (quality, encoding): the worst stream's MOS
+    per buffer (a listener hears the worst stretch), loss over all of them, SSRC changes."""
+    scored = [(q, enc) for q, enc in streams if q.expected]
+    if not scored:
+        return None
+    expected = sum(q.expected for q, _ in scored)
+    lost = sum(q.lost for q, _ in scored)
+    estimates = [mos_estimate(q, enc) for q, enc in scored]
+    worst = {name: min((e[name] for e in estimates), key=lambda m: m.mos) for name in estimates[0]}
+    return {
+        "mos": round(worst[HEADLINE_BUFFER].mos, 2), "buffer": HEADLINE_BUFFER,
+        "loss_pct": round(100.0 * lost / expected, 3),
+        "jitter_max_ms": round(max(q.jitter_max_ms for q, _ in scored), 3),
+        "ssrc_changes": len(streams) - 1,
+        "estimates": [m.as_record() for m in worst.values()],
+    }
+
+
+# ------------------------------------------------------------------ the sequencer's arrays
+
+@dataclass
+class QualityCollector:
+    """Gathers, block by block, the header columns the sequencer already decoded for a call
+    (no copy of payloads), and computes each stream's quality at the end."""
+    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    skipped_packets: int = 0      # packets of blocks that could not be read as RTP headers
+
+    def add(self, direction: np.ndarray, src_key: np.ndarray, ssrc: np.ndarray, seq: np.ndarray,
+            rtp_ts: np.ndarray, arrival_ns: np.ndarray, b1: np.ndarray) -> None:
+        self.parts.append((np.asarray(direction, dtype=np.int8), np.asarray(src_key, dtype=np.int64),
+                           np.asarray(ssrc, dtype=np.int64), np.asarray(seq, dtype=np.int64),
+                           np.asarray(rtp_ts, dtype=np.int64), np.asarray(arrival_ns, dtype=np.int64),
+                           np.asarray(b1, dtype=np.uint8)))
+
+    def streams(self, clock_rate_for_pt) -> dict[tuple[int, int], StreamQuality]:
+        """{(direction, ssrc): quality}; ``clock_rate_for_pt(direction, pt)`` gives a packet's
+        clock (0 for telephone-event). A stream is one SSRC in one direction; a relayed copy
+        from another source is left to the sequencer (its first source is the stream's)."""
+        if not self.parts:
+            return {}
+        direction, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self.parts))
+        pt = (b1 & 0x7F).astype(np.int64)
+        out = {}
+        key = direction.astype(np.int64) << 33 | ssrc
+        for k in np.unique(key).tolist():
+            idx = np.flatnonzero(key == k)
+            idx = idx[src[idx] == src[idx[0]]]
+            d = int(direction[idx[0]])
+            lut = np.zeros(128, dtype=np.int64)          # pt -> clock rate (Hz)
+            for p in np.unique(pt[idx]).tolist():
+                lut[p] = clock_rate_for_pt(d, p)
+            out[(d, int(ssrc[idx[0]]))] = stream_quality(seq[idx], ts[idx], arrival[idx], pt[idx],
+                                                          b1[idx] > 0x7F, lut[pt[idx]])
+        return out
