@@ -109,6 +109,7 @@ def _row(record: dict[str, Any]) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from agent.pipeline.engine import MediaMode
     from agent.replay import replay
 
     config = _config(args)
@@ -124,7 +125,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         captures = _captures(args.captures, stack)
         with Progress(captures=captures, counters=counters, enabled=not args.quiet):
             engine = replay(captures, config, on_finished, counters=counters, progress=False,
-                            keep_audio=False)
+                            media=MediaMode.COUNTERS)
         if args.json:
             from agent.sources import capture_files, file_spans
             stdin_names = {str(Path(c)): "-" for c, a in zip(captures, args.captures) if a == "-"}
@@ -186,6 +187,7 @@ def _replay_deliver(args: argparse.Namespace, config: Config, captures: list[str
 
 def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -> int:
     from agent.recorder import Recorder, write_to_directory
+    from agent.pipeline.engine import MediaMode
     from agent.replay import replay
 
     out_dir = Path(args.out)
@@ -203,7 +205,7 @@ def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -
                   rendered=lambda: len(written)) as progress:
         try:
             engine = replay(captures, config, recorder, counters=counters, progress=False,
-                            workdir=out_dir / ".work", defer_media=True)
+                            workdir=out_dir / ".work", media=MediaMode.DEFERRED)
             progress.reading_done()
         finally:
             recorder.close()

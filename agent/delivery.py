@@ -27,6 +27,7 @@ from agent.deliver.uploader import Uploader
 from agent.errors import AgentError
 from agent.lifecycle import stop_signals
 from agent.recorder import Recorder, Rendered
+from agent.pipeline.engine import MediaMode
 from agent.replay import replay
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
         try:
             try:
                 engine = replay(captures, config, recorder, counters=counters, workdir=work / "media",
-                                progress=progress, defer_media=True)
+                                progress=progress, media=MediaMode.DEFERRED)
             finally:
                 recorder.close()
                 lost = sink.close()

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from agent.capture.batches import read_batches
 from agent.config import Config
-from agent.pipeline.engine import Engine, FinishedCall
+from agent.pipeline.engine import Engine, FinishedCall, MediaMode
 from agent.lifecycle import Interrupted, stop_signals
 
 PROGRESS_EVERY_PACKETS = 200_000
@@ -26,12 +26,12 @@ PROGRESS_AFTER_S = 3.0
 
 def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[FinishedCall], None],
            *, counters=None, workdir: Path | None = None, progress: bool = True,
-           defer_media: bool = False, keep_audio: bool = True) -> Engine:
+           media: MediaMode = MediaMode.INLINE) -> Engine:
     """Replay every capture in ``paths`` (merged by time); returns the engine (counters, etc.).
-    ``defer_media``: the sink sequences media itself (the recorder does, in its workers)."""
+    ``media``: what happens to each call's RTP (``MediaMode``; the recorder sequences it in its
+    workers when DEFERRED)."""
     paths = list(paths)
-    engine = Engine(config, on_finished, counters=counters, workdir=workdir, defer_media=defer_media,
-                    keep_audio=keep_audio)
+    engine = Engine(config, on_finished, counters=counters, workdir=workdir, media=media)
     batches = read_batches(paths, engine.counters)
     feed_batch = engine.feed_batch
     started = time.monotonic()

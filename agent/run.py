@@ -132,7 +132,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.counters import new_counters
     from agent.deliver.spool import Spool
     from agent.delivery import SpoolSink
-    from agent.pipeline.engine import Engine
+    from agent.pipeline.engine import Engine, MediaMode
     from agent.recorder import Recorder
 
     cap = config.capture
@@ -168,7 +168,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
         queue(finished)
 
     engine = Engine(config, on_finished, counters=counters, workdir=work / "media",
-                    defer_media=True)   # sequencing runs in the recorder's workers, off the capture loop
+                    media=MediaMode.DEFERRED)   # sequencing runs in the recorder's workers, off the capture loop
     feed = engine.feed_batch          # one ring block at a time, the path replay takes
     poller = select.poll()
     by_fd = {}

@@ -114,7 +114,7 @@ def run(path: Path, config=None) -> dict:
     second (above 1 CPU-s a live tap would drop frames)."""
     from agent.capture.batches import read_batches
     from agent.config import load_config
-    from agent.pipeline.engine import Engine
+    from agent.pipeline.engine import Engine, MediaMode
 
     records: dict[str, dict] = {}
     ended_by_timeout = 0
@@ -127,7 +127,7 @@ def run(path: Path, config=None) -> dict:
         elif record["end_reason"] == "rtp_timeout":
             ended_by_timeout += 1
 
-    engine = Engine(config or load_config(None, {}), on_finished, keep_audio=False)
+    engine = Engine(config or load_config(None, {}), on_finished, media=MediaMode.COUNTERS)
     slowest_s = burst_end_s = 0.0
     cpu = time.process_time()
     for batch in seconds_of(read_batches([path], engine.counters)):

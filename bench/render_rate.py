@@ -39,6 +39,7 @@ def prepare(capture: Path, keep_dir: Path) -> list:
     if index.exists():
         return pickle.loads(index.read_bytes())
     from agent.config import load_config
+    from agent.pipeline.engine import MediaMode
     from agent.replay import replay
 
     keep_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def prepare(capture: Path, keep_dir: Path) -> list:
         calls.append((kept, finished.media_plan, finished.record, finished.streams))
 
     engine = replay([capture], load_config(None), on_finished, progress=False, workdir=keep_dir / ".work",
-                    defer_media=True)
+                    media=MediaMode.DEFERRED)
     engine.close()
     index.write_bytes(pickle.dumps(calls))
     return calls

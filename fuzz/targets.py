@@ -455,7 +455,7 @@ def mutate_records(records, edits):
 
 def check_engine(inp) -> None:
     from agent.config import Config
-    from agent.pipeline.engine import Engine
+    from agent.pipeline.engine import Engine, MediaMode
 
     import json
 
@@ -466,14 +466,14 @@ def check_engine(inp) -> None:
     # Every media mode: recordings (raw log, sequenced later), inline, and inspect's counters-only;
     # frame by frame (live capture's unit until it batches) and in batches (replay), which
     # must agree exactly.
-    for mode in ({}, {"defer_media": True}, {"keep_audio": False}):
+    for mode in MediaMode:
         outcomes = []
         for batched in (False, True):
             finished: list = []
             counters: Counter = Counter()
             with tempfile.TemporaryDirectory(dir=_TMP) as work:
                 engine = Engine(Config(), finished.append, counters=counters, workdir=Path(work),
-                                batch_min=1, **mode)
+                                batch_min=1, media=mode)
                 if batched:
                     for batch in group_records(iter(records)):
                         engine.feed_batch(batch)

@@ -1,8 +1,8 @@
 """The Call record the tracker keeps for one dialog, and its parties.
 
 A Call is mutable while the dialog lives and read once when it ends (to build the
-call record). It holds no sockets and no files; the engine attaches a media
-object to ``call.media`` for the RTP side.
+call record). It holds no sockets, no files and no media: the pipeline keeps each call's
+media object itself (``pipeline/finishing.py``).
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ class Call:
     fork_endpoints: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     reinvites: int = 0
-    media: Any = None                        # engine-owned media capture (CallMedia)
 
     @property
     def answered(self) -> bool:
@@ -90,6 +89,3 @@ class Call:
     def ended(self) -> bool:
         return self.state is CallState.ENDED
 
-    def key(self, leg: int = 0) -> str:
-        """The delivered-ledger key: one call, however often it is replayed."""
-        return f"{self.callid}|{self.from_tag}|{self.start_ts_ns}|{leg}"

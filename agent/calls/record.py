@@ -19,14 +19,6 @@ from agent.calls.macs import MacTable
 from agent.calls.numbers import is_feature_code, normalise_number
 from agent.config import Config
 
-API_FIELDS = (
-    "startdatetimeutc", "callername", "callerphone", "callerdtmf", "callermacaddress",
-    "callermediaendpoint", "destinationname", "destinationphone", "destinationdtmf",
-    "destinationmacaddress", "destinationmediaendpoint", "clientoperatingsystem",
-    "servername", "location",
-)
-
-
 @lru_cache(maxsize=1)
 def host_operating_system() -> str:
     """e.g. ``Linux 6.1.0-18-amd64 x86_64 (Debian GNU/Linux 12 (bookworm))``."""
@@ -164,11 +156,6 @@ def build_record(call: Call, config: Config, macs: MacTable,
     if extra:
         record.update(extra)
     return record
-
-
-def api_fields(record: dict[str, Any]) -> dict[str, str]:
-    """The POST /api/call body: exactly the 14 v1 fields, each a string."""
-    return {name: str(record.get(name) or "") for name in API_FIELDS}
 
 
 def merge_dtmf_presses(record: dict[str, Any], presses: list[dict[str, Any]], *,

@@ -18,7 +18,7 @@ for byte (tests/engine/test_engine_batch.py replays every capture both ways).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -48,15 +48,18 @@ class BatchRouter:
     def __init__(self, counters, decoder: FrameDecoder, endpoints: EndpointMap, clock: PacketClock,
                  sip_ports: frozenset[int], *, feed: Callable[[int, int, bytes], None],
                  dispatch: Callable[[Datagram], None], tick: Callable[[int], None],
-                 hold: Callable[[Datagram], None], batch_min: int = BATCH_MIN) -> None:
+                 hold: Callable[[Datagram], None], media_of: Callable[[Call], Any],
+                 batch_min: int = BATCH_MIN) -> None:
         """``feed``, ``dispatch`` and ``tick`` are the engine's per-frame path, its hand-over
-        of a decoded datagram and its tick; ``hold`` keeps RTP of no known endpoint."""
+        of a decoded datagram and its tick; ``hold`` keeps RTP of no known endpoint;
+        ``media_of(call)`` is where a call's packets go."""
         self.counters = counters
         self.decoder = decoder
         self.clock = clock
         self.batch_min = batch_min
         self._endpoints = endpoints
         self._feed, self._dispatch, self._tick, self._hold = feed, dispatch, tick, hold
+        self._media_of = media_of
         self._dedup = decoder.dedup_rtp              # RTP's own table (see FrameDecoder)
         self._sip_ports_np = np.array(sorted(sip_ports), dtype=np.int64)
         self._batch: FrameBatch | None = None        # the batch being fed
@@ -424,7 +427,7 @@ class BatchRouter:
             h = g + 1
             while h < count and call_of[h] == call_of[g]:
                 h += 1
-            media = by_no[call_of[g]].media
+            media = self._media_of(by_no[call_of[g]])
             if media is not None:
                 if groups.end[h - 1] - groups.start[g] < BULK_MIN_PACKETS:
                     # A few packets (a live ring block holds ~100 ms): one by one is cheaper.

@@ -34,11 +34,11 @@ from agent.net.datagram import TCP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.pipeline.batch_routing import BATCH_MIN, BatchRouter
 from agent.pipeline.clock import NS, PacketClock
-from agent.pipeline.finishing import Finisher, FinishedCall
+from agent.pipeline.finishing import Finisher, FinishedCall, MediaMode
 from agent.pipeline.media_routing import MediaRouter
 from agent.pipeline.signalling import BodyArriving, Signalling
 
-__all__ = ["Engine", "FinishedCall"]
+__all__ = ["Engine", "FinishedCall", "MediaMode"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, config: Config, on_finished: Callable[[FinishedCall], None], *,
                  counters=None, workdir: Path | None = None,
-                 grouper: ConversationGrouper | None = None, defer_media: bool = False,
-                 keep_audio: bool = True, batch_min: int = BATCH_MIN) -> None:
-        """``keep_audio`` False: counters only, no media log (inspect). ``defer_media``: the
-        consumer sequences the raw media log (the recorder's workers). ``batch_min``: smaller
-        batches are fed frame by frame."""
+                 grouper: ConversationGrouper | None = None, media: MediaMode = MediaMode.INLINE,
+                 batch_min: int = BATCH_MIN) -> None:
+        """``media``: counters only (inspect), deferred to the recorder's workers (recordings)
+        or sequenced here (tests); see ``MediaMode``. ``batch_min``: smaller batches are fed
+        frame by frame."""
         self.config = config
         self.counters = counters if counters is not None else new_counters()
         self._own_workdir = workdir is None
@@ -60,18 +60,19 @@ class Engine:
         self.decoder = FrameDecoder(self.counters)
         self.macs = MacTable(router_ip_threshold=config.sip.router_mac_ip_threshold,
                              l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
-        self.media = MediaRouter(self.counters, touch=self._touch, first_media=self._first_media)
+        self.media = MediaRouter(self.counters, touch=self._touch, first_media=self._first_media,
+                                 media_of=self._media_of)
         self.tracker = CallTracker(config.sip, self.counters, self.media.endpoints)
         self.grouper = grouper if grouper is not None else ConversationGrouper(
             config.sip, live=self.tracker.calls, counters=self.counters)
         self.finishing = Finisher(config, self.counters, self.macs, self.workdir, self.grouper, on_finished,
-                                  keep_audio=keep_audio, defer_media=defer_media)
+                                  media=media)
         sip_ports = frozenset(config.capture.sip_ports)
         self.signalling = Signalling(sip_ports, self.counters, self.tracker, self.macs, self.clock,
                                      self._on_events)
         self.batches = BatchRouter(self.counters, self.decoder, self.media.endpoints, self.clock, sip_ports,
                                    feed=self.feed, dispatch=self._dispatch, tick=self._tick,
-                                   hold=self.media.hold, batch_min=batch_min)
+                                   hold=self.media.hold, media_of=self.finishing.media_of, batch_min=batch_min)
 
     @property
     def now_ns(self) -> int:
@@ -137,6 +138,9 @@ class Engine:
         """Flush before touch: ``call`` gets its routed batch packets before anything else."""
         self.batches.flush_call(call)
 
+    def _media_of(self, call: Call):
+        return self.finishing.media_of(call)
+
     def _first_media(self, call: Call, side: int, dgram: Datagram) -> None:
         self.macs.observe(dgram.src_mac, dgram.src_ip)
         self.tracker.on_media(call, side, dgram.ts_ns, (dgram.src_ip, dgram.src_port), dgram.src_mac)
@@ -147,8 +151,7 @@ class Engine:
             self._touch(event.call)
             match event:
                 case EndpointClaimed(call=call, endpoint=endpoint):
-                    if call.media is None:
-                        call.media = self.finishing.new_media(call)
+                    self.finishing.attach_media(call)
                     self.media.adopt_held(endpoint)
                 case CallEnded(call=call):
                     self.finishing.finish(call, self.clock.now_ns)

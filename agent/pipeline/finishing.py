@@ -2,14 +2,7 @@
 :class:`FinishedCall` for whoever consumes the engine (recorder, ``inspect``).
 
 Owns the disk floor (below ``[spool] min_free_mb`` a new call records no audio, so the
-spool is never endangered) and the three media modes:
-
-- ``keep_audio`` False (``inspect``): RTP is sequenced as it arrives, into counters only;
-  no media log is written and the record is complete here;
-- ``defer_media`` True (recordings): the raw media log and a ``MediaPlan`` are handed on,
-  and the recorder's worker processes sequence them (``completion.complete_media``);
-- neither: the raw log is sequenced here into an ordered log (tests and benches that
-  render in-process).
+spool is never endangered) and the media mode (:class:`MediaMode`).
 
 Finished calls pass through the conversation grouper (``calls/legs.py``), which links the
 legs of one conversation and marks those not to upload, before ``on_finished`` sees them.
@@ -17,6 +10,7 @@ legs of one conversation and marks those not to upload, before ``on_finished`` s
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import time
@@ -39,6 +33,14 @@ log = logging.getLogger(__name__)
 DISK_CHECK_S = 2.0                 # how often free space is looked at (wall clock: disks are real)
 
 
+class MediaMode(enum.Enum):
+    """What happens to a call's RTP (one choice: there used to be two flags)."""
+    COUNTERS = "counters"   # inspect: sequenced as it arrives into counters only; no media log
+    DEFERRED = "deferred"   # recordings: the raw log and a MediaPlan go to the recorder's workers,
+                            # which sequence them (completion.complete_media) off the capture loop
+    INLINE = "inline"       # sequenced here into an ordered log (tests, benches rendering in-process)
+
+
 @dataclass(slots=True)
 class FinishedCall:
     call: Call
@@ -50,25 +52,33 @@ class FinishedCall:
 
 class Finisher:
     def __init__(self, config: Config, counters, macs: MacTable, workdir: Path, grouper: ConversationGrouper,
-                 on_finished: Callable[[FinishedCall], None], *, keep_audio: bool, defer_media: bool) -> None:
+                 on_finished: Callable[[FinishedCall], None], *, media: MediaMode) -> None:
         self.config = config
         self.counters = counters
         self.macs = macs
         self.workdir = workdir
         self.grouper = grouper
         self.on_finished = on_finished
-        self.keep_audio = keep_audio
-        self.defer_media = defer_media
+        self.mode = media
         self._media_seq = 0
+        self._media: dict[int, MediaCapture | CallMedia] = {}     # id(call) -> its media, while it lives
         self._disk_checked_at = float("-inf")
         self._disk_low = False
 
     # ------------------------------------------------------------------ media
 
-    def new_media(self, call: Call) -> MediaCapture | CallMedia:
+    def media_of(self, call: Call) -> MediaCapture | CallMedia | None:
+        return self._media.get(id(call))
+
+    def attach_media(self, call: Call) -> None:
+        """``call`` claimed a media endpoint: from now on its RTP has somewhere to go."""
+        if id(call) not in self._media:
+            self._media[id(call)] = self._new_media(call)
+
+    def _new_media(self, call: Call) -> MediaCapture | CallMedia:
         redact = self.config.recording.redact_dtmf_digits      # telephone-event digits never reach the disk
         write_audio = self._disk_has_room()
-        if not self.keep_audio:
+        if self.mode is MediaMode.COUNTERS:
             return CallMedia(None, redact_dtmf=redact,
                              clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
                              codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction))
@@ -105,7 +115,7 @@ class Finisher:
 
     def finish(self, call: Call, now_ns: int) -> None:
         """``call`` ended (its media got every packet it had): make its FinishedCall."""
-        media, call.media = call.media, None
+        media = self._media.pop(id(call), None)
         redact = self.config.recording.redact_dtmf_digits
         if redact:                                   # PCI: the digits never leave the agent
             for press in call.dtmf:
@@ -116,7 +126,7 @@ class Finisher:
             return
         media.close()
         codecs = {CALLER: codecs_for_direction(call, CALLER), CALLEE: codecs_for_direction(call, CALLEE)}
-        if isinstance(media, CallMedia):             # keep_audio False: sequenced as it arrived
+        if isinstance(media, CallMedia):             # MediaMode.COUNTERS: sequenced as it arrived
             record, _specs = media_record(build_record(call, self.config, self.macs), media, codecs,
                                           redact=redact)
             self._emit(FinishedCall(call=call, record=record, media_log=None), now_ns)
@@ -134,7 +144,7 @@ class Finisher:
                                     media_log=None), now_ns)
             return
         record = build_record(call, self.config, self.macs, extra)
-        if self.defer_media:
+        if self.mode is MediaMode.DEFERRED:
             # Sequencing (reorder, stats, RFC 4733) runs with the rendering, in a worker.
             self._emit(FinishedCall(call=call, record=record, media_log=media.log_path, media_plan=plan), now_ns)
             return

@@ -15,7 +15,7 @@ one datagram at a time, with the same result.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
 from agent.calls.call import Call
 from agent.calls.endpoints import Endpoint, EndpointMap
@@ -29,13 +29,15 @@ HELD_RTP_MAX = 20_000
 
 class MediaRouter:
     def __init__(self, counters, *, touch: Callable[[Call], None],
-                 first_media: Callable[[Call, int, Datagram], None]) -> None:
+                 first_media: Callable[[Call, int, Datagram], None], media_of: Callable[[Call], Any]) -> None:
         """``touch(call)`` runs before a packet reaches a call (the engine's flush-before-touch
-        rule); ``first_media(call, side, dgram)`` for the first packet a side is seen sending."""
+        rule); ``first_media(call, side, dgram)`` for the first packet a side is seen sending;
+        ``media_of(call)`` is where a call's packets go (None: nowhere yet)."""
         self.counters = counters
         self.endpoints = EndpointMap()
         self._touch = touch
         self._first_media = first_media
+        self._media_of = media_of
         self._held: deque[Datagram] = deque()
 
     def route(self, dgram: Datagram) -> bool:
@@ -59,7 +61,7 @@ class MediaRouter:
             self._first_media(call, sender, dgram)
         else:
             call.last_media_ns = dgram.ts_ns
-        media = call.media
+        media = self._media_of(call)
         if media is not None:
             if not media.on_rtp(sender, dgram.ts_ns, f"{dgram.src_ip}:{dgram.src_port}",
                                 f"{dgram.dst_ip}:{dgram.dst_port}", dgram.payload):

@@ -16,7 +16,7 @@ import pytest
 from agent.capture.batches import group_records, read_batches
 from agent.capture.files import open_captures
 from agent.config import load_config
-from agent.pipeline.engine import Engine
+from agent.pipeline.engine import Engine, MediaMode
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,13 +26,16 @@ CAPTURES = sorted(p for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng",
 PUBLIC_CAPTURES = sorted(PUBLIC.glob("*.pcap*")) if PUBLIC.is_dir() else []
 
 
+MODES = {"inspect": MediaMode.COUNTERS, "inline": MediaMode.INLINE, "deferred": MediaMode.DEFERRED}
+
+
 def _run(path: Path, mode: str, feeding: str, tmp_path: Path, made=lambda engine: None
          ) -> tuple[list[dict], dict, list[str]]:
     finished = []
     counters = Counter()
     workdir = tmp_path / f"work-{mode}-{feeding}"
     eng = Engine(load_config(None, env={}), finished.append, counters=counters, workdir=workdir,
-                 keep_audio=(mode != "inspect"), defer_media=(mode == "deferred"), batch_min=1)
+                 media=MODES[mode], batch_min=1)
     made(eng)
     if feeding == "frames":
         for ts_ns, linktype, frame in open_captures([path], counters):
@@ -73,7 +76,7 @@ def _batched(path: Path, tmp_path: Path) -> tuple[float, Counter]:
     """Replay ``path`` in batches: the fraction of its frames handed to calls by the batch
     path, and the counters."""
     eng = Engine(load_config(None, env={}), lambda f: None, counters=Counter(), workdir=tmp_path / "w",
-                 keep_audio=False, batch_min=1)
+                 media=MediaMode.COUNTERS, batch_min=1)
     for batch in read_batches([path], eng.counters):
         eng.feed_batch(batch)
     eng.finish()

@@ -7,7 +7,7 @@ import pytest
 
 from agent.capture.files import open_captures
 from agent.config import load_config
-from agent.pipeline.engine import Engine
+from agent.pipeline.engine import Engine, MediaMode
 from bench.synth import udp_frame
 from tests.conftest import PCAPS
 
@@ -15,12 +15,12 @@ CALLEE_RTP = (bytes([10, 0, 0, 20]), 50000)      # basic_udp's callee media endp
 CALLER = bytes([10, 0, 0, 10])
 
 
-@pytest.mark.parametrize("mode", [{}, {"defer_media": True}, {"keep_audio": False}])
+@pytest.mark.parametrize("mode", list(MediaMode))
 def test_empty_udp_to_a_media_endpoint(mode, tmp_path):
     counters: Counter = Counter()
     records = []
     engine = Engine(load_config(None, env={}), lambda f: records.append(f.record), counters=counters,
-                    workdir=tmp_path, **mode)
+                    workdir=tmp_path, media=mode)
     frames = list(open_captures([PCAPS / "basic_udp.pcap"], counters))
     middle = len(frames) // 2
     for i, (ts, lt, frame) in enumerate(frames):
@@ -33,7 +33,7 @@ def test_empty_udp_to_a_media_endpoint(mode, tmp_path):
     engine.finish()
     (record,) = records
     assert record["end_reason"] == "bye"
-    if mode.get("defer_media"):
+    if mode is MediaMode.DEFERRED:
         return                                   # counters come with the worker's sequencing
     assert sum(s["packets"] for s in record["streams"]) == 302
     assert counters["rtp.skip.not_rtp"] == 3

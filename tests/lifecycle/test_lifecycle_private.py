@@ -16,6 +16,7 @@ from agent.config import Config, RecordingSection, load_config
 from agent.deliver.spool import Spool
 from agent.private import loose_spool_modes
 from agent.recorder import Recorder, write_to_directory
+from agent.pipeline.engine import MediaMode
 from agent.replay import replay
 
 import sys
@@ -34,7 +35,7 @@ def _record_into(out: Path, settings: RecordingSection) -> list[Path]:
     recorder = Recorder(settings, out, write_to_directory(out, settings.group), fmt="wav", workers=1,
                         stop_on_signals=False)
     try:
-        replay([PCAP], Config(), recorder, workdir=out.parent / "work", defer_media=True, progress=False)
+        replay([PCAP], Config(), recorder, workdir=out.parent / "work", media=MediaMode.DEFERRED, progress=False)
     finally:
         recorder.close()
     return sorted(p for p in out.iterdir())

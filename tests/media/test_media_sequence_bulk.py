@@ -14,7 +14,7 @@ import pytest
 
 from agent.capture.batches import read_batches
 from agent.config import load_config
-from agent.pipeline.engine import Engine
+from agent.pipeline.engine import Engine, MediaMode
 from agent.media.stream import sequence_capture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ CAPTURES = sorted(p for p in (REPO / "pcaps").iterdir() if p.suffix in (".pcap",
 def _raw_logs(path: Path, workdir: Path):
     finished = []
     eng = Engine(load_config(None, env={}), finished.append, counters=Counter(), workdir=workdir,
-                 defer_media=True)
+                 media=MediaMode.DEFERRED)
     for batch in read_batches([path], eng.counters):
         eng.feed_batch(batch)
     eng.finish()
