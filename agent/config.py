@@ -70,6 +70,11 @@ class CaptureSection:
     idle_advance_s: float = 1.0          # no packet for this long: engine time follows the wall clock
     max_render_queue: int = 256          # finished calls waiting for a renderer before back-pressure
     shutdown_timeout_s: float = 60.0     # SIGTERM: rendering + spooling must finish within this
+    # HEP v3 input (agent.net.hep, agent.capture.hep); added for issue 19.
+    hep: str = ""                        # listener "udp:HOST:PORT" or "tcp:HOST:PORT"; empty = none
+    hep_ports: tuple[int, ...] = (9060,)  # UDP ports whose HEP3 payloads in a capture are unwrapped
+    hep_auth_key: str = field(default="", repr=False)   # from CALLN_HEP_AUTH_KEY or hep_auth_key_file only
+    hep_auth_key_file: str = ""          # HEP packets without this auth key are dropped; empty = no check
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +189,12 @@ def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: st
     kwargs: dict[str, Any] = {}
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in known or key == "password":
+        if key not in known or key in _SECRETS:
             raise ConfigError(f"[{name}] {key}: unknown key" + (
-                " (the password comes from CALLN_PASSWORD or password_file)" if key == "password" else ""))
+                f" (it comes from {_SECRETS[key]} or {key}_file)" if key in _SECRETS else ""))
     for f in dataclasses.fields(cls):
         env_key = f"CALLN_{name.upper()}_{f.name.upper()}"
-        if f.name == "password":
+        if f.name in _SECRETS:
             continue
         if env_key in env:
             kwargs[f.name] = _coerce(env[env_key], getattr(defaults, f.name), env_key)
@@ -198,18 +203,22 @@ def _section(cls: type, raw: Mapping[str, Any], env: Mapping[str, str], name: st
     return cls(**kwargs)
 
 
-def _read_password(api: ApiSection, env: Mapping[str, str]) -> str:
-    if env.get("CALLN_PASSWORD"):
-        return env["CALLN_PASSWORD"]
-    if api.password_file:
-        path = Path(api.password_file)
+# Secret keys: never in the TOML, only from this environment variable or from ``<key>_file``.
+_SECRETS = {"password": "CALLN_PASSWORD", "hep_auth_key": "CALLN_HEP_AUTH_KEY"}
+
+
+def _read_secret(section: str, key: str, file_name: str, env: Mapping[str, str]) -> str:
+    if env.get(_SECRETS[key]):
+        return env[_SECRETS[key]]
+    if file_name:
+        path = Path(file_name)
         try:
             st = path.stat()
             if st.st_mode & stat.S_IRWXO:
-                raise ConfigError(f"[api] password_file {path} is readable by other users; chmod 600 it")
+                raise ConfigError(f"[{section}] {key}_file {path} is readable by other users; chmod 600 it")
             return path.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"[api] password_file {path}: {exc.strerror}") from None
+            raise ConfigError(f"[{section}] {key}_file {path}: {exc.strerror}") from None
     return ""
 
 
@@ -235,7 +244,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
         cls = f.default_factory  # type: ignore[misc]
         sections[f.name] = _section(cls, raw.get(f.name, {}), env, f.name)
     api = sections["api"]
-    sections["api"] = dataclasses.replace(api, password=_read_password(api, env))
+    sections["api"] = dataclasses.replace(api, password=_read_secret("api", "password", api.password_file, env))
+    cap = sections["capture"]
+    sections["capture"] = dataclasses.replace(cap, hep_auth_key=_read_secret(
+        "capture", "hep_auth_key", cap.hep_auth_key_file, env))
     _check_spool(sections["spool"])
     _check_recording(sections["recording"])
     _check_values(sections)
@@ -322,6 +334,17 @@ def _listen(v: str) -> str | None:
     return None if 0 <= port <= 65535 else "HOST:PORT with a port up to 65535"
 
 
+def _hep_listen(v: str) -> str | None:
+    from agent.capture.hep import parse_hep_listen
+    if not v:
+        return None                      # empty = no HEP listener
+    try:
+        parse_hep_listen(v)
+    except ValueError:
+        return '"udp:HOST:PORT" or "tcp:HOST:PORT" (or empty for no HEP listener)'
+    return None
+
+
 MAC_FORMATS = ("plain_upper", "colon_lower", "colon_upper")   # agent/calls/macs.py
 MP3_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)   # what LAME encodes
 MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 192, 224, 256, 320)
@@ -344,6 +367,8 @@ VALUE_RULES: dict[tuple[str, str], Any] = {
     ("capture", "idle_advance_s"): _seconds(zero_ok=False),
     ("capture", "max_render_queue"): _ints(1, 1 << 20),
     ("capture", "shutdown_timeout_s"): _seconds(zero_ok=True),
+    ("capture", "hep"): _hep_listen,
+    ("capture", "hep_ports"): _each(_ints(1, 65535)),
     ("metrics", "listen"): _listen,
     ("metrics", "health_no_packets_s"): _seconds(zero_ok=True),
     ("metrics", "health_upload_failing_s"): _seconds(zero_ok=True),

@@ -183,6 +183,28 @@ def to_datagram(packet: HepPacket, counters, *, fallback_ts_ns: int) -> Datagram
                     socket.inet_ntop(family, dst), packet.dst_port, transport, packet.payload)
 
 
+class HepUnwrapper:
+    """HEP3 messages in (a listener's, or UDP payloads in a capture), datagrams out: parse,
+    check the auth key when one is configured (a packet without it is dropped and counted),
+    convert. Several senders' agent IDs need nothing special: each packet carries its own
+    capture time, so they fold into one packet-time line like merged capture files."""
+
+    def __init__(self, counters, auth_key: bytes = b"") -> None:
+        self.counters = counters
+        self.auth_key = auth_key
+
+    def datagram(self, message: bytes, arrival_ts_ns: int) -> Datagram | None:
+        c = self.counters
+        c["hep.messages"] += 1
+        packet = parse_hep3(message, c)
+        if packet is None:
+            return None
+        if self.auth_key and not auth_ok(packet, self.auth_key):
+            c["hep.skip.auth_failed"] += 1
+            return None
+        return to_datagram(packet, c, fallback_ts_ns=arrival_ts_ns)
+
+
 class HepStreamSplitter:
     """HEP3 over TCP: bytes of one connection in, whole messages out. After bytes that are
     not HEP3 it skips to the next ``HEP3`` magic (counted), so one bad message does not

@@ -32,6 +32,7 @@ from agent.config import Config
 from agent.counters import new_counters
 from agent.net.datagram import TCP, Datagram
 from agent.net.decode import FrameDecoder
+from agent.net.hep import HepUnwrapper, is_hep3
 from agent.pipeline.batch_routing import BATCH_MIN, BatchRouter
 from agent.pipeline.clock import NS, PacketClock
 from agent.pipeline.finishing import Finisher, FinishedCall, MediaMode
@@ -58,6 +59,8 @@ class Engine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clock = PacketClock()
         self.decoder = FrameDecoder(self.counters)
+        self.hep = HepUnwrapper(self.counters, config.capture.hep_auth_key.encode())
+        self._hep_ports = frozenset(config.capture.hep_ports)
         self.macs = MacTable(router_ip_threshold=config.sip.router_mac_ip_threshold,
                              l2_networks=config.sip.l2_networks, mac_format=config.sip.mac_format)
         self.media = MediaRouter(self.counters, touch=self._touch, first_media=self._first_media,
@@ -89,7 +92,7 @@ class Engine:
         ts_ns += clock.offset_ns
         if ts_ns > clock.now_ns:
             if clock.leaps(ts_ns):
-                self._after_gap(ts_ns, linktype, frame)
+                self._after_gap(ts_ns, self.decoder.decode(ts_ns, linktype, frame))
                 return
             if ts_ns >= clock.next_tick_ns:
                 self._tick(ts_ns)
@@ -98,11 +101,24 @@ class Engine:
         if dgram is not None:
             self._dispatch(dgram)
 
-    def _after_gap(self, ts_ns: int, linktype: int, frame: bytes) -> None:
+    def feed_datagram(self, dgram: Datagram) -> None:
+        """A datagram that comes with no frame (HEP): the path ``feed`` takes after decoding,
+        on the datagram's own capture time."""
+        clock = self.clock
+        ts_ns = dgram.ts_ns = dgram.ts_ns + clock.offset_ns
+        if ts_ns > clock.now_ns:
+            if clock.leaps(ts_ns):
+                self._after_gap(ts_ns, dgram)
+                return
+            if ts_ns >= clock.next_tick_ns:
+                self._tick(ts_ns)
+            clock.now_ns = ts_ns
+        self._dispatch(dgram)
+
+    def _after_gap(self, ts_ns: int, dgram: Datagram | None) -> None:
         """Packet time leapt forward by more than GAP_NS: a clock jump if this packet
         continues a call in progress (time is re-based), else a quiet spell (the timeouts run
         at the new time before the packet is handled). See ``clock.py``."""
-        dgram = self.decoder.decode(ts_ns, linktype, frame)
         if dgram is not None and self._continues_a_call(dgram):
             corrected = self.clock.rebase(ts_ns)
             self.counters["capture.clock_jumps"] += 1
@@ -127,10 +143,23 @@ class Engine:
             self.signalling.tcp(dgram)
         elif self.media.route(dgram):
             return
+        elif dgram.dst_port in self._hep_ports and is_hep3(dgram.payload):
+            self._unwrap_hep(dgram)
         elif self.signalling.takes_udp(dgram):
             self.signalling.udp(dgram)
         elif not self.media.hold_if_rtp(dgram):
             self.counters["udp.unmatched"] += 1
+
+    def _unwrap_hep(self, outer: Datagram) -> None:
+        """HEP3 captured on the wire (a SIP server's copies to its collector): the packet it
+        carries takes the path of a captured one, on the capture time of its own chunks."""
+        inner = self.hep.datagram(outer.payload, outer.ts_ns - self.clock.offset_ns)
+        if inner is None:
+            return
+        if inner.dst_port in self._hep_ports and is_hep3(inner.payload):
+            self.counters["hep.skip.nested"] += 1        # HEP in HEP: not a sender's output
+            return
+        self.feed_datagram(inner)
 
     # ------------------------------------------------------------------ events
 

@@ -32,6 +32,8 @@ BAD_VALUES = [
     ("capture", "idle_advance_s", "0", "0.5"),
     ("capture", "max_render_queue", "0", "16"),
     ("capture", "shutdown_timeout_s", "-5", "0"),
+    ("capture", "hep", '"sctp:0.0.0.0:9060"', '"tcp:[::1]:9060"'),
+    ("capture", "hep_ports", "[0]", "[9060, 9061]"),
     ("metrics", "listen", '"localhost"', '""'),
     ("metrics", "health_no_packets_s", "-1", "0"),
     ("metrics", "health_upload_failing_s", "inf", "60"),
