@@ -70,16 +70,17 @@ def test_counters_name_what_was_unwrapped_and_dropped(tmp_path):
     import dataclasses
 
     from agent.config import Config
+    from agent.pipeline.finishing import MediaMode
     from agent.replay import replay
 
     frames = 309                         # every datagram of basic_udp (7 SIP, 302 RTP), one HEP3 each
     calls = []
-    engine = replay([HEP], Config(), calls.append, workdir=tmp_path / "a", progress=False, keep_audio=False)
+    engine = replay([HEP], Config(), calls.append, workdir=tmp_path / "a", progress=False, media=MediaMode.COUNTERS)
     c = engine.counters
     assert (c["hep.messages"], c["hep.datagrams"], len(calls)) == (frames, frames, 1)
     assert not [k for k in c if k.startswith("hep.skip.")]
 
     keyed = Config(capture=dataclasses.replace(Config().capture, hep_auth_key="s3cret"))
     calls = []
-    c = replay([HEP], keyed, calls.append, workdir=tmp_path / "b", progress=False, keep_audio=False).counters
+    c = replay([HEP], keyed, calls.append, workdir=tmp_path / "b", progress=False, media=MediaMode.COUNTERS).counters
     assert (c["hep.skip.auth_failed"], c["hep.datagrams"], calls) == (frames, 0, [])
