@@ -11,8 +11,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-CALLER = 0   # side index, also the RTP direction "sent by the caller"
-CALLEE = 1
+# Side: which party of a call, 0 or 1. It indexes ``Call.parties``, names the party that
+# announced a media endpoint, and the party that sent a packet (media code calls the same
+# index a packet's "direction": 0 = sent by the caller).
+Side = int
+CALLER: Side = 0
+CALLEE: Side = 1
 
 
 class CallState(enum.Enum):

@@ -20,10 +20,10 @@ import socket
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from agent.calls.call import Call
+    from agent.calls.call import Call, Side
 
 Endpoint = tuple[str, int]
-Holder = tuple["Call", int]          # (call, side that announced the endpoint)
+Holder = tuple["Call", "Side"]       # (call, the side that announced the endpoint)
 
 # Past this many changed keys between two looks, the journal gives up and says "everything":
 # the reader rebuilds its copy, which then costs no more than the changes themselves.
@@ -68,7 +68,7 @@ class EndpointMap:
 
     # ------------------------------------------------------------------ writing
 
-    def claim(self, endpoint: Endpoint, call: Call, side: int) -> Holder | None:
+    def claim(self, endpoint: Endpoint, call: Call, side: Side) -> Holder | None:
         """``call``'s ``side`` now holds ``endpoint``; returns the previous holder."""
         before = self._holders.get(endpoint)
         if before is not None:

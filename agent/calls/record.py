@@ -11,13 +11,69 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict
 
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.identity import callee_identity, caller_identity
 from agent.calls.macs import MacTable
 from agent.calls.numbers import is_feature_code, normalise_number
 from agent.config import Config
+
+class CallRecord(TypedDict, total=False):
+    """The record of one call: what ``inspect --json`` prints, ``replay --out`` writes, the
+    spool stores and the client sends. The 14 API v1 fields first, under their exact names;
+    then the agent's own. Built here (``build_record``); the pipeline adds ``streams`` and
+    DTMF from the media, the conversation grouper the leg fields, the recorder
+    ``recording`` (or ``no_audio_reason``)."""
+    # API v1
+    startdatetimeutc: str
+    callername: str
+    callerphone: str
+    callerdtmf: str
+    callermacaddress: str
+    callermediaendpoint: str
+    destinationname: str
+    destinationphone: str
+    destinationdtmf: str
+    destinationmacaddress: str
+    destinationmediaendpoint: str
+    clientoperatingsystem: str
+    servername: str
+    location: str
+    # the dialog
+    callid: str
+    from_tag: str
+    to_tag: str
+    leg: int
+    answered: bool
+    end_reason: str | None
+    final_status: int | None
+    partial_start: bool
+    start_ts_ns: int
+    answer_ts_ns: int | None
+    end_ts_ns: int | None
+    duration_ms: int
+    transport: str
+    codecs_offered: list[str]
+    codecs_answered: list[str]
+    user_agents: dict[str, str]
+    connected: dict[str, str]
+    raw: dict[str, Any]
+    media: dict[str, dict[str, Any]]
+    dtmf: list[dict[str, Any]]
+    encrypted: bool
+    reinvites: int
+    # conversations (calls/legs.py)
+    conversation_id: str
+    conversation_legs: list[dict[str, Any]]
+    upload: bool
+    leg_of: str
+    # media and recording
+    streams: list[dict[str, Any]]
+    recording: dict[str, Any] | None
+    no_audio_reason: str
+    capture_files: list[str]
+
 
 @lru_cache(maxsize=1)
 def host_operating_system() -> str:
@@ -68,7 +124,7 @@ def _name_addr_text(addr: Any) -> str:
 
 
 def build_record(call: Call, config: Config, macs: MacTable,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 extra: dict[str, Any] | None = None) -> CallRecord:
     """The call record of an ended call (``extra`` adds media fields: streams, recording...)."""
     caller_name, caller_raw = caller_identity(call, config.sip.caller_identity)
     ruri_user = ""
@@ -104,7 +160,7 @@ def build_record(call: Call, config: Config, macs: MacTable,
         # (legs.py fills it from the conversation when the answer did not name it).
         destination_phone = connected["phone"]
         callee_name = connected["name"] or callee_name
-    record: dict[str, Any] = {
+    record: CallRecord = {
         "startdatetimeutc": utc_text(call.start_ts_ns),
         "callername": caller_name,
         "callerphone": normalise_number(caller_raw, config.numbers),

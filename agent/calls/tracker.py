@@ -24,7 +24,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from agent.calls.call import CALLEE, CALLER, Call, CallState
+from agent.calls.call import CALLEE, CALLER, Call, CallState, Side
 from agent.calls.end_reason import EndReason, rejected
 from agent.calls.endpoints import EndpointMap
 from agent.config import SipSection
@@ -55,7 +55,7 @@ class CallAnswered:
 class EndpointClaimed:
     """A call's side announced a media endpoint (the engine replays RTP held for it)."""
     call: Call
-    side: int
+    side: Side
     endpoint: tuple[str, int]
 
 
@@ -179,14 +179,14 @@ class CallTracker:
                 return True
         return False
 
-    def _sender_side(self, call: Call, msg) -> int:
+    def _sender_side(self, call: Call, msg) -> Side:
         """Requests come from the side whose tag is in From; responses from the other one."""
         from_is_caller = (msg.from_tag or "") == call.from_tag or not call.from_tag
         if msg.is_request:
             return CALLER if from_is_caller else CALLEE
         return CALLEE if from_is_caller else CALLER
 
-    def _on_request(self, call: Call, msg, side: int, ts_ns: int, events: list[Event]) -> None:
+    def _on_request(self, call: Call, msg, side: Side, ts_ns: int, events: list[Event]) -> None:
         method = msg.method
         if method == "INVITE":
             if call.state is CallState.CONFIRMED:
@@ -228,7 +228,7 @@ class CallTracker:
                                   "offset_ms": (ts_ns - call.start_ts_ns) // 1_000_000,
                                   "source": "sip_info", "duration_ms": duration_ms})
 
-    def _on_response(self, call: Call, msg, side: int, ts_ns: int, events: list[Event]) -> None:
+    def _on_response(self, call: Call, msg, side: Side, ts_ns: int, events: list[Event]) -> None:
         code = msg.status_code or 0
         if msg.cseq_method != "INVITE":
             # Only 481/408 end a dialog from inside it (RFC 5057); a BYE's 200 changes nothing.
@@ -282,7 +282,7 @@ class CallTracker:
 
     # ------------------------------------------------------------------ SDP and media
 
-    def _take_sdp(self, call: Call, msg, side: int, events: list[Event]) -> None:
+    def _take_sdp(self, call: Call, msg, side: Side, events: list[Event]) -> None:
         body = msg.sdp_body()
         if not body:
             return
@@ -343,7 +343,7 @@ class CallTracker:
                 self.counters["calls.fork_media_dropped"] += 1
         call.fork_endpoints.clear()
 
-    def _claim(self, call: Call, side: int, endpoint: tuple[str, int], events: list[Event]) -> None:
+    def _claim(self, call: Call, side: Side, endpoint: tuple[str, int], events: list[Event]) -> None:
         party = call.parties[side]
         if endpoint not in party.sdp_endpoints:
             party.sdp_endpoints.append(endpoint)
@@ -363,7 +363,7 @@ class CallTracker:
         """True for a call in progress or one that ended recently (tombstone)."""
         return callid in self.calls or callid in self._tombstones
 
-    def on_media(self, call: Call, side: int, ts_ns: int, src: tuple[str, int], src_mac: bytes) -> None:
+    def on_media(self, call: Call, side: Side, ts_ns: int, src: tuple[str, int], src_mac: bytes) -> None:
         """The first RTP from ``side`` of ``call`` was seen (the engine calls this once per side;
         later packets only move ``call.last_media_ns``)."""
         call.last_media_ns = ts_ns

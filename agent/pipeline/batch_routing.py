@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from agent.calls.call import Call
+from agent.calls.call import Call, Side
 from agent.calls.endpoints import EndpointMap
 from agent.capture.batches import FrameBatch
 from agent.media.runs import RtpRun, RunGroups
@@ -73,10 +73,10 @@ class BatchRouter:
         self.slot_table_resets = -1
         self._reset_slots()
 
-    def mark_ready(self, call: Call, sender: int) -> None:
-        """``sender``'s first packet was seen (per datagram): the batch path may take its
-        packets from now on."""
-        slot = self._slot_of.get((id(call), sender))
+    def mark_ready(self, call: Call, side: Side) -> None:
+        """``side``'s first packet was seen (per datagram): the batch path may take the packets
+        it sends from now on."""
+        slot = self._slot_of.get((id(call), side))
         if slot is not None:
             self._slot_ready[slot] = True
 
@@ -252,12 +252,13 @@ class BatchRouter:
                                               self._slot(call, side))
         return row
 
-    def _slot(self, call: Call, sender: int) -> int:
-        key = (id(call), sender)
+    def _slot(self, call: Call, side: Side) -> int:
+        """The slot of packets sent by ``side`` of ``call``."""
+        key = (id(call), side)
         slot = self._slot_of.get(key)
         if slot is None:
             slot = self._slot_of[key] = len(self._slots)
-            self._slots.append((call, sender))
+            self._slots.append((call, side))
             no = self._call_no.get(id(call))
             if no is None:
                 no = self._call_no[id(call)] = len(self._calls_by_no)
@@ -265,11 +266,11 @@ class BatchRouter:
             if slot >= len(self._slot_call):
                 grow = max(64, 2 * len(self._slot_call))
                 self._slot_call = np.resize(self._slot_call, grow)
-                self._slot_sender = np.resize(self._slot_sender, grow)
+                self._slot_side = np.resize(self._slot_side, grow)
                 self._slot_ready = np.resize(self._slot_ready, grow)
             self._slot_call[slot] = no
-            self._slot_sender[slot] = sender
-            self._slot_ready[slot] = call.parties[sender].seen_endpoint is not None
+            self._slot_side[slot] = side
+            self._slot_ready[slot] = call.parties[side].seen_endpoint is not None
         return slot
 
     def _route_run(self, fx: RtpFrames, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -408,7 +409,7 @@ class BatchRouter:
         """Routed packets (batch positions, arrival order) into their calls' media, as
         ``_fast_media`` would have, one call at a time (its groups: one per direction)."""
         self.packets_routed += len(idx)
-        group_key = self._slot_call[slots] * 2 + self._slot_sender[slots]
+        group_key = self._slot_call[slots] * 2 + self._slot_side[slots]
         order = np.argsort(group_key, kind="stable")
         idx, group_key, by_dst, arrival = idx[order], group_key[order], by_dst[order], ts[order]
         starts = np.flatnonzero(np.diff(group_key, prepend=-1))
@@ -450,7 +451,7 @@ class BatchRouter:
         self._call_no: dict[int, int] = {}
         self._calls_by_no: list[Call] = []
         self._slot_call = np.zeros(0, dtype=np.int64)
-        self._slot_sender = np.zeros(0, dtype=np.int64)
+        self._slot_side = np.zeros(0, dtype=np.int64)
         self._slot_ready = np.zeros(0, dtype=bool)
         self._entry_slots: dict[tuple[bytes, int, int], tuple[int, int, int]] = {}
         self._key_labels: dict[int, str] = {}

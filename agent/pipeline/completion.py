@@ -12,14 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.calls.call import CALLEE, CALLER, Call
-from agent.calls.record import merge_dtmf_presses, presses_from_events
+from agent.calls.call import CALLEE, CALLER, Call, Side
+from agent.calls.record import CallRecord, merge_dtmf_presses, presses_from_events
 from agent.media.stream import CallMedia, MediaPlan, sequence_capture
 from agent.media.timeline import CodecInfo, StreamSpec
 
 
-def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
-                   redact: bool) -> tuple[dict[str, Any], list[StreamSpec]]:
+def complete_media(record: CallRecord, raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
+                   redact: bool) -> tuple[CallRecord, list[StreamSpec]]:
     """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log``: returns
     the record completed with per-stream counters and RFC 4733 key presses, and the stream
     specs ``render_recording`` needs. The raw log is deleted."""
@@ -30,8 +30,8 @@ def complete_media(record: dict[str, Any], raw_log: Path, plan: MediaPlan, order
     return record, specs
 
 
-def media_record(record: dict[str, Any], media: CallMedia, codecs: dict[int, dict], *,
-                 redact: bool) -> tuple[dict[str, Any], list[StreamSpec]]:
+def media_record(record: CallRecord, media: CallMedia, codecs: dict[int, dict], *,
+                 redact: bool) -> tuple[CallRecord, list[StreamSpec]]:
     """The record completed from a sequenced call's media: per-stream counters, RFC 4733 key
     presses, encryption; and the stream specs ``render_recording`` needs."""
     streams, specs = [], []
@@ -70,7 +70,7 @@ def unrecorded_streams(plan: MediaPlan, streams: list[dict[str, Any]]) -> list[d
     return out
 
 
-def codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:
+def codecs_for_direction(call: Call, direction: Side) -> dict[int, CodecInfo]:
     """PT map for media sent by side ``direction``: the receiver's rtpmap first (it defined
     what it wants to receive), the sender's as fallback (phones differ, many break RFC 3264)."""
     sender = call.parties[direction]
@@ -83,6 +83,6 @@ def codecs_for_direction(call: Call, direction: int) -> dict[int, CodecInfo]:
     return codecs
 
 
-def clock_rate(call: Call, direction: int, pt: int) -> int:
+def clock_rate(call: Call, direction: Side, pt: int) -> int:
     info = codecs_for_direction(call, direction).get(pt)
     return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000

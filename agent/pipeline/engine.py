@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from agent.calls.call import Call
+from agent.calls.call import Call, Side
 from agent.calls.end_reason import EndReason
 from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
@@ -170,7 +170,7 @@ class Engine:
     def _media_of(self, call: Call):
         return self.finishing.media_of(call)
 
-    def _first_media(self, call: Call, side: int, dgram: Datagram) -> None:
+    def _first_media(self, call: Call, side: Side, dgram: Datagram) -> None:
         self.macs.observe(dgram.src_mac, dgram.src_ip)
         self.tracker.on_media(call, side, dgram.ts_ns, (dgram.src_ip, dgram.src_port), dgram.src_mac)
         self.batches.mark_ready(call, side)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
-from agent.calls.record import build_record
+from agent.calls.record import CallRecord, build_record
 from agent.config import Config
 from agent.media.stream import CallMedia, MediaCapture, MediaPlan
 from agent.media.timeline import StreamSpec
@@ -44,7 +44,7 @@ class MediaMode(enum.Enum):
 @dataclass(slots=True)
 class FinishedCall:
     call: Call
-    record: dict[str, Any]
+    record: CallRecord
     media_log: Path | None          # the ordered media log, or the raw one when media_plan is set
     streams: list[StreamSpec] = field(default_factory=list)
     media_plan: MediaPlan | None = None   # set: media not sequenced yet (see complete_media)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
-from agent.calls.call import Call
+from agent.calls.call import Call, Side
 from agent.calls.endpoints import Endpoint, EndpointMap
 from agent.media.rtp import looks_like_rtp
 from agent.net.datagram import Datagram
@@ -29,7 +29,7 @@ HELD_RTP_MAX = 20_000
 
 class MediaRouter:
     def __init__(self, counters, *, touch: Callable[[Call], None],
-                 first_media: Callable[[Call, int, Datagram], None], media_of: Callable[[Call], Any]) -> None:
+                 first_media: Callable[[Call, Side, Datagram], None], media_of: Callable[[Call], Any]) -> None:
         """``touch(call)`` runs before a packet reaches a call (the engine's flush-before-touch
         rule); ``first_media(call, side, dgram)`` for the first packet a side is seen sending;
         ``media_of(call)`` is where a call's packets go (None: nowhere yet)."""
@@ -55,15 +55,16 @@ class MediaRouter:
     def knows(self, dgram: Datagram) -> bool:
         return (dgram.dst_ip, dgram.dst_port) in self.endpoints or (dgram.src_ip, dgram.src_port) in self.endpoints
 
-    def deliver(self, call: Call, sender: int, dgram: Datagram) -> None:
+    def deliver(self, call: Call, side: Side, dgram: Datagram) -> None:
+        """RTP sent by ``side`` of ``call``."""
         self._touch(call)
-        if call.parties[sender].seen_endpoint is None:
-            self._first_media(call, sender, dgram)
+        if call.parties[side].seen_endpoint is None:
+            self._first_media(call, side, dgram)
         else:
             call.last_media_ns = dgram.ts_ns
         media = self._media_of(call)
         if media is not None:
-            if not media.on_rtp(sender, dgram.ts_ns, f"{dgram.src_ip}:{dgram.src_port}",
+            if not media.on_rtp(side, dgram.ts_ns, f"{dgram.src_ip}:{dgram.src_port}",
                                 f"{dgram.dst_ip}:{dgram.dst_port}", dgram.payload):
                 self.counters["rtp.skip.not_rtp"] += 1
 

@@ -38,6 +38,7 @@ class Wire:
         self.endpoints = EndpointMap()
         self.tracker = CallTracker(SipSection(**sip_config), self.counters, self.endpoints)
         self.ended: dict[str, str] = {}
+        self.ended_calls: dict[str, object] = {}
 
     def send(self, ts_s: float, src: str, dst: str, data: bytes) -> None:
         dgram = Datagram(int(ts_s * NS), src, 5060, dst, 5060, "udp", data)
@@ -62,6 +63,7 @@ class Wire:
         for event in events:
             if isinstance(event, CallEnded):
                 self.ended[event.call.callid] = event.call.end_reason
+                self.ended_calls[event.call.callid] = event.call
 
 
 # ---------------------------------------------------------------------- a full call table
@@ -132,3 +134,74 @@ def test_a_newer_call_taking_every_endpoint_ends_the_older_one():
     wire.answer(1.1, "new", 50000)
     assert wire.ended == {"old": "media_taken_over"}
     assert wire.endpoints.of_call(wire.tracker.calls["new"]) == [(A, 40000), (B, 50000)]
+
+
+# ---------------------------------------------------------------------- how a dialog ends
+
+RURI = "sip:1002@example.com SIP/2.0"
+# (sender, start line, CSeq, To tag); A is the caller, B the callee.
+INVITE = ("A", f"INVITE {RURI}", "1 INVITE", "")
+RINGING = ("B", "SIP/2.0 180 Ringing", "1 INVITE", "t")
+OK = ("B", "SIP/2.0 200 OK", "1 INVITE", "t")
+ACK = ("A", f"ACK {RURI}", "1 ACK", "t")
+BYE = ("A", f"BYE {RURI}", "9 BYE", "t")
+CANCEL = ("A", f"CANCEL {RURI}", "1 CANCEL", "")
+TERMINATED = ("B", "SIP/2.0 487 Request Terminated", "1 INVITE", "t")
+BUSY = ("B", "SIP/2.0 486 Busy Here", "1 INVITE", "t")
+CHALLENGE = ("B", "SIP/2.0 401 Unauthorized", "1 INVITE", "t")
+INVITE_AUTH = ("A", f"INVITE {RURI}", "2 INVITE", "")
+OK_AUTH = ("B", "SIP/2.0 200 OK", "2 INVITE", "t2")
+INFO = ("A", f"INFO {RURI}", "3 INFO", "t")
+NO_DIALOG = ("B", "SIP/2.0 481 Call/Transaction Does Not Exist", "3 INFO", "t")
+REINVITE = ("A", f"INVITE {RURI}", "4 INVITE", "t")
+NOT_ACCEPTABLE = ("B", "SIP/2.0 488 Not Acceptable Here", "4 INVITE", "t")
+BYE_OK = ("B", "SIP/2.0 200 OK", "9 BYE", "t")
+
+S = SipSection()
+# name: (messages, one a second from t=0; then packet time moves to this second (None: no tick);
+#        the end reason (None: still in progress); answered; counters that must be exactly so)
+ENDINGS = {
+    "bye": ([INVITE, RINGING, OK, ACK, BYE, BYE_OK], None, "bye", True, {}),
+    "cancel": ([INVITE, RINGING, CANCEL, TERMINATED], None, "cancel", False, {}),
+    "487 without the CANCEL captured": ([INVITE, RINGING, TERMINATED], None, "cancel", False, {}),
+    "busy": ([INVITE, RINGING, BUSY], None, "rejected:486", False, {}),
+    "auth challenge, then answered": ([INVITE, CHALLENGE, INVITE_AUTH, OK_AUTH, BYE], None, "bye", True,
+                                      {"calls.auth_retry": 1}),
+    "auth challenge never answered": ([INVITE, CHALLENGE], 2 + 180 + 1, "rejected:401", False, {}),
+    "481 inside the dialog": ([INVITE, OK, ACK, INFO, NO_DIALOG], None, "dialog_error", True, {}),
+    "488 to a re-INVITE keeps the call": ([INVITE, OK, ACK, REINVITE, NOT_ACCEPTABLE], None, None, True, {}),
+    "a BYE's 200 after the end creates nothing": ([INVITE, OK, BYE, BYE_OK, BYE_OK], None, "bye", True,
+                                                   {"sip.after_end": 2}),
+    "ringing forever": ([INVITE, RINGING], 2 + int(S.ringing_timeout_s) + 1, "signalling_timeout", False, {}),
+    "answered, never any media or SIP again": ([INVITE, OK, ACK], 3 + int(S.signalling_timeout_s) + 1,
+                                               "signalling_timeout", True, {}),
+    "in progress at the last tick": ([INVITE, OK, ACK], 3 + int(S.rtp_timeout_s) + 1, None, True, {}),
+}
+
+
+def test_endings_table():
+    outcomes, want = {}, {}
+    for name, (messages, tick_s, reason, answered, counts) in ENDINGS.items():
+        wire = Wire()
+        for ts_s, (sender, first, cseq, to_tag) in enumerate(messages):
+            src, dst = (A, B) if sender == "A" else (B, A)
+            wire.send(ts_s, src, dst, sip(first, "c", cseq, to_tag=to_tag))
+        if tick_s is not None:
+            wire.tick(tick_s)
+        call = wire.tracker.calls.get("c") or wire.ended_calls["c"]
+        outcomes[name] = (wire.ended.get("c"), call.answered, {k: wire.counters[k] for k in counts})
+        want[name] = (reason, answered, counts)
+    assert outcomes == want
+
+
+def test_rtp_timeout_counts_from_the_last_packet_of_either_side():
+    wire = Wire()
+    wire.invite(0.0, "c", 40000)
+    wire.answer(0.5, "c", 50000)
+    wire.media(1.0, "c", CALLER)
+    wire.media(30.0, "c", CALLEE)
+    wire.tick(30.0 + S.rtp_timeout_s)
+    assert wire.ended == {}
+    wire.tick(31.0 + S.rtp_timeout_s)
+    assert wire.ended == {"c": "rtp_timeout"}
+    assert not wire.endpoints.holds_any(wire.ended_calls["c"]) and len(wire.endpoints) == 0
