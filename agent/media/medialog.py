@@ -95,30 +95,47 @@ class MediaLogWriter:
                        arrival_ns: np.ndarray, pt: np.ndarray, marker: np.ndarray, buf: bytes,
                        starts: np.ndarray, sizes: np.ndarray) -> None:
         """``append`` for many records at once, payload i being ``buf[starts[i]:starts[i] +
-        sizes[i]]``: built with numpy when every payload has the same length (a stream of
-        G.711 frames), else record by record."""
+        sizes[i]]``, built with numpy: one structured record per packet when every payload
+        has the same length (a stream of G.711 frames), else headers and payloads scattered
+        into one byte array."""
         n = len(starts)
         if not n:
             return
         size = int(sizes[0])
-        if size > 0xFFFF or not bool(np.all(sizes == size)):
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if int(sizes.max()) > 0xFFFF:                # cannot be a UDP payload: append clamps it
             for i in range(n):
                 start = int(starts[i])
                 self.append(int(stream_index[i]), int(seq[i]), int(rtp_ts[i]), int(arrival_ns[i]), int(pt[i]),
                             bool(marker[i]), buf[start:start + int(sizes[i])])
             return
-        # Header and payload side by side as one structured record per packet: one pass each.
-        out = np.empty(n, dtype=_record_dtype(size))
+        same = bool(np.all(sizes == size))
+        out = np.empty(n, dtype=_record_dtype(size if same else 0))
         out["stream_index"] = stream_index & 0xFFFF
         out["seq"] = seq & 0xFFFF
         out["rtp_ts"] = rtp_ts & 0xFFFFFFFF
         out["arrival_ns"] = arrival_ns
         out["pt"] = pt & 0x7F
         out["flags"] = marker != 0
-        out["payload_len"] = size
-        if size:
-            out["payload"] = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), size)[starts]
-        self._buf += memoryview(out).cast("B")
+        out["payload_len"] = sizes
+        data = np.frombuffer(buf, dtype=np.uint8)
+        if same:
+            # Header and payload side by side as one structured record per packet.
+            if size:
+                out["payload"] = sliding_window_view(data, size)[starts]
+            self._buf += memoryview(out).cast("B")
+        else:
+            hsize = RECORD_HEADER.size
+            ends = np.cumsum(sizes + hsize)
+            begins = ends - sizes - hsize
+            joined = np.empty(int(ends[-1]), dtype=np.uint8)
+            joined[(begins[:, None] + np.arange(hsize)).reshape(-1)] = out.view(np.uint8)
+            total = int(ends[-1]) - n * hsize
+            if total:
+                before = np.cumsum(sizes) - sizes                # payload bytes of the records before
+                offset = np.arange(total) - np.repeat(before, sizes)
+                joined[np.repeat(begins + hsize, sizes) + offset] = data[np.repeat(starts, sizes) + offset]
+            self._buf += memoryview(joined)
         self.records += n
         self._buf_records += n
         if len(self._buf) >= self.flush_bytes:

@@ -22,7 +22,8 @@ decoding or timing of audio (``render.py`` places packets by RTP timestamp later
 
 Per packet this is plain Python over ``struct``: one ``parse_rtp``, one dict lookup, a few
 integer comparisons and an append to a bytearray; no logging and no per-packet objects on
-the in-order path.
+the in-order path. A whole call's log is usually taken at once instead (``take_whole``:
+``sequencing.py`` decides the reorder window over each stream's arrays).
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ class StreamInfo:
 
 
 # sequence_capture reads a raw log up to this size whole, to sequence the call at once
-# (~27 minutes of a two-way G.711 call).
-WHOLE_CALL_BYTES = 32 << 20
+# (~13 minutes of a two-way G.711 call; the worker then holds about four times this).
+WHOLE_CALL_BYTES = 16 << 20
 # feed_run looks for in-order stretches in windows that grow while they hold.
 _BULK_MIN = 64
 _BULK_MAX = 16_384
@@ -902,8 +903,10 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     """Run the raw log of a call through ``CallMedia``: reorder, stats, RFC 4733 events, and
     the ordered media log at ``ordered_path``. Returns the closed ``CallMedia``.
 
-    The log is read in blocks of records as arrays and fed with ``CallMedia.feed_run``
-    (``bulk`` False: packet by packet, the reference the tests compare it with)."""
+    A log up to ``WHOLE_CALL_BYTES`` is read as one block and, when the call qualifies,
+    sequenced stream by stream at once (``CallMedia.take_whole``); otherwise the log is read
+    in blocks of records as arrays and fed with ``CallMedia.feed_run`` (``bulk`` False:
+    packet by packet, the reference the tests compare both with)."""
     codecs = plan.codecs
 
     def clock_rate_for_pt(direction: int, pt: int) -> int:

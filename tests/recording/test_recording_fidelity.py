@@ -216,3 +216,21 @@ def test_loss_duplicates_reordering_and_ssrc_change_exact_positions(tmp_path, ss
             else:
                 assert np.array_equal(got, np.full(160, ULAW_TO_LINEAR[code(direction, k)])), (direction, k)
         assert not pcm[:first, direction].any() and not pcm[first + 160 * 200:, direction].any()
+
+
+def test_sample_rate_setting(tmp_path):
+    """Unset: native for WAV, 16 kHz for MP3; a fixed rate or 0 (native) applies to both;
+    anything below -1 is refused."""
+    from agent.config import load_config
+    from agent.errors import ConfigError
+
+    rec = load_config(None, env={}).recording
+    assert (rec.sample_rate_hz, rec.output_rate_hz("wav"), rec.output_rate_hz("mp3")) == (-1, 0, 16000)
+    conf = tmp_path / "agent.toml"
+    for value, wav, mp3 in ((8000, 8000, 8000), (0, 0, 0), (-1, 0, 16000)):
+        conf.write_text(f"[recording]\nsample_rate_hz = {value}\n")
+        rec = load_config(conf, env={}).recording
+        assert (rec.output_rate_hz("wav"), rec.output_rate_hz("mp3")) == (wav, mp3)
+    conf.write_text("[recording]\nsample_rate_hz = -8000\n")
+    with pytest.raises(ConfigError, match="sample_rate_hz"):
+        load_config(conf, env={})
