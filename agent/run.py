@@ -137,7 +137,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
 
     cap = config.capture
     counters = new_counters()
-    sources = open_sources(interfaces, cap)
+    sources = open_sources(interfaces, cap) if interfaces else []     # a HEP listener alone is valid
+    hep = _open_hep(cap, counters)
     # Only enqueues: recovery belongs to the supervisor, whose uploader may be delivering and
     # deleting the very calls a second recovery here would re-save (a restart under load).
     spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
@@ -175,8 +176,11 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     for src in sources:
         poller.register(src.fileno(), select.POLLIN | select.POLLERR)
         by_fd[src.fileno()] = src
-    log.info("capturing on %s", ", ".join(s.interface for s in sources))
-    conn.send({"ready": True, "interfaces": [s.interface for s in sources]})
+    if hep is not None:
+        poller.register(hep.fileno(), select.POLLIN)
+    names = [s.interface for s in sources] + ([hep.name] if hep is not None else [])
+    log.info("capturing on %s", ", ".join(names))
+    conn.send({"ready": True, "interfaces": names})
     idle_ns = int(cap.idle_advance_s * 1e9)
     last_packet_mono = time.monotonic()
     last_packet_wall = time.time()
@@ -188,7 +192,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             ready = poller.poll(200)
             got = 0
             for fd, _ in ready:
-                n, b = by_fd[fd].read_batches(feed)
+                n, b = (hep.read(engine.feed_datagram) if hep is not None and fd == hep.fileno()
+                        else by_fd[fd].read_batches(feed))
                 got += n
                 nbytes += b
             # Blocks may also be full without a wake-up (retire timer races): sweep all.
@@ -217,6 +222,10 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             n, b = src.read_batches(feed, max_blocks=1 << 20, flush=True)
             frames += n
             nbytes += b
+        if hep is not None:                     # and what the HEP socket holds
+            n, b = hep.read(engine.feed_datagram)
+            frames += n
+            nbytes += b
         engine.finish("shutdown")
         recorder.close()                        # waits for every render → spool
         sink.close()                            # calls held by a full spool: a last try, or named as lost
@@ -226,8 +235,18 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
                 final=True)
         for src in sources:
             src.close()
+        if hep is not None:
+            hep.close()
         shutil.rmtree(work, ignore_errors=True)
     log.info("capture stopped: %d frame(s), %d call(s) finished", frames, counters["calls.finished"])
+
+
+def _open_hep(cap, counters):
+    """The HEP listener of ``[capture] hep``, or None."""
+    if not cap.hep:
+        return None
+    from agent.capture.hep import HepListener, parse_hep_listen
+    return HepListener(parse_hep_listen(cap.hep), counters, cap.hep_auth_key.encode())
 
 
 def _report(conn, sources, counters, engine, queue, frames, nbytes, last_packet_wall, reported,
@@ -477,8 +496,8 @@ class Supervisor:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     interfaces = list(args.interface or config.capture.interfaces)
-    if not interfaces:
-        raise ConfigError("no capture interface: set [capture] interfaces or pass --interface")
+    if not interfaces and not config.capture.hep:
+        raise ConfigError("no capture interface: set [capture] interfaces (or hep) or pass --interface")
     log_json = bool(args.log_json or config.metrics.log_json)
     level = logging.DEBUG if getattr(args, "debug", False) else logging.INFO
     setup_logging(log_json, level)
@@ -528,8 +547,11 @@ def check_config(config: Config, interfaces: list[str]) -> list[tuple[str, str]]
                                   ("password (CALLN_PASSWORD or [api] password_file)", config.api.password))
                    if not v]
         out.append(("fail", "API credentials missing: " + ", ".join(missing)))
-    if not interfaces:
-        out.append(("fail", "no capture interface ([capture] interfaces or --interface)"))
+    if not interfaces and not config.capture.hep:
+        out.append(("fail", "no capture interface ([capture] interfaces or --interface, or [capture] hep)"))
+    if config.capture.hep:
+        out.append(("ok", f"HEP listener {config.capture.hep}"
+                    + (" with auth key" if config.capture.hep_auth_key else "")))
     for name in interfaces:
         out.append(("ok", f"interface {name} exists") if interface_exists(name)
                    else ("fail", f"interface {name} does not exist"))
