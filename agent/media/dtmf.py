@@ -24,6 +24,7 @@ direction), placing audio on the call timeline or masking (``render.py``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,6 +158,26 @@ class ToneSpan:
 _DBM0_PEAK = 32124 / 10 ** (3.17 / 20)
 
 
+@functools.lru_cache(maxsize=8)
+def _filter_bank(n: int, rate_hz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hann window of ``n`` samples and the basis: 8 frequencies x 3 probes (one bin below,
+    on, one bin above), windowed cos and sin, in double and single precision. Built once
+    per size and rate: a worker makes two detectors per call. Read-only."""
+    k = np.arange(n)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * (k + 0.5) / n)
+    bin_hz = rate_hz / n
+    freqs = []
+    for f in DTMF_LOW_HZ + DTMF_HIGH_HZ:
+        freqs += [f - bin_hz, f, f + bin_hz]
+    ang = 2 * np.pi * np.outer(k, np.array(freqs)) / rate_hz
+    basis = np.concatenate([np.cos(ang), np.sin(ang)], axis=1) * window[:, None]
+    for array in (window, basis):
+        array.flags.writeable = False
+    basis32 = basis.astype(np.float32)
+    basis32.flags.writeable = False
+    return window, basis, basis32
+
+
 class InbandDtmfDetector:
     """Streaming DTMF tone detector over int16 mono PCM (see module docstring).
 
@@ -185,17 +206,9 @@ class InbandDtmfDetector:
         self.min_tone_fraction = min_tone_fraction
         self.min_hits = min_hits
         self.min_pause_blocks = min_pause_blocks
-        # Basis: 8 frequencies x 3 probes (-1/2 bin, 0, +1/2 bin), Hann-windowed cos and sin.
-        n = np.arange(self.n)
-        self.window = 0.5 - 0.5 * np.cos(2 * np.pi * (n + 0.5) / self.n)
-        self.wsum = float(self.window.sum())
         self.half_bin_hz = self.det_rate / self.n  # probe spacing: one bin (name kept short)
-        freqs = []
-        for f in DTMF_LOW_HZ + DTMF_HIGH_HZ:
-            freqs += [f - self.half_bin_hz, f, f + self.half_bin_hz]
-        ang = 2 * np.pi * np.outer(n, np.array(freqs)) / self.det_rate
-        self.basis = np.concatenate([np.cos(ang), np.sin(ang)], axis=1) * self.window[:, None]
-        self._basis32 = self.basis.astype(np.float32)
+        self.window, self.basis, self._basis32 = _filter_bank(self.n, self.det_rate)
+        self.wsum = float(self.window.sum())
         self.nominal = np.array(DTMF_LOW_HZ + DTMF_HIGH_HZ, dtype=np.float64)
         self._pwindow: np.ndarray | None = None  # window by hop-long slices (_phase_window)
         # streaming state
