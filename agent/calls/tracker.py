@@ -31,6 +31,7 @@ from agent.config import SipSection
 from agent.errors import ParseError
 from agent.net.datagram import Datagram
 from agent.sip.dtmf_info import parse_dtmf_info
+from agent.sip.message import DIALOG_OPENERS
 from agent.sip.sdp import parse_sdp
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class CallTracker:
         method = msg.method
         if msg.is_request and method == "INVITE" and not msg.to_tag:
             call = Call(callid=msg.call_id, start_ts_ns=dgram.ts_ns)
-        elif (msg.is_request and msg.to_tag and method in ("INVITE", "BYE", "UPDATE", "INFO", "PRACK")) or (
+        elif (msg.is_request and msg.to_tag and method in DIALOG_OPENERS) or (
                 not msg.is_request and method == "INVITE"):
             # The INVITE was not captured (started mid-call, mirror drop): open from in-dialog
             # traffic. For responses From/To still name caller and callee; for requests we assume

@@ -19,7 +19,7 @@ from agent.errors import ParseError
 from agent.net.datagram import Datagram
 from agent.pipeline.clock import PacketClock
 from agent.sip.framing import SipStreamFramer
-from agent.sip.message import looks_like_sip, parse_message
+from agent.sip.message import dialogless_call_id, looks_like_sip, parse_message
 
 NS = 1_000_000_000
 TCP_FLOWS_MAX = 10_000
@@ -104,6 +104,13 @@ class Signalling:
         return payload[:4] == b"GET " and b"websocket" in bytes(payload[:4096]).lower()
 
     def _message(self, data: bytes, dgram: Datagram, *, stream: bool) -> None:
+        call_id = dialogless_call_id(data)
+        if call_id is not None and not self.tracker.knows(call_id):
+            # Opens nothing and belongs to no call (a scanner's OPTIONS, a phone's REGISTER):
+            # the full parse would find nothing to do with it.
+            self.counters["sip.messages"] += 1
+            self.macs.observe(dgram.src_mac, dgram.src_ip)
+            return
         try:
             msg = parse_message(bytes(data), stream=stream)
         except ParseError:

@@ -84,6 +84,45 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _NULL_SESSION_ID = "0" * 32
 
 
+# Requests that can open a dialog the agent follows (an INVITE, or in-dialog traffic of a call
+# whose INVITE was not captured); of responses, only those to an INVITE can. The call tracker
+# opens calls by this set, and ``dialogless_call_id`` skips the full parse of everything else.
+DIALOG_OPENERS = frozenset({"INVITE", "BYE", "UPDATE", "INFO", "PRACK"})
+_PEEK_START = re.compile(rb"(?:([A-Z]{2,16}) [!-~]+ SIP/2\.0\r?\n|SIP/2\.0 [1-6][0-9][0-9] )")
+_PEEK_CALL_ID = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([!-~]+)[ \t]*\r?$", re.I | re.M)
+_PEEK_CSEQ = re.compile(rb"^cseq[ \t]*:[ \t]*[0-9]+[ \t]+([A-Za-z]+)[ \t]*\r?$", re.I | re.M)
+
+
+def dialogless_call_id(data: bytes) -> str | None:
+    """The Call-ID of a message that cannot open a dialog (OPTIONS, REGISTER, SUBSCRIBE,
+    NOTIFY..., and answers to anything but INVITE), read from its start line, CSeq and Call-ID
+    without a full parse: a scanner's flood of them then costs almost nothing. None when the
+    message might open a dialog, or when the peek is unsure (a folded or repeated Call-ID,
+    non-ASCII): the full parse decides those."""
+    start = _PEEK_START.match(data)
+    if start is None:
+        return None
+    end = _HEAD_END.search(data)
+    head_end = end.start() if end else len(data)
+    method = start.group(1)
+    if method is not None:
+        if method.decode() in DIALOG_OPENERS:
+            return None
+    else:
+        cseq = _PEEK_CSEQ.search(data, 0, head_end)
+        if cseq is None or cseq.group(1).upper() == b"INVITE":
+            return None
+    found = _PEEK_CALL_ID.search(data, start.end(), head_end)
+    if found is None:
+        return None
+    after = found.end() + 1
+    if after < head_end and data[after:after + 1] in (b" ", b"\t"):
+        return None                                    # folded onto the next line
+    if _PEEK_CALL_ID.search(data, after, head_end) is not None:
+        return None                                    # two Call-IDs: let the parser judge
+    return found.group(1).decode("ascii")
+
+
 def canonical_header_name(name: str) -> str:
     """Lowercase long form of a header name (``I`` -> ``call-id``)."""
     lowered = name.strip().lower()
