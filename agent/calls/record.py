@@ -70,6 +70,7 @@ class CallRecord(TypedDict, total=False):
     leg_of: str
     # media and recording
     streams: list[dict[str, Any]]
+    quality: dict[str, Any]           # per direction: MOS, loss, jitter (media/quality.py), mos_below
     recording: dict[str, Any] | None
     no_audio_reason: str
     capture_files: list[str]

@@ -7,14 +7,17 @@ no second pass over the packets.
 Jitter, delta and "max delta" follow Wireshark's RTP stream analysis (``tshark -z
 rtp,streams``, ui/tap-rtp-analysis.c) operation by operation, so that the oracle agrees:
 
-* every packet after the first moves the RFC 3550 estimate J = (15 J + D) / 16, where D is
-  |arrival - expected arrival| against the last packet that was *in time sequence* (RTP
-  timestamp not below the highest so far); a late packet updates J but not the reference;
+* a packet is *in time sequence* when its RTP timestamp is less than 2**31 ticks after the
+  stream's first (a reordered packet still is); only those move anything below;
+* each such packet with a clock moves the RFC 3550 estimate J = (15 J + D) / 16, where D is
+  |arrival - expected arrival|; expected is the previous in-time packet's arrival plus the
+  media time elapsed since the previous in-time packet *with a clock* (an RFC 4733 event's
+  frozen timestamp does not move that reference, its arrival does);
 * the clock is converted with an integer number of ticks per ms (``clock_rate // 1000``,
   Wireshark's unsigned division); packets without a clock (telephone-event) leave J alone;
 * max delta, max jitter and mean jitter count only "regular" packets: not the first, no
-  marker bit, not comfort noise nor right after it, not behind in RTP time. The mean is
-  Wireshark's running mean, whose weight is the count of *all* packets before it.
+  marker bit, not comfort noise nor right after it. The mean is Wireshark's running mean of
+  J, whose weight is the count of *all* packets before it.
 
 The MOS is the ITU-T G.107 E-model reduced to its defaults (R = 93.2 - Id - Ie,eff), with
 each codec's equipment impairment Ie and packet-loss robustness Bpl (G.113 Appendix I where it
@@ -26,7 +29,8 @@ delay, so the delay is assumed (``ASSUMED_PATH_DELAY_MS`` plus the buffer's dept
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -115,41 +119,49 @@ def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, 
     audio_pt = pt[audio]
     q.codec_changes = int(np.count_nonzero(audio_pt[1:] != audio_pt[:-1]))
 
-    # --- timing: Wireshark's reference is the last packet in time sequence
+    # --- timing, as Wireshark 4.0 (see the module docstring)
     t_ms = (arrival_ns - arrival_ns[0]) / 1e6
     if n > 1:
         q.longest_gap_ms = float(np.max(np.diff(t_ms)))
-    ts_high_before = np.concatenate(([ts[0]], np.maximum.accumulate(ts)[:-1]))
-    in_time = ts >= ts_high_before
-    in_time[0] = True
-    ref = np.maximum.accumulate(np.where(in_time, np.arange(n), 0))   # last in-time packet at or before i
-    ref = np.concatenate(([0], ref[:-1]))                              # ... strictly before i
-    delta_ms = t_ms - t_ms[ref]
+    since_first = (np.asarray(rtp_ts, dtype=np.int64) - int(rtp_ts[0])) & 0xFFFFFFFF
+    in_time = since_first < 0x80000000
     ticks_per_ms = clock // 1000          # Wireshark divides the clock rate as an integer
-    with np.errstate(divide="ignore", invalid="ignore"):
-        diff_ms = np.abs(t_ms - (t_ms[ref] + (ts - ts[ref]) / np.where(ticks_per_ms > 0, ticks_per_ms, 1)))
+    clocked = ticks_per_ms > 0
+    nominal_ms = np.where(clocked, since_first / np.where(clocked, ticks_per_ms, 1), 0.0)
+    ref = _last_before(in_time)                   # arrival reference: last in-time packet
+    ref_clocked = _last_before(in_time & clocked)  # media-time reference: ... that had a clock
+    delta_ms = t_ms - t_ms[ref]
+    diff_ms = np.abs(t_ms - (t_ms[ref] + nominal_ms - nominal_ms[ref_clocked]))
     prev_pt = np.concatenate(([pt[0]], pt[:-1]))
     regular = in_time & ~marker & ~np.isin(pt, _CN_PTS) & ~np.isin(prev_pt, _CN_PTS)
     regular[0] = False
     if regular.any():
         q.max_delta_ms = max(0.0, float(delta_ms[regular].max()))
     jitter = mean = top = 0.0
-    clocked = (ticks_per_ms > 0).tolist()
-    for i, (d, has_clock, reg) in enumerate(zip(diff_ms.tolist(), clocked, regular.tolist())):
-        if i == 0 or not has_clock:
-            continue
-        jitter = (15 * jitter + d) / 16
-        if reg:
+    steps = in_time & clocked
+    steps[0] = False
+    for i in np.flatnonzero(steps).tolist():
+        jitter = (15 * jitter + diff_ms[i]) / 16
+        if regular[i]:
             top = max(top, jitter)
             mean = (mean * (i - 1) + jitter) / i
     q.jitter_mean_ms, q.jitter_max_ms = mean, top
 
     # --- jitter buffers: first copies of audio packets, by their transit time
-    keep = first_copy & audio & (ticks_per_ms > 0)
+    keep = first_copy & audio
     if keep.any():
         q.late_fixed, q.late_adaptive, q.adaptive_depth_ms = jitter_buffer_loss(
             t_ms[keep] - ts[keep] / (clock[keep] / 1000.0))
     return q
+
+
+def _last_before(mask: np.ndarray) -> np.ndarray:
+    """For each packet, the index of the last packet strictly before it with ``mask`` set
+    (the first packet counts as set: it is every reference's start)."""
+    at = np.where(mask, np.arange(mask.size), 0)
+    at[0] = 0
+    last = np.maximum.accumulate(at)
+    return np.concatenate(([0], last[:-1]))
 
 
 def jitter_buffer_loss(transit_ms: np.ndarray) -> tuple[int, int, float]:
@@ -274,30 +286,58 @@ def direction_quality(streams: list[tuple[StreamQuality, str]]) -> dict | None:
 
 # ------------------------------------------------------------------ the sequencer's arrays
 
-@dataclass
 class QualityCollector:
-    """Gathers, block by block, the header columns the sequencer already decoded for a call
-    (no copy of payloads), and computes each stream's quality at the end."""
-    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)
-    skipped_packets: int = 0      # packets of blocks that could not be read as RTP headers
+    """Gathers the header columns the sequencer already decoded for a call (never payloads),
+    as arrays block by block or packet by packet, and computes each stream's quality at the
+    end. A stream is one SSRC in one direction from one source: a relay's copy of it (same
+    SSRC from another address) is not mixed in (the first source seen is the stream's)."""
 
-    def add(self, direction: np.ndarray, src_key: np.ndarray, ssrc: np.ndarray, seq: np.ndarray,
+    __slots__ = ("_blocks", "_one", "_src_ids")
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[np.ndarray, ...]] = []
+        self._one: list[tuple[int, int, int, int, int, int, int]] = []
+        self._src_ids: dict[str, int] = {}
+
+    def src_id(self, label: str) -> int:
+        """A small integer for a source "ip:port"."""
+        return self._src_ids.setdefault(label, len(self._src_ids))
+
+    def add(self, direction: np.ndarray, src_id: np.ndarray, ssrc: np.ndarray, seq: np.ndarray,
             rtp_ts: np.ndarray, arrival_ns: np.ndarray, b1: np.ndarray) -> None:
-        self.parts.append((np.asarray(direction, dtype=np.int8), np.asarray(src_key, dtype=np.int64),
-                           np.asarray(ssrc, dtype=np.int64), np.asarray(seq, dtype=np.int64),
-                           np.asarray(rtp_ts, dtype=np.int64), np.asarray(arrival_ns, dtype=np.int64),
-                           np.asarray(b1, dtype=np.uint8)))
+        """Packets as arrays (arrival order); ``b1``: the header's marker|payload-type byte."""
+        self._flush()
+        self._blocks.append(tuple(np.asarray(c, dtype=np.int64) for c in
+                                  (direction, src_id, ssrc, seq, rtp_ts, arrival_ns, b1)))
 
-    def streams(self, clock_rate_for_pt) -> dict[tuple[int, int], StreamQuality]:
-        """{(direction, ssrc): quality}; ``clock_rate_for_pt(direction, pt)`` gives a packet's
-        clock (0 for telephone-event). A stream is one SSRC in one direction; a relayed copy
-        from another source is left to the sequencer (its first source is the stream's)."""
-        if not self.parts:
+    def add_run(self, run, positions: np.ndarray | None = None) -> None:
+        """The packets of an ``RtpRun`` (all, or those at ``positions``, arrival order)."""
+        pos = np.arange(len(run)) if positions is None else positions
+        keys, inverse = np.unique(run.src_key[pos], return_inverse=True)
+        ids = np.array([self.src_id(run.label(int(k))) for k in keys.tolist()], dtype=np.int64)
+        self.add(run.direction[pos], ids[inverse.reshape(-1)], run.ssrc[pos], run.seq[pos], run.rtp_ts[pos],
+                 run.arrival_ns[pos], run.b1[pos])
+
+    def add_packet(self, direction: int, src: str, ssrc: int, seq: int, rtp_ts: int, arrival_ns: int,
+                   b1: int) -> None:
+        self._one.append((direction, self.src_id(src), ssrc, seq, rtp_ts, arrival_ns, b1))
+
+    def _flush(self) -> None:
+        """Single packets become a block, so blocks stay in the order packets were taken."""
+        if self._one:
+            self._blocks.append(tuple(np.array(c, dtype=np.int64) for c in zip(*self._one)))
+            self._one = []
+
+    def streams(self, clock_rate_for_pt: Callable[[int, int], int]) -> dict[tuple[int, int], StreamQuality]:
+        """{(direction, ssrc): quality}; ``clock_rate_for_pt(direction, pt)`` is a packet's
+        clock in Hz (0 when it has none, e.g. telephone-event)."""
+        self._flush()
+        if not self._blocks:
             return {}
-        direction, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self.parts))
-        pt = (b1 & 0x7F).astype(np.int64)
+        direction, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self._blocks))
+        pt = b1 & 0x7F
+        key = direction << 33 | ssrc
         out = {}
-        key = direction.astype(np.int64) << 33 | ssrc
         for k in np.unique(key).tolist():
             idx = np.flatnonzero(key == k)
             idx = idx[src[idx] == src[idx[0]]]

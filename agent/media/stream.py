@@ -40,6 +40,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
 from agent.media.medialog import MediaBlock, MediaLogWriter, NullMediaLog, read_media_log_blocks
+from agent.media.quality import QualityCollector
 from agent.media.runs import RtpRun, RunGroups
 from agent.media.sequencing import StreamSequence, extend_seq, jumps_within, sequence_stream
 from agent.media.rtp import is_rtcp, is_zrtp, looks_like_rtp, parse_rtp
@@ -208,6 +209,9 @@ class CallMedia:
         self._hops: dict[int, _Hop] = {}   # per direction: the hop its media is taken from
         self.relay_copies = 0     # packets of a direction that came from a second hop
         self.closed = False
+        # Header columns for voice quality (quality.py): set for media sequenced as it arrives
+        # (inspect); sequence_capture hands over the columns of the raw log's blocks instead.
+        self.quality: QualityCollector | None = None
 
     # ------------------------------------------------------------------ fast path
     def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
@@ -243,6 +247,8 @@ class CallMedia:
             if f is None:
                 return self._not_rtp(data)
             pt, marker, seq, ts, ssrc, ps, pe = f
+        if self.quality is not None:
+            self.quality.add_packet(direction, src, ssrc, seq, ts, arrival_ns, marker << 7 | pt)
         st = self._by_key.get((direction, ssrc))
         if st is None:
             st = self._new_stream(direction, ssrc, seq, src, dst, arrival_ns)
@@ -474,6 +480,8 @@ class CallMedia:
             if st is None:
                 return groups.run.each(self.on_rtp, groups.positions(g0, g1))
             plans.append((st, g))
+        if self.quality is not None:
+            self.quality.add_run(groups.run, groups.positions(g0, g1))
         later.append((self, plans))
         return 0
 
@@ -929,6 +937,7 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     tables = [(np.array([e[0] for e in ev], dtype=np.int64), np.array([0] + [e[1] for e in ev], dtype=np.int64),
                np.array([0] + [e[2] for e in ev], dtype=np.int64)) for ev in events]
     done = 0
+    quality = QualityCollector()
     try:
         size = raw_path.stat().st_size
     except FileNotFoundError:
@@ -948,12 +957,17 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
             src[mine] = src_ids[k]
             dst[mine] = dst_ids[k]
         run = _raw_run(block, direction, src, dst, names.__getitem__)
+        # Voice quality from the header columns decoded here (the packet path taps each packet).
+        media.quality = quality if run is None or not bulk else None
+        if run is not None and bulk:
+            quality.add_run(run)
         if run is None or not bulk:
             _each_record(media, block, direction, src, dst, names)
         elif not (chunk > size and media.take_whole(run)):
             media.feed_run(run)
         done += n
     media.close()
+    media.quality = quality
     if plan.zrtp_seen:
         media.zrtp_seen = True
     return media

@@ -14,8 +14,10 @@ from typing import Any
 
 from agent.calls.call import CALLEE, CALLER, Call, Side
 from agent.calls.record import CallRecord, merge_dtmf_presses, presses_from_events
-from agent.media.stream import CallMedia, MediaPlan, sequence_capture
-from agent.media.timeline import CodecInfo, StreamSpec
+from agent.media.codecs import is_telephone_event
+from agent.media.quality import StreamQuality, direction_quality, mos_estimate
+from agent.media.stream import CallMedia, MediaPlan, StreamStats, sequence_capture
+from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec
 
 
 def complete_media(record: CallRecord, raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
@@ -35,6 +37,8 @@ def media_record(record: CallRecord, media: CallMedia, codecs: dict[int, dict], 
     """The record completed from a sequenced call's media: per-stream counters, RFC 4733 key
     presses, encryption; and the stream specs ``render_recording`` needs."""
     streams, specs = [], []
+    quality = _stream_quality(media, codecs)
+    by_direction: dict[int, list[tuple[StreamQuality, str]]] = {CALLER: [], CALLEE: []}
     for info in media.streams:
         stats = info.stats
         streams.append({
@@ -44,13 +48,49 @@ def media_record(record: CallRecord, media: CallMedia, codecs: dict[int, dict], 
             "jitter_ms": round(stats.jitter_ms, 3), "src": stats.src, "dst": stats.dst,
             "payload_types": {str(k): v for k, v in stats.payload_types.items()},
         })
+        q = quality.get((info.direction, stats.ssrc))
+        if q is not None:
+            encoding = _audio_encoding(stats, codecs.get(info.direction, {}))
+            streams[-1]["quality"] = dict(q.as_record(), codec=encoding,
+                                          mos=[m.as_record() for m in mos_estimate(q, encoding).values()])
+            by_direction[info.direction & 1].append((q, encoding))
         specs.append(StreamSpec(index=info.index, direction=info.direction,
                                 codecs=codecs.get(info.direction, {})))
     presses = presses_from_events(media.dtmf_events, int(record.get("start_ts_ns") or 0))
     record = merge_dtmf_presses(dict(record, streams=streams), presses, redact=redact)
+    sides = {name: direction_quality(by_direction[d]) for name, d in (("caller", CALLER), ("callee", CALLEE))}
+    if any(sides.values()):
+        record["quality"] = sides
     if media.zrtp_seen:
         record["encrypted"] = True
     return record, specs
+
+
+def _codec_info(codecs: dict[int, CodecInfo], pt: int) -> CodecInfo | None:
+    return codecs.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
+
+
+def _stream_quality(media: CallMedia, codecs: dict[int, dict]) -> dict:
+    """Per (direction, ssrc) quality from the header columns the sequencer kept."""
+    if media.quality is None:
+        return {}
+
+    def clock(direction: int, pt: int) -> int:
+        # No clock (no jitter step) for events and for dynamic types the SDP does not name,
+        # as Wireshark's analysis does.
+        info = _codec_info(codecs.get(direction, {}), pt)
+        return 0 if info is None or is_telephone_event(info.encoding) else info.clock_rate_hz
+    return media.quality.streams(clock)
+
+
+def _audio_encoding(stats: StreamStats, codecs: dict[int, CodecInfo]) -> str:
+    """The encoding of the stream's most used audio payload type ("" if none is known)."""
+    best, count = "", -1
+    for pt, n in stats.payload_types.items():
+        info = _codec_info(codecs, pt)
+        if info is not None and not is_telephone_event(info.encoding) and info.encoding.upper() != "CN" and n > count:
+            best, count = info.encoding, n
+    return best
 
 
 def unrecorded_streams(plan: MediaPlan, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:

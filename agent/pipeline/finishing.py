@@ -23,6 +23,7 @@ from agent.calls.legs import ConversationGrouper
 from agent.calls.macs import MacTable
 from agent.calls.record import CallRecord, build_record
 from agent.config import Config
+from agent.media.quality import QualityCollector
 from agent.media.stream import CallMedia, MediaCapture, MediaPlan
 from agent.media.timeline import StreamSpec
 from agent.pipeline.completion import clock_rate, codecs_for_direction, complete_media, media_record
@@ -79,9 +80,11 @@ class Finisher:
         redact = self.config.recording.redact_dtmf_digits      # telephone-event digits never reach the disk
         write_audio = self._disk_has_room()
         if self.mode is MediaMode.COUNTERS:
-            return CallMedia(None, redact_dtmf=redact,
-                             clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
-                             codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction))
+            media = CallMedia(None, redact_dtmf=redact,
+                              clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
+                              codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction))
+            media.quality = QualityCollector()          # voice quality from the headers it takes
+            return media
         self._media_seq += 1
         path = self.workdir / f"call-{self._media_seq:08d}.rtp"
         return MediaCapture(path, redact_dtmf=redact,
