@@ -32,6 +32,7 @@ command -v ffmpeg  >/dev/null 2>&1 || need_apt+=(ffmpeg)       # independent dec
 command -v sipp    >/dev/null 2>&1 || need_apt+=(sip-tester)   # real SIP software for recorded captures
 command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)      # compiles the live capture filter
 command -v ip      >/dev/null 2>&1 || need_apt+=(iproute2)     # network namespaces in live tests
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need_apt+=(kamailio)  # a real HEP sender (tests/hep)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if $is_root; then
         apt_install "${need_apt[@]}"
