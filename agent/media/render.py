@@ -5,9 +5,10 @@ place every packet on the call timeline (``timeline.StreamTimeline``), decode it
 (``codecs.make_decoder``, one decoder per stream and payload type), bring each contiguous
 run of audio to the working rate (the call's native rate: the highest rate of its codecs, so
 only a lower-rate stream in a call with a wideband one is resampled here) and write it at its
-offset into one raw int16 temp file per direction (sparse: gaps, loss, CN and DTMF read back as zeros); then read
-the two temp files chunk by chunk, mix (mono: clipped sum; stereo: caller left =
-direction 0, callee right = direction 1) and stream the result into the encoder.
+offset into one int16 buffer per direction (``_DirectionFile``: in memory for an ordinary
+call, a sparse temp file past 16 MiB; gaps, loss, CN and DTMF read back as zeros); then read
+the two chunk by chunk, mix (mono: clipped sum; stereo: caller left = direction 0, callee
+right = direction 1) and stream the result into the encoder.
 
 Work is done in batches, not per packet: the log is read as blocks of ~1 MiB of records
 (``medialog.read_media_log_blocks``), each stream's records of a block are placed with
@@ -17,8 +18,9 @@ array slice; only a packet after a gap or jump, and stateful codecs (PyAV), go o
 one. The result is the same as packet by packet: runs are cut into resampler inputs at
 the same packets, and the direction-file writes of a block are replayed in record order
 (``_WriteQueue``), so overlapping streams of one direction overwrite each other as before.
-Memory stays flat in call length: one block of records and its decoded audio, 30 s
-chunks for the DTMF scan and the mix, and the encoder's buffer.
+Memory is bounded whatever the call length: one block of records and its decoded audio,
+each direction's PCM up to 16 MiB (then on disk), 30 s chunks for the DTMF scan and the
+mix, and the encoder's buffer.
 
 Resampling uses PyAV's ``AudioResampler`` (libswresample): a proper windowed-sinc
 low-pass, so wideband audio taken down to 8/16 kHz does not alias as linear
@@ -62,6 +64,7 @@ DTMF_MASK_GUARD_MS = 40         # silence this much either side of a key press /
 _SCAN_CHUNK_S = 30              # direction audio read per step by the DTMF scan and the mixer
 _RESAMPLE_SLICE_S = 5          # input per libswresample call
 _EMIT_S = 10                    # audio a run without resampling holds before writing it
+_MEMORY_SAMPLES = 8 << 20       # a direction's PCM stays in memory up to this (16 MiB; 17 min at 8 kHz)
 # A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
 _MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
 
@@ -114,13 +117,16 @@ class _WriteQueue:
 
 
 class _DirectionFile:
-    """One direction's PCM at the working rate, written at sample offsets (sparse file)."""
+    """One direction's PCM at the working rate, written at sample offsets: in memory while
+    it fits ``_MEMORY_SAMPLES`` (no file at all for an ordinary call), then in a sparse
+    temp file at ``path`` (a long call, or a timeline that jumps far ahead)."""
 
-    __slots__ = ("path", "fh", "rate", "first_sample", "end_sample", "audio_native_s", "queue")
+    __slots__ = ("path", "fh", "pcm", "rate", "first_sample", "end_sample", "audio_native_s", "queue")
 
     def __init__(self, path: Path, rate: int, queue: _WriteQueue | None = None) -> None:
         self.path = path
         self.fh: BinaryIO | None = None
+        self.pcm: np.ndarray | None = None      # the samples while in memory
         self.rate = rate
         self.first_sample: int | None = None
         self.end_sample = 0
@@ -140,17 +146,37 @@ class _DirectionFile:
             at_sample = 0
         if pcm.size == 0:
             return
-        if self.fh is None:
-            self.fh = open(self.path, "w+b")
-        self.fh.seek(at_sample * 2)
-        self.fh.write(pcm.astype("<i2", copy=False).tobytes())
         end = at_sample + pcm.size
+        if self.fh is None and end <= _MEMORY_SAMPLES:
+            held = self.pcm
+            if held is None or held.size < end:
+                grown = np.zeros(min(_MEMORY_SAMPLES, max(end, 2 * (0 if held is None else held.size))), dtype="<i2")
+                if held is not None:
+                    grown[:self.end_sample] = held[:self.end_sample]
+                held = self.pcm = grown
+            held[at_sample:end] = pcm
+        else:
+            if self.fh is None:
+                self._spill()
+            self.fh.seek(at_sample * 2)
+            self.fh.write(pcm.astype("<i2", copy=False).tobytes())
         if end > self.end_sample:
             self.end_sample = end
 
+    def _spill(self) -> None:
+        self.fh = open(self.path, "w+b")
+        if self.pcm is not None:
+            self.fh.write(self.pcm[:self.end_sample].tobytes())
+            self.pcm = None
+
     def read(self, at_sample: int, n: int) -> np.ndarray:
         out = np.zeros(n, dtype=np.int16)
-        if self.fh is None or at_sample >= self.end_sample:
+        if at_sample >= self.end_sample:
+            return out
+        if self.fh is None:
+            if self.pcm is not None:
+                got = self.pcm[at_sample:min(at_sample + n, self.end_sample)]
+                out[:got.size] = got
             return out
         self.fh.seek(at_sample * 2)
         raw = self.fh.read(n * 2)
@@ -158,7 +184,22 @@ class _DirectionFile:
         out[: got.size] = got
         return out
 
+    def silence(self, lo: int, hi: int) -> bool:
+        """Zero samples [lo, hi) of what was written; False when none were."""
+        hi = min(hi, self.end_sample)
+        if hi <= lo:
+            return False
+        if self.fh is None:
+            if self.pcm is None:
+                return False
+            self.pcm[lo:hi] = 0
+        else:
+            self.fh.seek(lo * 2)
+            self.fh.write(bytes(2 * (hi - lo)))
+        return True
+
     def close(self) -> None:
+        self.pcm = None
         if self.fh is not None:
             self.fh.close()
             self.fh = None
@@ -660,12 +701,7 @@ def _mask(dirfiles: list[_DirectionFile], spans: list[tuple[int, int]], base_ns:
         a = max(a, 0)
         hit = False
         for df in dirfiles:
-            hi = min(b, df.end_sample)
-            if df.fh is None or hi <= a:
-                continue
-            df.fh.seek(a * 2)
-            df.fh.write(bytes(2 * (hi - a)))
-            hit = True
+            hit = df.silence(a, b) or hit
         if hit:
             masked += (b - a) * 1000 // rate
     return masked

@@ -153,3 +153,24 @@ def test_batched_render_equals_packet_path(tmp_path, seed, monkeypatch):
     for name in ("duration_ms", "audio_packets", "undecodable", "per_direction_ms",
                  "first_audio_offset_ms", "reanchors", "dtmf", "masked_ms"):
         assert getattr(fast, name) == getattr(slow, name), name
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_direction_pcm_spilled_to_disk_renders_the_same(tmp_path, seed, monkeypatch):
+    """A direction longer than the in-memory bound moves to a sparse temp file part way: the
+    recording, found tones and masking are the same as when it stays in memory."""
+    log = tmp_path / "call.media"
+    specs = _messy_log(log, seed)
+    start = T0 - 500 * 10**6
+    kw = dict(fmt="wav", channels=2, inband_dtmf_directions=(0, 1), mask_inband=True, start_ns=start,
+              mask_spans_ns=[(start + 3 * 10**9, start + 4 * 10**9)])
+    held = render.render_recording(log, specs, tmp_path / "held.wav", **kw)
+    spilled_paths = []
+    real_spill = render._DirectionFile._spill
+    monkeypatch.setattr(render, "_MEMORY_SAMPLES", 30_000)
+    monkeypatch.setattr(render._DirectionFile, "_spill", lambda df: spilled_paths.append(df.path) or real_spill(df))
+    spilled = render.render_recording(log, specs, tmp_path / "spilled.wav", **kw)
+    assert len(spilled_paths) == 2 and not any(p.exists() for p in spilled_paths)
+    assert spilled.path.read_bytes() == held.path.read_bytes()
+    assert (spilled.dtmf, spilled.masked_ms, spilled.duration_ms) == (held.dtmf, held.masked_ms, held.duration_ms)
+    assert held.masked_ms > 0
