@@ -92,6 +92,7 @@ def _dtmf(record: dict[str, Any]) -> str:
 
 
 def _row(record: dict[str, Any]) -> str:
+    from agent.media.quality import summary as quality_summary
     caller = record["callerphone"] or "?"
     if record["callername"]:
         caller = f'{record["callername"]} <{caller}>'
@@ -105,10 +106,11 @@ def _row(record: dict[str, Any]) -> str:
     media = f'{record["callermediaendpoint"] or "-"} <-> {record["destinationmediaendpoint"] or "-"}'
     return (f'{record["startdatetimeutc"]}  {caller:32.32} -> {callee:32.32} {state:10} '
             f'{terminal_safe(record["end_reason"]):18} {record["duration_ms"] / 1000:8.1f}s  '
-            f'{codecs:16} {_dtmf(record):20} {terminal_safe(media)}')
+            f'{codecs:16} {_dtmf(record):20} {quality_summary(record.get("quality")):26} {terminal_safe(media)}')
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from agent.media.quality import observe_call
     from agent.pipeline.engine import MediaMode
     from agent.replay import replay
 
@@ -118,6 +120,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     def on_finished(finished) -> None:
         if finished.media_log is not None:
             finished.media_log.unlink(missing_ok=True)
+        observe_call(finished.record, counters, config.quality.mos_below)    # marks it below the threshold
         records.append(finished.record)
 
     counters = new_counters()
@@ -140,7 +143,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             out.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
     else:
         out.write(f"{'start (UTC)':19}  {'caller':32} -> {'callee':32} {'state':10} {'end':18} "
-                  f"{'talk':>9}  {'codecs':16} {'dtmf (caller/callee)':20} media\n")
+                  f"{'talk':>9}  {'codecs':16} {'dtmf (caller/callee)':20} {'quality (caller/callee)':26} media\n")
         for record in records:
             out.write(_row(record) + "\n")
         out.write(f"{len(records)} call(s)\n")

@@ -87,6 +87,11 @@ class MetricsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class QualitySection:
+    mos_below: float = 0.0   # mark a call whose MOS (either direction) is below this; 0 = off
+
+
+@dataclass(frozen=True, slots=True)
 class SipSection:
     # Identity precedence for the caller: first source with a usable number wins.
     caller_identity: tuple[str, ...] = ("from", "pai", "rpid")
@@ -145,6 +150,7 @@ class Config:
     recording: RecordingSection = field(default_factory=RecordingSection)
     numbers: NumbersSection = field(default_factory=NumbersSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    quality: QualitySection = field(default_factory=QualitySection)
 
 
 _SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -295,6 +301,10 @@ def _seconds(*, zero_ok: bool) -> Any:
     return check
 
 
+def _mos_threshold(v: float) -> str | None:
+    return None if v == 0 or 1.0 <= v <= 4.5 else "0 (off) or a MOS from 1.0 to 4.5"
+
+
 def _each(rule: Any, *, non_empty: bool = False) -> Any:
     def check(values: tuple[Any, ...]) -> str | None:
         if non_empty and not values:
@@ -369,6 +379,7 @@ VALUE_RULES: dict[tuple[str, str], Any] = {
     ("capture", "shutdown_timeout_s"): _seconds(zero_ok=True),
     ("capture", "hep"): _hep_listen,
     ("capture", "hep_ports"): _each(_ints(1, 65535)),
+    ("quality", "mos_below"): _mos_threshold,
     ("metrics", "listen"): _listen,
     ("metrics", "health_no_packets_s"): _seconds(zero_ok=True),
     ("metrics", "health_upload_failing_s"): _seconds(zero_ok=True),

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
 
+from agent.media.quality import HISTOGRAMS
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,14 @@ class HealthLimits:
     min_free_mb: int = 1024
 
 
+# Voice quality histograms: one observation per call direction with audio (media/quality.py).
+_QUALITY_HELP = {
+    "mos": ("calln_call_mos", "Estimated MOS (G.107 E-model, adaptive jitter buffer) per call direction."),
+    "loss": ("calln_call_loss_percent", "RTP packet loss per call direction, percent."),
+    "jitter": ("calln_call_jitter_max_milliseconds", "Highest RFC 3550 interarrival jitter per call direction, ms."),
+}
+
+
 def _esc(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -65,6 +75,18 @@ def render_metrics(snap: Snapshot) -> str:
             lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
             num = repr(float(value)) if isinstance(value, float) else str(int(value))
             lines.append(f"{name}{{{lab}}} {num}" if lab else f"{name} {num}")
+
+    def histogram(metric_name: str, help_text: str, name: str, bounds: tuple[float, ...]) -> None:
+        """A Prometheus histogram from the per-bucket counters ``quality.observe_call`` keeps."""
+        lines.append(f"# HELP {metric_name} {help_text}")
+        lines.append(f"# TYPE {metric_name} histogram")
+        total = 0
+        for i, bound in enumerate((*bounds, float("inf"))):
+            total += c.get(f"quality.{name}.b{i}", 0)
+            le = "+Inf" if bound == float("inf") else repr(float(bound))
+            lines.append(f'{metric_name}_bucket{{le="{le}"}} {total}')
+        lines.append(f"{metric_name}_sum {c.get(f'quality.{name}.sum_milli', 0) / 1000!r}")
+        lines.append(f"{metric_name}_count {total}")
 
     metric("calln_packets_total", "counter", "Frames handed to the engine.", [({}, c.get("capture.frames", 0))])
     metric("calln_bytes_total", "counter", "Bytes of the frames handed to the engine.",
@@ -110,12 +132,16 @@ def render_metrics(snap: Snapshot) -> str:
            [({}, c.get("deliver.spool.io_error", 0))])
     metric("calln_calls_lost_total", "counter", "Finished calls given up because the spool could not be written.",
            [({}, c.get("deliver.spool.lost", 0))])
+    for name, _key, bounds in HISTOGRAMS:
+        histogram(*_QUALITY_HELP[name], name, bounds)
+    metric("calln_calls_mos_below_total", "counter", "Calls marked: a direction's MOS below [quality] mos_below.",
+           [({}, c.get("quality.mos_below", 0))])
     metric("calln_seconds_since_last_packet", "gauge", "Seconds since the capture saw a packet.",
            [({}, float(snap.seconds_since_packet))])
     metric("calln_capture_up", "gauge", "1 while the capture process runs.", [({}, int(snap.capture_alive))])
     # Every other named counter, for diagnosis (what was skipped and why).
     metric("calln_events_total", "counter", "The agent's internal event counters.",
-           [({"name": k}, v) for k, v in sorted(c.items()) if v])
+           [({"name": k}, v) for k, v in sorted(c.items()) if v and not k.startswith("quality.")])
     return "\n".join(lines) + "\n"
 
 

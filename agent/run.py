@@ -133,6 +133,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.deliver.spool import Spool
     from agent.delivery import SpoolSink
     from agent.pipeline.engine import Engine, MediaMode
+    from agent.media.quality import observe_call
     from agent.recorder import Recorder
 
     cap = config.capture
@@ -151,6 +152,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
         try:
             if rendered.audio_path is not None:
                 counters["recorder.recordings"] += 1
+            observe_call(rendered.record, counters, config.quality.mos_below)   # before it is spooled
             sink(rendered)
             log.info("call spooled callid=%s audio=%s", rendered.record.get("callid"),
                      "yes" if rendered.audio_path else rendered.no_audio_reason or "no")

@@ -39,7 +39,7 @@ from agent.media.sequencing import extend_seq
 __all__ = ["StreamQuality", "MosEstimate", "CodecImpairment", "stream_quality", "jitter_buffer_loss",
            "codec_impairment", "r_factor", "mos_from_r", "mos_estimate", "direction_quality",
            "QualityCollector", "FIXED_BUFFER_MS", "ADAPTIVE_MAX_BUFFER_MS", "ASSUMED_PATH_DELAY_MS",
-           "HEADLINE_BUFFER"]
+           "HEADLINE_BUFFER", "HISTOGRAMS", "observe_call", "summary"]
 
 _CN_PTS = (13, 19)                 # comfort noise, and its pre-RFC 3389 number (Wireshark's PT_CN_OLD)
 FIXED_BUFFER_MS = 50.0
@@ -348,3 +348,44 @@ class QualityCollector:
             out[(d, int(ssrc[idx[0]]))] = stream_quality(seq[idx], ts[idx], arrival[idx], pt[idx],
                                                           b1[idx] > 0x7F, lut[pt[idx]])
         return out
+
+
+# ------------------------------------------------------------------ record marking and metrics
+
+# Histogram bounds (Prometheus "le"), observed once per call direction that has audio.
+MOS_BOUNDS = (1.0, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4)
+LOSS_PCT_BOUNDS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+JITTER_MS_BOUNDS = (1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 200.0)
+HISTOGRAMS = (("mos", "mos", MOS_BOUNDS), ("loss", "loss_pct", LOSS_PCT_BOUNDS),
+              ("jitter", "jitter_max_ms", JITTER_MS_BOUNDS))
+
+
+def observe_call(record: dict, counters, mos_below: float) -> bool:
+    """Count a finished call's quality into ``counters`` (per direction: one observation per
+    histogram, as ``quality.<name>.b<bucket>`` and ``quality.<name>.sum_milli``) and, when a
+    direction's MOS is below ``mos_below`` (0: off), mark the record (``quality.mos_below``)
+    and count it. Returns whether the call was marked."""
+    sides = [side for side in (record.get("quality") or {}).values() if isinstance(side, dict)]
+    for side in sides:
+        for name, key, bounds in HISTOGRAMS:
+            value = float(side.get(key, 0.0))
+            bucket = next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))
+            counters[f"quality.{name}.b{bucket}"] += 1
+            counters[f"quality.{name}.sum_milli"] += round(value * 1000)
+        counters["quality.observations"] += 1
+    below = mos_below > 0 and any(side.get("mos", 5.0) < mos_below for side in sides)
+    if below:
+        record["quality"]["mos_below"] = mos_below
+        counters["quality.mos_below"] += 1
+    return below
+
+
+def summary(quality: dict | None) -> str:
+    """A call's quality in a few words: "MOS 4.3/4.1, loss 0.2 %" (caller's direction first,
+    the worse direction's loss), "-" without audio, "!" appended when marked below threshold."""
+    if not quality:
+        return "-"
+    sides = [quality.get(name) for name in ("caller", "callee")]
+    mos = "/".join(f"{side['mos']:.1f}" if side else "-" for side in sides)
+    loss = max(side["loss_pct"] for side in sides if side)
+    return f"MOS {mos}, loss {loss:.1f} %" + (" !" if quality.get("mos_below") else "")
