@@ -7,6 +7,7 @@
   spool ... / receiver ...      see agent/deliver/commands.py
   run / check-config            the live capture daemon: agent/run.py
   install-service               the systemd service: agent/service.py
+  show CAPTURE                  one call's SIP ladder, RTP quality and end reason: agent/show.py
   --version                     versions that decide output: agent/versions.py
 
 Exit status: 0 success, 1 a run that finished with work pending or failed, 2 bad
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_run(sub)
     from agent.service import register as register_service
     register_service(sub)
+    from agent.show import register as register_show      # one call's SIP ladder and RTP quality
+    register_show(sub)
     return parser
 
 
