@@ -18,6 +18,7 @@ log line per failure and per recovery, never per packet.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 __all__ = ["MediaLogWriter", "NullMediaLog", "read_media_log", "read_media_log_blocks",
            "MediaBlock", "RECORD_HEADER", "MediaRecord"]
@@ -38,6 +39,7 @@ _RUN_HEADER_DTYPE = np.dtype([("stream_index", "<u2"), ("seq", "<u2"), ("rtp_ts"
 FLUSH_BYTES = 64 * 1024
 
 
+@functools.lru_cache(maxsize=64)
 def _record_dtype(payload_bytes: int) -> np.dtype:
     """A whole record with a payload of ``payload_bytes`` as one packed numpy record."""
     return np.dtype(_RUN_HEADER_DTYPE.descr + [("payload", "u1", (payload_bytes,))] if payload_bytes
@@ -122,7 +124,10 @@ class MediaLogWriter:
         if same:
             # Header and payload side by side as one structured record per packet.
             if size:
-                out["payload"] = sliding_window_view(data, size)[starts]
+                # Rows of ``size`` bytes starting at every offset (a view; as_strided directly:
+                # the capture loop calls this once per call and batch).
+                out["payload"] = as_strided(data, shape=(data.size - size + 1, size), strides=(1, 1),
+                                            writeable=False)[starts]
             self._buf += memoryview(out).cast("B")
         else:
             hsize = RECORD_HEADER.size
