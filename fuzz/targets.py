@@ -26,6 +26,7 @@ from agent.errors import CaptureFormatError, ParseError, SdpParseError, SipParse
 from agent.net.datagram import Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fragments import MAX_IP_PAYLOAD, FragmentReassembler
+from agent.net.hep import HepStreamSplitter, HepUnwrapper
 from agent.net.tcp import TcpReassembler
 from agent.sip.dtmf_info import parse_dtmf_info
 from agent.sip.framing import SipStreamFramer
@@ -416,6 +417,43 @@ def check_rtp(data: bytes) -> None:
     parse_telephone_event(data)
 
 
+# ----------------------------------------------------------------------------- 6b. HEP3
+
+def seed_hep() -> tuple[bytes, ...]:
+    """HEP3 messages (UDP payloads to port 9060) found in the seed captures."""
+    dec = FrameDecoder(Counter(), dedup=False)
+    out = [bytes(d.payload) for d in (dec.decode(0, lt, f) for lt, f in seed_frames())
+           if d is not None and d.payload[:4] == b"HEP3"]
+    return tuple(dict.fromkeys(out))[:100] or (b"HEP3\x00\x06",)
+
+
+hep_inputs = st.tuples(st.lists(st.one_of(mutated(st.sampled_from(seed_hep())), st.binary(max_size=120)),
+                                min_size=1, max_size=8),
+                       st.integers(1, 200))
+
+
+def check_hep(inp) -> None:
+    """Each message alone (UDP) and all of them as one stream cut every ``step`` bytes (TCP):
+    a datagram or exactly one counted reason, never an exception."""
+    messages, step = inp
+    for key in (b"", b"k"):
+        counters: Counter = Counter()
+        unwrap = HepUnwrapper(counters, key)
+        for m in messages:
+            before = sum(n for k, n in counters.items() if k.startswith("hep.skip."))
+            d = unwrap.datagram(m, 7)
+            skipped = sum(n for k, n in counters.items() if k.startswith("hep.skip.")) - before
+            assert (d is None) == (skipped == 1), (d, counters)
+            if d is not None:
+                assert 0 <= d.src_port <= 65535 and 0 <= d.dst_port <= 65535 and d.payload
+        splitter = HepStreamSplitter(counters)
+        stream = b"".join(messages)
+        for i in range(0, len(stream), step):
+            for m in splitter.feed(stream[i:i + step]):
+                assert m[:4] == b"HEP3" and int.from_bytes(m[4:6], "big") == len(m)
+                unwrap.datagram(m, 7)
+
+
 # ----------------------------------------------------------------------------- 7. the engine
 
 record_edits = st.lists(st.tuples(st.integers(0, 7), st.integers(0, 10_000), edit_ops,
@@ -502,5 +540,6 @@ TARGETS = {
     "uri": (uri_texts, check_uri),
     "framer": (framer_chunks, check_framer),
     "rtp": (rtp_packets, check_rtp),
+    "hep": (hep_inputs, check_hep),
     "engine": (engine_inputs, check_engine),
 }
