@@ -30,3 +30,22 @@ def test_auth_key_in_the_toml_is_refused(tmp_path):
     cfg.write_text('[capture]\nhep_auth_key = "oops"\n')
     with pytest.raises(ConfigError, match="hep_auth_key: unknown key .*CALLN_HEP_AUTH_KEY"):
         load_config(cfg, env={})
+
+
+def test_check_config_accepts_a_hep_listener_without_interfaces(tmp_path, monkeypatch):
+    from agent import run
+    from agent.deliver import client
+
+    monkeypatch.setattr(run, "clock_synchronised", lambda: True)
+    monkeypatch.setattr(client, "probe_tls", lambda *a: ("ok", "TLS not probed in this test"))
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[api]\nurl = "https://api.example"\nusername = "u"\n[spool]\ndir = "{tmp_path}/s"\n'
+                   '[capture]\nhep = "udp:127.0.0.1:9060"\n')
+    config = load_config(cfg, env={"CALLN_PASSWORD": "p", "CALLN_HEP_AUTH_KEY": "k"})
+    results = run.check_config(config, [])
+    assert ("ok", "HEP listener udp:127.0.0.1:9060 with auth key") in results
+    assert not [msg for level, msg in results if level == "fail"], results
+    # without the listener, no interface is a failure again
+    cfg.write_text(f'[api]\nurl = "https://api.example"\nusername = "u"\n[spool]\ndir = "{tmp_path}/s"\n')
+    results = run.check_config(load_config(cfg, env={"CALLN_PASSWORD": "p"}), [])
+    assert any(level == "fail" and "no capture interface" in msg for level, msg in results)
