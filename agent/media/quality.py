@@ -140,10 +140,13 @@ def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, 
     jitter = mean = top = 0.0
     steps = in_time & clocked
     steps[0] = False
-    for i in np.flatnonzero(steps).tolist():
-        jitter = (15 * jitter + diff_ms[i]) / 16
-        if regular[i]:
-            top = max(top, jitter)
+    at = np.flatnonzero(steps)
+    # The recurrence is sequential: one plain-float step per packet (lists, not numpy scalars).
+    for i, d, reg in zip(at.tolist(), diff_ms[at].tolist(), regular[at].tolist()):
+        jitter = (15 * jitter + d) / 16
+        if reg:
+            if jitter > top:
+                top = jitter
             mean = (mean * (i - 1) + jitter) / i
     q.jitter_mean_ms, q.jitter_max_ms = mean, top
 
