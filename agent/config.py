@@ -261,9 +261,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 
 def _check_recording(recording: RecordingSection) -> None:
-    if recording.sample_rate_hz < -1:
-        raise ConfigError(f"[recording] sample_rate_hz: expected a rate in Hz, 0 (native) or -1 (by format), "
-                          f"got {recording.sample_rate_hz!r}")
     if not 0 <= recording.mp3_quality <= 9:
         raise ConfigError(f"[recording] mp3_quality: expected 0 (slowest) to 9 (fastest), "
                           f"got {recording.mp3_quality!r}")
