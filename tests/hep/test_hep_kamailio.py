@@ -33,7 +33,7 @@ KEY = "kam-hep-k3y"
 # Call facts that come from RTP (not in a siptrace feed: streams, RFC 4733 key presses) or L2
 # (HEP carries no MACs).
 NOT_IN_SIPTRACE = {"callermacaddress", "destinationmacaddress", "media", "streams", "capture_files",
-                   "no_audio_reason", "callerdtmf", "destinationdtmf", "dtmf", "keypresses"}
+                   "no_audio_reason", "callerdtmf", "destinationdtmf", "dtmf", "keypresses", "quality"}
 # Kamailio stamps a message when it handles it, not when the wire carried it: within this.
 STAMP_TOLERANCE_NS = 20_000_000
 
