@@ -84,3 +84,10 @@ def test_counters_name_what_was_unwrapped_and_dropped(tmp_path):
     calls = []
     c = replay([HEP], keyed, calls.append, workdir=tmp_path / "b", progress=False, media=MediaMode.COUNTERS).counters
     assert (c["hep.skip.auth_failed"], c["hep.datagrams"], calls) == (frames, 0, [])
+
+
+def test_generator_reproduces_the_committed_capture(tmp_path):
+    subprocess.run([sys.executable, str(PCAPS / "make_hep_pcaps.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=120)
+    for name in ("hep_basic_udp.pcap", "hep_basic_udp.truth.json"):
+        assert (tmp_path / name).read_bytes() == (PCAPS / name).read_bytes(), name
