@@ -50,6 +50,7 @@ BAD_VALUES = [
     ("sip", "router_mac_ip_threshold", "0", "3"),
     ("sip", "pbx_addresses", '["pbx.local"]', '["10.1.1.1", "::1"]'),
     ("sip", "max_calls", "0", "100"),
+    ("quality", "mos_below", "4.8", "3.6"),
     ("recording", "format", '"ogg"', '"wav"'),
     ("recording", "channels", "3", "2"),
     ("recording", "sample_rate_hz", "12345", "8000"),
