@@ -33,6 +33,7 @@ class SipEvent:
     call_id: str
     label: str           # method, or "code reason"
     sdp: str             # one-line SDP summary, "" without SDP
+    invite: bool         # part of an INVITE transaction (CSeq method INVITE)
 
 
 def _endpoint(ip: str, port: int) -> str:
@@ -86,21 +87,21 @@ def read_sip(paths: Iterable[str | Path], counters: Counter) -> list[SipEvent]:
                 try:
                     msg = parse_message(data, stream=dgram.transport == TCP)
                     call_id = msg.call_id
+                    invite = msg.cseq_method == "INVITE"
                 except (SipParseError, ValueError):
                     counters["show.sip_unparsable"] += 1
                     continue
                 label = msg.method if msg.is_request else f"{msg.status_code} {msg.reason}"
-                events.append(SipEvent(dgram.ts_ns, src, dst, call_id, label, _sdp_summary(msg.sdp_body())))
+                events.append(SipEvent(dgram.ts_ns, src, dst, call_id, label, _sdp_summary(msg.sdp_body()), invite))
     return events
 
 
 def calls_in(events: list[SipEvent]) -> list[str]:
-    """Call-IDs with an INVITE, in the order of their first message."""
+    """Call-IDs with an INVITE transaction, in the order of their first message (a call whose
+    INVITE was not captured still has its answers)."""
     seen: dict[str, bool] = {}
     for e in events:
-        seen.setdefault(e.call_id, False)
-        if e.label == "INVITE":
-            seen[e.call_id] = True
+        seen[e.call_id] = seen.get(e.call_id, False) or e.invite
     return [cid for cid, invited in seen.items() if invited]
 
 
@@ -211,7 +212,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         call_id = args.call
     else:
         if not calls:
-            raise AgentError(f"no INVITE in {args.capture}")
+            raise AgentError(f"no INVITE transaction in {args.capture}")
         if not 1 <= args.number <= len(calls):
             raise AgentError(f"--number {args.number}: the capture has {len(calls)} call(s)")
         call_id = calls[args.number - 1]
@@ -242,6 +243,7 @@ def register(sub) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--call", metavar="CALL-ID", help="the call with this SIP Call-ID")
     which.add_argument("--number", type=int, default=1, metavar="N",
-                       help="the N-th call with an INVITE, in order of first message (default: 1)")
+                       help="the N-th call (Call-ID with an INVITE transaction), in order of first "
+                            "message (default: 1)")
     p.add_argument("--ascii", action="store_true", help="plain ASCII lines and arrows (default: Unicode)")
     p.set_defaults(func=cmd_show)

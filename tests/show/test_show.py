@@ -71,3 +71,10 @@ def test_hostile_text_is_escaped(tmp_path):
     assert b"\x1b" not in out and b"\x07" not in out
     assert b"call evil\\x1b]0;owned\\x07@x " in out
     assert b"PCMU\\x1b[2J/8000" in out
+
+
+def test_call_whose_invite_was_not_captured_is_still_shown(public_dir):
+    """fragmented_udp_sip.pcap holds only the INVITE's first fragment: the call is its answers."""
+    out = show(str(public_dir / "fragmented_udp_sip.pcap"), "--ascii").stdout.decode()
+    assert out.startswith("call 1-21520@10.192.243.79 (5 SIP messages)")
+    assert "|----- 200 OK (SDP) --->|" in out and "end reason: bye" in out
