@@ -30,10 +30,9 @@ MP3_SAMPLE_RATES_HZ: frozenset[int] = frozenset(
     {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}
 )
 # LAME's algorithm quality (0 slowest/best .. 9 fastest). Measured here at 32 kbit/s, 16 kHz
-# mono (bench/encode_rate.py --quality): 7 runs about 2.5x faster than LAME's default (3)
+# mono (bench/encode_rate.py --quality): 7 runs 1.6-2.5x faster than LAME's default (3)
 # with the same signal-to-noise ratio (14.7 vs 14.2 dB; once on SIPp's recorded prompt, 25.0
-# vs 24.0 dB), so the same cores record about twice the calls. [recording] mp3_quality
-# overrides it.
+# vs 24.0 dB), so the same cores record more calls. [recording] mp3_quality overrides it.
 MP3_QUALITY = 7
 _PART_SUFFIX = ".part"
 
