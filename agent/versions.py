@@ -1,4 +1,5 @@
-"""What decides the output of this install: the agent's version and the libraries behind it.
+"""What decides the output of this install: the agent's version and the libraries behind it
+(PyAV/FFmpeg decode the codecs, lameenc encodes MP3, numpy does the PCM).
 
 ``calln-agent --version`` and ``check-config`` print these lines. The agent's version is
 written once, as ``agent.__version__`` (pyproject.toml reads it from there).
@@ -10,21 +11,20 @@ import ctypes
 import platform
 
 
-def _lame_version() -> str:
-    """LAME's own version, asked of the libmp3lame that libavcodec loaded (PyAV's wheel bundles
-    one; a system FFmpeg links the distribution's). libavcodec does not report it."""
-    import av
-    av.codec.Codec("libmp3lame", "w")           # fails here when the MP3 encoder is missing
+def _mp3_encoder() -> str:
+    """The MP3 encoder the recorder uses: lameenc, with the LAME version compiled into it (the
+    module does not say; its extension exports LAME's own ``get_lame_version``)."""
+    import importlib.metadata
+
+    import lameenc                               # fails here when the MP3 encoder is missing
+    lame = "unknown version"
     try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "libmp3lame" in line})
-        for path in paths:
-            get_version = ctypes.CDLL(path).get_lame_version
-            get_version.restype = ctypes.c_char_p
-            return get_version().decode("ascii", "replace")
+        get_version = ctypes.CDLL(lameenc.__file__).get_lame_version
+        get_version.restype = ctypes.c_char_p
+        lame = get_version().decode("ascii", "replace")
     except (OSError, AttributeError):
         pass
-    return "unknown version"
+    return f"lameenc {importlib.metadata.version('lameenc')} (LAME {lame})"
 
 
 def version_lines() -> list[str]:
@@ -36,12 +36,12 @@ def version_lines() -> list[str]:
         codec = ".".join(map(str, av.library_versions.get("libavcodec", ())))
         ffmpeg = getattr(av, "ffmpeg_version_info", "?")
         lines.append(f"PyAV {av.__version__} (FFmpeg {ffmpeg}, libavcodec {codec})")
-        try:
-            lines.append(f"MP3 encoder: LAME {_lame_version()} (libmp3lame)")
-        except Exception as exc:                 # noqa: BLE001 - report, never crash --version
-            lines.append(f"MP3 encoder: unavailable ({exc})")
     except ImportError as exc:
         lines.append(f"PyAV: not installed ({exc})")
+    try:
+        lines.append(f"MP3 encoder: {_mp3_encoder()}")
+    except Exception as exc:                     # noqa: BLE001 - report, never crash --version
+        lines.append(f"MP3 encoder: unavailable ({exc})")
     try:
         import numpy
         lines.append(f"numpy {numpy.__version__}")

@@ -21,7 +21,7 @@ def test_version_prints_agent_and_library_versions() -> None:
     lines = proc.stdout.decode().splitlines()
     assert lines[0].startswith(f"calln-agent {agent.__version__} ")
     assert f"PyAV {av.__version__} (FFmpeg " in lines[1]
-    assert re.fullmatch(r"MP3 encoder: LAME \d+\.\d+\S* \(libmp3lame\)", lines[2]), lines[2]
+    assert re.fullmatch(r"MP3 encoder: lameenc \d+\.\d+\S* \(LAME \d+\.\d+\S*\)", lines[2]), lines[2]
     assert lines[3] == f"numpy {numpy.__version__}"
 
 
