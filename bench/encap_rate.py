@@ -3,8 +3,8 @@
 Rewrites the first ``--frames`` records of the synthetic bench capture (bench/replay_rate.py's
 200 concurrent 60 s G.711 calls, generated and cached under /tmp if missing) as untagged
 IPv4, 802.1Q, QinQ (802.1ad + 802.1Q), IPv6, IPv6 under QinQ, inside VXLAN (cloud
-traffic mirroring) and ERSPAN (a switch's remote SPAN), and as a directory of 5 rotated
-files and as two taps overlapping in time, then runs
+traffic mirroring) and ERSPAN (a switch's remote SPAN), as HEP3 to a collector, and as a
+directory of 5 rotated files and as two taps overlapping in time, then runs
 ``calln-agent inspect`` on each in a child process and prints packets per CPU-second and
 peak RSS. A site whose traffic the batch path cannot take falls back to frame-by-frame
 decoding, several times slower: this shows which ones it takes.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from synth import QINQ_TAGS, in_erspan, in_vxlan, rewrite_pcap, to_ipv6, with_tags, write_calls  # noqa: E402
+from synth import QINQ_TAGS, in_erspan, in_hep, in_vxlan, rewrite_pcap, to_ipv6, with_tags, write_calls  # noqa: E402
 
 VARIANTS = {
     "ipv4": lambda f: f,
@@ -33,6 +33,7 @@ VARIANTS = {
     "ipv6+qinq": lambda f: to_ipv6(with_tags(f, QINQ_TAGS)),
     "vxlan": lambda f: in_vxlan(f, len(f)),          # cloud traffic mirroring to a collector
     "erspan": lambda f: in_erspan(f, len(f), 2),     # a switch's remote SPAN (ERSPAN type II)
+    "hep": lambda f: in_hep(f, len(f)),              # a SIP server's / media relay's HEP3 copies
 }
 
 

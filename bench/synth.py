@@ -183,6 +183,22 @@ def in_vxlan(frame: bytes, ident: int, vni: int = 4242) -> bytes:
                      bytes([192, 0, 2, 2]), 49152 + ident % 16384, 4789, vxlan, ident)
 
 
+def in_hep(frame: bytes, ident: int) -> bytes:
+    """An Ethernet/IPv4/UDP ``frame`` as a HEP collector receives it: its addresses, ports and
+    payload in HEP3 over UDP from the sender 192.0.2.1 to the collector 192.0.2.2:9060, with no
+    timestamp chunks (the collector's capture time stands in)."""
+    import socket
+
+    from agent.net.hep import PROTO_TYPE_RTP, PROTO_TYPE_SIP, encode_hep3
+    ihl = (frame[14] & 0x0F) * 4
+    sport, dport = struct.unpack_from("!HH", frame, 14 + ihl)
+    hep = encode_hep3(src_ip=socket.inet_ntoa(frame[26:30]), dst_ip=socket.inet_ntoa(frame[30:34]),
+                      src_port=sport, dst_port=dport, ts_ns=None, payload=frame[14 + ihl + 8:],
+                      proto_type=PROTO_TYPE_SIP if 5060 in (sport, dport) else PROTO_TYPE_RTP)
+    return udp_frame(bytes.fromhex("0200000000aa"), bytes.fromhex("0200000000bb"), bytes([192, 0, 2, 1]),
+                     bytes([192, 0, 2, 2]), 9061, 9060, hep, ident)
+
+
 def ip_frame(src_mac: bytes, dst_mac: bytes, src_ip: bytes, dst_ip: bytes, proto: int, payload: bytes,
              ip_id: int = 0) -> bytes:
     """An Ethernet / IPv4 frame carrying ``payload`` as protocol ``proto``."""

@@ -238,10 +238,11 @@ class HepStreamSplitter:
         return out
 
 
-def encode_hep3(*, src_ip: str, dst_ip: str, src_port: int, dst_port: int, ts_ns: int,
+def encode_hep3(*, src_ip: str, dst_ip: str, src_port: int, dst_port: int, ts_ns: int | None,
                 payload: bytes, transport: str = UDP, proto_type: int = PROTO_TYPE_SIP,
                 agent_id: int = 0, auth_key: bytes | None = None) -> bytes:
-    """A HEP3 message as a sender builds it (test captures, the test sender)."""
+    """A HEP3 message as a sender builds it (tests, benches). ``ts_ns`` None: no timestamp
+    chunks (the receiver uses the arrival time)."""
     v6 = ":" in src_ip
     family = socket.AF_INET6 if v6 else socket.AF_INET
 
@@ -255,8 +256,8 @@ def encode_hep3(*, src_ip: str, dst_ip: str, src_port: int, dst_port: int, ts_ns
         chunk(IPV6_DST if v6 else IPV4_DST, socket.inet_pton(family, dst_ip)),
         chunk(SRC_PORT, struct.pack("!H", src_port)),
         chunk(DST_PORT, struct.pack("!H", dst_port)),
-        chunk(TS_SEC, struct.pack("!I", ts_ns // 1_000_000_000)),
-        chunk(TS_USEC, struct.pack("!I", ts_ns % 1_000_000_000 // 1_000)),
+        chunk(TS_SEC, struct.pack("!I", ts_ns // 1_000_000_000)) if ts_ns is not None else b"",
+        chunk(TS_USEC, struct.pack("!I", ts_ns % 1_000_000_000 // 1_000)) if ts_ns is not None else b"",
         chunk(PROTO_TYPE, bytes([proto_type])),
         chunk(AGENT_ID, struct.pack("!I", agent_id)),
         chunk(AUTH_KEY, auth_key) if auth_key is not None else b"",
