@@ -121,14 +121,13 @@ def delivered_command(args: argparse.Namespace, spool_dir: Path) -> int:
         if args.json:
             print(json.dumps(row, ensure_ascii=False))
         elif call.record is None:
-            print(f"{row['delivered_at']}  {call.id}  (record removed: [spool] retention_days)")
+            print(f"{row['delivered_at']}  {call.id}  (written by an older version: no summary)")
         else:
             print(terminal_safe(f"{row['delivered_at']}  {call.id}  {row['state']:<22} "
                                 f"{row['startdatetimeutc']:<19}  {row['callerphone']} -> "
                                 f"{row['destinationphone']}"))
     print(f"# spool {spool_dir}: {len(calls)} call(s) delivered"
-          + (f" since {_utc(since)}" if since is not None else "")
-          + " (numbers and confirmation shown while [spool] retention_days keeps the call)",
+          + (f" since {_utc(since)}" if since is not None else ""),
           file=sys.stderr)
     return 0
 

@@ -1,10 +1,11 @@
 """Read-only view of the delivered-ledger, for ``calln-agent spool delivered``.
 
 Delivered calls leave the spool at once (``[spool] retention_days = 0``), so the ledger is
-what remembers them: one file per call key, "delivered <id> <time>" (spool.py's layout,
-parsed by its ``_parse_entry``). The call's record and final state (confirmed or
-unconfirmed) are joined from ``calls/<id>/`` while the call is still retained. Nothing is
-created or changed: a listing must not make a spool.
+what remembers them: one file per call key, "delivered <id> <time> <summary>" (spool.py's
+layout, parsed by its ``_parse_entry`` / ``ledger_summary``). The summary keeps the final state
+(confirmed or unconfirmed), start time and numbers; while the call is still retained its record
+and state in ``calls/<id>/`` are used instead. Entries written by older versions carry no
+summary. Nothing is created or changed: a listing must not make a spool.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from agent.deliver.spool import _parse_entry
+from agent.deliver.spool import _parse_entry, ledger_summary
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -26,8 +27,8 @@ _HEX = re.compile(r"[0-9a-f]+")
 class DeliveredCall:
     delivered_at_wall: float              # seconds since the epoch
     id: str                               # the spool id the call had
-    state: str | None                     # delivered / delivered_unconfirmed; None once removed
-    record: dict[str, Any] | None         # None once removed from the spool
+    state: str | None                     # delivered / delivered_unconfirmed; None if unknown
+    record: dict[str, Any] | None         # the record, or the ledger's summary of it; None if unknown
 
 
 def _entries(ledger: Path) -> Iterator[os.DirEntry]:
@@ -57,7 +58,8 @@ def delivered_calls(spool_dir: Path, since_wall: float | None = None) -> list[De
     for entry in _entries(ledger):
         try:
             with open(entry.path, encoding="utf-8", errors="replace") as fh:
-                kind, call_id, ts = _parse_entry(fh.read())
+                text = fh.read()
+            kind, call_id, ts = _parse_entry(text)
             if ts is None:                         # entries of older versions carry no time
                 ts = entry.stat().st_mtime
         except OSError:                            # pruned while we read
@@ -65,9 +67,10 @@ def delivered_calls(spool_dir: Path, since_wall: float | None = None) -> list[De
         if kind != "delivered" or (since_wall is not None and ts < since_wall):
             continue
         call_dir = spool_dir / "calls" / call_id
-        state = _json(call_dir / "state.json")
-        out.append(DeliveredCall(ts, call_id, state.get("state") if state else None,
-                                 _json(call_dir / "record.json")))
+        state = _json(call_dir / "state.json") or {}
+        summary = ledger_summary(text)
+        out.append(DeliveredCall(ts, call_id, state.get("state") or summary.pop("state", None),
+                                 _json(call_dir / "record.json") or summary or None))
     out.sort(key=lambda c: (c.delivered_at_wall, c.id))
     return out
 

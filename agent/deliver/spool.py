@@ -10,7 +10,8 @@ Layout under ``dir`` (mode 0700)::
     calls/<id>/state.json    upload state, rewritten atomically after every step; while a call
                              backs off it holds ``backoff: {attempts, due_wall}`` (wall clock)
     ledger/<h[:2]>/<h[2:]>   h = sha256(call key): one small file per call key accepted:
-                             "queued <id>" then "delivered <id> <time>" / "skipped <id> <time>"
+                             "queued <id>" then "delivered <id> <time> <summary JSON>" /
+                             "skipped <id> <time>"
                              (<time>: seconds since the epoch when the entry became final)
     ledger/.maint.lock       serialises ledger migration and pruning between processes
     tmp/                     enqueue builds a call here, then renames it into calls/
@@ -78,6 +79,8 @@ DONE_STATES = frozenset({DELIVERED, DELIVERED_UNCONFIRMED, SKIPPED_UNANSWERED})
 RETRYABLE_BY_OPERATOR = frozenset({PARKED, SKIPPED_UNANSWERED, DELIVERED_UNCONFIRMED})
 
 FINAL_LEDGER_KINDS = frozenset({"delivered", "skipped"})
+# Record fields a "delivered" ledger line keeps (with the final state) for `spool delivered`.
+LEDGER_SUMMARY_FIELDS = ("startdatetimeutc", "callerphone", "destinationphone")
 LEDGER_SHARDS = tuple(f"{i:02x}" for i in range(256))
 LITTER_AGE_S = 3600.0          # a claim / temp file this old without its call is a crash's litter
 
@@ -406,10 +409,14 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _ledger_mark(self, key: str, kind: str, call_id: str) -> None:
+    def _ledger_mark(self, key: str, kind: str, call_id: str,
+                     summary: dict[str, str] | None = None) -> None:
         line = f"{kind} {call_id}"
         if kind in FINAL_LEDGER_KINDS:
             line += f" {time.time():.0f}"   # the entry's own time, for pruning
+            if summary:
+                # What `spool delivered` shows once the call itself has left the spool.
+                line += " " + json.dumps(summary, ensure_ascii=True, separators=(",", ":"))
         path = self._ledger_path(key)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         write_atomic(path, f"{line}\n".encode())
@@ -668,13 +675,24 @@ class Spool:
 
     def mark_done(self, state: dict[str, Any], final_state: str) -> None:
         """Delivered (confirmed or not): ledger first, then state, then retention."""
-        self._ledger_mark(state["key"], "delivered", state["id"])
+        self._ledger_mark(state["key"], "delivered", state["id"],
+                          self._delivery_summary(state["id"], final_state))
         kill_point("spool_ledger_delivered")
         state["state"] = final_state
         state["delivered_at"] = time.time()
         self.save_state(state)
         if self.retention_days <= 0:
             self._delete(state["id"])
+
+    def _delivery_summary(self, call_id: str, final_state: str) -> dict[str, str]:
+        """The ledger's lasting note of a delivered call: confirmed or not, when, who."""
+        summary = {"state": final_state}
+        try:
+            record = self.record_of(call_id)
+        except (OSError, ValueError):
+            return summary
+        summary.update((k, str(record.get(k) or "")) for k in LEDGER_SUMMARY_FIELDS)
+        return summary
 
     def _delete(self, call_id: str) -> None:
         path = self.calls_dir / call_id
@@ -823,7 +841,7 @@ def _fresh_state(call_id: str, key: str) -> dict[str, Any]:
 
 def _parse_entry(text: str) -> tuple[str, str, float | None]:
     """(kind, call id, time written or None) of a ledger line; older versions wrote no time."""
-    parts = text.split()
+    parts = text.split(maxsplit=3)
     kind = parts[0] if parts else ""
     call_id = parts[1] if len(parts) > 1 else ""
     ts = None
@@ -833,6 +851,16 @@ def _parse_entry(text: str) -> tuple[str, str, float | None]:
         except ValueError:
             ts = None
     return kind, call_id, ts
+
+
+def ledger_summary(text: str) -> dict[str, str]:
+    """The summary a final ledger line carries after its time ({} on older lines)."""
+    parts = text.split(maxsplit=3)
+    try:
+        summary = json.loads(parts[3]) if len(parts) > 3 else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in summary.items()} if isinstance(summary, dict) else {}
 
 
 def _link_or_move(src: Path, dst: Path) -> bool:

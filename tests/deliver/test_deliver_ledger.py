@@ -14,6 +14,7 @@ import pytest
 
 from agent.config import load_config
 from agent.deliver.spool import LEDGER_SHARDS, PARKED, READY, SKIPPED_UNANSWERED, Spool, call_key
+from agent.deliver.ledger_view import delivered_calls
 from agent.deliver.uploader import Uploader
 from agent.errors import ConfigError
 from agent.receiver import Faults
@@ -69,8 +70,16 @@ def test_ledger_is_sharded_and_entries_carry_their_time(tmp_path: Path, receiver
     assert _flat_files(d) == []
     before = time.time()
     _deliver(spool, receiver)
-    kind, cid, ts = entry.read_text().split()
+    kind, cid, ts, summary = entry.read_text().split(maxsplit=3)
     assert (kind, cid) == ("delivered", call_id) and before - 1 <= float(ts) <= time.time() + 1
+    # the ledger outlives the call (retention_days 0 deleted it): it keeps who, when, and how
+    assert not (d / "calls" / call_id).exists()
+    assert json.loads(summary) == {"state": "delivered", "startdatetimeutc": rec["startdatetimeutc"],
+                                   "callerphone": rec["callerphone"],
+                                   "destinationphone": rec["destinationphone"]}
+    [shown] = delivered_calls(d)
+    assert (shown.id, shown.state, shown.record["callerphone"]) == (call_id, "delivered",
+                                                                    rec["callerphone"])
     assert spool.enqueue(rec, make_audio(tmp_path, 1, 10)[0], None) is None
     assert len(receiver.stored_calls()) == 1
 

@@ -20,6 +20,9 @@ def _spool(tmp_path, now: float):
     (spool / "ledger" / "ff" / "22").write_text(f"delivered gone-2 {now - 3 * DAY:.0f}\n")
     (spool / "ledger" / "ff" / "33").write_text("queued waiting-3\n")
     (spool / "ledger" / "ff" / "44").write_text(f"skipped unanswered-4 {now:.0f}\n")
+    (spool / "ledger" / "ff" / "55").write_text(
+        f'delivered summed-5 {now - 2 * DAY:.0f} {{"state":"delivered_unconfirmed",'
+        f'"startdatetimeutc":"2026-11-30 08:00:00","callerphone":"2005","destinationphone":"3005"}}\n')
     call = spool / "calls" / "kept-1"
     call.mkdir(parents=True)
     (call / "state.json").write_text(json.dumps({"state": "delivered_unconfirmed"}))
@@ -33,8 +36,12 @@ def test_delivered_calls_from_the_ledger(tmp_path) -> None:
     now = time.time()
     spool = _spool(tmp_path, now)
     calls = delivered_calls(spool)
-    assert [(c.id, c.state) for c in calls] == [("gone-2", None), ("kept-1", "delivered_unconfirmed")]
-    assert calls[1].record["destinationphone"] == "3001" and calls[0].record is None
+    assert [(c.id, c.state) for c in calls] == [("gone-2", None),
+                                                 ("summed-5", "delivered_unconfirmed"),
+                                                 ("kept-1", "delivered_unconfirmed")]
+    assert calls[2].record["destinationphone"] == "3001" and calls[0].record is None
+    assert calls[1].record == {"startdatetimeutc": "2026-11-30 08:00:00", "callerphone": "2005",
+                               "destinationphone": "3005"}      # from the ledger line alone
     assert [c.id for c in delivered_calls(spool, parse_since("1d", now))] == ["kept-1"]
 
 
@@ -49,9 +56,10 @@ def test_spool_delivered_command(tmp_path) -> None:
     proc = cli("spool", "--dir", str(spool), "delivered")
     out = proc.stdout.decode().splitlines()
     assert proc.returncode == 0, proc.stderr
-    assert out[0].endswith("gone-2  (record removed: [spool] retention_days)")
-    assert out[1].endswith("kept-1  delivered_unconfirmed  2026-12-01 09:00:00  2001\\x1b[2J -> 3001")
-    assert b"2 call(s) delivered" in proc.stderr
+    assert out[0].endswith("gone-2  (written by an older version: no summary)")
+    assert out[1].endswith("summed-5  delivered_unconfirmed  2026-11-30 08:00:00  2005 -> 3005")
+    assert out[2].endswith("kept-1  delivered_unconfirmed  2026-12-01 09:00:00  2001\\x1b[2J -> 3001")
+    assert b"3 call(s) delivered" in proc.stderr
     recent = cli("spool", "--dir", str(spool), "delivered", "--since", "24h", "--json")
     rows = [json.loads(line) for line in recent.stdout.decode().splitlines()]
     assert [r["id"] for r in rows] == ["kept-1"] and rows[0]["callerphone"] == "2001\x1b[2J"
