@@ -78,59 +78,47 @@ def parse_hep3(data: bytes, counters) -> HepPacket | None:
     if total < HEADER_LEN or total > len(data):
         counters["hep.skip.bad_length"] += 1
         return None
-    fields: dict[str, object] = {}
+    # The raw value of each generic chunk type (1..16) seen, decoded once at the end: one slice
+    # and one store per chunk keeps this cheap (it runs for every packet of a HEP feed).
+    raw: list[bytes | None] = [None] * 17
     off = HEADER_LEN
     while off < total:
         if total - off < CHUNK_HEADER_LEN:
             counters["hep.skip.truncated_chunk"] += 1
             return None
         vendor, ctype, clen = _CHUNK(data, off)
-        if clen < CHUNK_HEADER_LEN or off + clen > total:
+        end = off + clen
+        if clen < CHUNK_HEADER_LEN or end > total:
             counters["hep.skip.bad_chunk_length"] += 1
             return None
-        value = data[off + CHUNK_HEADER_LEN:off + clen]
-        off += clen
-        if vendor != 0:
-            continue                             # a vendor's own chunk: not ours to read
-        want = _FIXED_LEN.get(ctype)
-        if want is not None and len(value) != want:
-            counters["hep.skip.bad_chunk_length"] += 1
+        # vendor != 0: a vendor's own chunk, not ours to read; generic types above 16
+        # (keep-alive, correlation id, VLAN, TCP flags...): not needed
+        if vendor == 0 and ctype <= PAYLOAD_COMPRESSED:
+            want = _FIXED_LEN.get(ctype)
+            if want is not None and clen - CHUNK_HEADER_LEN != want:
+                counters["hep.skip.bad_chunk_length"] += 1
+                return None
+            raw[ctype] = data[off + CHUNK_HEADER_LEN:end]
+        off = end
+    payload = raw[PAYLOAD]
+    if raw[PAYLOAD_COMPRESSED] is not None:
+        payload = _inflate(raw[PAYLOAD_COMPRESSED])
+        if payload is None:
+            counters["hep.skip.bad_compressed_payload"] += 1
             return None
-        match ctype:
-            case 1:
-                fields["ip_family"] = value[0]
-            case 2:
-                fields["ip_proto"] = value[0]
-            case 3 | 5:
-                fields["src_ip"] = value
-            case 4 | 6:
-                fields["dst_ip"] = value
-            case 7:
-                fields["src_port"] = _U16(value)[0]
-            case 8:
-                fields["dst_port"] = _U16(value)[0]
-            case 9:
-                fields["ts_sec"] = _U32(value)[0]
-            case 10:
-                fields["ts_usec"] = _U32(value)[0]
-            case 11:
-                fields["proto_type"] = value[0]
-            case 12:
-                fields["agent_id"] = _U32(value)[0]
-            case 14:
-                fields["auth_key"] = value
-            case 15:
-                fields["payload"] = value
-            case 16:
-                inflated = _inflate(value)
-                if inflated is None:
-                    counters["hep.skip.bad_compressed_payload"] += 1
-                    return None
-                fields["payload"] = inflated
-            # other generic chunks (keep-alive, correlation id, VLAN, TCP flags...): not needed
     if total < len(data):
         counters["hep.trailing_bytes"] += 1       # padding after the message: ignored
-    return HepPacket(**fields)
+
+    family, proto, sport, dport, sec, usec, ptype, agent = (
+        raw[IP_FAMILY], raw[IP_PROTO], raw[SRC_PORT], raw[DST_PORT], raw[TS_SEC], raw[TS_USEC],
+        raw[PROTO_TYPE], raw[AGENT_ID])
+    return HepPacket(
+        family[0] if family else None, proto[0] if proto else None,
+        raw[IPV4_SRC] or raw[IPV6_SRC], raw[IPV4_DST] or raw[IPV6_DST],
+        _U16(sport)[0] if sport else None, _U16(dport)[0] if dport else None,
+        _U32(sec)[0] if sec else None, _U32(usec)[0] if usec else None,
+        ptype[0] if ptype else None, _U32(agent)[0] if agent else None,
+        raw[AUTH_KEY], payload)
 
 
 def _inflate(value: bytes) -> bytes | None:
