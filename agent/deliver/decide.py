@@ -8,7 +8,8 @@ its last chunk. So after any *uncertain* outcome of the last chunk (no answer, r
 timeout, 5xx) the call may already be stored, and a 404 on a later re-send of the last
 chunk means "the temp id was consumed by completion": delivered, unconfirmed. It never
 means "start again", which would store the call twice. The uncertainty is kept until the
-call leaves the upload (delivered, parked) or gets a new temp id; it is persisted in the
+call is delivered or gets a new temp id (a parked call keeps it, and its temp id, so that
+``spool retry`` re-sends the last chunk); it is persisted in the
 call's state (``last_chunk_attempted``, written *before* the last chunk goes out, so a
 crash while it is on the wire counts as uncertain too).
 """
@@ -68,7 +69,9 @@ def decide(step: str, out: cl.Outcome, last_chunk_uncertain: bool) -> Decision:
     if kind == cl.TRANSIENT:
         return Decision(Action.BACKOFF, uncertain)
     if kind == cl.PARK:
-        return Decision(Action.PARK, False)
+        # Kept: a call parked after an uncertain last chunk may already be stored, so the
+        # operator's retry must re-send that chunk, never start again from step 1.
+        return Decision(Action.PARK, uncertain)
     if kind == cl.AUTH:
         return Decision(Action.STOP_AUTH, uncertain)
     if kind == cl.QUOTA:

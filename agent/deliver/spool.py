@@ -755,7 +755,8 @@ class Spool:
             delivered_at=st.get("delivered_at"), raw_state=copy.deepcopy(st))
 
     def retry(self, id: str) -> None:
-        """Put a parked / skipped / unconfirmed call back to ``ready`` (a fresh step 1)."""
+        """Put a parked / skipped / unconfirmed call back to ``ready`` (a fresh step 1), or a
+        call parked after an uncertain last chunk back to re-sending that chunk."""
         with self._lock:
             st = self._states.get(id)
             if st is None:
@@ -768,8 +769,14 @@ class Spool:
                              "enable upload_no_audio and enqueue again, or leave it parked")
         if st["state"] == SKIPPED_UNANSWERED:
             self._ledger_mark(st["key"], "queued", id)
-        st.update(state=READY, reason="", tempcallid=None, next_chunk=1, backoff=None,
-                  last_chunk_attempted=False, total_chunks=None, chunk_bytes=None, delivered_at=None)
+        if st["state"] == PARKED and st.get("last_chunk_attempted") and st.get("tempcallid"):
+            # Parked after an uncertain last chunk: the call may be stored already. Resume by
+            # re-sending that chunk (404 = delivered, unconfirmed); a new POST could store it twice.
+            st.update(state=UPLOADING, reason="", backoff=None, delivered_at=None)
+        else:
+            st.update(state=READY, reason="", tempcallid=None, next_chunk=1, backoff=None,
+                      last_chunk_attempted=False, total_chunks=None, chunk_bytes=None,
+                      delivered_at=None)
         self.save_state(st)
         self._touch_signal()
         self.counters["deliver.spool.retried"] += 1

@@ -559,6 +559,7 @@ class Uploader:
         """Carry out a decision that ends this call's turn (back-off, park, account stops)."""
         call_id = st["id"]
         if bool(st.get("last_chunk_attempted")) != d.last_chunk_uncertain and d.action is not Action.PARK:
+            # (a park saves the call's state itself)
             st["last_chunk_attempted"] = d.last_chunk_uncertain
             if d.action is not Action.BACKOFF:      # _fail_backoff saves it
                 self.spool.save_state(st)
@@ -568,7 +569,7 @@ class Uploader:
             log.info("call %s: transient failure (%s), backing off", call_id, out.reason)
             return False
         if d.action is Action.PARK:
-            self._park(st, out.reason)
+            self._park(st, out.reason, uncertain=d.last_chunk_uncertain)
             return False
         if d.action is Action.STOP_AUTH:
             with self._lock:
@@ -597,8 +598,15 @@ class Uploader:
         log.error("CallN API configuration error (%s): uploading stopped", self.config_error)
         return False
 
-    def _park(self, st: dict[str, Any], reason: str) -> None:
-        st.update(state=PARKED, reason=reason, tempcallid=None, next_chunk=1, last_chunk_attempted=False)
+    def _park(self, st: dict[str, Any], reason: str, *, uncertain: bool = False) -> None:
+        if uncertain:
+            # The last chunk may already be stored: keep the temp id and the plan, so that
+            # `spool retry` re-sends that chunk (a 404 then means delivered) instead of a POST.
+            st.update(state=PARKED, reason=f"{reason} (after an uncertain last chunk)",
+                      last_chunk_attempted=True)
+        else:
+            st.update(state=PARKED, reason=reason, tempcallid=None, next_chunk=1,
+                      last_chunk_attempted=False)
         self._ok(st)
         self.spool.save_state(st)
         self.counters["deliver.upload.parked"] += 1

@@ -70,3 +70,32 @@ def test_uncertain_last_chunk_survives_a_restart(tmp_path: Path, receiver) -> No
     assert stored.audio == data
     assert restarted.get(call_id).state == DELIVERED_UNCONFIRMED
     assert receiver.stats["created"] == 1 and receiver.stats["not_found"] == 1
+
+
+def test_a_park_keeps_the_uncertainty() -> None:
+    park = cl.Outcome(cl.PARK, 413, "413 Payload Too Large")
+    assert decide(LAST_CHUNK, park, True).last_chunk_uncertain
+    assert not decide(CHUNK, park, False).last_chunk_uncertain
+
+
+def test_retry_of_a_call_parked_after_an_uncertain_last_chunk_never_posts_again(
+        tmp_path: Path, receiver) -> None:
+    """The server stores the call and answers 500; the re-sent last chunk is refused (413), so
+    the call is parked. The operator's retry must re-send the last chunk (404: delivered,
+    unconfirmed), not POST again: that would store the call twice."""
+    receiver.faults = Faults(script=[FaultRule("last", "500_after"), FaultRule("last", "413")])
+    spool = Spool(tmp_path / "spool", retention_days=1.0)
+    audio, data = make_audio(tmp_path, 0, 2 * 4096)
+    call_id = spool.enqueue(make_record(0), audio, "audio/mpeg")
+    ft = FakeTime()
+    up = Uploader(spool, api_for(receiver), clock=ft.clock, sleep=ft.sleep)
+    assert up.run_until_idle(deadline_s=3600)
+    parked = spool.get(call_id)
+    assert parked.state == "parked" and "uncertain last chunk" in parked.reason
+    spool.retry(call_id)
+    assert up.run_until_idle(deadline_s=3600)
+    up.close()
+    [stored] = receiver.stored_calls()
+    assert stored.audio == data
+    assert spool.get(call_id).state == DELIVERED_UNCONFIRMED
+    assert receiver.stats["created"] == 1
