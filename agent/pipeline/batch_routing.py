@@ -177,20 +177,18 @@ class BatchRouter:
         else:
             dup = np.zeros(len(cand), dtype=bool)
         slots = np.empty(len(cand), dtype=np.int64)
-        by_dst = np.empty(len(cand), dtype=bool)
         done = 0                                       # cand[:done] are committed
         routed = 0                                     # cand[:routed] are routed with the map as it is
         for p in events + [b]:
             upto = int(np.searchsorted(cand, p))
             while done < upto:
                 if routed < upto:
-                    slots[routed:upto], by_dst[routed:upto] = self._route_run(fx, cand[routed:upto])
+                    slots[routed:upto] = self._route_run(fx, cand[routed:upto])
                     routed = upto
                 slow = np.flatnonzero(slots[done:upto] == SLOW)
                 stop = done + int(slow[0]) if len(slow) else upto
                 if stop > done:
-                    self._commit(fx, cand[done:stop], t[done:stop], dup[done:stop], slots[done:stop],
-                                 by_dst[done:stop])
+                    self._commit(fx, cand[done:stop], t[done:stop], dup[done:stop], slots[done:stop])
                 done = stop
                 if done < upto:                        # a frame feed() would take the full path with
                     i = int(cand[done])
@@ -273,15 +271,15 @@ class BatchRouter:
             self._slot_ready[slot] = call.parties[side].seen_endpoint is not None
         return slot
 
-    def _route_run(self, fx: RtpFrames, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _route_run(self, fx: RtpFrames, idx: np.ndarray) -> np.ndarray:
         """The slot of every frame at ``idx``, HELD (-1) for RTP of no known endpoint (``feed``
-        would hold it for its SDP), SLOW (-2) where ``feed`` takes the full path to ``_media``
-        or ``_sip_bytes`` (its sender not seen yet: a party's first packet; or a SIP port); and
-        whether it was routed by its destination or its source."""
+        would hold it for its SDP), SLOW (-2) where ``feed`` must see it (its sender not seen
+        yet: a party's first packet; or a SIP port). Routed by destination first, as
+        ``MediaRouter.route`` does."""
         self._sync_map()
         keys = self._np_keys
         if not len(keys):
-            return self._held_or_slow(fx, idx, np.full(len(idx), HELD, dtype=np.int64)), np.zeros(len(idx), dtype=bool)
+            return self._held_or_slow(fx, idx, np.full(len(idx), HELD, dtype=np.int64))
         last = len(keys) - 1
         dst = fx.dst_key[idx]
         i = np.minimum(np.searchsorted(keys, dst), last)
@@ -289,11 +287,9 @@ class BatchRouter:
         j = np.minimum(np.searchsorted(keys, src), last)
         by_dst = keys[i] == dst
         slots = np.where(by_dst, self._np_dst_slot[i], np.where(keys[j] == src, self._np_src_slot[j], -1))
-        # A frame feed() decodes fully (tagged, cooked) reaches _media, which always names its destination.
-        by_dst |= fx.full_path[idx]
         known = slots >= 0
         slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = SLOW
-        return self._held_or_slow(fx, idx, slots), by_dst
+        return self._held_or_slow(fx, idx, slots)
 
     def _held_or_slow(self, fx: RtpFrames, idx: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """RTP of no known endpoint is held like ``_dispatch`` holds it, unless a SIP port makes
@@ -305,8 +301,7 @@ class BatchRouter:
             slots[held & sip_port] = SLOW
         return slots
 
-    def _commit(self, fx: RtpFrames, idx: np.ndarray, ts: np.ndarray, dup: np.ndarray, slots: np.ndarray,
-                by_dst: np.ndarray) -> None:
+    def _commit(self, fx: RtpFrames, idx: np.ndarray, ts: np.ndarray, dup: np.ndarray, slots: np.ndarray) -> None:
         """Routed frames (no SLOW among them), as ``feed`` would leave them: the decoder's clock
         ticked by those it decodes, copies dropped, RTP of no known endpoint held, each call's
         last media time noted; the media itself waits in the batch's pending list."""
@@ -316,12 +311,12 @@ class BatchRouter:
             self._decoder_clock(ts[decoded])
         if dup.any():
             keep = ~dup
-            idx, slots, by_dst, ts = idx[keep], slots[keep], by_dst[keep], ts[keep]
+            idx, slots, ts = idx[keep], slots[keep], ts[keep]
         held = slots == HELD
         if held.any():
             self._hold_run(fx, idx[held], ts[held])
             known = ~held
-            idx, slots, by_dst, ts = idx[known], slots[known], by_dst[known], ts[known]
+            idx, slots, ts = idx[known], slots[known], ts[known]
         if not len(idx):
             return
         calls = self._slot_call[slots]
@@ -331,7 +326,7 @@ class BatchRouter:
         for no, t in zip(touched, ts[len(ts) - 1 - first].tolist()):
             by_no[no].last_media_ns = t
         self._pending_calls.update(touched)
-        self._pending.append((idx, slots, by_dst, ts))
+        self._pending.append((idx, slots, ts))
 
     def _datagram(self, fx: RtpFrames, i: int, ts_ns: int) -> Datagram:
         """Frame ``i`` of the batch (a candidate) as the decoder would hand it on."""
@@ -368,11 +363,11 @@ class BatchRouter:
             decoder.expire(int(ts[due[0]]))
             ts = ts[due[0] + 1:]
 
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pending = self._pending
         if len(pending) == 1:
             return pending[0]
-        merged = tuple(np.concatenate([p[k] for p in pending]) for k in range(4))
+        merged = tuple(np.concatenate([p[k] for p in pending]) for k in range(3))
         self._pending = [merged]
         return merged
 
@@ -382,42 +377,42 @@ class BatchRouter:
         if no is None or no not in self._pending_calls:
             return
         self._pending_calls.discard(no)
-        idx, slots, by_dst, ts = self._take_pending()
+        idx, slots, ts = self._take_pending()
         mine = self._slot_call[slots] == no
         if not mine.any():
             return
         rest = ~mine
         if rest.any():
-            self._pending = [(idx[rest], slots[rest], by_dst[rest], ts[rest])]
+            self._pending = [(idx[rest], slots[rest], ts[rest])]
         else:
             self._pending = []
             self._pending_calls.clear()
-        self._apply(idx[mine], slots[mine], by_dst[mine], ts[mine])
+        self._apply(idx[mine], slots[mine], ts[mine])
 
     def _flush_all(self) -> None:
         if self._pending:
-            idx, slots, by_dst, ts = self._take_pending()
+            idx, slots, ts = self._take_pending()
             self._pending = []
             self._pending_calls.clear()
-            self._apply(idx, slots, by_dst, ts)
+            self._apply(idx, slots, ts)
         if len(self._slots) > SLOTS_MAX + 4 * len(self._endpoints):
             # Nothing is pending: start the slot table afresh (it holds ended calls too), when
             # ended calls fill most of it (so the rebuild costs O(1) per call routed).
             self._reset_slots()
 
-    def _apply(self, idx: np.ndarray, slots: np.ndarray, by_dst: np.ndarray, ts: np.ndarray) -> None:
+    def _apply(self, idx: np.ndarray, slots: np.ndarray, ts: np.ndarray) -> None:
         """Routed packets (batch positions, arrival order) into their calls' media, as
-        ``_fast_media`` would have, one call at a time (its groups: one per direction)."""
+        ``MediaRouter.deliver`` would have, one call at a time (its groups: one per direction)."""
         self.packets_routed += len(idx)
         group_key = self._slot_call[slots] * 2 + self._slot_side[slots]
         order = np.argsort(group_key, kind="stable")
-        idx, group_key, by_dst, arrival = idx[order], group_key[order], by_dst[order], ts[order]
+        idx, group_key, arrival = idx[order], group_key[order], ts[order]
         starts = np.flatnonzero(np.diff(group_key, prepend=-1))
         fx, batch = self._fx, self._batch
         run = RtpRun(order=idx, direction=group_key & 1, arrival_ns=arrival, src_key=fx.src_key[idx],
                      dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx], seq=fx.seq[idx],
                      rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=fx.udp_len[idx] - 8, buf=batch.buf,
-                     data_start=batch.starts[idx] + fx.payload_at[idx], dst_known=by_dst, label=self._label)
+                     data_start=batch.starts[idx] + fx.payload_at[idx], dst_known=np.ones(len(idx), dtype=bool), label=self._label)
         groups = RunGroups(run, starts)
         call_of = (group_key[starts] >> 1).tolist()
         by_no = self._calls_by_no
@@ -443,8 +438,8 @@ class BatchRouter:
 
     def _reset_slots(self) -> None:
         self.slot_table_resets += 1
-        # Routed, not yet handed over: (batch positions, slots, routed by destination, packet time)
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        # Routed, not yet handed over: (batch positions, slots, packet time)
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._pending_calls: set[int] = set()     # numbers of the calls with packets in _pending
         self._slots: list[tuple[Call, int]] = []
         self._slot_of: dict[tuple[int, int], int] = {}

@@ -88,30 +88,39 @@ _NULL_SESSION_ID = "0" * 32
 # whose INVITE was not captured); of responses, only those to an INVITE can. The call tracker
 # opens calls by this set, and ``dialogless_call_id`` skips the full parse of everything else.
 DIALOG_OPENERS = frozenset({"INVITE", "BYE", "UPDATE", "INFO", "PRACK"})
+# What a scan floods with, never part of a call's dialog setup: only these are peeked at.
+_PEEKED = frozenset({b"OPTIONS", b"REGISTER", b"SUBSCRIBE", b"NOTIFY", b"PUBLISH", b"MESSAGE"})
 _PEEK_START = re.compile(rb"(?:([A-Z]{2,16}) [!-~]+ SIP/2\.0\r?\n|SIP/2\.0 [1-6][0-9][0-9] )")
+# A head line the parser would reject (no colon, not a continuation), or a header it requires.
+_PEEK_BAD_LINE = re.compile(rb"\n(?![ \t\r\n])(?![-.!%*_+`'~A-Za-z0-9]+[ \t]*:)")
+_PEEK_FROM = re.compile(rb"^(?:from|f)[ \t]*:", re.I | re.M)
+_PEEK_TO = re.compile(rb"^(?:to|t)[ \t]*:", re.I | re.M)
 _PEEK_CALL_ID = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([!-~]+)[ \t]*\r?$", re.I | re.M)
 _PEEK_CSEQ = re.compile(rb"^cseq[ \t]*:[ \t]*[0-9]+[ \t]+([A-Za-z]+)[ \t]*\r?$", re.I | re.M)
 
 
 def dialogless_call_id(data: bytes) -> str | None:
-    """The Call-ID of a message that cannot open a dialog (OPTIONS, REGISTER, SUBSCRIBE,
-    NOTIFY..., and answers to anything but INVITE), read from its start line, CSeq and Call-ID
-    without a full parse: a scanner's flood of them then costs almost nothing. None when the
-    message might open a dialog, or when the peek is unsure (a folded or repeated Call-ID,
-    non-ASCII): the full parse decides those."""
+    """The Call-ID of a message a scan floods with (OPTIONS, REGISTER, SUBSCRIBE, NOTIFY,
+    PUBLISH, MESSAGE and their answers), which can never open a dialog, read from its start
+    line, CSeq and Call-ID without a full parse: such a flood then costs almost nothing. None
+    for any other message, and when the peek is unsure (a folded or repeated Call-ID,
+    non-ASCII, a line or a header the parser would reject): the full parse decides those, and
+    counts what is malformed."""
     start = _PEEK_START.match(data)
     if start is None:
         return None
     end = _HEAD_END.search(data)
     head_end = end.start() if end else len(data)
     method = start.group(1)
-    if method is not None:
-        if method.decode() in DIALOG_OPENERS:
-            return None
-    else:
+    if method is None:
         cseq = _PEEK_CSEQ.search(data, 0, head_end)
-        if cseq is None or cseq.group(1).upper() == b"INVITE":
-            return None
+        method = cseq.group(1).upper() if cseq is not None else None
+    if method not in _PEEKED:
+        return None
+    head = data[:head_end]
+    if (b"\x00" in head or _PEEK_BAD_LINE.search(head) or _PEEK_FROM.search(head) is None
+            or _PEEK_TO.search(head) is None or _PEEK_CSEQ.search(head) is None):
+        return None
     found = _PEEK_CALL_ID.search(data, start.end(), head_end)
     if found is None:
         return None

@@ -30,6 +30,11 @@ def msg(start: str, cseq: str, call_id: str = "abc@10.0.0.1", extra: str = "") -
     (msg("OPTIONS sip:100@10.0.0.2 SIP/2.0", "1 OPTIONS", extra="Call-ID: other\r\n"), None),
     (msg("OPTIONS sip:100@10.0.0.2 SIP/2.0", "1 OPTIONS").replace(b"abc@10.0.0.1\r\n", b"abc\r\n x\r\n"), None),
     (b"\r\n" + msg("OPTIONS sip:100@10.0.0.2 SIP/2.0", "1 OPTIONS"), None),  # the parser strips that
+    (msg("ACK sip:100@10.0.0.2 SIP/2.0", "1 ACK"), None),              # only what scans send is peeked
+    (msg("SIP/2.0 200 OK", "2 BYE"), None),
+    # Malformed (a bare CR LF in a display name; no To): the parser rejects and counts them.
+    (msg("OPTIONS sip:100@10.0.0.2 SIP/2.0", "1 OPTIONS").replace(b"<sip:1@x>", b'"Bob\r\nJ" <sip:1@x>'), None),
+    (msg("OPTIONS sip:100@10.0.0.2 SIP/2.0", "1 OPTIONS").replace(b"To: <sip:2@x>\r\n", b""), None),
 ])
 def test_dialogless_call_id(data, want):
     assert dialogless_call_id(data) == want
