@@ -190,8 +190,8 @@ def _replay_deliver(args: argparse.Namespace, config: Config, captures: list[str
 
 
 def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -> int:
-    from agent.recorder import Recorder, write_to_directory
-    from agent.pipeline.engine import MediaMode
+    from agent.pipeline.assembly import build_pipeline
+    from agent.recorder import write_to_directory
     from agent.replay import replay
 
     out_dir = Path(args.out)
@@ -203,13 +203,14 @@ def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -
         sink(rendered)
         written.append(rendered.record)
 
-    recorder = Recorder(config.recording, out_dir, on_rendered, fmt=args.format, workers=args.workers)
     counters = new_counters()
+    pipeline = build_pipeline(config, on_rendered, work=out_dir / ".work", counters=counters, out_dir=out_dir,
+                              fmt=args.format or config.recording.format, workers=args.workers)
+    recorder = pipeline.recorder
     with Progress(captures=captures, counters=counters, enabled=not args.quiet,
                   rendered=lambda: len(written)) as progress:
         try:
-            engine = replay(captures, config, recorder, counters=counters, progress=False,
-                            workdir=out_dir / ".work", media=MediaMode.DEFERRED)
+            engine = replay(captures, config, engine=pipeline.engine, progress=False)
             progress.reading_done()
         finally:
             recorder.close()

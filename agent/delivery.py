@@ -26,8 +26,8 @@ from agent.deliver.spool import Spool
 from agent.deliver.uploader import Uploader
 from agent.errors import AgentError
 from agent.lifecycle import stop_signals
-from agent.recorder import Recorder, Rendered
-from agent.pipeline.engine import MediaMode
+from agent.recorder import Rendered
+from agent.pipeline.assembly import build_pipeline, uploaded_legs_only
 from agent.replay import replay
 
 log = logging.getLogger(__name__)
@@ -190,16 +190,14 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
     sink = SpoolSink(spool, config, uploader)
     signals = stop_signals.install()
     try:
-        # Recordings are made in the format the API will receive.
-        # A PBX leg whose talk another leg uploads is spooled nowhere: do not spend CPU on its audio.
-        recorder = Recorder(config.recording, work / "rendered", sink, fmt=config.api.format, workers=workers,
-                            render_if=lambda record: record.get("upload") is not False)
+        pipeline = build_pipeline(config, sink, work=work, counters=counters, workers=workers,
+                                  render_if=uploaded_legs_only)
+        recorder = pipeline.recorder
         uploader.start_thread()
         started = time.monotonic()
         try:
             try:
-                engine = replay(captures, config, recorder, counters=counters, workdir=work / "media",
-                                progress=progress, media=MediaMode.DEFERRED)
+                engine = replay(captures, config, engine=pipeline.engine, progress=progress)
             finally:
                 recorder.close()
                 lost = sink.close()

@@ -24,14 +24,17 @@ PROGRESS_EVERY_PACKETS = 200_000
 PROGRESS_AFTER_S = 3.0
 
 
-def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[FinishedCall], None],
+def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[FinishedCall], None] | None = None,
            *, counters=None, workdir: Path | None = None, progress: bool = True,
-           media: MediaMode = MediaMode.INLINE) -> Engine:
+           media: MediaMode = MediaMode.INLINE, engine: Engine | None = None) -> Engine:
     """Replay every capture in ``paths`` (merged by time); returns the engine (counters, etc.).
     ``media``: what happens to each call's RTP (``MediaMode``; the recorder sequences it in its
-    workers when DEFERRED)."""
+    workers when DEFERRED). ``engine``: feed this one (``pipeline.build_pipeline``'s) instead."""
     paths = list(paths)
-    engine = Engine(config, on_finished, counters=counters, workdir=workdir, media=media)
+    if engine is None:
+        engine = Engine(config, on_finished, counters=counters, workdir=workdir, media=media)
+    elif workdir is None:
+        workdir = engine.workdir
     batches = read_batches(paths, engine.counters)
     feed_batch = engine.feed_batch
     started = time.monotonic()

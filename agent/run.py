@@ -132,9 +132,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.counters import new_counters
     from agent.deliver.spool import Spool
     from agent.delivery import SpoolSink
-    from agent.pipeline.engine import Engine, MediaMode
     from agent.media.quality import observe_call
-    from agent.recorder import Recorder
+    from agent.pipeline.assembly import build_pipeline, uploaded_legs_only
 
     cap = config.capture
     counters = new_counters()
@@ -159,19 +158,21 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
         finally:
             queue.done()
 
-    recorder = Recorder(config.recording, work / "rendered", on_rendered, fmt=config.api.format,
-                        render_if=lambda record: record.get("upload") is not False,  # legs uploaded elsewhere
-                        stop_on_signals=False)              # SIGTERM here means: finish and spool
-    queue = RenderQueue(recorder, cap.max_render_queue, counters)
-
     def on_finished(finished) -> None:
         reason = finished.record.get("end_reason") or "unknown"
         counters[f"calls.end_reason.{reason}"] += 1
         log.info(_call_line(finished.record))
         queue(finished)
 
-    engine = Engine(config, on_finished, counters=counters, workdir=work / "media",
-                    media=MediaMode.DEFERRED)   # sequencing runs in the recorder's workers, off the capture loop
+    def route(recorder):
+        nonlocal queue
+        queue = RenderQueue(recorder, cap.max_render_queue, counters)
+        return on_finished
+
+    # SIGTERM here means: finish and spool (the workers do not stop on it).
+    pipeline = build_pipeline(config, on_rendered, work=work, counters=counters, render_if=uploaded_legs_only,
+                              stop_on_signals=False, route=route)
+    recorder, engine = pipeline.recorder, pipeline.engine
     feed = engine.feed_batch          # one ring block at a time, the path replay takes
     poller = select.poll()
     by_fd = {}
