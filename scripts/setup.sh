@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the agent, its demo and its tests on a Debian-like machine, with the system's own
 # Python (PEP 668 "externally managed" is fine: nothing is installed into it):
-#   1. the tools the tests use (tshark, ffmpeg, SIPp, tcpdump, iproute2) with apt, when root;
+#   1. tcpdump (the live capture's kernel filter) and, with --tests (what scripts/test.sh
+#      passes), the system tools the tests use (tshark, ffmpeg, SIPp, iproute2, Kamailio) with
+#      apt, when root. The demo needs none of them;
 #   2. .venv in this checkout, made by the newest Python >= 3.11 found on PATH (python3-venv
 #      is installed with apt when that Python lacks it);
 #   3. the agent (editable) with its test extras into .venv;
@@ -13,6 +15,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv
 is_root=false; [ "$(id -u)" = 0 ] && is_root=true
+with_tests=false
+case "${1:-}" in
+    --tests) with_tests=true ;;
+    "") ;;
+    *) echo "usage: bash scripts/setup.sh [--tests]" >&2; exit 2 ;;
+esac
 
 apt_install() {
     if ! $is_root; then
@@ -25,17 +33,27 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# 1. system tools the tests use (the agent itself needs none of them)
+# 1. system tools: tcpdump compiles the live capture's kernel filter (`run` warns without it);
+#    the rest only the tests use
 need_apt=()
-command -v tshark  >/dev/null 2>&1 || need_apt+=(tshark)       # independent oracle (pyshark)
-command -v ffmpeg  >/dev/null 2>&1 || need_apt+=(ffmpeg)       # independent decoder in audio tests
-command -v sipp    >/dev/null 2>&1 || need_apt+=(sip-tester)   # real SIP software for recorded captures
-command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)      # compiles the live capture filter
-command -v ip      >/dev/null 2>&1 || need_apt+=(iproute2)     # network namespaces in live tests
-command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need_apt+=(kamailio)  # a real HEP sender (tests/hep)
+command -v tcpdump >/dev/null 2>&1 || need_apt+=(tcpdump)
+if $with_tests; then
+    command -v tshark  >/dev/null 2>&1 || need_apt+=(tshark)       # independent oracle (pyshark)
+    command -v ffmpeg  >/dev/null 2>&1 || need_apt+=(ffmpeg)       # independent decoder in audio tests
+    command -v sipp    >/dev/null 2>&1 || need_apt+=(sip-tester)   # real SIP software for recorded captures
+    command -v ip      >/dev/null 2>&1 || need_apt+=(iproute2)     # network namespaces in live tests
+    command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || need_apt+=(kamailio)  # a real HEP sender (tests/hep)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if $is_root; then
         apt_install "${need_apt[@]}"
+        # The tests start Kamailio themselves, in network namespaces; a distribution service
+        # listening on the host's port 5060 beside a PBX is not wanted.
+        if [[ " ${need_apt[*]} " == *" kamailio "* ]] && [ -d /run/systemd/system ]; then
+            if systemctl cat kamailio.service >/dev/null 2>&1; then
+                systemctl disable --now kamailio.service
+            fi
+        fi
     else
         echo "setup: not root; the tests that need them will skip: ${need_apt[*]}" >&2
     fi

@@ -82,7 +82,7 @@ def test_kamailio_siptrace_hep_gives_the_span_call(tmp_path: Path):
     require_root_netns()
     for tool in ("kamailio", "sipp", "tcpdump"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (scripts/setup.sh installs it)")
+            pytest.skip(f"{tool} is not installed (scripts/setup.sh --tests installs it)")
     tag = unique("")
     ns = {n: f"cnhep{n}{tag}"[:15] for n in ("br", "a", "p", "b", "c")}
     procs: list[subprocess.Popen] = []
