@@ -13,6 +13,7 @@ or when the process ends first, a held call is reported by name as lost.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -37,6 +38,29 @@ HOLD_MAX_CALLS = 1000          # finished calls held in memory while the spool c
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
 CLOSE_RETRY_S = 5.0            # at the end, how long held calls still wait for space
+
+
+def private_workdir(spool_dir: Path, role: str) -> Path:
+    """``<spool>/work/<role>-<pid>``: this process's working area (media logs, renders).
+    Areas of processes that no longer run (a kill -9) are removed first: their media would
+    otherwise be private audio left on disk, and a later process must never append to it."""
+    base = Path(spool_dir) / "work"
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        entries = []
+    for e in entries:
+        pid = e.name.rpartition("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                       # alive (or not ours to signal): leave it
+        except ProcessLookupError:
+            shutil.rmtree(e.path, ignore_errors=True)
+        except PermissionError:
+            continue
+    return base / f"{role}-{os.getpid()}"
 
 
 def call_name(record: dict) -> str:
@@ -186,7 +210,7 @@ def replay_and_deliver(captures: Iterable[str | Path], config: Config, *, deadli
     except OSError as exc:
         raise AgentError(f"spool {config.spool.dir} not usable: {exc.strerror or exc}") from None
     uploader = Uploader(spool, config.api, counters=counters, sleep=stop_signals.sleep)
-    work = Path(config.spool.dir) / "work"
+    work = private_workdir(Path(config.spool.dir), "replay")
     sink = SpoolSink(spool, config, uploader)
     signals = stop_signals.install()
     try:

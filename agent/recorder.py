@@ -30,6 +30,7 @@ from agent.config import RecordingSection
 from agent.calls.record import merge_dtmf_presses, presses_from_events
 from agent.pipeline.completion import complete_media
 from agent.pipeline.finishing import FinishedCall
+from agent.killpoints import kill_point
 from agent.lifecycle import PARENT_ENV, die_with_parent, stop_signals
 from agent.private import file_mode, make_private, make_private_dir, umask_for
 from agent.media.render import render_recording, streams_in_use
@@ -210,6 +211,7 @@ class Recorder:
         with self._lock:
             self._futures[future] = finished.media_log
         future.add_done_callback(lambda f, record=record: self._done(f, record))
+        kill_point("render_submitted")        # crash tests: the agent dies while a worker renders
 
     def _stopping(self) -> bool:
         return bool(self._signals) and stop_signals.requested
@@ -239,6 +241,7 @@ class Recorder:
         record = dict(record, recording=fields)
         if reason and not record.get("no_audio_reason"):     # keep the engine's own reason (disk_low)
             record["no_audio_reason"] = reason
+        kill_point("rendered")                # crash tests: encoded, not yet handed on
         with self._lock:
             self.on_rendered(Rendered(record=record, audio_path=audio_path, no_audio_reason=reason))
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 from agent.capture.batches import read_batches
 from agent.config import Config
 from agent.pipeline.engine import Engine, FinishedCall, MediaMode
+from agent.killpoints import kill_point
 from agent.lifecycle import Interrupted, stop_signals
 
 PROGRESS_EVERY_PACKETS = 200_000
@@ -45,6 +46,7 @@ def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[F
         for batch in batches:
             if stop_signals.requested:
                 stop_signals.check()
+            kill_point("replay_batch")
             feed_batch(batch)
             packets += len(batch)
             if packets >= next_report:

@@ -131,7 +131,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.capture.live import open_sources
     from agent.counters import new_counters
     from agent.deliver.spool import Spool
-    from agent.delivery import SpoolSink
+    from agent.delivery import SpoolSink, private_workdir
     from agent.media.quality import observe_call
     from agent.pipeline.assembly import build_pipeline, uploaded_legs_only
 
@@ -143,7 +143,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     # deleting the very calls a second recovery here would re-save (a restart under load).
     spool = Spool(Path(config.spool.dir), retention_days=config.spool.retention_days,
                   ledger_days=config.spool.ledger_days, counters=counters, recover=False)
-    work = Path(config.spool.dir) / "work" / f"capture-{os.getpid()}"
+    work = private_workdir(Path(config.spool.dir), "capture")
     sink = SpoolSink(spool, config)
     queue: RenderQueue
 

@@ -142,3 +142,19 @@ def test_an_enqueue_in_progress_is_left_alone_by_recovery(tmp_path: Path) -> Non
         assert work.exists() and not list(spool.calls_dir.iterdir())
     finally:
         os.close(fd)
+
+
+def test_working_areas_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    """A killed replay's media logs must not be appended to by the next run (a 3 s call came
+    out as a one-hour recording) nor left on disk."""
+    from agent.delivery import private_workdir
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "work" / f"replay-{dead.pid}" / "media"
+    stale.mkdir(parents=True)
+    (stale / "call.media").write_bytes(b"old audio")
+    mine = private_workdir(tmp_path, "replay")
+    assert mine == tmp_path / "work" / f"replay-{os.getpid()}"
+    assert not stale.parent.exists()
+    mine.mkdir()
+    assert private_workdir(tmp_path, "capture").parent == mine.parent and mine.exists()
