@@ -8,7 +8,7 @@ replay, rendering, encoding, each spool step and each upload step — or after a
 delay. After ``--kills`` kills every group is run once more without kills, and the
 receiver's store is counted: calls, stored once, twice or more, missing.
 
-    python bench/crash_kill.py [--kills 100] [--groups 10] [--calls 4] [--seed 1]
+    python bench/crash_kill.py [--kills 100] [--groups 40] [--calls 3] [--seed 1] [-v]
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def run_once(cfg: Path, capture: Path, kill_at: str | None, delay_s: float | Non
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=100)
-    ap.add_argument("--groups", type=int, default=10)
-    ap.add_argument("--calls", type=int, default=4, help="calls per group")
+    ap.add_argument("--groups", type=int, default=40)
+    ap.add_argument("--calls", type=int, default=3, help="calls per group")
     ap.add_argument("--duration-s", type=float, default=3.0)
     ap.add_argument("--fail-rate", type=float, default=0.0,
                     help="receiver answers this fraction 500 (retries then back off for up to minutes)")
@@ -144,17 +144,20 @@ def main(argv: list[str] | None = None) -> int:
         cfg = write_config(work / "agent.toml", url, ca, work / "spool")
         kills: collections.Counter[str] = collections.Counter()
         runs = 0
+        done: set[Path] = set()
         errors: list[str] = []
         started = time.monotonic()
         try:
             max_runs = args.max_runs or 4 * args.kills
             while sum(kills.values()) < args.kills and runs < max_runs:
-                capture = groups[runs % len(groups)]
+                # a group whose calls are not all delivered yet offers every moment to a kill
+                pending = [g for g in groups if g not in done]
+                capture = pending[0] if pending else groups[runs % len(groups)]
                 moment, point, top = rng.choice(MOMENTS)
                 if point:
                     killed, status, err = run_once(cfg, capture, f"{point}:{rng.randint(1, top)}", None)
                 else:
-                    killed, status, err = run_once(cfg, capture, None, rng.uniform(0.3, 4.0))
+                    killed, status, err = run_once(cfg, capture, None, rng.uniform(0.3, 2.5))
                 runs += 1
                 if args.verbose:
                     print(f"run {runs}: {capture.name} {moment}: {'killed' if killed else f'exit {status}'}",
@@ -163,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(err[-3000:], flush=True)
                 if killed:
                     kills[moment] += 1
+                elif status == 0:
+                    done.add(capture)
                 elif status not in (0, 1) or "Traceback" in err:
                     errors.append(f"run {runs} ({moment}): exit {status}\n{err[-2000:]}")
             for capture in groups:                   # clean runs: everything completes
