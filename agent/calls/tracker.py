@@ -392,33 +392,49 @@ class CallTracker:
         return events
 
     def _timeout(self, call: Call, now_ns: int) -> tuple[str | None, int]:
-        if now_ns - call.start_ts_ns > self._max_duration_ns:
-            return EndReason.MAX_DURATION.value, now_ns
+        """(end reason, end time) if ``call`` timed out by ``now_ns``, else (None, 0)."""
+        reason, end_ns, due_ns = self._idle_timeout(call, now_ns)
+        # The cap on a call's length ends it at the instant the cap is reached. After a quiet
+        # spell (packet time leapt ahead, e.g. between merged captures) an idle timeout may have
+        # been due long before the cap: then the earlier of the two is what ended the call.
+        cap_ns = call.start_ts_ns + self._max_duration_ns
+        if now_ns > cap_ns and (reason is None or due_ns > cap_ns):
+            return EndReason.MAX_DURATION.value, cap_ns
+        return reason, end_ns
+
+    def _idle_timeout(self, call: Call, now_ns: int) -> tuple[str | None, int, int]:
+        """(end reason, end time, the instant the timeout fell due) of a call gone quiet by
+        ``now_ns``, else (None, 0, 0)."""
         if call.state is CallState.CHALLENGED:
             if call.challenge_deadline_ns is not None and now_ns > call.challenge_deadline_ns:
-                return rejected(call.final_status or 0), call.last_sip_ns
-            return None, 0
+                return rejected(call.final_status or 0), call.last_sip_ns, call.challenge_deadline_ns
+            return None, 0, 0
         if call.state is not CallState.CONFIRMED:
-            if now_ns - call.last_sip_ns > self._ringing_timeout_ns and (
-                    call.last_media_ns is None or now_ns - call.last_media_ns > self._rtp_timeout_ns):
+            due_ns = call.last_sip_ns + self._ringing_timeout_ns
+            if call.last_media_ns is not None:
+                due_ns = max(due_ns, call.last_media_ns + self._rtp_timeout_ns)
+            if now_ns > due_ns:
                 reason = EndReason.CANCEL.value if call.cancel_requested else EndReason.SIGNALLING_TIMEOUT.value
-                return reason, call.last_sip_ns
-            return None, 0
+                return reason, call.last_sip_ns, due_ns
+            return None, 0, 0
         if call.last_media_ns is None:
             # No RTP was ever seen (SIP-only capture, encrypted transport): only signalling ages it.
-            if now_ns - call.last_sip_ns > self._signalling_timeout_ns:
-                return EndReason.SIGNALLING_TIMEOUT.value, call.last_sip_ns
-            return None, 0
+            due_ns = call.last_sip_ns + self._signalling_timeout_ns
+            if now_ns > due_ns:
+                return EndReason.SIGNALLING_TIMEOUT.value, call.last_sip_ns, due_ns
+            return None, 0, 0
         last_alive = max(call.last_media_ns, call.last_sip_ns)
         on_hold = call.parties[CALLER].on_hold or call.parties[CALLEE].on_hold
         if on_hold:
             # Hold only pauses the media timer; a dialog silent for the signalling timeout ends.
-            if now_ns - last_alive > self._signalling_timeout_ns:
-                return EndReason.SIGNALLING_TIMEOUT.value, last_alive
-            return None, 0
-        if now_ns - last_alive > self._rtp_timeout_ns:
-            return EndReason.RTP_TIMEOUT.value, last_alive
-        return None, 0
+            due_ns = last_alive + self._signalling_timeout_ns
+            if now_ns > due_ns:
+                return EndReason.SIGNALLING_TIMEOUT.value, last_alive, due_ns
+            return None, 0, 0
+        due_ns = last_alive + self._rtp_timeout_ns
+        if now_ns > due_ns:
+            return EndReason.RTP_TIMEOUT.value, last_alive, due_ns
+        return None, 0, 0
 
     def finish_all(self, now_ns: int, reason: str = EndReason.CAPTURE_END.value) -> list[Event]:
         """End every call still open (end of capture, shutdown) with what was captured."""

@@ -205,3 +205,32 @@ def test_rtp_timeout_counts_from_the_last_packet_of_either_side():
     wire.tick(31.0 + S.rtp_timeout_s)
     assert wire.ended == {"c": "rtp_timeout"}
     assert not wire.endpoints.holds_any(wire.ended_calls["c"]) and len(wire.endpoints) == 0
+
+
+# ------------------------------------------------------------------ timeouts and the length cap
+
+def test_a_long_call_ends_at_its_cap_not_at_the_tick_that_saw_it():
+    wire = Wire(max_duration_s=600)
+    wire.invite(0.0, "long", port=4000)
+    wire.answer(0.1, "long", port=5000)
+    for t in range(1, 700):                  # media all along: only the cap can end it
+        if wire.ended:
+            break
+        wire.media(float(t), "long", CALLER)
+        wire.tick(t + 0.5)
+    assert wire.ended == {"long": "max_duration"}
+    assert wire.ended_calls["long"].end_ts_ns == 600 * NS
+
+
+def test_after_a_leap_of_packet_time_the_earlier_timeout_ended_the_call():
+    """Two captures years apart merged into one timeline: the first capture's call went quiet
+    (no BYE) long before the leap. It ended by RTP timeout at its last packet, not by the length
+    cap at the far side of the leap (which once made a 21-year call)."""
+    wire = Wire(max_duration_s=3600, rtp_timeout_s=30)
+    wire.invite(0.0, "quiet", port=4000)
+    wire.answer(0.1, "quiet", port=5000)
+    wire.media(1.0, "quiet", CALLER)
+    wire.media(26.0, "quiet", CALLEE)
+    wire.tick(21 * 365 * 86400.0)
+    assert wire.ended == {"quiet": "rtp_timeout"}
+    assert wire.ended_calls["quiet"].end_ts_ns == 26 * NS
