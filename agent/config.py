@@ -61,7 +61,7 @@ class CaptureSection:
     sip_ports: tuple[int, ...] = (5060,)
     snaplen: int = 65535
     buffer_mb: int = 256
-    # Live capture (agent.capture.live, agent.run); added for issue 7.
+    # Live capture (agent.capture.live, agent.run).
     promiscuous: bool = True             # receive frames not addressed to us (a SPAN port needs it)
     bpf_filter: str = ""                 # replaces the generated filter entirely; empty = generated
     bpf_extra: str = ""                  # OR-ed into the generated filter (e.g. "tcp port 5080")
@@ -70,7 +70,7 @@ class CaptureSection:
     idle_advance_s: float = 1.0          # no packet for this long: engine time follows the wall clock
     max_render_queue: int = 256          # finished calls waiting for a renderer before back-pressure
     shutdown_timeout_s: float = 60.0     # SIGTERM: rendering + spooling must finish within this
-    # HEP v3 input (agent.net.hep, agent.capture.hep); added for issue 19.
+    # HEP v3 input (agent.net.hep, agent.capture.hep).
     hep: str = ""                        # listener "udp:HOST:PORT" or "tcp:HOST:PORT"; empty = none
     hep_ports: tuple[int, ...] = (9060,)  # UDP ports whose HEP3 payloads in a capture are unwrapped
     hep_auth_key: str = field(default="", repr=False)   # from CALLN_HEP_AUTH_KEY or hep_auth_key_file only

@@ -3,7 +3,7 @@
 Pure (no I/O): the uploader asks ``decide(step, outcome, last_chunk_uncertain)`` after
 every request and carries out the returned ``Decision``.
 
-The one subtle rule (issue 14): a server may store a call and then fail while answering
+The one subtle rule: a server may store a call and then fail while answering
 its last chunk. So after any *uncertain* outcome of the last chunk (no answer, reset,
 timeout, 5xx) the call may already be stored, and a 404 on a later re-send of the last
 chunk means "the temp id was consumed by completion": delivered, unconfirmed. It never

@@ -28,7 +28,7 @@ interpolation would, and it is stateful, so a run of audio fed in 1-second piece
 seams. A run is kept open across small gaps (≤ 2 s, filled with zeros), because building
 a resampler costs ~0.5 ms and lossy calls would otherwise build one per lost packet.
 
-DTMF (issue 6): before mixing, the direction files can be scanned for in-band DTMF tones
+In-band DTMF: before mixing, the direction files can be scanned for in-band DTMF tones
 (``inband_dtmf_directions``: the recorder asks only for directions that carried no RFC 4733
 or SIP INFO presses, so a key is never counted twice), and spans can be silenced in both
 directions (``mask_spans_ns``: key presses signalled out of band; ``mask_inband``: the
