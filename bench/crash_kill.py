@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="receiver answers this fraction 500 (retries then back off for up to minutes)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per run")
-    ap.add_argument("--max-runs", type=int, default=0, help="give up after this many runs (0: 4 x kills)")
+    ap.add_argument("--max-runs", type=int, default=0, help="give up after this many runs (0: 8 x kills)")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="crash-kill-") as tmp:
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         errors: list[str] = []
         started = time.monotonic()
         try:
-            max_runs = args.max_runs or 4 * args.kills
+            max_runs = args.max_runs or 8 * args.kills
             while sum(kills.values()) < args.kills and runs < max_runs:
                 # a group whose calls are not all delivered yet offers every moment to a kill
                 pending = [g for g in groups if g not in done]
