@@ -77,6 +77,19 @@ def _host(addr: str) -> str:
     return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
 
 
+def telephony_platform(call: Call, pbx_ips: frozenset[str]) -> str:
+    """The v2 ``telephonyplatform``: the User-Agent / Server header of the side whose SIP address
+    is a PBX (configured ``[sip] pbx_addresses``, or inferred by the grouper: an address that
+    received one leg and placed another), the callee first (on a trunk between two PBXs, the one
+    that answered). "" when no side is a known PBX: a phone-to-phone call has no platform, and a
+    phone's own User-Agent would misname one."""
+    for side in (CALLEE, CALLER):
+        party = call.parties[side]
+        if party.user_agent and _host(party.sip_addr) in pbx_ips:
+            return party.user_agent
+    return ""
+
+
 def _user(addr: Any) -> str:
     return (addr.uri.user or "") if addr is not None else ""
 
@@ -416,6 +429,7 @@ class ConversationGrouper:
             upload = fin in chosen
             record["upload"] = upload
             record["leg_of"] = "" if upload else conversation_id
+            record["telephonyplatform"] = telephony_platform(fin.call, pbx)
             if len(legs) > 1:
                 record["conversation_legs"] = len(legs)
             self._fix_feature_code(fin, legs)

@@ -57,6 +57,7 @@ class CallRecord(TypedDict, total=False):
     codecs_offered: list[str]
     codecs_answered: list[str]
     user_agents: dict[str, str]
+    telephonyplatform: str
     connected: dict[str, str]
     raw: dict[str, Any]
     media: dict[str, dict[str, Any]]
@@ -193,6 +194,7 @@ def build_record(call: Call, config: Config, macs: MacTable,
         "codecs_answered": call.codecs_answered,
         "user_agents": {"caller": call.parties[CALLER].user_agent,
                         "callee": call.parties[CALLEE].user_agent},
+        "telephonyplatform": "",        # legs.py: the PBX side's User-Agent / Server header
         "connected": connected,
         "raw": {"from": call.from_header, "to": call.to_header, "request_uri": call.request_uri,
                 "caller_number": caller_raw, "callee_number": callee_raw,
