@@ -191,13 +191,14 @@ def _replay_deliver(args: argparse.Namespace, config: Config, captures: list[str
 
 def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -> int:
     from agent.pipeline.assembly import build_pipeline
+    from agent.private import make_private_dir
     from agent.recorder import write_to_directory
     from agent.replay import replay
 
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out_dir, config.recording.group)   # 0700 (0750 for a named group) if new
     written: list[dict[str, Any]] = []
-    sink = write_to_directory(out_dir)
+    sink = write_to_directory(out_dir, config.recording.group)
 
     def on_rendered(rendered) -> None:
         sink(rendered)

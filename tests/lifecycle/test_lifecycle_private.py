@@ -97,3 +97,15 @@ def test_check_config_warns_about_a_loose_spool(tmp_path: Path) -> None:
     config = dataclasses.replace(Config(), spool=dataclasses.replace(Config().spool, dir=str(spool)))
     results = run.check_config(config, ["lo"])
     assert any(level == "warn" and "spool not private" in msg for level, msg in results), results
+
+
+def test_replay_out_from_the_command_line_makes_a_private_directory(tmp_path: Path) -> None:
+    import subprocess
+    out = tmp_path / "made" / "by" / "cli"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "agent.cli", "replay", "-q", "--workers", "1",
+                    "--format", "wav", "--out", str(out), str(PCAP)],
+                   check=True, env=env, capture_output=True, timeout=120)
+    assert _mode(out) == 0o700
+    files = sorted(out.iterdir())
+    assert {p.suffix for p in files} == {".wav", ".json"} and {_mode(p) for p in files} == {0o600}
