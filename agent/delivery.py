@@ -102,7 +102,7 @@ class SpoolSink:
     def __call__(self, rendered: Rendered) -> None:
         record = rendered.record
         if record.get("upload") is False:
-            # [legs edit] a PBX leg whose talk another leg of the conversation uploads
+            # A PBX leg whose talk another leg of the conversation uploads
             # (agent/calls/legs.py): not spooled, so each second of audio is uploaded once.
             if rendered.audio_path is not None:
                 rendered.audio_path.unlink(missing_ok=True)

@@ -5,7 +5,7 @@ heavy, so it runs in a ``ProcessPoolExecutor`` and never in the capture loop; th
 result (recording + JSON record) goes to a destination: a plain output directory
 (``replay --out``) or the spool (``--deliver``, ``run``).
 
-DTMF (issue 6): the worker also looks for in-band tones in each direction that carried no
+In-band DTMF: the worker also looks for in-band tones in each direction that carried no
 RFC 4733 / SIP INFO key press, and with ``mask_dtmf_audio`` silences every key press; the
 digits it finds are merged into the record here (``merge_inband_dtmf``), which recomputes
 ``callerdtmf`` / ``destinationdtmf``. With ``redact_dtmf_digits`` every digit is blanked.
