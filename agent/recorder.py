@@ -90,19 +90,21 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
     decode, mix and encode. Returns (audio path, recording fields, no-audio reason, in-band
     DTMF presses, the record (completed), CPU seconds this job used)."""
     cpu_start = time.process_time()
+    ordered_log = None if media_log is None else media_log.with_suffix(".ordered")
+    media = media_log     # what render_recording reads: the ordered log's path or blocks
     try:
         if media_plan is not None and media_log is not None:
-            ordered = media_log.with_suffix(".ordered")
-            record, streams = complete_media(record, media_log, media_plan, ordered,
-                                             redact=settings.redact_dtmf_digits)
-            media_log = ordered
+            # Sequenced here and rendered right away: the ordered records stay in memory
+            # (a long call's go to ordered_log).
+            record, streams, media = complete_media(record, media_log, media_plan, ordered_log,
+                                                    redact=settings.redact_dtmf_digits, in_memory=True)
         if record.get("encrypted"):
             return None, None, "encrypted", [], record, time.process_time() - cpu_start
-        if media_log is None or not streams:
+        if media is None or not streams:
             return None, None, "no_rtp", [], record, time.process_time() - cpu_start
         directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
         streams = streams_in_use(streams, record.get("streams") or [])    # native rate: codecs used
-        result = render_recording(media_log, streams, out_path, fmt=fmt, channels=settings.channels,
+        result = render_recording(media, streams, out_path, fmt=fmt, channels=settings.channels,
                                   sample_rate_hz=settings.output_rate_hz(fmt),
                                   bitrate_kbps=settings.mp3_bitrate_kbps, mp3_quality=settings.mp3_quality,
                                   inband_dtmf_directions=directions, mask_spans_ns=spans,
@@ -110,6 +112,7 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
     finally:
         if media_log is not None:
             media_log.unlink(missing_ok=True)
+            ordered_log.unlink(missing_ok=True)
     cpu_s = time.process_time() - cpu_start
     if result.path is None or result.duration_ms <= 0:
         return None, None, "undecodable" if result.undecodable else "no_audio", [], record, cpu_s

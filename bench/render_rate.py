@@ -126,7 +126,7 @@ def main() -> int:
         cpu = time.process_time() - cpu0
         if args.profile:
             prof.disable()
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            pstats.Stats(prof).sort_stats(os.environ.get("PROF_SORT", "tottime")).print_stats(int(os.environ.get("PROF_N", "25")))
     finally:
         shutil.rmtree(out, ignore_errors=True)
     audio_s = len(calls) * args.duration_s

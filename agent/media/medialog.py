@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["MediaLogWriter", "NullMediaLog", "read_media_log", "read_media_log_blocks",
+__all__ = ["MediaLogWriter", "MediaLogMemory", "NullMediaLog", "read_media_log", "read_media_log_blocks",
            "MediaBlock", "RECORD_HEADER", "MediaRecord"]
 
 RECORD_HEADER = struct.Struct("<HHIqBBH")  # 20 bytes
@@ -349,3 +349,57 @@ def read_media_log_blocks(path: Path | str, *, chunk_bytes: int = 1 << 20) -> It
             rest = buf[used:].tobytes()
             if starts.size:
                 yield _block_of(buf, starts)
+
+
+class MediaLogMemory:
+    """The ordered media log of a call that is rendered right after it is sequenced, in the
+    same worker: the records stay in memory as ``MediaBlock``s, never written to a file and
+    read back. Records taken many at once (``append_records``) become a block of their columns
+    as they are (no packing: the payloads stay in the raw log's buffer); records appended one
+    by one collect in the on-disk record format and are cut into a block when a run of many
+    follows or the log is closed. ``blocks`` holds them in append order, as the file would."""
+
+    __slots__ = ("records", "blocks", "_buf")
+    path = None
+    failures = dropped = lost_at_failure = bytes_written = 0
+    failed = None
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.blocks: list[MediaBlock] = []
+        self._buf = bytearray()
+
+    def append(self, stream_index: int, seq: int, rtp_ts: int, arrival_ns: int, pt: int,
+               marker: bool, payload: bytes | memoryview) -> None:
+        n = min(len(payload), 0xFFFF)
+        self._buf += RECORD_HEADER.pack(stream_index & 0xFFFF, seq & 0xFFFF, rtp_ts & 0xFFFFFFFF,
+                                        arrival_ns, pt & 0x7F, 1 if marker else 0, n)
+        self._buf += payload[:n]
+        self.records += 1
+
+    def append_records(self, stream_index: np.ndarray, seq: np.ndarray, rtp_ts: np.ndarray,
+                       arrival_ns: np.ndarray, pt: np.ndarray, marker: np.ndarray, buf: bytes,
+                       starts: np.ndarray, sizes: np.ndarray) -> None:
+        n = len(starts)
+        if not n:
+            return
+        self.flush()
+        sizes = np.minimum(np.asarray(sizes, dtype=np.int64), 0xFFFF)
+        self.blocks.append(MediaBlock(
+            stream=(np.asarray(stream_index) & 0xFFFF).astype(np.uint16), seq=(np.asarray(seq) & 0xFFFF).astype(np.uint16),
+            ts=(np.asarray(rtp_ts, dtype=np.int64) & 0xFFFFFFFF), arrival_ns=np.asarray(arrival_ns, dtype=np.int64),
+            pt=(np.asarray(pt) & 0x7F).astype(np.uint8), marker=np.asarray(marker) != 0,
+            payload_len=sizes, payload_at=np.asarray(starts, dtype=np.int64), data=np.frombuffer(buf, dtype=np.uint8)))
+        self.records += n
+
+    def flush(self) -> None:
+        """Cut the records appended one by one into a block."""
+        if self._buf:
+            data = np.frombuffer(bytes(self._buf), dtype=np.uint8)
+            self._buf = bytearray()
+            starts, _used = _record_starts(data)
+            if starts.size:
+                self.blocks.append(_block_of(data, starts))
+
+    def close(self) -> None:
+        self.flush()

@@ -567,13 +567,14 @@ def _work_rate(streams: list[StreamSpec]) -> int:
     return best or 8000
 
 
-def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, *,
+def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], out_path: Path, *,
                      fmt: str = "mp3", channels: int = 1, sample_rate_hz: int = 16000,
                      bitrate_kbps: int = 32, mp3_quality: int = 7, start_ns: int | None = None,
                      inband_dtmf_directions: tuple[int, ...] = (),
                      mask_spans_ns: list[tuple[int, int]] | tuple = (),
                      mask_inband: bool = False) -> RenderResult:
-    """Decode, place, mix and encode one call. See the module docstring.
+    """Decode, place, mix and encode one call's ordered media (the media log's path, or its
+    blocks kept in memory: ``CallMedia.ordered_media``). See the module docstring.
 
     Each direction is built at the call's native rate (the highest rate of the codecs in
     ``streams``: 8 kHz for narrowband, 16 kHz with G.722); only the mix is resampled, once,
@@ -602,7 +603,7 @@ def render_recording(log_path: Path, streams: list[StreamSpec], out_path: Path, 
     end_ns = 0  # furthest placed packet (any kind), relative to base
 
     try:
-        for block in read_media_log_blocks(log_path):
+        for block in (read_media_log_blocks(media) if isinstance(media, (str, Path)) else media):
             if base_ns is None:
                 first_arrival_ns = int(block.arrival_ns[0])
                 first = first_arrival_ns if start_ns is None else min(start_ns, first_arrival_ns)

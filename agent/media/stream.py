@@ -39,7 +39,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.media.codecs import is_telephone_event
 from agent.media.dtmf import TelephoneEventTracker
-from agent.media.medialog import MediaBlock, MediaLogWriter, NullMediaLog, read_media_log_blocks
+from agent.media.medialog import MediaBlock, MediaLogMemory, MediaLogWriter, NullMediaLog, read_media_log_blocks
 from agent.media.quality import QualityCollector
 from agent.media.runs import RtpRun, RunGroups
 from agent.media.sequencing import StreamSequence, extend_seq, jumps_within, sequence_stream
@@ -182,7 +182,7 @@ class _Hop:
 class CallMedia:
     """All RTP of one call, fed packet by packet, released in order to one media log."""
 
-    def __init__(self, log_path: Path | None, *,
+    def __init__(self, log_path: Path | MediaLogMemory | None, *,
                  clock_rate_for_pt: Callable[[int, int], int] | None = None,
                  codecs_for_direction: Callable[[int], dict] | None = None,
                  reorder_window_packets: int = 32,
@@ -190,8 +190,10 @@ class CallMedia:
                  counters: Counter | None = None,
                  redact_dtmf: bool = False) -> None:
         self.codecs_for_direction = codecs_for_direction   # direction -> {pt: CodecInfo} (DTMF, event PTs)
-        # log_path None: counters and key presses only, no audio kept (inspect)
-        self.log = MediaLogWriter(log_path) if log_path is not None else NullMediaLog()
+        # log_path None: counters and key presses only, no audio kept (inspect); a
+        # MediaLogMemory: the ordered records kept in memory for a render in this process.
+        self.log = (NullMediaLog() if log_path is None else log_path if isinstance(log_path, MediaLogMemory)
+                    else MediaLogWriter(log_path))
         self._clock_rate_for_pt = clock_rate_for_pt
         self.reorder_window_packets = reorder_window_packets
         self.reorder_window_ns = reorder_window_ns
@@ -754,6 +756,12 @@ class CallMedia:
     def log_path(self) -> Path:
         return self.log.path
 
+    @property
+    def ordered_media(self) -> Path | list[MediaBlock]:
+        """What ``render.render_recording`` reads: the ordered log's blocks when they were kept
+        in memory, else its path."""
+        return self.log.blocks if isinstance(self.log, MediaLogMemory) else self.log.path
+
     def close(self) -> None:
         """Release every window and flush the log (idempotent)."""
         if self.closed:
@@ -907,9 +915,13 @@ def _without_event_code(data: bytes) -> bytes:
 
 
 def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
-                     counters: Counter | None = None, bulk: bool = True) -> CallMedia:
+                     counters: Counter | None = None, bulk: bool = True,
+                     in_memory: bool = False) -> CallMedia:
     """Run the raw log of a call through ``CallMedia``: reorder, stats, RFC 4733 events, and
     the ordered media log at ``ordered_path``. Returns the closed ``CallMedia``.
+    ``in_memory``: a call whose raw log fits ``WHOLE_CALL_BYTES`` keeps its ordered log in
+    memory (``CallMedia.ordered_media``: blocks for a render in this process, nothing written
+    and read back); a longer call still goes to ``ordered_path`` (bounded memory).
 
     A log up to ``WHOLE_CALL_BYTES`` is read as one block and, when the call qualifies,
     sequenced stream by stream at once (``CallMedia.take_whole``); otherwise the log is read
@@ -921,7 +933,12 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
         info = codecs.get(direction, {}).get(pt)
         return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000
 
-    media = CallMedia(ordered_path, clock_rate_for_pt=clock_rate_for_pt,
+    try:
+        size = raw_path.stat().st_size
+    except FileNotFoundError:
+        size = 0
+    keep = MediaLogMemory() if in_memory and size <= WHOLE_CALL_BYTES else ordered_path
+    media = CallMedia(keep, clock_rate_for_pt=clock_rate_for_pt,
                       codecs_for_direction=lambda direction: codecs.get(direction, {}),
                       redact_dtmf=plan.redact_dtmf, counters=counters)
     # The source/destination labels as small integer keys: RtpRun's label() gives the text back.
@@ -938,10 +955,6 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
                np.array([0] + [e[2] for e in ev], dtype=np.int64)) for ev in events]
     done = 0
     quality = QualityCollector()
-    try:
-        size = raw_path.stat().st_size
-    except FileNotFoundError:
-        size = 0
     # A call whose raw log fits WHOLE_CALL_BYTES is read as one block and, when it qualifies,
     # sequenced at once (CallMedia.take_whole); longer calls go block by block (bounded memory).
     chunk = size + 1 if bulk and size <= WHOLE_CALL_BYTES else 1 << 20

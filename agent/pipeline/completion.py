@@ -15,21 +15,24 @@ from typing import Any
 from agent.calls.call import CALLEE, CALLER, Call, Side
 from agent.calls.record import CallRecord, merge_dtmf_presses, presses_from_events
 from agent.media.codecs import is_telephone_event
+from agent.media.medialog import MediaBlock
 from agent.media.quality import StreamQuality, direction_quality, mos_estimate
 from agent.media.stream import CallMedia, MediaPlan, StreamStats, sequence_capture
 from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec
 
 
 def complete_media(record: CallRecord, raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
-                   redact: bool) -> tuple[CallRecord, list[StreamSpec]]:
-    """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log``: returns
-    the record completed with per-stream counters and RFC 4733 key presses, and the stream
-    specs ``render_recording`` needs. The raw log is deleted."""
-    media = sequence_capture(raw_log, ordered_log, plan)
+                   redact: bool, in_memory: bool = False
+                   ) -> tuple[CallRecord, list[StreamSpec], Path | list[MediaBlock]]:
+    """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log`` (or,
+    ``in_memory``, into blocks kept in memory when the call is not long): returns the record
+    completed with per-stream counters and RFC 4733 key presses, the stream specs and the
+    ordered media (path or blocks) ``render_recording`` needs. The raw log is deleted."""
+    media = sequence_capture(raw_log, ordered_log, plan, in_memory=in_memory)
     raw_log.unlink(missing_ok=True)
     record, specs = media_record(record, media, plan.codecs, redact=redact)
     record["streams"] = unrecorded_streams(plan, record["streams"])
-    return record, specs
+    return record, specs, media.ordered_media
 
 
 def media_record(record: CallRecord, media: CallMedia, codecs: dict[int, dict], *,

@@ -152,7 +152,7 @@ class Finisher:
             self._emit(FinishedCall(call=call, record=record, media_log=media.log_path, media_plan=plan), now_ns)
             return
         ordered = media.log_path.with_suffix(".ordered")
-        record, specs = complete_media(record, media.log_path, plan, ordered, redact=redact)
+        record, specs, ordered = complete_media(record, media.log_path, plan, ordered, redact=redact)
         self._emit(FinishedCall(call=call, record=record, media_log=ordered, streams=specs), now_ns)
 
     def _emit(self, finished: FinishedCall, now_ns: int) -> None:
