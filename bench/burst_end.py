@@ -33,14 +33,20 @@ REAL_START_NS = T0_S * NS
 BURST_AT_NS = REAL_START_NS + 2 * NS     # the dialogs start and send their media in this second
 
 
-def _rtp(seq: int, ssrc: int) -> bytes:
-    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, ssrc) + b"\xff" * 160
+SILENCE = b"\xff" * 160
+# The real call's payload: no sample of it decodes to 0 (G.711 u-law 0xFF / 0x7F would), so a
+# recording's non-zero samples count the packets it holds (the renderer fills gaps with zeros).
+REAL_PAYLOAD = b"\xa5\x25" * 80
+
+
+def _rtp(seq: int, ssrc: int, payload: bytes = SILENCE) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, ssrc) + payload
 
 
 def call_frames(callid: str, n: int, a_ip: bytes, b_ip: bytes, a_port: int, b_port: int, start_ns: int,
-          packets: int, bye: bool) -> Iterator[tuple[int, bytes]]:
-    """One answered call: INVITE/200/ACK with SDP, ``packets`` RTP packets each way every 20 ms,
-    then a BYE (or silence, for the burst)."""
+          packets: int, bye: bool, payload: bytes = SILENCE) -> Iterator[tuple[int, bytes]]:
+    """One answered call: INVITE/200/ACK with SDP, ``packets`` RTP packets each way every 20 ms
+    (160 bytes of ``payload``), then a BYE (or silence, for the burst)."""
     a_txt, b_txt = ".".join(map(str, a_ip)), ".".join(map(str, b_ip))
     caller, callee, ftag, ttag = f"1{n:06d}", f"2{n:06d}", f"f{n}", f"t{n}"
 
@@ -57,8 +63,8 @@ def call_frames(callid: str, n: int, a_ip: bytes, b_ip: bytes, a_port: int, b_po
     media_ns = start_ns + 3_000_000
     for i in range(packets):
         t = media_ns + i * PTIME_NS
-        yield t, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, a_port, b_port, _rtp(i, 0x1000 + n), i)
-        yield t + 100_000, udp_frame(ETH_PBX, ETH_CALLER, b_ip, a_ip, b_port, a_port, _rtp(i, 0x2000 + n), i)
+        yield t, udp_frame(ETH_CALLER, ETH_PBX, a_ip, b_ip, a_port, b_port, _rtp(i, 0x1000 + n, payload), i)
+        yield t + 100_000, udp_frame(ETH_PBX, ETH_CALLER, b_ip, a_ip, b_port, a_port, _rtp(i, 0x2000 + n, payload), i)
     if bye:
         yield sig(media_ns + packets * PTIME_NS, a_ip, b_ip, _sip(f"BYE sip:{callee}@pbx.example SIP/2.0",
                                                                  callid, ftag, ttag, "2 BYE", caller, callee))
@@ -79,7 +85,8 @@ def write_burst(path: Path, *, dialogs: int, real_s: float, burst_packets: int =
     inside one second from BURST_AT_NS (``burst_packets`` RTP packets each way, 0: none).
     Returns the number of frames written."""
     real = call_frames(REAL_CALLID, 999_999, bytes([10, 9, 0, 1]), bytes([10, 9, 0, 2]), 40000, 40002,
-                       REAL_START_NS + int(real_start_s * NS), real_call_packets(real_s), bye=True)
+                       REAL_START_NS + int(real_start_s * NS), real_call_packets(real_s), bye=True,
+                       payload=REAL_PAYLOAD)
     step_ns = (NS // 2) // max(dialogs, 1)
     burst = [call_frames(f"burst-{n}@10.1.0.1", n, bytes([10, 1, (n >> 8) & 0xFF, n & 0xFF]),
                    bytes([10, 2, (n >> 8) & 0xFF, n & 0xFF]), 20000, 30000, BURST_AT_NS + n * step_ns,
@@ -145,8 +152,11 @@ def run(path: Path, config=None) -> dict:
             "slowest_s": slowest_s, "burst_end_s": burst_end_s, "counters": dict(engine.counters)}
 
 
-def real_call_problems(real: dict | None, real_s: float) -> list[str]:
-    """What is wrong with the real call's record (empty: exact)."""
+def real_call_problems(real: dict | None, real_s: float, duration_ms: int | None = None,
+                       duration_slack_ms: int = 0) -> list[str]:
+    """What is wrong with the real call's record (empty: exact). ``duration_ms``: the duration
+    expected instead of the capture's own (live: as the sender's clock measured it, within
+    ``duration_slack_ms``)."""
     if real is None:
         return ["the real call is missing"]
     want_packets = real_call_packets(real_s)
@@ -154,8 +164,10 @@ def real_call_problems(real: dict | None, real_s: float) -> list[str]:
     for stream in real.get("streams", []):
         got[stream["direction"]] += stream["packets"]
     problems = []
+    want_ms = real_call_duration_ms(real_s) if duration_ms is None else duration_ms
+    if abs(real["duration_ms"] - want_ms) > duration_slack_ms:
+        problems.append(f"duration_ms: {real['duration_ms']}, expected {want_ms}")
     for name, have, want in (("end_reason", real["end_reason"], "bye"), ("answered", real["answered"], True),
-                             ("duration_ms", real["duration_ms"], real_call_duration_ms(real_s)),
                              ("callerphone", real["callerphone"], "1999999"),
                              ("destinationphone", real["destinationphone"], "2999999"),
                              ("packets", [got[0], got[1]], [want_packets, want_packets])):

@@ -43,26 +43,27 @@ from bench.synth import write_calls  # noqa: E402
 CALL_S = 10.0                      # each synthetic call: 10 s of 20 ms PCMU both ways
 
 
-def _proc_cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100.0          # utime + stime, clock ticks
 
 
-def _proc_rss_mb(pid: int) -> float:
+def proc_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-def _metric(text: str, name: str) -> int:
+def metric(text: str, name: str) -> int:
     m = re.search(rf"^{re.escape(name)} (\d+)", text, re.M)
     return int(m.group(1)) if m else 0
 
 
-def _send(ifname: str, records: list[tuple[int, bytes]]) -> float:
+def send_paced(ifname: str, records: list[tuple[int, bytes]], sent_mono: dict[int, float] | None = None) -> float:
     """Send the frames at their capture's own pace (as tcpreplay does), in bursts of what is
-    due within the next millisecond; returns the average rate achieved."""
+    due within the next millisecond; returns the average rate achieved. ``sent_mono``: frame
+    indexes whose send time (time.monotonic) the caller wants, filled in."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.bind((ifname, 0))
     t0 = records[0][0]
@@ -72,6 +73,8 @@ def _send(ifname: str, records: list[tuple[int, bytes]]) -> float:
         now_ns = t0 + int((time.monotonic() - start) * 1e9) + 1_000_000
         while i < len(records) and records[i][0] <= now_ns:
             s.send(records[i][1])
+            if sent_mono is not None and i in sent_mono:
+                sent_mono[i] = time.monotonic()
             i += 1
         if i < len(records):
             delay = start + (records[i][0] - t0) / 1e9 - time.monotonic()
@@ -81,7 +84,7 @@ def _send(ifname: str, records: list[tuple[int, bytes]]) -> float:
     return len(records) / (time.monotonic() - start)
 
 
-def _reap_descendants() -> None:
+def reap_descendants() -> None:
     """Wait for every orphaned descendant re-parented to this (subreaper) process."""
     while True:
         try:
@@ -91,7 +94,7 @@ def _reap_descendants() -> None:
             return
 
 
-def _children_cpu_s() -> float:
+def children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -108,31 +111,31 @@ def run_rate(pps: int, seconds: float, work: Path, url: str, ca: Path, port: int
     text = text.replace('format = "wav"', f'format = "{fmt}"').replace("workers = 1", "workers = 0")
     cfg.write_text(text)
     with veth_pair() as (a, b):
-        _reap_descendants()
-        tree0 = _children_cpu_s()
+        reap_descendants()
+        tree0 = children_cpu_s()
         agent = AgentProcess(cfg, [b], work / f"agent-{pps}.log")
         try:
             agent.wait_ready()
             m = re.search(r"agent\.run\[(\d+)\]: capturing on", agent.log_text())
             cpid = int(m.group(1))
-            cpu0 = _proc_cpu_s(cpid)
+            cpu0 = proc_cpu_s(cpid)
             t0 = time.monotonic()
-            achieved = _send(a, records)
+            achieved = send_paced(a, records)
             time.sleep(1.5)
             elapsed = time.monotonic() - t0
-            cpu = _proc_cpu_s(cpid) - cpu0
-            rss = _proc_rss_mb(cpid)
+            cpu = proc_cpu_s(cpid) - cpu0
+            rss = proc_rss_mb(cpid)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
                 metrics = resp.read().decode()
         finally:
             agent.stop(timeout_s=600)
-            _reap_descendants()
-        tree_cpu = _children_cpu_s() - tree0
+            reap_descendants()
+        tree_cpu = children_cpu_s() - tree0
     finished = sum(int(v) for v in re.findall(r'^calln_calls_finished_total\{reason="[^"]+"\} (\d+)', metrics, re.M))
     return {"pps": pps, "achieved_pps": achieved, "frames": len(records),
-            "captured": _metric(metrics, "calln_packets_total"),
-            "ring_drops": _metric(metrics, 'calln_drops_total{kind="ring"}'),
-            "kernel_drops": _metric(metrics, 'calln_drops_total{kind="kernel"}'),
+            "captured": metric(metrics, "calln_packets_total"),
+            "ring_drops": metric(metrics, 'calln_drops_total{kind="ring"}'),
+            "kernel_drops": metric(metrics, 'calln_drops_total{kind="kernel"}'),
             "calls": calls, "finished_before_stop": finished, "rss_mb": rss,
             "cpu_pct": 100 * cpu / elapsed, "cpu_pct_per_kpps": 100 * cpu / elapsed / (achieved / 1000),
             "tree_cpu_s": tree_cpu, "calls_per_core": calls * CALL_S / tree_cpu}
