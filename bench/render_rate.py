@@ -106,6 +106,7 @@ def main() -> int:
     render._mix_and_encode = timed(f"mix + {args.format}", render._mix_and_encode)
     import agent.pipeline.completion
     agent.pipeline.completion.sequence_capture = stream.sequence_capture
+    agent.pipeline.completion._stream_quality = timed("stream quality", agent.pipeline.completion._stream_quality)
 
     out = Path(tempfile.mkdtemp(prefix="calln-render-out-"))
     work = []
@@ -124,6 +125,7 @@ def main() -> int:
         for i, (raw, plan, record, streams) in enumerate(work):
             _render_job(raw, streams, plan, out / f"r{i:05d}.{args.format}", settings, args.format, record)
         cpu = time.process_time() - cpu0
+        phases["other (record, files)"] = cpu - sum(phases.values())
         if args.profile:
             prof.disable()
             pstats.Stats(prof).sort_stats(os.environ.get("PROF_SORT", "tottime")).print_stats(int(os.environ.get("PROF_N", "25")))
