@@ -22,6 +22,7 @@ Pure functions; no I/O.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import unquote
 
 from agent.config import NumbersSection
@@ -40,6 +41,7 @@ def _uri_params(text: str) -> tuple[str, dict[str, str]]:
     return head, out
 
 
+@lru_cache(maxsize=4096)      # a record, its legs and the live index ask for the same few values
 def _strip_uri(value: str) -> str:
     text = value.strip().strip('"').strip()
     if text.startswith("<") and ">" in text:

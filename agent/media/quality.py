@@ -293,12 +293,23 @@ class QualityCollector:
     """Gathers the header columns the sequencer already decoded for a call (never payloads),
     as arrays block by block or packet by packet, and computes each stream's quality at the
     end. A stream is one SSRC in one direction from one source: a relay's copy of it (same
-    SSRC from another address) is not mixed in (the first source seen is the stream's)."""
+    SSRC from another address) is not mixed in (the first source seen is the stream's).
 
-    __slots__ = ("_blocks", "_one", "_src_ids")
+    Memory is what grows with call length here, so each column is kept in the narrowest
+    dtype its header field fits (``COLUMNS``: 24 bytes a packet, not 7 int64s), and the
+    small blocks a batch gives each call (a few packets) are merged into chunks of at least
+    ``CHUNK_PACKETS`` so per-array overhead does not dominate either."""
+
+    # direction, source id, SSRC, sequence number, RTP timestamp, arrival (ns), marker|PT byte
+    COLUMNS = (np.uint8, np.uint32, np.uint32, np.uint16, np.uint32, np.int64, np.uint8)
+    CHUNK_PACKETS = 4096
+
+    __slots__ = ("_chunks", "_blocks", "_block_rows", "_one", "_src_ids")
 
     def __init__(self) -> None:
-        self._blocks: list[tuple[np.ndarray, ...]] = []
+        self._chunks: list[tuple[np.ndarray, ...]] = []    # merged, CHUNK_PACKETS or more each
+        self._blocks: list[tuple[np.ndarray, ...]] = []    # recent blocks, not merged yet
+        self._block_rows = 0
         self._one: list[tuple[int, int, int, int, int, int, int]] = []
         self._src_ids: dict[str, int] = {}
 
@@ -309,9 +320,9 @@ class QualityCollector:
     def add(self, direction: np.ndarray, src_id: np.ndarray, ssrc: np.ndarray, seq: np.ndarray,
             rtp_ts: np.ndarray, arrival_ns: np.ndarray, b1: np.ndarray) -> None:
         """Packets as arrays (arrival order); ``b1``: the header's marker|payload-type byte."""
-        self._flush()
-        self._blocks.append(tuple(np.asarray(c, dtype=np.int64) for c in
-                                  (direction, src_id, ssrc, seq, rtp_ts, arrival_ns, b1)))
+        self._flush_one()
+        self._add_block(tuple(np.asarray(c).astype(t, copy=False) for c, t in
+                              zip((direction, src_id, ssrc, seq, rtp_ts, arrival_ns, b1), self.COLUMNS)))
 
     def add_run(self, run, positions: np.ndarray | None = None) -> None:
         """The packets of an ``RtpRun`` (all, or those at ``positions``, arrival order)."""
@@ -324,22 +335,42 @@ class QualityCollector:
     def add_packet(self, direction: int, src: str, ssrc: int, seq: int, rtp_ts: int, arrival_ns: int,
                    b1: int) -> None:
         self._one.append((direction, self.src_id(src), ssrc, seq, rtp_ts, arrival_ns, b1))
+        if len(self._one) >= self.CHUNK_PACKETS:
+            self._flush_one()
 
-    def _flush(self) -> None:
+    def _flush_one(self) -> None:
         """Single packets become a block, so blocks stay in the order packets were taken."""
         if self._one:
-            self._blocks.append(tuple(np.array(c, dtype=np.int64) for c in zip(*self._one)))
+            self._add_block(tuple(np.array(c, dtype=t) for c, t in zip(zip(*self._one), self.COLUMNS)))
             self._one = []
+
+    def _add_block(self, block: tuple[np.ndarray, ...]) -> None:
+        self._blocks.append(block)
+        self._block_rows += len(block[0])
+        if self._block_rows >= self.CHUNK_PACKETS:
+            self._merge_blocks()
+
+    def _merge_blocks(self) -> None:
+        if len(self._blocks) == 1:
+            self._chunks.append(self._blocks[0])
+        elif self._blocks:
+            self._chunks.append(tuple(np.concatenate(c) for c in zip(*self._blocks)))
+        self._blocks, self._block_rows = [], 0
+
+    def nbytes(self) -> int:
+        """Bytes the kept columns take (packets taken one by one and not flushed yet aside)."""
+        return sum(c.nbytes for block in self._chunks + self._blocks for c in block)
 
     def streams(self, clock_rate_for_pt: Callable[[int, int], int]) -> dict[tuple[int, int], StreamQuality]:
         """{(direction, ssrc): quality}; ``clock_rate_for_pt(direction, pt)`` is a packet's
         clock in Hz (0 when it has none, e.g. telephone-event)."""
-        self._flush()
-        if not self._blocks:
+        self._flush_one()
+        self._merge_blocks()
+        if not self._chunks:
             return {}
-        direction, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self._blocks))
+        direction, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self._chunks))
         pt = b1 & 0x7F
-        key = direction << 33 | ssrc
+        key = direction.astype(np.int64) << 33 | ssrc
         out = {}
         for k in np.unique(key).tolist():
             idx = np.flatnonzero(key == k)

@@ -132,10 +132,39 @@ def dialogless_call_id(data: bytes) -> str | None:
     return found.group(1).decode("ascii")
 
 
+# Header names as written on the wire (``Call-ID``, ``i``, ``CSeq``...) -> canonical form, for
+# names already checked to be tokens: a message costs one dict lookup per header, not a set
+# and two string copies. Bounded: names past the limit (a fuzzer's) are worked out each time.
+_NAMES_MAX = 1024
+_wire_names: dict[str, str] = {}
+_code_names: dict[str, str] = {}        # the same for names the code asks for ("call-id", "f")
+
+
 def canonical_header_name(name: str) -> str:
     """Lowercase long form of a header name (``I`` -> ``call-id``)."""
+    known = _code_names.get(name)
+    if known is not None:
+        return known
     lowered = name.strip().lower()
-    return COMPACT_FORMS.get(lowered, lowered)
+    canonical = COMPACT_FORMS.get(lowered, lowered)
+    if len(_code_names) < _NAMES_MAX:
+        _code_names[name] = canonical
+    return canonical
+
+
+def _wire_name(name: str) -> str | None:
+    """The canonical form of a header name as it appears before the colon (stripped), or
+    None when it is not a token."""
+    known = _wire_names.get(name)
+    if known is not None:
+        return known
+    if not name or not set(name) <= _TOKEN_CHARS:
+        return None
+    lowered = name.lower()
+    canonical = COMPACT_FORMS.get(lowered, lowered)
+    if len(_wire_names) < _NAMES_MAX:
+        _wire_names[name] = canonical
+    return canonical
 
 
 def looks_like_sip(payload: bytes) -> bool:
@@ -190,11 +219,11 @@ class SipMessage:
     # -- generic access -------------------------------------------------------
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case, compact or long form)."""
-        key = canonical_header_name(name)
-        for hname, value in self.headers:
-            if hname == key:
-                return value
-        return None
+        first = self._cache.get("first")
+        if first is None:
+            # First occurrence of each name wins: the reversed list lets it be assigned last.
+            first = self._cache["first"] = dict(reversed(self.headers))
+        return first.get(canonical_header_name(name))
 
     def header_values(self, name: str) -> list[str]:
         """Every value of ``name``, across occurrences; comma-split for list headers."""
@@ -504,10 +533,10 @@ def parse_message(
             headers[-1] = (name, (value + " " + line.strip()).strip())
             continue
         name, colon, value = line.partition(":")
-        name = name.strip()
-        if not colon or not name or not set(name) <= _TOKEN_CHARS:
+        canonical = _wire_name(name.strip()) if colon else None
+        if canonical is None:
             raise SipParseError(f"bad header line {line[:80]!r}")
-        headers.append((canonical_header_name(name), value.strip()))
+        headers.append((canonical, value.strip()))
 
     msg = SipMessage(is_request, method, request_uri, status_code, reason, headers, b"")
     cache = msg._cache
