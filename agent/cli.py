@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 from agent.config import Config, load_config
 from agent.counters import new_counters
 from agent.errors import AgentError
+from agent.lifecycle import Interrupted, exit_status, terminate_like_ctrl_c
 from agent.progress import Progress
 from agent.summaries import delivery_line, skipped_input_line, without_recording_lines
 from agent.textsafe import terminal_safe
@@ -266,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  calln-agent demo\n  calln-agent inspect capture.pcap\n"
                "  calln-agent --config /etc/calln-agent/agent.toml check-config\n\n"
                "exit status: 0 success, 1 finished with work pending or failed, "
-               "2 bad usage, configuration or capture file",
+               "2 bad usage, configuration or capture file, 130 / 143 stopped by SIGINT / SIGTERM "
+               "(what was finished is kept)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action=_VersionAction,
                         help="print the version and those of PyAV/FFmpeg, LAME and numpy, then exit")
@@ -324,13 +327,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    previous_sigterm = terminate_like_ctrl_c()
     try:
         return int(args.func(args) or 0)
+    except Interrupted as exc:
+        print(f"calln-agent: {exc}", file=sys.stderr)
+        return exit_status(exc.signum)
     except AgentError as exc:
         print(f"calln-agent: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:        # a signal outside the loops that poll for a stop
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"calln-agent: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return exit_status(signum)
     except BrokenPipeError:
         return 0
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

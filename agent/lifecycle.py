@@ -8,6 +8,9 @@
 * ``StopSignals``: while installed, the first SIGINT or SIGTERM sets a flag that the long
   loops (replay, the recorder's wait, uploads) poll and turn into ``Interrupted`` (an
   AgentError: the command prints one line, no traceback). A second signal exits at once.
+* ``terminate_like_ctrl_c``: outside those loops SIGTERM unwinds the command as Ctrl-C does
+  (``SignalExit``, a KeyboardInterrupt). Either way the command exits ``exit_status(signum)``:
+  130 for SIGINT, 143 for SIGTERM, as a shell reports a process the signal ended.
 
 Does not own what a stop keeps or discards: that is the spool's and the recorder's rule.
 """
@@ -30,6 +33,33 @@ PARENT_ENV = "CALLN_PARENT_PID"     # the forkserver's expected parent (set by t
 
 class Interrupted(AgentError):
     """SIGINT or SIGTERM asked the command to stop."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class SignalExit(KeyboardInterrupt):
+    """SIGTERM where no ``StopSignals`` is installed: unwinds the command like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def exit_status(signum: int) -> int:
+    """A command's exit status after ``signum`` stopped it (128 + n, as the shell reports it)."""
+    return 128 + int(signum)
+
+
+def terminate_like_ctrl_c() -> object:
+    """Make SIGTERM raise ``SignalExit`` in the main thread; returns the previous handler
+    (None: nothing changed, e.g. called from another thread)."""
+    def handler(signum: int, _frame) -> None:
+        raise SignalExit(signum)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def die_with_parent(expected_ppid: int | None = None, sig: int = signal.SIGKILL) -> bool:
@@ -90,7 +120,7 @@ class StopSignals:
         """Raise ``Interrupted`` if a stop was asked for."""
         if self.event.is_set():
             name = signal.Signals(self.signum).name if self.signum else "a signal"
-            raise Interrupted(f"interrupted by {name}: finished work is kept")
+            raise Interrupted(f"interrupted by {name}: finished work is kept", self.signum or signal.SIGINT)
 
     def sleep(self, seconds: float) -> None:
         """A sleep that a stop cuts short (raising ``Interrupted``)."""

@@ -35,7 +35,7 @@ def test_signal_stops_replay_out_and_keeps_what_was_finished(tmp_path: Path, cap
             proc.communicate()
     text = err.decode()
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
-    assert proc.returncode == 2 and f"interrupted by {sig.name}" in text, (proc.returncode, text)
+    assert proc.returncode == 128 + sig and f"interrupted by {sig.name}" in text, (proc.returncode, text)
     records = sorted(out.glob("*.json"))
     assert 3 <= len(records) < 60
     for path in records:                      # every record kept has its whole recording
@@ -65,9 +65,28 @@ def test_sigint_stops_replay_deliver_and_keeps_the_spool(tmp_path: Path, capture
             proc.kill()
             proc.communicate()
     text = err.decode()
-    assert "Traceback" not in text and proc.returncode == 2 and "interrupted by SIGINT" in text, text
+    assert "Traceback" not in text and proc.returncode == 130 and "interrupted by SIGINT" in text, text
     spool = Spool(spool_dir)
     entries = spool.list()
     assert len(entries) >= 3 and all(e.audio_path and e.audio_path.stat().st_size > 0 for e in entries), \
         [(e.state, e.reason, e.record.get("recording")) for e in entries if not e.audio_path]
     assert not list(spool.tmp_dir.iterdir())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_inspect_waiting_on_stdin(sig) -> None:
+    """A command waiting for input (``tcpdump ... | calln-agent inspect -``) stops too: 130 for
+    SIGINT, 143 for SIGTERM, one line, no traceback."""
+    import subprocess
+    proc = start_cli("inspect", "-", stdin=subprocess.PIPE)
+    try:
+        assert not wait_for(lambda: proc.poll() is not None, 1.5), "inspect ended without input"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=STOP_BOUND_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 128 + sig, (proc.returncode, text)
+    assert "Traceback" not in text and f"interrupted by {sig.name}" in text, text
