@@ -53,7 +53,8 @@ class Scenario:
     holder_ip: str        # who sends the hold and resume re-INVITEs
     caller_dtmf: str
     callee_dtmf: str
-    mediaenc: str
+    mediaenc: str         # the UAs' mediaenc setting ("srtp" callee_plain: the caller's only)
+    callee_plain: bool = False   # the callee has no mediaenc: it answers without a=crypto
 
 
 SCENARIOS = {
@@ -62,6 +63,8 @@ SCENARIOS = {
                                       "srtp-mand"),
     "baresip_srtpmand_g722": Scenario("RTP/SAVP", "g722", 9, 16000, CALLEE_IP, "", "",
                                       "srtp-mand"),
+    "baresip_srtp_declined": Scenario("RTP/AVP", "mulaw", 0, 8000, CALLER_IP, "", "", "srtp",
+                                      callee_plain=True),
 }
 CODEC_NAMES = {"mulaw": "PCMU", "alaw": "PCMA", "g722": "G.722"}
 RTP_CLOCK_HZ = 8000          # PCMU, PCMA and (by RFC 3551's historic rule) G.722
@@ -91,8 +94,8 @@ class Sdp:
     port: int
     profile: str
     direction: str
-    suite: str
-    key: bytes
+    suite: str | None     # None: no a=crypto in this SDP
+    key: bytes | None
     event_pt: int | None
 
 
@@ -101,10 +104,12 @@ def read_sdps(pcap: Path) -> list[Sdp]:
     for src, media, attrs in tshark_fields(pcap, "sdp", ["ip.src", "sdp.media", "sdp.media_attr"]):
         attrs = attrs.split("|")
         crypto = [a.split() for a in attrs if a.startswith("crypto:")]
-        if len(crypto) != 1:
-            fail(f"expected one a=crypto per SDP, got {crypto}")
-        _tag, suite, inline = crypto[0][:3]
-        key = base64.b64decode(inline.removeprefix("inline:").split("|")[0])
+        if len(crypto) > 1:
+            fail(f"expected at most one a=crypto per SDP (baresip 1.0 offers one), got {crypto}")
+        suite = key = None
+        if crypto:
+            _tag, suite, inline = crypto[0][:3]
+            key = base64.b64decode(inline.removeprefix("inline:").split("|")[0])
         direction = next(a for a in attrs if a in ("sendrecv", "sendonly", "recvonly", "inactive"))
         port, profile = int(media.split()[1]), media.split()[2]
         event_pt = next((int(a[7:].split()[0]) for a in attrs
@@ -143,17 +148,22 @@ def snr_db_against_source(pcm: np.ndarray, wav: Path) -> float:
     return float(10 * np.log10(np.sum(ref ** 2) / max(np.sum((ref - head) ** 2), 1.0)))
 
 
-def decode_side(packets: list[tuple[float, bytes]], sdp: Sdp, sc: Scenario,
-                event_pt: int) -> dict:
-    """Decrypt one side's SRTP (capture order), then decode its audio and events."""
-    session = pylibsrtp.Session(pylibsrtp.Policy(key=sdp.key, srtp_profile=SUITES[sdp.suite],
-                                                 ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+def srtp_session(sdp: Sdp) -> pylibsrtp.Session:
+    return pylibsrtp.Session(pylibsrtp.Policy(key=sdp.key, srtp_profile=SUITES[sdp.suite],
+                                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+
+
+def decode_side(packets: list[tuple[float, bytes]], sdp: Sdp, sc: Scenario, event_pt: int,
+                encrypted: bool) -> dict:
+    """Decrypt one side's SRTP (capture order) unless the call is in clear, then decode its
+    audio and events."""
+    session = srtp_session(sdp) if encrypted else None
     audio: dict[int, bytes] = {}        # extended seq -> plaintext packet
     events: dict[int, list[bytes]] = {}  # RTP timestamp (event start) -> payloads
     last_seq = ext_base = None
     for _t, wire in packets:
         try:
-            plain = session.unprotect(wire)
+            plain = session.unprotect(wire) if session else wire
         except pylibsrtp.Error as exc:
             fail(f"SRTP packet from {sdp.src_ip} failed authentication: {exc}")
         seq, ts = struct.unpack_from("!HI", plain, 2)
@@ -205,8 +215,7 @@ def decode_side(packets: list[tuple[float, bytes]], sdp: Sdp, sc: Scenario,
 
 def srtcp_count(pcap: Path, sdp: Sdp, rtcp_port: int) -> tuple[int, int]:
     """(authenticated, not authenticated) SRTCP packets sent from the side's RTCP port."""
-    session = pylibsrtp.Session(pylibsrtp.Policy(key=sdp.key, srtp_profile=SUITES[sdp.suite],
-                                                 ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    session = srtp_session(sdp)
     ok = bad = 0
     for (payload,) in tshark_fields(pcap, f"ip.src == {sdp.src_ip} && udp.srcport == {rtcp_port}",
                                     ["udp.payload"]):
@@ -248,6 +257,12 @@ def main() -> int:
             fail(f"{ip}: keys, suite or port change between SDPs: not a baresip 1.0 capture")
         if {s.profile for s in lst} != {sc.profile}:
             fail(f"{ip}: profile {[s.profile for s in lst]}, want {sc.profile}")
+    # SRTP is on when both sides announce a key; baresip's optional srtp falls back to plain
+    # RTP when the answer has none, and then sends in clear though its offer had a key.
+    encrypted = all(lst[0].key is not None for lst in by_side.values())
+    if encrypted == sc.callee_plain or (by_side[CALLER_IP][0].key is None):
+        fail(f"a=crypto: caller {by_side[CALLER_IP][0].suite}, callee "
+             f"{by_side[CALLEE_IP][0].suite}; scenario callee_plain={sc.callee_plain}")
     held = by_side[sc.holder_ip]
     other = by_side[CALLEE_IP if sc.holder_ip == CALLER_IP else CALLER_IP]
     if ([s.direction for s in held] != ["sendrecv", "sendonly", "sendrecv"]
@@ -276,7 +291,7 @@ def main() -> int:
         late = [bytes.fromhex(p) for n, _t, src, _port, p in rtp if src == ip and int(n) > bye_frame]
         if len(pkts) + len(late) != sum(1 for r in rtp if r[2] == ip):
             fail(f"{ip} sends RTP from a port its SDP does not announce")
-        d = decode_side(pkts, sdp, sc, event_pt)
+        d = decode_side(pkts, sdp, sc, event_pt, encrypted)
         if late:
             ssrcs = {struct.unpack_from("!I", p, 8)[0] for p in late}
             after_bye += [{"ip": ip, "ssrc": ssrc, "packets": len(late)} for ssrc in ssrcs]
@@ -288,9 +303,9 @@ def main() -> int:
                  f"(want >= {MIN_AUDIO_PACKETS}, {want_dtmf!r})")
         if len(d["runs"]) != 2:
             fail(f"{side}: {len(d['runs'])} runs of audio, want 2 (before and after the hold)")
-        d["srtcp_ok"], d["srtcp_bad"] = srtcp_count(pcap, sdp, sdp.port + 1)
+        if encrypted:
+            d["srtcp_ok"], d["srtcp_bad"] = srtcp_count(pcap, sdp, sdp.port + 1)
         d["endpoint"] = f"{ip}:{sdp.port}"
-        d["suite"] = sdp.suite
         sides[side] = d
         if args.sources:
             # G.711 quantises to ~38 dB SNR; G.722's ADPCM needs a few packets to settle.
@@ -301,7 +316,7 @@ def main() -> int:
 
     start = dt.datetime.fromtimestamp(int(t_inv), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     decoded = {side: {k: v for k, v in d.items()
-                      if k not in ("_pcm", "first_ts", "endpoint", "ssrcs", "suite")}
+                      if k not in ("_pcm", "first_ts", "endpoint", "ssrcs")}
                for side, d in sides.items()}
     rtp_packets = {side: d["audio_packets"] + d["event_packets"] for side, d in sides.items()}
     call = {
@@ -334,16 +349,21 @@ def main() -> int:
                                     for side, d in sides.items()},
             **({"after_bye_rtp": after_bye} if after_bye else {}),
             "srtp": {"mediaenc": sc.mediaenc, "profile": sc.profile,
-                     "suite": sides["caller"]["suite"]},
+                     "offered_suite": by_side[CALLER_IP][0].suite, "negotiated": encrypted},
             "decoded": decoded,
         },
     }
     hold_side = "caller" if sc.holder_ip == CALLER_IP else "callee"
     truth = {
         "capture": pcap.name,
-        "description": f"Real SDES-SRTP call between two baresip 1.0.0 UAs in network namespaces "
-                       f"(record_baresip.sh): mediaenc={sc.mediaenc} ({sc.profile} + a=crypto "
-                       f"{sides['caller']['suite']}), {CODEC_NAMES[sc.codec]}; the {hold_side} holds "
+        "description": ("Real SDES-SRTP call between two baresip 1.0.0 UAs in network namespaces "
+                        f"(record_baresip.sh): mediaenc={sc.mediaenc} ({sc.profile} + a=crypto "
+                        f"{by_side[CALLER_IP][0].suite})" if encrypted else
+                        "Real call between two baresip 1.0.0 UAs in network namespaces "
+                        f"(record_baresip.sh): the caller offers optional SRTP (mediaenc=srtp, "
+                        f"{sc.profile} + a=crypto {by_side[CALLER_IP][0].suite}), the callee has "
+                        "no mediaenc and answers without a=crypto: plain RTP both ways")
+                       + f", {CODEC_NAMES[sc.codec]}; the {hold_side} holds "
                        "(re-INVITE sendonly) and resumes (re-INVITE sendrecv), keys repeated"
                        + (f"; DTMF caller {sc.caller_dtmf!r}, callee {sc.callee_dtmf!r} "
                           "(RFC 4733, encrypted)" if sc.caller_dtmf or sc.callee_dtmf else "")
@@ -353,7 +373,7 @@ def main() -> int:
         "notes": "Call-ID, tags, start time, ports, SSRCs and first_rtp_offset_ms are read from "
                  "the capture; the rest is the scenario's. audio.decoded is made without the "
                  "agent: each side's SRTP decrypted with pylibsrtp using the key of that side's "
-                 "own a=crypto, the plaintext payloads of its audio packets in sequence order "
+                 "own a=crypto (when srtp.negotiated: both sides announce one), the plaintext payloads of its audio packets in sequence order "
                  "decoded by ffmpeg; sha256 is over those int16 samples (little-endian), samples "
                  "their count, runs the [offset, count] stretches (in samples at "
                  "sample_rate_hz from the first packet's RTP timestamp) that the hold splits; "

@@ -20,6 +20,9 @@
 #                          DTMF "#" (RFC 4733, encrypted like the audio); caller holds/resumes
 #   baresip_srtpmand_g722  mediaenc=srtp-mand, G.722 (16 kHz sources); the CALLEE holds and
 #                          resumes (re-INVITEs from the callee's side of the dialog)
+#   baresip_srtp_declined  the caller offers optional SRTP (mediaenc=srtp), the callee has no
+#                          mediaenc and answers without a=crypto: plain PCMU both ways although
+#                          the offer carried a key; caller holds/resumes
 #
 # tcpdump captures UDP on the callee's side of the veth pair. Each call lasts ~5.5 s: answer,
 # 2.5 s of talk, 1.5 s on hold (baresip 1.0 stops sending both ways), 1.5 s more, BYE.
@@ -146,17 +149,17 @@ module_app		ctrl_tcp.so
 cons_listen		127.0.0.1:5555
 ctrl_tcp_listen		127.0.0.1:4444
 C
-    echo "\"$display\" <sip:$user@$ip>;regint=0;answermode=auto;mediaenc=$enc;audio_codecs=$codec" \
+    echo "\"$display\" <sip:$user@$ip>;regint=0;answermode=auto${enc:+;mediaenc=$enc};audio_codecs=$codec" \
         >"$d/accounts"
     : >"$d/contacts"
 }
 
-record_call() {   # name mediaenc codec source-rate holder(a|b) caller-dtmf callee-dtmf
-    local name=$1 enc=$2 codec=$3 rate=$4 holder=$5 dtmf_a=$6 dtmf_b=$7
+record_call() {   # name mediaenc codec source-rate holder(a|b) caller-dtmf callee-dtmf [callee-mediaenc]
+    local name=$1 enc=$2 codec=$3 rate=$4 holder=$5 dtmf_a=$6 dtmf_b=$7 enc_b=${8-$2}
     local w="$WORK/$name" hold_ns
     hold_ns=$([ "$holder" = a ] && echo "$NS_A" || echo "$NS_B")
     ua_config "$w/a" "$IP_A" "$WORK/caller$rate.wav" 1001 Alice "$enc" "$codec"
-    ua_config "$w/b" "$IP_B" "$WORK/callee$rate.wav" 1002 Bob "$enc" "$codec"
+    ua_config "$w/b" "$IP_B" "$WORK/callee$rate.wav" 1002 Bob "$enc_b" "$codec"
     ip netns exec "$NS_B" tcpdump -i veth-bs-b -U -n -s 0 -w "$w/cap.pcap" udp \
         >"$w/tcpdump.log" 2>&1 &
     PIDS+=($!)
@@ -194,4 +197,7 @@ fi
 if selected baresip_srtpmand_g722; then
     # baresip names G.722 by its audio rate (16 kHz), not its RTP clock (8 kHz).
     record_call baresip_srtpmand_g722 srtp-mand G722/16000/1 16000 b "" ""
+fi
+if selected baresip_srtp_declined; then
+    record_call baresip_srtp_declined srtp PCMU 8000 a "" "" ""
 fi
