@@ -3,14 +3,14 @@
 Owns the byte-level parsing used on the RTP fast path: one ``struct.unpack_from`` per
 packet, no per-packet objects, ``None`` for anything that is not plain RTP (too short,
 wrong version, RTCP multiplexed on the RTP port, CSRC list / header extension / padding
-running past the end). Does not own stream state (``stream.py``) or decoding.
+running past the end). Does not own stream state (``sequencer.py``) or decoding.
 """
 
 from __future__ import annotations
 
 import struct
 
-__all__ = ["parse_rtp", "looks_like_rtp", "is_rtcp", "is_zrtp", "parse_telephone_event", "RTP_HEADER_BYTES",
+__all__ = ["parse_rtp", "looks_like_rtp", "is_rtcp", "is_zrtp", "count_not_rtp", "parse_telephone_event", "RTP_HEADER_BYTES",
            "RTP_VERSION_MASK", "RTP_VERSION_2", "RTCP_MUX_FIRST", "RTCP_MUX_LAST"]
 
 RTP_HEADER_BYTES = 12
@@ -75,6 +75,27 @@ def parse_rtp(data: bytes) -> RtpFields | None:
 def is_zrtp(data: bytes) -> bool:
     """True for a ZRTP packet (RFC 6189): first byte 0x10 and the magic cookie 'ZRTP' at 4."""
     return len(data) >= 12 and data[0] == 0x10 and data[4:8] == b"ZRTP"
+
+
+def count_not_rtp(tally, data: bytes, counters=None) -> bool:
+    """A datagram on a call's media port that is not plain RTP, classified once for the
+    capture stage and the sequencer: counted on ``tally`` (its ``zrtp_seen``,
+    ``zrtp_packets``, ``rtcp`` and ``not_rtp`` attributes) and, when given, in ``counters``
+    (media.zrtp, media.skip.rtcp_mux, media.skip.not_rtp). True for ZRTP (media of the call,
+    about to be encrypted; not logged), False for the rest."""
+    if is_zrtp(data):
+        tally.zrtp_seen = True
+        tally.zrtp_packets += 1
+        name = "media.zrtp"
+    elif is_rtcp(data):
+        tally.rtcp += 1
+        name = "media.skip.rtcp_mux"
+    else:
+        tally.not_rtp += 1
+        name = "media.skip.not_rtp"
+    if counters is not None:
+        counters[name] += 1
+    return name == "media.zrtp"
 
 
 def parse_telephone_event(payload: bytes) -> tuple[int, bool, int, int] | None:

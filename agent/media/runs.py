@@ -73,7 +73,7 @@ class RunGroups:
                  "first_arrival_ns", "first_rtp_ts", "last_arrival_ns", "last_rtp_ts", "deviation",
                  "_tails")
 
-    TAIL = 64                      # newest packets a stream's hop remembers (stream._Hop.KEEP)
+    TAIL = 64                      # newest packets a stream's hop remembers (stream_state.Hop.KEEP)
 
     def __init__(self, run: RtpRun, starts: np.ndarray) -> None:
         self.run = run

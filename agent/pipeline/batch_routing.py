@@ -26,7 +26,7 @@ from agent.calls.call import Call, Side
 from agent.calls.endpoints import EndpointMap
 from agent.capture.batches import FrameBatch
 from agent.media.runs import RtpRun, RunGroups
-from agent.media.stream import CallMedia
+from agent.media.sequencer import CallMedia
 from agent.net.datagram import UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import TUNNEL_GRE, TUNNEL_VXLAN, V6_KEY, AddressIds, RtpFrames, rtp_frames

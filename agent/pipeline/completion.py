@@ -17,7 +17,9 @@ from agent.calls.record import CallRecord, merge_dtmf_presses, presses_from_even
 from agent.media.codecs import is_telephone_event
 from agent.media.medialog import MediaBlock
 from agent.media.quality import StreamQuality, direction_quality, mos_estimate
-from agent.media.stream import CallMedia, MediaPlan, StreamStats, sequence_capture
+from agent.media.sequencer import CallMedia
+from agent.media.stream import MediaPlan, sequence_capture
+from agent.media.stream_state import StreamStats
 from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec
 
 

@@ -24,7 +24,8 @@ from agent.calls.macs import MacTable
 from agent.calls.record import CallRecord, build_record
 from agent.config import Config
 from agent.media.quality import QualityCollector
-from agent.media.stream import CallMedia, MediaCapture, MediaPlan
+from agent.media.sequencer import CallMedia
+from agent.media.stream import MediaCapture, MediaPlan
 from agent.media.timeline import StreamSpec
 from agent.pipeline.completion import clock_rate, codecs_for_direction, complete_media, media_record
 from agent.pipeline.completion import unrecorded_streams

@@ -10,7 +10,7 @@ import pytest
 
 from agent.media.dtmf import (DTMF_HIGH_HZ, DTMF_LOW_HZ, TelephoneEventTracker, _KEYPAD,
                               detect_inband, digit_for_event)
-from agent.media.stream import CallMedia
+from agent.media.sequencer import CallMedia
 from agent.media.timeline import CodecInfo
 
 MS = 1_000_000

@@ -10,7 +10,7 @@ import numpy as np
 
 from agent.media.g711 import linear_to_ulaw
 from agent.media.render import DTMF_MASK_GUARD_MS, render_recording
-from agent.media.stream import CallMedia
+from agent.media.sequencer import CallMedia
 from agent.media.timeline import CodecInfo, StreamSpec
 from agent.recorder import dtmf_plan, merge_inband_dtmf
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent.media.g711 import linear_to_ulaw
 from agent.media.render import render_recording
-from agent.media.stream import CallMedia
+from agent.media.sequencer import CallMedia
 from agent.media.timeline import CodecInfo, StreamSpec
 
 T0 = 1_700_000_000_000_000_000

@@ -124,7 +124,7 @@ def test_whole_call_sequencing_equals_packet_by_packet(seed, redact, tmp_path, m
     duplicates, reordering, late packets, long silences and a sequence wrap."""
     from dataclasses import replace
 
-    from agent.media.stream import CallMedia
+    from agent.media.sequencer import CallMedia
 
     raw = tmp_path / "raw"
     plan = replace(_impaired_raw_log(raw, seed, events=seed % 2 == 0), redact_dtmf=redact)

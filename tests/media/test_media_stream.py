@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from agent.media.medialog import read_media_log
-from agent.media.stream import CallMedia
+from agent.media.sequencer import CallMedia
 
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000

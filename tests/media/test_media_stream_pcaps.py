@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.media.render import render_recording
-from agent.media.stream import CallMedia
+from agent.media.sequencer import CallMedia
 from agent.media.timeline import CodecInfo, StreamSpec
 
 PUBLIC = Path(__file__).resolve().parents[2] / ".." / "shared" / "pcaps" / "public"
