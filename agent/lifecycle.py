@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "CALLN_PARENT_PID"     # the forkserver's expected parent (set by the recorder)
+FORKSERVER_ENV = "CALLN_FORKSERVER_PID"   # a render worker's expected parent (set by the forkserver)
 
 
 class Interrupted(AgentError):
@@ -60,6 +61,12 @@ def terminate_like_ctrl_c() -> object:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, handler)
+
+
+def env_pid(name: str) -> int | None:
+    """The pid an environment variable names, or None."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
 
 
 def die_with_parent(expected_ppid: int | None = None, sig: int = signal.SIGKILL) -> bool:

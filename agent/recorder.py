@@ -31,7 +31,7 @@ from agent.calls.record import merge_dtmf_presses, presses_from_events
 from agent.pipeline.completion import complete_media
 from agent.pipeline.finishing import FinishedCall
 from agent.killpoints import kill_point
-from agent.lifecycle import PARENT_ENV, die_with_parent, stop_signals
+from agent.lifecycle import FORKSERVER_ENV, PARENT_ENV, die_with_parent, env_pid, stop_signals
 from agent.private import file_mode, make_private, make_private_dir, umask_for
 from agent.media.render import render_recording, streams_in_use
 from agent.media.stream import MediaPlan
@@ -124,9 +124,9 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
     return Path(result.path), fields, "", list(result.dtmf), record, cpu_s
 
 
-def _start_forkserver() -> int | None:
+def _start_forkserver() -> None:
     """Start the forkserver (if not running yet) with BLAS limited to one thread, dying with
-    this process (agent.forkserver_guard). Returns its pid when known.
+    this process (agent.forkserver_guard).
 
     The workers are the parallelism: a worker's DTMF scan (one matrix product per few
     seconds of audio) spreading over every core only adds CPU time and contends with the
@@ -150,13 +150,13 @@ def _start_forkserver() -> int | None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    return getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
-def _worker_init(forkserver_pid: int | None, umask: int) -> None:
-    """In each render worker: die with the forkserver, leave SIGINT to the main process (a
-    Ctrl-C reaches the whole process group), create recordings private (``umask``)."""
-    die_with_parent(forkserver_pid)
+def _worker_init(umask: int) -> None:
+    """In each render worker: die with the forkserver (whose pid it inherited in its
+    environment), leave SIGINT to the main process (a Ctrl-C reaches the whole process group),
+    create recordings private (``umask``)."""
+    die_with_parent(env_pid(FORKSERVER_ENV))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(umask)
 
@@ -185,10 +185,12 @@ class Recorder:
         self.render_if = render_if       # e.g. delivery: legs another leg uploads need no audio
         n = workers or settings.workers or os.cpu_count() or 1
         # forkserver: workers never inherit the capture loop's threads or open sockets.
-        forkserver_pid = _start_forkserver()
+        _start_forkserver()
+        # The pool starts its workers on demand, as this process's multiprocessing children:
+        # the children started from now on are its workers (what a stop may have to kill).
+        self._children_before = {p.pid for p in multiprocessing.active_children()}
         self.pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("forkserver"),
-                                        initializer=_worker_init,
-                                        initargs=(forkserver_pid, umask_for(settings.group)))
+                                        initializer=_worker_init, initargs=(umask_for(settings.group),))
         self._seq = 0
         self._lock = threading.Lock()
         self._futures: dict[Future, Path | None] = {}     # submitted → its media log
@@ -274,9 +276,9 @@ class Recorder:
             f.cancel()
         running = {f for f in pending if not f.cancelled()}
         wait(running, timeout=ABORT_WAIT_S)
-        # Renders still running after the grace: kill their workers (private API, guarded).
-        for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
-            if proc.is_alive():
+        # Renders still running after the grace: kill their workers.
+        for proc in multiprocessing.active_children():
+            if proc.pid not in self._children_before:
                 proc.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
         for litter in (*self.out_dir.glob("*.part"), *self.out_dir.glob("*.pcm")):

@@ -63,3 +63,34 @@ def test_sigkill_of_run_leaves_no_descendant(tmp_path: Path) -> None:
             agent.kill()
         left = wait_for(lambda: not alive(kids), ORPHAN_GRACE_S) and set() or alive(kids)
     assert left == set(), f"{len(left)} of {len(kids)} descendants outlived the agent"
+
+
+def test_a_stop_kills_hung_render_workers_and_no_other_child(tmp_path: Path) -> None:
+    """After a stop's grace a render still running has its worker killed, found among this
+    process's multiprocessing children (no private pool state); a child started before the
+    recorder is left alone."""
+    import multiprocessing
+    import os
+    import time
+
+    from agent.config import RecordingSection
+    from agent.recorder import ABORT_WAIT_S, Recorder
+
+    bystander = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    bystander.start()
+    recorder = Recorder(RecordingSection(), tmp_path / "out", lambda rendered: None, workers=1,
+                        stop_on_signals=False)
+    try:
+        worker = recorder.pool.submit(os.getpid).result(timeout=60)
+        hung = recorder.pool.submit(time.sleep, 600)          # a render that never ends
+        recorder._futures[hung] = None
+        assert wait_for(hung.running, 30), "the job never started"
+        started = time.monotonic()
+        recorder._abort()
+        assert time.monotonic() - started < ABORT_WAIT_S + 20, "the stop waited for the hung render"
+        assert not hung.cancelled(), "the render was cancelled before it ran: nothing was tested"
+        assert wait_for(lambda: not alive({worker}), ORPHAN_GRACE_S), "the hung worker survived the stop"
+        assert bystander.is_alive(), "a child the recorder did not start was killed"
+    finally:
+        bystander.kill()
+        bystander.join()
