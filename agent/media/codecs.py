@@ -2,7 +2,7 @@
 
 Owns codec selection from the SDP rtpmap (``make_decoder``), G.711 via numpy tables, L16 and
 DVI4 in Python/numpy, and every other codec through PyAV (libavcodec). Does not own RTP
-parsing, reordering, loss concealment or timing (``rtp.py`` / ``stream.py`` / ``render.py``):
+parsing, reordering, loss concealment or timing (``rtp.py`` / ``sequencer.py`` / ``render.py``):
 a decoder sees payloads in order and returns the PCM they carry, nothing more.
 
 Contract: ``decode`` never raises. A payload the codec rejects returns an empty array and

@@ -18,7 +18,7 @@ Owns two pure detectors (no I/O, no clocks of their own):
   tones carrying most of the frame's energy (what rejects speech), a minimum duration (two
   frames: 40 ms) and a minimum pause (two frames).
 
-Does not own which packets are events (``stream.py`` knows the payload types per
+Does not own which packets are events (``sequencer.py`` knows the payload types per
 direction), placing audio on the call timeline or masking (``render.py``).
 """
 

@@ -8,7 +8,7 @@ between batches and memory per call is bounded by the batch size, not the call l
 Record (little-endian): stream_index u16 | seq u16 | rtp_ts u32 | arrival_ns i64 | pt u8 |
 flags u8 (bit0 = marker) | payload_len u16 | payload bytes.
 
-Does not own ordering (``stream.py`` releases records in sequence order per stream) nor
+Does not own ordering (``sequencer.py`` releases records in sequence order per stream) nor
 decoding (``render.py``). A write failure (disk full, permissions) never raises to the
 capture loop: the writer records ``failed``, cuts any partial batch off the file (a torn
 record would desynchronise the reader), drops that batch and the audio that follows, and

@@ -1,72 +1,64 @@
-"""Render one finished call's media log into a recording (WAV/MP3, mono mix or stereo).
+"""Render one finished call's ordered media into a recording (WAV/MP3, mono mix or stereo).
 
-Owns the post-call pipeline that runs in a worker process: read the call's media log once,
-place every packet on the call timeline (``timeline.StreamTimeline``), decode it
-(``codecs.make_decoder``, one decoder per stream and payload type), bring each contiguous
-run of audio to the working rate (the call's native rate: the highest rate of its codecs, so
-only a lower-rate stream in a call with a wideband one is resampled here) and write it at its
-offset into one int16 buffer per direction (``_DirectionFile``: in memory for an ordinary
-call, a sparse temp file past 16 MiB; gaps, loss, CN and DTMF read back as zeros); then read
-the two chunk by chunk, mix (mono: clipped sum; stereo: caller left = direction 0, callee
-right = direction 1) and stream the result into the encoder.
+Owns the post-call pipeline that runs in a worker process: read the call's ordered media
+once (the media log's blocks, in memory when the worker sequenced the call itself, else
+read from the file), place every packet on the call timeline (``timeline.StreamTimeline``),
+decode it (``codecs.make_decoder``, one decoder per stream and payload type), bring each
+contiguous run of audio to the working rate (the call's native rate: the highest rate of its
+codecs, so only a lower-rate stream in a call with a wideband one is resampled) and write it
+at its offset into one int16 buffer per direction (``placement``, ``direction_pcm``); then
+read the two chunk by chunk, mix (mono: clipped sum; stereo: caller left = direction 0,
+callee right = direction 1), resample the mix once when the output rate differs, and stream
+the result into the encoder.
 
-Work is done in batches, not per packet: the log is read as blocks of ~1 MiB of records
-(``medialog.read_media_log_blocks``), each stream's records of a block are placed with
+Work is done in batches, not per packet: each stream's records of a block are placed with
 array arithmetic (``StreamTimeline.place_many``), G.711 payloads are expanded with one
 table lookup per block, and a stretch of packets that continue a run back to back is one
-array slice; only a packet after a gap or jump, and stateful codecs (PyAV), go one by
-one. The result is the same as packet by packet: runs are cut into resampler inputs at
-the same packets, and the direction-file writes of a block are replayed in record order
-(``_WriteQueue``), so overlapping streams of one direction overwrite each other as before.
+array slice (``placement.place_audio``); only a packet after a gap or jump, and stateful
+codecs (PyAV), go one by one. The result is the same as packet by packet (the tests compare
+both): the direction writes of a block are replayed in record order (``WriteQueue``), so
+overlapping streams of one direction overwrite each other as before.
 Memory is bounded whatever the call length: one block of records and its decoded audio,
 each direction's PCM up to 16 MiB (then on disk), 30 s chunks for the DTMF scan and the
 mix, and the encoder's buffer.
 
 Resampling uses PyAV's ``AudioResampler`` (libswresample): a proper windowed-sinc
 low-pass, so wideband audio taken down to 8/16 kHz does not alias as linear
-interpolation would, and it is stateful, so a run of audio fed in 1-second pieces has no
-seams. A run is kept open across small gaps (≤ 2 s, filled with zeros), because building
-a resampler costs ~0.5 ms and lossy calls would otherwise build one per lost packet.
+interpolation would, and it is stateful, so audio fed in pieces has no seams.
 
-In-band DTMF: before mixing, the direction files can be scanned for in-band DTMF tones
+In-band DTMF: before mixing, the direction buffers can be scanned for in-band DTMF tones
 (``inband_dtmf_directions``: the recorder asks only for directions that carried no RFC 4733
 or SIP INFO presses, so a key is never counted twice), and spans can be silenced in both
 directions (``mask_spans_ns``: key presses signalled out of band; ``mask_inband``: the
 tones found). Found tones come back in ``RenderResult.dtmf``.
 
-Does not own capture-side ordering (``stream.py``), codecs (``codecs.py``) or the file
-format (``encoder.py``).
+Does not own sequencing (``sequencer.py``), codecs (``codecs.py``) or the file format
+(``encoder.py``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from agent.media.codecs import (Decoder, G711Decoder, is_comfort_noise, is_telephone_event,
                                 make_decoder)
 from agent.media.dtmf import InbandDtmfDetector
+from agent.media.direction_pcm import DirectionPcm, WriteQueue
 from agent.media.encoder import open_encoder
 from agent.media.medialog import MediaBlock, read_media_log_blocks
+from agent.media.placement import StreamRuns, add_audio, close_run, place_audio, swr
 from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec, StreamTimeline
 
 __all__ = ["RenderResult", "render_recording", "streams_in_use", "CodecInfo", "StreamSpec"]
 
 _NS = 1_000_000_000
 _MARGIN_NS = 2 * _NS            # room before the first packet for early-placed audio
-_MAX_FILL_S = 2                 # gaps up to this long stay inside one resampler run
 _CN_PT = 13
 DTMF_MASK_GUARD_MS = 40         # silence this much either side of a key press / tone
 _SCAN_CHUNK_S = 30              # direction audio read per step by the DTMF scan and the mixer
-_RESAMPLE_SLICE_S = 2           # input per libswresample call (see _swr)
-_EMIT_S = 10                    # audio a run without resampling holds before writing it
-_MEMORY_SAMPLES = 8 << 20       # a direction's PCM stays in memory up to this (16 MiB; 17 min at 8 kHz)
-# A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
-_MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
 
 # What a payload type of a stream is, decided once per (stream, pt).
 _KIND_UNKNOWN = 0       # no codec for the pt: counted undecodable ("pt<N>"), not placed
@@ -93,156 +85,16 @@ class RenderResult:
     masked_ms: int = 0              # audio silenced by DTMF masking (both directions)
 
 
-class _WriteQueue:
-    """Holds direction-file writes made while a block is processed stream by stream, and
-    replays them in the order of the records that caused them.
-
-    Two streams of one direction that overlap in time write the same samples; the last
-    write wins. Packet by packet, that is the stream whose record came later in the log;
-    ``row`` (the record that triggers the writes being made) keeps that order although
-    the block is processed one stream at a time."""
-
-    __slots__ = ("row", "items")
-
-    def __init__(self) -> None:
-        self.row = 0
-        self.items: list[tuple[int, int, "_DirectionFile", int, np.ndarray]] = []
-
-    def flush(self) -> None:
-        items = self.items
-        self.items = []
-        items.sort(key=lambda item: (item[0], item[1]))
-        for _row, _n, dirfile, at_sample, pcm in items:
-            dirfile.write_now(at_sample, pcm)
 
 
-class _DirectionFile:
-    """One direction's PCM at the working rate, written at sample offsets: in memory while
-    it fits ``_MEMORY_SAMPLES`` (no file at all for an ordinary call), then in a sparse
-    temp file at ``path`` (a long call, or a timeline that jumps far ahead)."""
+class _StreamRender(StreamRuns):
+    __slots__ = ("spec", "timeline", "decoders", "kinds", "kind_of_pt")
 
-    __slots__ = ("path", "fh", "pcm", "rate", "first_sample", "end_sample", "audio_native_s", "queue")
-
-    def __init__(self, path: Path, rate: int, queue: _WriteQueue | None = None) -> None:
-        self.path = path
-        self.fh: BinaryIO | None = None
-        self.pcm: np.ndarray | None = None      # the samples while in memory
-        self.rate = rate
-        self.first_sample: int | None = None
-        self.end_sample = 0
-        self.audio_native_s = 0.0   # decoded audio, seconds
-        self.queue = queue          # set: writes wait there (see _WriteQueue)
-
-    def write(self, at_sample: int, pcm: np.ndarray) -> None:
-        queue = self.queue
-        if queue is not None:
-            queue.items.append((queue.row, len(queue.items), self, at_sample, pcm))
-        else:
-            self.write_now(at_sample, pcm)
-
-    def write_now(self, at_sample: int, pcm: np.ndarray) -> None:
-        if at_sample < 0:           # before the margin: cannot be placed
-            pcm = pcm[-at_sample:]
-            at_sample = 0
-        if pcm.size == 0:
-            return
-        end = at_sample + pcm.size
-        if self.fh is None and end <= _MEMORY_SAMPLES:
-            held = self.pcm
-            if held is None or held.size < end:
-                grown = np.zeros(min(_MEMORY_SAMPLES, max(end, 2 * (0 if held is None else held.size))), dtype="<i2")
-                if held is not None:
-                    grown[:self.end_sample] = held[:self.end_sample]
-                held = self.pcm = grown
-            held[at_sample:end] = pcm
-        else:
-            if self.fh is None:
-                self._spill()
-            self.fh.seek(at_sample * 2)
-            self.fh.write(pcm.astype("<i2", copy=False).tobytes())
-        if end > self.end_sample:
-            self.end_sample = end
-
-    def _spill(self) -> None:
-        self.fh = open(self.path, "w+b")
-        if self.pcm is not None:
-            self.fh.write(self.pcm[:self.end_sample].tobytes())
-            self.pcm = None
-
-    def read(self, at_sample: int, n: int) -> np.ndarray:
-        out = np.zeros(n, dtype=np.int16)
-        if at_sample >= self.end_sample:
-            return out
-        if self.fh is None:
-            if self.pcm is not None:
-                got = self.pcm[at_sample:min(at_sample + n, self.end_sample)]
-                out[:got.size] = got
-            return out
-        self.fh.seek(at_sample * 2)
-        raw = self.fh.read(n * 2)
-        got = np.frombuffer(raw, dtype="<i2")
-        out[: got.size] = got
-        return out
-
-    def silence(self, lo: int, hi: int) -> bool:
-        """Zero samples [lo, hi) of what was written; False when none were."""
-        hi = min(hi, self.end_sample)
-        if hi <= lo:
-            return False
-        if self.fh is None:
-            if self.pcm is None:
-                return False
-            self.pcm[lo:hi] = 0
-        else:
-            self.fh.seek(lo * 2)
-            self.fh.write(bytes(2 * (hi - lo)))
-        return True
-
-    def close(self) -> None:
-        self.pcm = None
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-
-class _Run:
-    """A contiguous stretch of one stream's decoded audio at its native rate."""
-
-    __slots__ = ("rate", "start_ns", "in_samples", "buf", "buf_n", "resampler",
-                 "out_start", "out_written", "emit_n")
-
-    def __init__(self, rate: int, start_ns: int, work_rate: int) -> None:
-        self.rate = rate
-        self.start_ns = start_ns            # relative to the render base
-        self.in_samples = 0                 # native samples in the run so far (incl. fill)
-        self.buf: list[np.ndarray] = []
-        self.buf_n = 0
-        self.resampler = None
-        # Pending audio is written out once it reaches emit_n samples: a second through a
-        # resampler (libswresample is fastest on pieces of a few seconds), else _EMIT_S
-        # seconds (fewer, larger writes; memory stays bounded).
-        self.emit_n = rate * (1 if rate != work_rate else _EMIT_S)
-        if rate != work_rate:
-            import av  # PyAV; imported lazily so plain G.711 at the same rate never needs it
-
-            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=work_rate)
-        self.out_start = start_ns * work_rate // _NS
-        self.out_written = 0
-
-
-class _StreamRender:
-    __slots__ = ("spec", "timeline", "decoders", "run", "dirfile", "kinds", "kind_of_pt")
-
-    def __init__(self, spec: StreamSpec, dirfile: _DirectionFile) -> None:
+    def __init__(self, spec: StreamSpec, dirfile: DirectionPcm) -> None:
+        super().__init__(dirfile)
         self.spec = spec
         self.timeline: StreamTimeline | None = None
         self.decoders: dict[int, Decoder | None] = {}
-        self.run: _Run | None = None
-        self.dirfile = dirfile
         # pt -> (kind, codec); kind_of_pt: the same as a lookup table by pt (-1: not yet)
         self.kinds: dict[int, tuple[int, CodecInfo | None]] = {}
         self.kind_of_pt = np.full(256, -1, dtype=np.int8)
@@ -274,166 +126,6 @@ def _codec_for(spec: StreamSpec, pt: int) -> CodecInfo | None:
     return codec
 
 
-def _resample(run: _Run, pcm: np.ndarray | None) -> np.ndarray:
-    """Feed ``pcm`` (None = flush) through the run's resampler; return what came out."""
-    return _swr(run.resampler, pcm, run.rate, 1)
-
-
-def _swr(resampler, pcm: np.ndarray | None, rate: int, channels: int) -> np.ndarray:
-    """Feed ``pcm`` (int16 at ``rate``: (n,) mono or (n, 2) stereo; None = flush) through a
-    libswresample ``resampler``; return the int16 that came out, in the same shape.
-
-    The input goes in ``_RESAMPLE_SLICE_S`` pieces: libswresample's cost per sample is
-    ~3x lower on pieces of 1-4 s than on 30 s ones (measured 8 -> 16 kHz: 5,800 vs
-    16,000-18,000 audio-s/CPU-s), and it is stateful, so its output does not depend on how the
-    input is cut."""
-    import av
-
-    layout = "mono" if channels == 1 else "stereo"
-    shape = (-1,) if channels == 1 else (-1, 2)
-    if pcm is None:
-        frames = resampler.resample(None)
-    else:
-        frames = []
-        step = _RESAMPLE_SLICE_S * rate
-        for at in range(0, len(pcm), step):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[at:at + step]).reshape(1, -1),
-                                               format="s16", layout=layout)
-            frame.sample_rate = rate
-            frames += resampler.resample(frame)
-    if not frames:
-        return np.zeros((0,) if channels == 1 else (0, 2), dtype=np.int16)
-    return np.concatenate([f.to_ndarray().reshape(shape) for f in frames]).astype(np.int16, copy=False)
-
-
-def _emit(run: _Run, dirfile: _DirectionFile, final: bool) -> None:
-    if run.buf_n:
-        pcm = run.buf[0] if len(run.buf) == 1 else np.concatenate(run.buf)
-        run.buf = []
-        run.buf_n = 0
-    else:
-        pcm = None
-    out = pcm if run.resampler is None else (
-        _resample(run, pcm) if pcm is not None else np.zeros(0, dtype=np.int16))
-    if final and run.resampler is not None:
-        tail = _resample(run, None)
-        out = np.concatenate([out, tail]) if out.size else tail
-    if out is None or out.size == 0:
-        return
-    dirfile.write(run.out_start + run.out_written, out)
-    run.out_written += out.size
-
-
-def _close_run(sr: _StreamRender) -> None:
-    if sr.run is not None:
-        _emit(sr.run, sr.dirfile, final=True)
-        sr.run = None
-
-
-def _add_audio(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_rate: int) -> None:
-    run = sr.run
-    if run is not None and run.rate == rate:
-        expected_ns = run.start_ns + run.in_samples * _NS // rate
-        gap = (pos_ns - expected_ns) * rate // _NS
-        if -2 <= gap <= 2:
-            gap = 0
-        if 0 <= gap <= _MAX_FILL_S * rate:
-            if gap:
-                run.buf.append(np.zeros(gap, dtype=np.int16))
-                run.buf_n += gap
-                run.in_samples += gap
-            run.buf.append(pcm)
-            run.buf_n += pcm.size
-            run.in_samples += pcm.size
-            if run.buf_n >= run.emit_n:
-                _emit(run, sr.dirfile, final=False)
-            return
-    _start_run(sr, pos_ns, pcm, rate, work_rate)
-
-
-def _start_run(sr: _StreamRender, pos_ns: int, pcm: np.ndarray, rate: int, work_rate: int) -> None:
-    """Close the stream's run and open a new one at ``pos_ns`` holding ``pcm``."""
-    _close_run(sr)
-    run = sr.run = _Run(rate, pos_ns, work_rate)
-    first = run.out_start
-    df = sr.dirfile
-    if df.first_sample is None or first < df.first_sample:
-        df.first_sample = first
-    run.buf.append(pcm)
-    run.buf_n = pcm.size
-    run.in_samples = pcm.size
-
-
-def _append(run: _Run, pcm: np.ndarray) -> None:
-    run.buf.append(pcm)
-    run.buf_n += pcm.size
-    run.in_samples += pcm.size
-
-
-def _append_stretch(sr: _StreamRender, queue: _WriteQueue, rows: np.ndarray, src: np.ndarray,
-                    i: int, j: int, flat: np.ndarray, rate: int) -> None:
-    """Append packets i..j-1 (back to back in ``flat``) to the open run, emitting where
-    ``_add_audio`` would: after the packet that brings the pending audio to ``emit_n``."""
-    run = sr.run
-    k = i
-    while k < j:
-        need = run.emit_n - run.buf_n
-        e = max(k + 1, int(np.searchsorted(src, src[k] + need, side="left")))
-        if e > j:
-            _append(run, flat[src[k]:src[j]])
-            return
-        _append(run, flat[src[k]:src[e]])
-        queue.row = int(rows[e - 1])
-        _emit(run, sr.dirfile, final=False)
-        k = e
-
-
-def _place_audio(sr: _StreamRender, queue: _WriteQueue, rows: np.ndarray, pos_ns: np.ndarray,
-                 sizes: np.ndarray, flat: np.ndarray, rate: int, work_rate: int) -> None:
-    """``_add_audio`` for many packets of one rate at once (``rows``: their records).
-
-    Packet i's samples are ``flat[src_i : src_i + sizes[i]]`` (packets back to back). While
-    each packet starts where the run's samples so far end (within the ±2-sample slack of
-    ``_add_audio``), a whole stretch of packets is handled with array arithmetic; only a
-    packet after a gap or jump is handled on its own, exactly as ``_add_audio`` would. The
-    run is cut into resampler inputs and file writes at the same packets as there."""
-    m = sizes.size
-    src = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(sizes, out=src[1:])
-    i = 0
-    while i < m:
-        run = sr.run
-        queue.row = int(rows[i])
-        if run is None or run.rate != rate:
-            _start_run(sr, int(pos_ns[i]), flat[src[i]:src[i + 1]], rate, work_rate)
-            i += 1
-            continue
-        if run.in_samples + int(src[m] - src[i]) > _MAX_VECTOR_SAMPLES:
-            _add_audio(sr, int(pos_ns[i]), flat[src[i]:src[i + 1]], rate, work_rate)
-            i += 1
-            continue
-        # Samples of the run before each packet if no packet of the stretch opens a gap.
-        before = run.in_samples + (src[i:m] - src[i])
-        expected_ns = run.start_ns + before * _NS // rate
-        gap = (pos_ns[i:m] - expected_ns) * rate // _NS
-        breaks = np.flatnonzero(np.abs(gap) > 2)
-        j = i + int(breaks[0]) if breaks.size else m
-        if j > i:
-            _append_stretch(sr, queue, rows, src, i, j, flat, rate)
-        if j == m:
-            break
-        queue.row = int(rows[j])
-        g = int(gap[j - i])
-        pcm = flat[src[j]:src[j + 1]]
-        if 0 <= g <= _MAX_FILL_S * rate:
-            if g:
-                _append(run, np.zeros(g, dtype=np.int16))
-            _append(run, pcm)
-            if run.buf_n >= run.emit_n:
-                _emit(run, sr.dirfile, final=False)
-        else:
-            _start_run(sr, int(pos_ns[j]), pcm, rate, work_rate)
-        i = j + 1
 
 
 @dataclass(slots=True)
@@ -443,7 +135,7 @@ class _RowsStats:
     end_ns: int = 0             # furthest placed packet, relative to the render base
 
 
-def _count_native_s(df: _DirectionFile, sizes: np.ndarray, rates: np.ndarray | int) -> None:
+def _count_native_s(df: DirectionPcm, sizes: np.ndarray, rates: np.ndarray | int) -> None:
     # Added one packet at a time, left to right, as floats: cumsum keeps that order, so
     # the total (and per_direction_ms) is the same as summing packet by packet.
     parts = np.empty(sizes.size + 1, dtype=np.float64)
@@ -453,7 +145,7 @@ def _count_native_s(df: _DirectionFile, sizes: np.ndarray, rates: np.ndarray | i
 
 
 def _render_stream_rows(sr: _StreamRender, block: MediaBlock, rows: np.ndarray, base_ns: int,
-                        work_rate: int, undecodable: set[str], queue: _WriteQueue) -> _RowsStats:
+                        work_rate: int, undecodable: set[str], queue: WriteQueue) -> _RowsStats:
     """Place, decode and add to the runs one stream's records of a block (file order)."""
     stats = _RowsStats()
     pts = block.pt[rows]
@@ -496,7 +188,7 @@ def _render_stream_rows(sr: _StreamRender, block: MediaBlock, rows: np.ndarray, 
 
 
 def _render_g711(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: np.ndarray,
-                 apts: np.ndarray, work_rate: int, stats: _RowsStats, queue: _WriteQueue) -> None:
+                 apts: np.ndarray, work_rate: int, stats: _RowsStats, queue: WriteQueue) -> None:
     """All of the rows are G.711: expand every payload with one table lookup."""
     lens = block.payload_len[arow]
     keep = lens > 0                       # an empty payload decodes to nothing: no audio
@@ -521,7 +213,7 @@ def _render_g711(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: n
         both = np.concatenate([sr.decoders[pt].table for pt in uniq])
         which = np.searchsorted(np.array(uniq), apts) * 256
         flat = both[codes + np.repeat(which, lens)]
-    _place_audio(sr, queue, arow, apos, lens, flat, 8000, work_rate)
+    place_audio(sr, queue, arow, apos, lens, flat, 8000, work_rate)
     _count_native_s(sr.dirfile, lens, 8000)
     stats.audio_packets += int(arow.size)
     stats.max_rate = 8000
@@ -529,7 +221,7 @@ def _render_g711(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: n
 
 def _render_packets(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: np.ndarray,
                     apts: np.ndarray, work_rate: int, stats: _RowsStats,
-                    queue: _WriteQueue) -> None:
+                    queue: WriteQueue) -> None:
     """Stateful or variable codecs: decode and place packet by packet, in order."""
     data = block.data
     at = block.payload_at[arow].tolist()
@@ -544,7 +236,7 @@ def _render_packets(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos
         rate = dec.sample_rate_hz
         if rate > stats.max_rate:
             stats.max_rate = rate
-        _add_audio(sr, pos_ns, pcm, rate, work_rate)
+        add_audio(sr, pos_ns, pcm, rate, work_rate)
         df.audio_native_s += pcm.size / rate
         stats.audio_packets += 1
 
@@ -601,8 +293,8 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
     # when the output rate differs (an anti-alias filter, libswresample).
     work_rate = _work_rate(streams)
     specs = {s.index: s for s in streams}
-    queue = _WriteQueue()
-    dirfiles = [_DirectionFile(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate, queue)
+    queue = WriteQueue()
+    dirfiles = [DirectionPcm(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate, queue)
                 for d in (0, 1)]
     states: dict[int, _StreamRender] = {}
     undecodable: set[str] = set()
@@ -638,7 +330,7 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
         for df in dirfiles:
             df.queue = None         # the closing writes below come in the order they are made
         for sr in states.values():
-            _close_run(sr)
+            close_run(sr)
             if sr.timeline is not None:
                 reanchors += sr.timeline.reanchors
 
@@ -679,7 +371,7 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
             df.close()
 
 
-def _inband_dtmf(dirfiles: list[_DirectionFile], directions: tuple[int, ...], base_ns: int,
+def _inband_dtmf(dirfiles: list[DirectionPcm], directions: tuple[int, ...], base_ns: int,
                  rate: int) -> list[dict]:
     """Scan the asked directions' decoded audio for DTMF tones (one second per read)."""
     found: list[dict] = []
@@ -701,7 +393,7 @@ def _inband_dtmf(dirfiles: list[_DirectionFile], directions: tuple[int, ...], ba
     return found
 
 
-def _mask(dirfiles: list[_DirectionFile], spans: list[tuple[int, int]], base_ns: int,
+def _mask(dirfiles: list[DirectionPcm], spans: list[tuple[int, int]], base_ns: int,
           rate: int) -> int:
     """Silence each span (plus guard) in both directions; returns the ms silenced."""
     guard = DTMF_MASK_GUARD_MS * rate // 1000
@@ -718,7 +410,7 @@ def _mask(dirfiles: list[_DirectionFile], spans: list[tuple[int, int]], base_ns:
     return masked
 
 
-def _mix_and_encode(dirfiles: list[_DirectionFile], t0: int, end: int, work_rate: int,
+def _mix_and_encode(dirfiles: list[DirectionPcm], t0: int, end: int, work_rate: int,
                     out_rate: int, out_path: Path, fmt: str, channels: int,
                     bitrate_kbps: int, mp3_quality: int):
     post = None
@@ -740,11 +432,11 @@ def _mix_and_encode(dirfiles: list[_DirectionFile], t0: int, end: int, work_rate
             else:
                 pcm = np.stack([a, b], axis=1)
             if post is not None:
-                pcm = _swr(post, pcm, work_rate, channels)
+                pcm = swr(post, pcm, work_rate, channels)
             enc.write(pcm)
             pos += n
         if post is not None:
-            enc.write(_swr(post, None, work_rate, channels))
+            enc.write(swr(post, None, work_rate, channels))
         return enc.close()
     except BaseException:
         enc.abort()

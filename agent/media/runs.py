@@ -3,7 +3,7 @@
 Owns ``RtpRun`` (routed RTP packets of a batch as arrays over the batch's buffer) and
 ``RunGroups`` (a run sorted by call and direction, with what the media classes check for a
 group, computed for all groups at once with numpy reductions). The engine's batch path
-builds them; ``CallMedia.take_groups`` and ``MediaCapture.take_groups`` (stream.py) consume
+builds them; ``CallMedia.take_groups`` (sequencer_bulk.py) and ``MediaCapture.take_groups`` (stream.py) consume
 them, so the per-call cost of a batch is a few attribute reads, not a string of numpy calls.
 Does not own any media state.
 """

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import agent.media.render as render
+from agent.media import direction_pcm, placement
 from agent.media.dtmf import InbandDtmfDetector, detect_inband
 from agent.media.g711 import linear_to_alaw, linear_to_ulaw
 from agent.media.medialog import MediaLogWriter, read_media_log, read_media_log_blocks
@@ -146,7 +147,7 @@ def test_batched_render_equals_packet_path(tmp_path, seed, monkeypatch):
     specs = _messy_log(log, seed)
     kw = dict(fmt="wav", channels=1 + seed % 2, inband_dtmf_directions=(0, 1), mask_inband=True)
     fast = render.render_recording(log, specs, tmp_path / "fast.wav", **kw)
-    # The per-packet path for every codec: decode one payload, place it with _add_audio.
+    # The per-packet path for every codec: decode one payload, place it with placement.add_audio.
     monkeypatch.setattr(render, "_render_g711", render._render_packets)
     slow = render.render_recording(log, specs, tmp_path / "slow.wav", **kw)
     assert fast.path.read_bytes() == slow.path.read_bytes()
@@ -166,9 +167,9 @@ def test_direction_pcm_spilled_to_disk_renders_the_same(tmp_path, seed, monkeypa
               mask_spans_ns=[(start + 3 * 10**9, start + 4 * 10**9)])
     held = render.render_recording(log, specs, tmp_path / "held.wav", **kw)
     spilled_paths = []
-    real_spill = render._DirectionFile._spill
-    monkeypatch.setattr(render, "_MEMORY_SAMPLES", 30_000)
-    monkeypatch.setattr(render._DirectionFile, "_spill", lambda df: spilled_paths.append(df.path) or real_spill(df))
+    real_spill = direction_pcm.DirectionPcm._spill
+    monkeypatch.setattr(direction_pcm, "MEMORY_SAMPLES", 30_000)
+    monkeypatch.setattr(direction_pcm.DirectionPcm, "_spill", lambda df: spilled_paths.append(df.path) or real_spill(df))
     spilled = render.render_recording(log, specs, tmp_path / "spilled.wav", **kw)
     assert len(spilled_paths) == 2 and not any(p.exists() for p in spilled_paths)
     assert spilled.path.read_bytes() == held.path.read_bytes()
@@ -184,7 +185,7 @@ def test_resampling_in_slices_changes_nothing(tmp_path, channels, monkeypatch):
     specs = _messy_log(log, channels)
     kw = dict(fmt="wav", channels=channels, sample_rate_hz=16000)
     sliced = render.render_recording(log, specs, tmp_path / "sliced.wav", **kw)
-    monkeypatch.setattr(render, "_RESAMPLE_SLICE_S", render._SCAN_CHUNK_S)
+    monkeypatch.setattr(placement, "RESAMPLE_SLICE_S", render._SCAN_CHUNK_S)
     whole = render.render_recording(log, specs, tmp_path / "whole.wav", **kw)
     assert sliced.sample_rate_hz == 16000 and sliced.duration_ms > 10_000
     assert sliced.path.read_bytes() == whole.path.read_bytes()
