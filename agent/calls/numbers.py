@@ -64,6 +64,7 @@ def _strip_uri(value: str) -> str:
     return text
 
 
+@lru_cache(maxsize=4096)
 def compact_number(value: str) -> str:
     """The value without URI wrapping and visual separators (no prefix rules applied)."""
     text = _strip_uri(value)

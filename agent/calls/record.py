@@ -90,8 +90,12 @@ def host_operating_system() -> str:
 
 def utc_text(ts_ns: int) -> str:
     """``YYYY-MM-DD HH:MM:SS`` in UTC, truncated to the second (API format)."""
-    when = _dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=_dt.timezone.utc)
-    return when.strftime("%Y-%m-%d %H:%M:%S")
+    return _utc_second(ts_ns // 1_000_000_000)
+
+
+@lru_cache(maxsize=256)         # calls that start in the same second (a scan: thousands)
+def _utc_second(ts_s: int) -> str:
+    return _dt.datetime.fromtimestamp(ts_s, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def endpoint_text(endpoint: tuple[str, int] | None) -> str:

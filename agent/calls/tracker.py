@@ -97,7 +97,8 @@ class CallTracker:
         ts_ns = dgram.ts_ns
         call = self.calls.get(callid)
         events: list[Event] = []
-        if call is None:
+        opened = call is None
+        if opened:
             if callid in self._tombstones:
                 self.counters["sip.after_end"] += 1
                 return []
@@ -115,7 +116,8 @@ class CallTracker:
         if ua and not party.user_agent:
             party.user_agent = ua
         if msg.is_request:
-            self._on_request(call, msg, side, ts_ns, events)
+            if not (opened and msg.method == "INVITE"):      # _open took what the INVITE says
+                self._on_request(call, msg, side, ts_ns, events)
         else:
             self._on_response(call, msg, side, ts_ns, events)
         if not call.ended:

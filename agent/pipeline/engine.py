@@ -36,6 +36,7 @@ from agent.net.hep import HepUnwrapper, is_hep3
 from agent.pipeline.batch_routing import BATCH_MIN, BatchRouter
 from agent.pipeline.clock import NS, PacketClock
 from agent.pipeline.finishing import Finisher, FinishedCall, MediaMode
+from agent.pipeline import gc_policy
 from agent.pipeline.media_routing import MediaRouter
 from agent.pipeline.signalling import BodyArriving, Signalling
 
@@ -52,6 +53,7 @@ class Engine:
         """``media``: counters only (inspect), deferred to the recorder's workers (recordings)
         or sequenced here (tests); see ``MediaMode``. ``batch_min``: smaller batches are fed
         frame by frame."""
+        gc_policy.for_engine()
         self.config = config
         self.counters = counters if counters is not None else new_counters()
         self._own_workdir = workdir is None

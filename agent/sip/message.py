@@ -220,7 +220,7 @@ class SipMessage:
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case, compact or long form)."""
         first = self._cache.get("first")
-        if first is None:
+        if first is None:       # a hand-built message (parse_message builds it)
             # First occurrence of each name wins: the reversed list lets it be assigned last.
             first = self._cache["first"] = dict(reversed(self.headers))
         return first.get(canonical_header_name(name))
@@ -540,16 +540,17 @@ def parse_message(
 
     msg = SipMessage(is_request, method, request_uri, status_code, reason, headers, b"")
     cache = msg._cache
+    first = cache["first"] = dict(reversed(headers))     # what header() looks values up in
     for mandatory in MANDATORY_HEADERS:
-        if msg.header(mandatory) is None:
+        if mandatory not in first:
             raise SipParseError(f"missing mandatory header {mandatory}")
-    call_id = msg.header("call-id") or ""
+    call_id = first["call-id"]
     if not call_id:
         raise SipParseError("empty Call-ID")
     cache["call_id"] = call_id
-    cache["from"] = parse_name_addr(msg.header("from") or "")
-    cache["to"] = parse_name_addr(msg.header("to") or "")
-    cache["cseq"] = _parse_cseq(msg.header("cseq") or "")
+    cache["from"] = parse_name_addr(first["from"])
+    cache["to"] = parse_name_addr(first["to"])
+    cache["cseq"] = _parse_cseq(first["cseq"])
     if not is_request:
         msg.method = cache["cseq"][1]
 

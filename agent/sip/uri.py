@@ -66,6 +66,8 @@ def split_outside_quotes(text: str, sep: str, *, angle: bool = False) -> list[st
 
     Backslash escapes inside quotes are honoured so ``"a\\"b,c"`` stays whole.
     """
+    if '"' not in text and not (angle and "<" in text):
+        return text.split(sep)             # nothing to step over: the common case, in C
     parts: list[str] = []
     start = 0
     in_quote = False
@@ -125,6 +127,8 @@ def parse_params(text: str) -> dict[str, str]:
     the first occurrence of a repeated key wins.
     """
     params: dict[str, str] = {}
+    if not text:
+        return params
     for piece in split_outside_quotes(text, ";"):
         piece = piece.strip()
         if not piece:
@@ -222,6 +226,9 @@ def parse_uri(text: str) -> SipUri:
 
 def _parse_quoted(text: str, start: int) -> tuple[str, int]:
     """Return (unquoted string, index after the closing quote) for text[start] == '"'."""
+    end = text.find('"', start + 1)
+    if end > 0 and "\\" not in text[start + 1:end]:
+        return text[start + 1:end], end + 1         # no escapes: the next quote closes it
     i = start + 1
     n = len(text)
     while i < n:
