@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from agent.config import RecordingSection
 from agent.calls.record import merge_dtmf_presses, presses_from_events
+from agent.calls.srtp_keys import ENCRYPTED_NO_KEYS
 from agent.pipeline.completion import complete_media
 from agent.pipeline.finishing import FinishedCall
 from agent.killpoints import kill_point
@@ -99,7 +100,10 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
             record, streams, media = complete_media(record, media_log, media_plan, ordered_log,
                                                     redact=settings.redact_dtmf_digits, in_memory=True)
         if record.get("encrypted"):
-            return None, None, "encrypted", [], record, time.process_time() - cpu_start
+            # SDES keys (or plain RTP negotiated) make "" here; DTLS-SRTP, ZRTP, no keys do not.
+            why = (record.get("srtp") or {}).get("no_audio", ENCRYPTED_NO_KEYS)
+            if why:
+                return None, None, why, [], record, time.process_time() - cpu_start
         if media is None or not streams:
             return None, None, "no_rtp", [], record, time.process_time() - cpu_start
         directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)

@@ -133,6 +133,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.deliver.spool import Spool
     from agent.delivery import SpoolSink, private_workdir
     from agent.media.quality import observe_call
+    from agent.media.srtp import observe_srtp
     from agent.pipeline.assembly import build_pipeline, uploaded_legs_only
 
     cap = config.capture
@@ -152,6 +153,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             if rendered.audio_path is not None:
                 counters["recorder.recordings"] += 1
             observe_call(rendered.record, counters, config.quality.mos_below)   # before it is spooled
+            observe_srtp(rendered.record, counters)
             sink(rendered)
             log.info("call spooled callid=%s audio=%s", rendered.record.get("callid"),
                      "yes" if rendered.audio_path else rendered.no_audio_reason or "no")

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.calls.srtp_keys import SrtpNegotiation
+
 # Side: which party of a call, 0 or 1. It indexes ``Call.parties``, names the party that
 # announced a media endpoint, and the party that sent a packet (media code calls the same
 # index a packet's "direction": 0 = sent by the caller).
@@ -84,6 +86,7 @@ class Call:
     fork_endpoints: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     reinvites: int = 0
+    srtp: SrtpNegotiation = field(default_factory=SrtpNegotiation, repr=False)   # SDES keys per direction
 
     @property
     def answered(self) -> bool:

@@ -451,9 +451,9 @@ class ConversationGrouper:
         def rank(fin: Any) -> tuple:
             call = fin.call
             seen = any(p.seen_endpoint is not None for p in call.parties)
-            # An encrypted leg (WebRTC DTLS-SRTP, SDES) can never give audio; its relayed
-            # plain-RTP leg can.
-            encrypted = any(p.encrypted_sdp for p in call.parties)
+            # An encrypted leg without usable keys (WebRTC DTLS-SRTP, ZRTP) can never give
+            # audio; its relayed plain-RTP leg can. SDES keys make it recordable.
+            encrypted = any(p.encrypted_sdp for p in call.parties) and bool(call.srtp.no_audio_reason())
             phone = any(_host(p.sip_addr) not in pbx for p in call.parties if p.sip_addr)
             return (not seen, encrypted, not phone, call.start_ts_ns, call.callid)
 

@@ -63,6 +63,7 @@ class CallRecord(TypedDict, total=False):
     media: dict[str, dict[str, Any]]
     dtmf: list[dict[str, Any]]
     encrypted: bool
+    srtp: dict[str, Any]              # SDES-SRTP facts (calls/srtp_keys.py, media/srtp.py): no keys
     reinvites: int
     # conversations (calls/legs.py)
     conversation_id: str
@@ -216,6 +217,8 @@ def build_record(call: Call, config: Config, macs: MacTable,
         "streams": [],
         "recording": None,
     }
+    if call.srtp.seen or call.srtp.offered_crypto:
+        record["srtp"] = call.srtp.facts()      # suites and reasons, never keys
     if extra:
         record.update(extra)
     return record

@@ -121,7 +121,7 @@ class CallTracker:
         else:
             self._on_response(call, msg, side, ts_ns, events)
         if not call.ended:
-            self._take_sdp(call, msg, side, events)
+            self._take_sdp(call, msg, side, ts_ns, events)
         return events
 
     def _open(self, msg, dgram: Datagram, events: list[Event]) -> Call | None:
@@ -285,7 +285,7 @@ class CallTracker:
 
     # ------------------------------------------------------------------ SDP and media
 
-    def _take_sdp(self, call: Call, msg, side: Side, events: list[Event]) -> None:
+    def _take_sdp(self, call: Call, msg, side: Side, ts_ns: int, events: list[Event]) -> None:
         body = msg.sdp_body()
         if not body:
             return
@@ -298,6 +298,11 @@ class CallTracker:
         audio = [m for m in sdp.media if m.kind == "audio"]
         if not audio:
             return
+        skipped = sum(m.crypto_skipped for m in audio)
+        if skipped:
+            self.counters["sdp.skip.crypto"] += skipped
+        # SDES keys: the first audio m-line; an answer comes in a response, an ACK or a PRACK.
+        call.srtp.on_sdp(side, ts_ns, audio[0], may_answer=not msg.is_request or msg.method in ("ACK", "PRACK"))
         hold = False
         rtpmaps: dict[int, object] = {}
         fmtp: dict[int, str] = {}

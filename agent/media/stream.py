@@ -43,6 +43,9 @@ class MediaPlan:
     zrtp_seen: bool = False
     captured_packets: tuple[int, int] = (0, 0)   # per direction, as counted at capture time
     log_failures: int = 0                        # the raw log could not be written (disk full)
+    # SDES-SRTP key periods per sending side (media/srtp.py decrypts before sequencing);
+    # None: no a=crypto seen. Travels to the worker in memory, never written to disk.
+    srtp: tuple | None = field(default=None, repr=False)
 
 
 class MediaCapture:
@@ -56,11 +59,11 @@ class MediaCapture:
 
     __slots__ = ("log", "labels", "_last_src", "first_arrival_ns", "last_arrival_ns", "not_rtp", "packets",
                  "rtcp", "zrtp_packets", "zrtp_seen", "redact_dtmf", "_is_event", "_codecs", "counters",
-                 "write_audio")
+                 "write_audio", "_srtp_offered")
 
     def __init__(self, log_path: Path, *, codecs_for_direction: Callable[[int], dict] | None = None,
                  redact_dtmf: bool = False, counters: Counter | None = None,
-                 write_audio: bool = True) -> None:
+                 write_audio: bool = True, srtp_offered: Callable[[], bool] | None = None) -> None:
         self.log = MediaLogWriter(log_path)
         self.write_audio = write_audio     # False: disk below the floor, count packets only
         self.labels: list[tuple[int, int, str, str]] = []
@@ -76,6 +79,9 @@ class MediaCapture:
         self._is_event: dict[int, bool] = {}
         self._codecs = codecs_for_direction
         self.counters = counters
+        # SRTP keys were offered: event payloads are ciphertext (zeroing a byte would fail
+        # authentication); the worker redacts after decrypting (media/srtp.py).
+        self._srtp_offered = srtp_offered
 
     def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
         """Take one UDP payload of the call's media. False when it is not RTP."""
@@ -116,6 +122,8 @@ class MediaCapture:
         return 0
 
     def _event_pt(self, direction: int, pt: int) -> bool:
+        if self._srtp_offered is not None and self._srtp_offered():
+            return False
         key = direction << 8 | pt
         known = self._is_event.get(key)
         if known is None:

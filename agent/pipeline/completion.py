@@ -16,6 +16,7 @@ from agent.calls.call import CALLEE, CALLER, Call, Side
 from agent.calls.record import CallRecord, merge_dtmf_presses, presses_from_events
 from agent.media.codecs import is_telephone_event
 from agent.media.medialog import MediaBlock
+from agent.media.srtp import decrypt_raw_log
 from agent.media.quality import StreamQuality, direction_quality, mos_estimate
 from agent.media.sequencer import CallMedia
 from agent.media.stream import MediaPlan, sequence_capture
@@ -29,7 +30,16 @@ def complete_media(record: CallRecord, raw_log: Path, plan: MediaPlan, ordered_l
     """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log`` (or,
     ``in_memory``, into blocks kept in memory when the call is not long): returns the record
     completed with per-stream counters and RFC 4733 key presses, the stream specs and the
-    ordered media (path or blocks) ``render_recording`` needs. The raw log is deleted."""
+    ordered media (path or blocks) ``render_recording`` needs. The raw log is deleted. SRTP
+    (``plan.srtp``) is decrypted first, into a plain raw log beside it (``media/srtp.py``)."""
+    if plan.srtp is not None:
+        plain_log = raw_log.with_suffix(".plain")
+        try:
+            plan, srtp_facts = decrypt_raw_log(raw_log, plain_log, plan)
+        finally:
+            raw_log.unlink(missing_ok=True)
+        raw_log = plain_log
+        record = dict(record, srtp=dict(record.get("srtp") or {}, **srtp_facts))
     media = sequence_capture(raw_log, ordered_log, plan, in_memory=in_memory)
     raw_log.unlink(missing_ok=True)
     record, specs = media_record(record, media, plan.codecs, redact=redact)

@@ -90,7 +90,8 @@ class Finisher:
         path = self.workdir / f"call-{self._media_seq:08d}.rtp"
         return MediaCapture(path, redact_dtmf=redact,
                             codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction),
-                            counters=self.counters, write_audio=write_audio)
+                            counters=self.counters, write_audio=write_audio,
+                            srtp_offered=lambda call=call: call.srtp.offered_crypto)
 
     def _disk_has_room(self) -> bool:
         """Below ``[spool] min_free_mb`` no new call starts writing audio: signalling is still
@@ -136,6 +137,8 @@ class Finisher:
             self._emit(FinishedCall(call=call, record=record, media_log=None), now_ns)
             return
         plan = media.plan(codecs)
+        if not call.srtp.no_audio_reason():          # keys (or plain RTP): in memory to the worker, never on disk
+            plan.srtp = call.srtp.schedule()
         extra: dict[str, Any] = {}
         if media.zrtp_seen:
             extra["encrypted"] = True

@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from agent.errors import SdpParseError
+from agent.sip.crypto import CryptoAttribute, CryptoParseError, parse_crypto
 
 __all__ = [
     "RtpMap",
@@ -58,6 +59,7 @@ _MAX_FORMATS = 128
 _MAX_CLOCK_RATE_HZ = 1_000_000
 _MAX_CHANNELS = 64
 _MAX_PTIME_MS = 10_000
+_MAX_CRYPTO = 32
 
 
 @dataclass(slots=True, frozen=True)
@@ -92,7 +94,10 @@ class MediaDescription:
     rtcp_mux: bool = False
     rtcp_port: int | None = None
     encrypted: bool = False
-    crypto: tuple[tuple[str, str], ...] = ()
+    crypto: tuple[CryptoAttribute, ...] = ()      # a=crypto lines (SDES keys: reprs are redacted)
+    crypto_skipped: int = 0                       # a=crypto lines that could not be used as written
+    fingerprint: bool = False                     # a=fingerprint here or at session level (DTLS)
+    zrtp: bool = False                            # a=zrtp-hash here or at session level
 
     @property
     def is_hold(self) -> bool:
@@ -156,7 +161,7 @@ class _MediaBuilder:
     __slots__ = (
         "kind", "port", "port_count", "proto", "formats", "payload_types",
         "connection_ip", "rtpmaps", "fmtp", "ptime_ms", "direction",
-        "rtcp_mux", "rtcp_port", "crypto", "fingerprint", "zrtp",
+        "rtcp_mux", "rtcp_port", "crypto", "crypto_skipped", "fingerprint", "zrtp",
     )
 
     def __init__(self, value: str) -> None:
@@ -186,7 +191,8 @@ class _MediaBuilder:
         self.direction: str | None = None
         self.rtcp_mux = False
         self.rtcp_port: int | None = None
-        self.crypto: list[tuple[str, str]] = []
+        self.crypto: list[CryptoAttribute] = []
+        self.crypto_skipped = 0
         self.fingerprint = False
         self.zrtp = False
 
@@ -207,6 +213,7 @@ class _MediaBuilder:
         encrypted = (
             "SAVP" in proto_upper
             or bool(self.crypto)
+            or bool(self.crypto_skipped)
             or ((self.fingerprint or session_fp) and "TLS" in proto_upper)
             or self.zrtp
             or session_zrtp
@@ -227,6 +234,9 @@ class _MediaBuilder:
             rtcp_port=self.rtcp_port,
             encrypted=encrypted,
             crypto=tuple(self.crypto),
+            crypto_skipped=self.crypto_skipped,
+            fingerprint=self.fingerprint or session_fp,
+            zrtp=self.zrtp or session_zrtp,
         )
 
 
@@ -274,11 +284,12 @@ def _apply_attribute(attr: str, media: _MediaBuilder) -> None:
         if port is not None and port <= 65535:
             media.rtcp_port = port
     elif name == "crypto":
-        parts = value.split()
-        if len(parts) >= 3:
-            media.crypto.append((parts[1], parts[2]))
-        elif len(parts) == 2:
-            media.crypto.append((parts[1], ""))
+        try:
+            if len(media.crypto) >= _MAX_CRYPTO:
+                raise CryptoParseError("too many a=crypto lines")
+            media.crypto.append(parse_crypto(value))
+        except CryptoParseError:
+            media.crypto_skipped += 1      # counted by the tracker; the line is never logged (keys)
     elif name == "fingerprint":
         media.fingerprint = True
     elif name == "zrtp-hash":

@@ -169,14 +169,19 @@ def test_encrypted_detection(media, encrypted):
 
 
 def test_crypto_lines_collected():
+    key = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"        # 30 bytes: AES-128 key || salt
     body = (b"v=0\r\nm=audio 4000 RTP/SAVP 0\r\n"
-            b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY1|2^20|1:4\r\n"
-            b"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:KEY2 KDR=1\r\n")
+            b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:" + key.encode() + b"|2^20|1:4\r\n"
+            b"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:" + key.encode() + b" KDR=1\r\n"
+            b"a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:not-base64!\r\n")
     m = parse_sdp(body).media[0]
-    assert list(m.crypto) == [
-        ("AES_CM_128_HMAC_SHA1_80", "inline:KEY1|2^20|1:4"),
-        ("AES_CM_128_HMAC_SHA1_32", "inline:KEY2"),
+    assert [(c.tag, c.suite, c.mki_bytes, c.session_params) for c in m.crypto] == [
+        (1, "AES_CM_128_HMAC_SHA1_80", 4, ()),
+        (2, "AES_CM_128_HMAC_SHA1_32", 0, ("KDR=1",)),
     ]
+    assert m.crypto[0].keys[0].lifetime_packets == 1 << 20 and m.crypto[0].keys[0].mki == 1
+    assert m.crypto_skipped == 1
+    assert key not in repr(m)
 
 
 def test_session_level_zrtp_hash_marks_media_encrypted():

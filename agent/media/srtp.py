@@ -1,0 +1,212 @@
+"""SRTP decryption (SDES keys) with libsrtp, through pylibsrtp.
+
+Owns ``SrtpDecryptor`` (packet -> plain RTP packet or None, with counters) and
+``decrypt_raw_log`` (a call's raw media log -> a decrypted raw log, in the render worker,
+before sequencing). The key schedule comes from ``calls/srtp_keys.py`` with the call's
+``MediaPlan`` (in memory, through the worker pool's pipe: keys never touch the disk).
+
+libsrtp keeps the rollover counter (ROC) per SSRC and estimates each packet's index from
+the highest seen (RFC 3711 3.3.1), so packets are fed in arrival order, reordering within
+the replay window is fine and a new SSRC starts a new stream (``SSRC_ANY_INBOUND``). What
+it rejects is counted, never recorded:
+
+- authentication failure: tried against the direction's other keys first (packets in
+  flight around a re-key), then counted ``auth_failed``;
+- replay (a copy of a packet already decrypted): when the copy is byte-identical to a
+  recent packet, the recent plaintext is handed on, so the sequencer counts it as a
+  duplicate exactly as for plain RTP; otherwise counted ``replayed``;
+- older than the replay window: ``too_old``;
+- a period without usable keys (DTLS or an unsupported suite after a re-INVITE): ``no_keys``.
+
+A gap of more than 2^15 packets in one SSRC (a tap that lost ~11 minutes of one stream
+while it kept sending) makes libsrtp guess the wrong ROC: that stream's later packets fail
+authentication and are counted, which is what the counters are for.
+
+SRTCP is not decrypted: the recorder does not use RTCP (plain RTCP is skipped as well).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from bisect import bisect_right
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pylibsrtp
+
+from agent.media.codecs import is_telephone_event
+from agent.media.medialog import MediaLogWriter, read_media_log_blocks
+from agent.media.stream import _without_event_code
+from agent.sip.crypto import SUITES, CryptoAttribute, KeyPeriod
+
+__all__ = ["SrtpDecryptor", "decrypt_raw_log", "observe_srtp", "COUNTER_NAMES"]
+
+REPLAY_WINDOW_PACKETS = 1024     # libsrtp's replay window (default 128): reordering/copies up to this
+_RECENT = 1024                   # recent plaintexts per direction, by seq (byte-identical copies)
+_AEAD = ("AEAD_AES_128_GCM", "AEAD_AES_256_GCM")
+COUNTER_NAMES = ("decrypted", "auth_failed", "replayed", "too_old", "no_keys", "plain", "other_key")
+_SIDES = ("caller", "callee")
+
+
+def _session(crypto: CryptoAttribute, key: bytes) -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+                              srtp_profile=getattr(pylibsrtp.Policy, SUITES[crypto.suite].libsrtp_profile))
+    policy.window_size = REPLAY_WINDOW_PACKETS
+    return pylibsrtp.Session(policy)
+
+
+class SrtpDecryptor:
+    """Unprotects the packets of one call, per sending side, with the key periods given.
+
+    ``periods`` is per side (0 caller, 1 callee) a sequence of ``KeyPeriod`` in time order;
+    it may grow while packets are fed (``inspect`` decrypts as the capture goes)."""
+
+    __slots__ = ("_periods", "_starts", "_sessions", "_recent", "counts")
+
+    def __init__(self, periods: Sequence[Sequence[KeyPeriod]]) -> None:
+        self._periods = periods
+        self._starts: list[list[int]] = [[], []]
+        self._sessions: dict[tuple[int, int, int | None], pylibsrtp.Session] = {}
+        self._recent: list[list[tuple[bytes, bytes] | None]] = [[None] * _RECENT, [None] * _RECENT]
+        self.counts = {name: [0, 0] for name in COUNTER_NAMES}
+
+    def __repr__(self) -> str:
+        return f"SrtpDecryptor(counts={self.counts})"
+
+    def unprotect(self, direction: int, arrival_ns: int, packet: bytes) -> bytes | None:
+        """The plain RTP packet (header kept, trailer removed), or None when it must be dropped."""
+        periods = self._periods[direction]
+        if not periods:
+            self.counts["plain"][direction] += 1     # nothing negotiated yet: taken as it is
+            return packet
+        starts = self._starts[direction]
+        if len(starts) != len(periods):
+            starts[:] = [p.from_ts_ns for p in periods]
+        i = max(bisect_right(starts, arrival_ns) - 1, 0)     # before the first answer: its keys
+        period = periods[i]
+        if period.crypto is None:
+            self.counts["plain" if period.plain else "no_keys"][direction] += 1
+            return packet if period.plain else None
+        try:
+            plain = self._try(direction, i, period.crypto, packet)
+        except pylibsrtp.Error as exc:
+            plain = self._rejected(direction, i, packet, str(exc))
+            if plain is None:
+                return None
+        else:
+            self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
+        self.counts["decrypted"][direction] += 1
+        return plain
+
+    def _try(self, direction: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes:
+        mki = None
+        if crypto.mki_bytes:
+            packet, mki = _strip_mki(crypto, packet)
+        key = (direction, i, mki)
+        session = self._sessions.get(key)
+        if session is None:
+            secret = next((k.key_salt for k in crypto.keys if k.mki == mki), None)
+            if secret is None:
+                raise pylibsrtp.Error("authentication failure")    # an MKI no key carries
+            session = self._sessions[key] = _session(crypto, secret.value)
+        return session.unprotect(packet)
+
+    def _rejected(self, direction: int, i: int, packet: bytes, why: str) -> bytes | None:
+        if why.startswith("replay check failed (bad index)"):
+            recent = self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT]
+            if recent is not None and recent[0] == packet:
+                return recent[1]                     # a copy: the sequencer counts the duplicate
+            self.counts["replayed"][direction] += 1
+            return None
+        if why.startswith("replay check failed (index too old)"):
+            self.counts["too_old"][direction] += 1
+            return None
+        # Authentication failed: the other keys of this direction, nearest in time first.
+        periods = self._periods[direction]
+        for j in sorted(range(len(periods)), key=lambda j: abs(j - i)):
+            if j != i and periods[j].crypto is not None:
+                try:
+                    plain = self._try(direction, j, periods[j].crypto, packet)
+                except pylibsrtp.Error:
+                    continue
+                self.counts["other_key"][direction] += 1
+                return plain
+        self.counts["auth_failed"][direction] += 1
+        return None
+
+    def facts(self) -> dict[str, dict[str, int]]:
+        return {name: {side: self.counts[name][d] for d, side in enumerate(_SIDES)} for name in COUNTER_NAMES}
+
+
+def _strip_mki(crypto: CryptoAttribute, packet: bytes) -> tuple[bytes, int | None]:
+    """The packet without its MKI (libsrtp is given one key per session) and the MKI value.
+    RFC 3711: the MKI sits before the authentication tag; RFC 7714 (GCM): after the AEAD tag."""
+    size, tag = crypto.mki_bytes, SUITES[crypto.suite].tag_bytes
+    if len(packet) < 12 + size + tag:
+        return packet, None
+    if crypto.suite in _AEAD:
+        return packet[:-size], int.from_bytes(packet[-size:], "big")
+    at = len(packet) - tag - size
+    return packet[:at] + packet[at + size:], int.from_bytes(packet[at:at + size], "big")
+
+
+def decrypt_raw_log(raw_path: Path, out_path: Path, plan) -> tuple[Any, dict[str, dict[str, int]]]:
+    """Decrypt a call's raw media log (records of whole packets in arrival order) into
+    ``out_path``: dropped packets leave the log, so the plan's source labels (by record number)
+    and captured counts are renumbered. Returns (the plan to sequence with, the counters).
+    With ``plan.redact_dtmf`` the event codes are zeroed here, after decryption (the capture
+    process could not: it saw only ciphertext)."""
+    decryptor = SrtpDecryptor(plan.srtp)
+    unprotect = decryptor.unprotect
+    events = [set(), set()]
+    if plan.redact_dtmf:
+        for d in (0, 1):
+            events[d] = {pt for pt, info in plan.codecs.get(d, {}).items() if is_telephone_event(info.encoding)}
+    writer = MediaLogWriter(out_path)
+    kept_parts: list[np.ndarray] = []
+    for block in read_media_log_blocks(raw_path):
+        raw = block.data.tobytes()
+        out = bytearray(raw)
+        n = len(block)
+        keep = np.zeros(n, dtype=bool)
+        sizes = block.payload_len.copy()
+        for i, (d, arrival_ns, at, size) in enumerate(zip((block.stream & 1).tolist(), block.arrival_ns.tolist(),
+                                                          block.payload_at.tolist(), block.payload_len.tolist())):
+            plain = unprotect(d, arrival_ns, raw[at:at + size])
+            if plain is None:
+                continue
+            if events[d] and plain[1] & 0x7F in events[d]:
+                plain = _without_event_code(plain)
+            out[at:at + len(plain)] = plain          # never longer than the packet: the trailer went
+            sizes[i] = len(plain)
+            keep[i] = True
+        idx = np.flatnonzero(keep)
+        zeros = np.zeros(len(idx), dtype=np.int64)
+        writer.append_records(block.stream[idx].astype(np.int64), zeros, zeros, block.arrival_ns[idx], zeros, zeros,
+                              bytes(out), block.payload_at[idx], sizes[idx])
+        kept_parts.append(keep)
+    writer.close()
+    kept = np.concatenate(kept_parts) if kept_parts else np.zeros(0, dtype=bool)
+    before = np.concatenate(([0], np.cumsum(kept)))             # kept records before record no
+    labels = [(int(before[min(no, len(kept))]), d, src, dst) for no, d, src, dst in plan.labels]
+    dropped = [decryptor.counts[name][d] for name in ("auth_failed", "replayed", "too_old", "no_keys")
+               for d in (0, 1)]
+    captured = tuple(max(0, plan.captured_packets[d] - sum(dropped[k] for k in range(d, len(dropped), 2)))
+                     for d in (0, 1))
+    return dataclasses.replace(plan, labels=labels, captured_packets=captured), decryptor.facts()
+
+
+def observe_srtp(record: dict, counters) -> None:
+    """Count a finished call's SRTP outcome into the metrics counters (``media.srtp.*``)."""
+    srtp = record.get("srtp")
+    if not isinstance(srtp, dict):
+        return
+    for name in COUNTER_NAMES:
+        per_side = srtp.get(name)
+        if isinstance(per_side, dict):
+            total = sum(v for v in per_side.values() if isinstance(v, int))
+            if total:
+                counters[f"media.srtp.{name}"] += total
+    if srtp.get("no_audio"):
+        counters[f"media.srtp.calls_{srtp['no_audio']}"] += 1
