@@ -48,7 +48,8 @@ class DirectionPcm:
     it fits ``MEMORY_SAMPLES`` (no file at all for an ordinary call), then in a sparse
     temp file at ``path`` (a long call, or a timeline that jumps far ahead)."""
 
-    __slots__ = ("path", "fh", "pcm", "rate", "first_sample", "end_sample", "audio_native_s", "queue")
+    __slots__ = ("path", "fh", "pcm", "rate", "first_sample", "end_sample", "audio_native_s", "queue",
+                 "capacity")
 
     def __init__(self, path: Path, rate: int, queue: WriteQueue | None = None) -> None:
         self.path = path
@@ -59,6 +60,10 @@ class DirectionPcm:
         self.end_sample = 0
         self.audio_native_s = 0.0   # decoded audio, seconds
         self.queue = queue          # set: writes wait there (see WriteQueue)
+        # Samples to hold in memory from the first write when the call's length is known
+        # (its media in memory): one allocation, no copies as it grows. np.zeros maps fresh
+        # zero pages lazily, so a generous figure costs nothing until written.
+        self.capacity = 0
 
     def write(self, at_sample: int, pcm: np.ndarray) -> None:
         queue = self.queue
@@ -77,7 +82,8 @@ class DirectionPcm:
         if self.fh is None and end <= MEMORY_SAMPLES:
             held = self.pcm
             if held is None or held.size < end:
-                grown = np.zeros(min(MEMORY_SAMPLES, max(end, 2 * (0 if held is None else held.size))), dtype="<i2")
+                grown = np.zeros(min(MEMORY_SAMPLES, max(end, self.capacity, 2 * (0 if held is None else held.size))),
+                                 dtype="<i2")
                 if held is not None:
                     grown[:self.end_sample] = held[:self.end_sample]
                 held = self.pcm = grown
@@ -97,6 +103,10 @@ class DirectionPcm:
             self.pcm = None
 
     def read(self, at_sample: int, n: int) -> np.ndarray:
+        """Samples [at_sample, at_sample + n), zeros where nothing was written. Read-only: a
+        view of the samples when they are all in memory."""
+        if self.fh is None and self.pcm is not None and at_sample + n <= self.end_sample:
+            return self.pcm[at_sample:at_sample + n]
         out = np.zeros(n, dtype=np.int16)
         if at_sample >= self.end_sample:
             return out
@@ -127,10 +137,10 @@ class DirectionPcm:
 
     def close(self) -> None:
         self.pcm = None
-        if self.fh is not None:
+        if self.fh is not None:     # spilled: the temp file goes (never made otherwise)
             self.fh.close()
             self.fh = None
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

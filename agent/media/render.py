@@ -310,6 +310,11 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
                 first_arrival_ns = int(block.arrival_ns[0])
                 first = first_arrival_ns if start_ns is None else min(start_ns, first_arrival_ns)
                 base_ns = first - _MARGIN_NS
+                if not isinstance(media, (str, Path)):
+                    # The whole call is at hand: size the direction buffers once.
+                    last_ns = max(int(b.arrival_ns.max()) for b in media)
+                    for df in dirfiles:
+                        df.capacity = (last_ns - base_ns) * work_rate // _NS + work_rate
             # Streams in order of first appearance: ``states`` keeps that order, and the
             # runs still open at the end are closed (their last audio written) in it.
             idxs, firsts = np.unique(block.stream, return_index=True)
