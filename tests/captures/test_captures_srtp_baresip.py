@@ -14,7 +14,7 @@ samples and the runs the hold splits them into.
 - every packet of the call decrypted (none failing authentication) when SRTP was negotiated,
   every packet taken as plain RTP when the answer declined the offer's key;
 - per direction, its channel equal to the truth's decode sample for sample: the runs placed at
-  their RTP-timestamp distance from each other (the hold gap), the first run within 30 ms of
+  their RTP-timestamp distance from each other (the hold gap), the first run within 2 ms of
   where the first packet arrived relative to the other direction, and silence everywhere else
   (no noise from undecrypted packets, no DTMF tones);
 - no SDES key from the capture anywhere in what it writes.
@@ -39,7 +39,7 @@ from _captures_testlib import PCAPS_DIR, REPO_ROOT, compare_call, load_truth
 
 CAPTURES = ["baresip_srtp_pcmu", "baresip_srtpmand_pcma", "baresip_srtpmand_g722",
             "baresip_srtp_declined"]
-START_TOLERANCE_MS = 30      # first_rtp_offset_ms is truncated to ms; render rounds to a sample
+START_TOLERANCE_MS = 2       # first_rtp_offset_ms is truncated to ms; render rounds to a sample
 
 
 def _truth_call(name: str) -> dict:
