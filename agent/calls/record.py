@@ -1,17 +1,27 @@
-"""The call record: one JSON-ready dict per finished call.
+"""The call record: one typed, JSON-ready dict per finished call.
 
 Carries the 14 CallN API v1 fields under their exact names (every value a string)
 plus the agent's own fields. ``inspect --json`` prints it, ``replay --out`` writes
 it beside the recording, the spool stores it. Field names are a stable contract
 (see README "Call record").
+
+Why a ``TypedDict`` and not a dataclass: the record *is* a JSON document. It is printed,
+written to disk and read back as it is, later stages add fields (legs, recording, DTMF
+merged by the recorder), and a spool written by an older (or newer) version must load
+without losing a field. A TypedDict types every stage from the engine (``build_record``)
+through recorder, spool, client and CLI while the object stays that document: no
+to/from-dict copies at each hand-over, no field dropped by a conversion. The edges
+convert in one place each: ``record_from_json`` (JSON on disk -> record) and the
+client's ``api_fields`` / ``api_body_v2`` (record -> API payload).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 from functools import lru_cache
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.identity import callee_identity, caller_identity
@@ -76,6 +86,16 @@ class CallRecord(TypedDict, total=False):
     recording: dict[str, Any] | None
     no_audio_reason: str
     capture_files: list[str]
+
+
+def record_from_json(data: bytes | str) -> CallRecord:
+    """A record read back from JSON (the spool's ``record.json``, ``replay --out`` files),
+    as written by this or an older version: every field a record may lack is read with
+    ``.get`` downstream. ValueError when the text is not a JSON object."""
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError(f"a call record is a JSON object, not {type(obj).__name__}")
+    return cast(CallRecord, obj)
 
 
 @lru_cache(maxsize=1)
@@ -224,8 +244,8 @@ def build_record(call: Call, config: Config, macs: MacTable,
     return record
 
 
-def merge_dtmf_presses(record: dict[str, Any], presses: list[dict[str, Any]], *,
-                       redact: bool) -> dict[str, Any]:
+def merge_dtmf_presses(record: CallRecord, presses: list[dict[str, Any]], *,
+                       redact: bool) -> CallRecord:
     """A copy of ``record`` with key ``presses`` (dicts: digit, side, offset_ms, source,
     duration_ms) added to ``dtmf`` in call-time order and the v1 digit strings recomputed;
     every digit blanked when ``redact`` (PCI: the times of the presses stay, the digits go)."""
@@ -237,7 +257,7 @@ def merge_dtmf_presses(record: dict[str, Any], presses: list[dict[str, Any]], *,
     digits = {"caller": "", "callee": ""}
     for press in merged:
         digits["caller" if press.get("side") == "caller" else "callee"] += press["digit"]
-    return dict(record, dtmf=merged, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])
+    return CallRecord(record, dtmf=merged, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])
 
 
 def presses_from_events(events: list[dict[str, Any]], start_ts_ns: int) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Delivered calls leave the spool at once (``[spool] retention_days = 0``), so the ledger is
 what remembers them: one file per call key, "delivered <id> <time> <summary>" (spool.py's
-layout, parsed by its ``_parse_entry`` / ``ledger_summary``). The summary keeps the final state
+layout, parsed by its ``parse_entry`` / ``ledger_summary``). The summary keeps the final state
 (confirmed or unconfirmed), start time and numbers; while the call is still retained its record
 and state in ``calls/<id>/`` are used instead. Entries written by older versions carry no
 summary. Nothing is created or changed: a listing must not make a spool.
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from agent.deliver.spool import _parse_entry, ledger_summary
+from agent.deliver.spool_ledger import ledger_summary, parse_entry
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -59,7 +59,7 @@ def delivered_calls(spool_dir: Path, since_wall: float | None = None) -> list[De
         try:
             with open(entry.path, encoding="utf-8", errors="replace") as fh:
                 text = fh.read()
-            kind, call_id, ts = _parse_entry(text)
+            kind, call_id, ts = parse_entry(text)
             if ts is None:                         # entries of older versions carry no time
                 ts = entry.stat().st_mtime
         except OSError:                            # pruned while we read

@@ -35,7 +35,8 @@ from agent.config import ApiSection
 from agent.deliver import client as cl
 from agent.deliver.decide import CHUNK, LAST_CHUNK, POST, Action, Decision, decide
 from agent.deliver.spool import (ACTIVE_STATES, CREATED, DELIVERED, DELIVERED_UNCONFIRMED,
-                                 PARKED, READY, UPLOADING, Spool, write_atomic)
+                                 PARKED, READY, UPLOADING, Spool)
+from agent.deliver.spool_files import write_atomic
 from agent.errors import AgentError, ConfigError
 from agent.killpoints import kill_point
 
@@ -252,7 +253,7 @@ class Uploader:
             if now >= self._next_purge:
                 self._next_purge = now + self.retention_check_s
                 self.spool.purge_expired()
-                self.spool.prune_ledger()     # one shard of the dedup ledger per pass
+                self.spool.ledger.prune()     # one shard of the dedup ledger per pass
         except OSError as exc:
             # A full or failing disk under the spool's own upkeep: counted and reported like
             # a call's I/O fault, tried again at the next pass (poll_s / retention_check_s).

@@ -182,7 +182,7 @@ def test_prune_removes_old_final_entries_and_never_undelivered_calls(tmp_path: P
     litter_old = _write_entry(d, "ef" + "5" * 62, "queued 00-crashed", mtime=time.time() - 7200)
     litter_new = _write_entry(d, "ef" + "6" * 62, "queued 00-enqueuing")
 
-    assert spool.prune_ledger(shards=list(LEDGER_SHARDS)) == 2
+    assert spool.ledger.prune(shards=list(LEDGER_SHARDS)) == 2
     assert not legacy_old.exists() and not stamped_old.exists()     # judged by the entry's time
     assert legacy_new.exists() and stamped_new.exists()
     assert not litter_old.exists() and litter_new.exists()
@@ -192,12 +192,12 @@ def test_prune_removes_old_final_entries_and_never_undelivered_calls(tmp_path: P
     # 31 days on, every real entry is older than ledger_days: only the delivered call's goes;
     # calls still in the spool (parked, queued, skipped-but-kept) keep theirs, whatever the age.
     later = time.time() + 31 * DAY
-    assert spool.prune_ledger(later, shards=list(LEDGER_SHARDS)) == 3   # + legacy_new, stamped_new
+    assert spool.ledger.prune(later, shards=list(LEDGER_SHARDS)) == 3   # + legacy_new, stamped_new
     assert not _shard_file(d, recs["delivered"]).exists()
     for name in ("parked", "queued", "skipped"):
         assert _shard_file(d, recs[name]).exists(), name
     far = time.time() + 10_000 * DAY
-    assert spool.prune_ledger(far, shards=list(LEDGER_SHARDS)) == 0
+    assert spool.ledger.prune(far, shards=list(LEDGER_SHARDS)) == 0
     for name in ("parked", "queued", "skipped"):
         assert spool.enqueue(dict(recs[name]), make_audio(tmp_path, 10, 10)[0], None) is None, name
     # the delivered call is forgotten: the documented trade-off of a bounded ledger
@@ -210,7 +210,7 @@ def test_ledger_days_zero_keeps_everything(tmp_path: Path) -> None:
     d = tmp_path / "spool"
     spool = Spool(d, ledger_days=0)
     old = _write_entry(d, "ab" + "1" * 62, "delivered 00-gone", mtime=time.time() - 5000 * DAY)
-    assert spool.prune_ledger(time.time() + 5000 * DAY, shards=list(LEDGER_SHARDS)) == 0
+    assert spool.ledger.prune(time.time() + 5000 * DAY, shards=list(LEDGER_SHARDS)) == 0
     assert old.exists()
 
 
@@ -239,7 +239,7 @@ def test_prune_walks_one_shard_per_pass_at_open_and_hourly(tmp_path: Path) -> No
     assert left() == 253
     up.close()
     for _ in range(253):
-        spool.prune_ledger()
+        spool.ledger.prune()
     assert left() == 0 and spool.counters["deliver.spool.ledger_pruned"] == 256
 
 

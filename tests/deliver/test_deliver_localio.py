@@ -1,7 +1,7 @@
 """Local I/O faults while uploading (issue 14 item 4): a spool write that fails with ENOSPC
 backs off like any other fault, is counted and reported, never kills the upload thread,
 never spins, and never stores a call twice. The OSError is injected at the spool's write
-seam (``write_atomic``), so state, back-off and ledger writes all fail as on a full disk.
+seam (``spool_files.write_atomic``), so state, back-off and ledger writes all fail as on a full disk.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.deliver import spool as spool_mod
+from agent.deliver import spool_files
 from agent.deliver.spool import DELIVERED, DELIVERED_UNCONFIRMED, Spool
 from agent.deliver.uploader import Uploader
 from agent.metrics import HealthLimits, Snapshot, health, render_metrics
@@ -27,14 +27,14 @@ class FullDisk:
         self.full = False
         self.refused = 0
         self.where = where
-        real = spool_mod.write_atomic
+        real = spool_files.write_atomic
 
         def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
             if self.full and self.where in str(path):
                 self.refused += 1
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             real(path, data, sync_dir=sync_dir)
-        monkeypatch.setattr(spool_mod, "write_atomic", write_atomic)
+        monkeypatch.setattr(spool_files, "write_atomic", write_atomic)
 
 
 def _one_call(tmp_path: Path, size: int = 2 * 4096) -> tuple[Spool, str, bytes]:

@@ -89,10 +89,10 @@ def test_crash_between_ledger_and_state_is_reconciled(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     call_id = spool.enqueue(make_record(0), make_audio(tmp_path, 0, 10)[0], "audio/mpeg")
     st = spool.state_of(call_id)
-    spool._ledger_mark(st["key"], "delivered", call_id)         # then "crash" before the state write
+    spool.ledger.mark(st["key"], "delivered", call_id)         # then "crash" before the state write
     kept = Spool(tmp_path / "spool", retention_days=1)
     assert kept.get(call_id).state == DELIVERED and kept.pending_count() == 0
-    spool._ledger_mark(st["key"], "delivered", call_id)
+    spool.ledger.mark(st["key"], "delivered", call_id)
     spool.save_state(st)                                       # back to "ready" on disk
     again = Spool(tmp_path / "spool")                          # retention 0: delivered, then deleted
     assert again.list() == [] and again.pending_count() == 0
@@ -101,7 +101,7 @@ def test_crash_between_ledger_and_state_is_reconciled(tmp_path: Path) -> None:
 def test_stale_claim_from_crashed_enqueue_does_not_block(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     rec = make_record(0)
-    spool._ledger_path(call_key(rec)).write_text("queued 0000-gone\n")
+    spool.ledger.path(call_key(rec)).write_text("queued 0000-gone\n")
     assert spool.enqueue(rec, make_audio(tmp_path, 0, 10)[0], None) is not None
 
 

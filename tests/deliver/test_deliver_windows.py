@@ -30,7 +30,7 @@ def _run(*args: str, kill_at: str | None) -> subprocess.CompletedProcess:
 
 
 def _ledger_line(spool: Spool, record: dict) -> str:
-    return spool._ledger_path(call_key(record)).read_text().split()[0]
+    return spool.ledger.path(call_key(record)).read_text().split()[0]
 
 
 def _deliver(spool: Spool, rx) -> None:
@@ -120,7 +120,7 @@ def test_state_without_ledger_entry_is_claimed_again(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", retention_days=1.0)
     record = make_record(1)
     spool.enqueue(record, make_audio(tmp_path, 1, 5000)[0], "audio/mpeg")
-    spool._ledger_path(call_key(record)).unlink()
+    spool.ledger.path(call_key(record)).unlink()
     spool = Spool(tmp_path / "spool", retention_days=1.0)
     assert _ledger_line(spool, record) == "queued"
     assert spool.counters["deliver.spool.ledger_repaired"] == 1
