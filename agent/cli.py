@@ -25,7 +25,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent.config import Config, load_config
 from agent.counters import new_counters
@@ -34,6 +34,9 @@ from agent.lifecycle import Interrupted, exit_status, terminate_like_ctrl_c
 from agent.progress import Progress
 from agent.summaries import delivery_line, skipped_input_line, without_recording_lines
 from agent.textsafe import terminal_safe
+
+if TYPE_CHECKING:
+    from agent.calls.record import CallRecord
 
 log = logging.getLogger("agent")
 
@@ -84,7 +87,7 @@ def _codecs(names: list[str]) -> str:
     return "+".join("te" if name.lower() == "telephone-event" else name for name in short) or "-"
 
 
-def _dtmf(record: dict[str, Any]) -> str:
+def _dtmf(record: CallRecord) -> str:
     """Digits caller/callee. inspect decodes no audio: a call that negotiated no
     telephone-event may carry its digits in-band, and says so rather than show none."""
     caller, callee = record.get("callerdtmf") or "", record.get("destinationdtmf") or ""
@@ -94,7 +97,7 @@ def _dtmf(record: dict[str, Any]) -> str:
     return terminal_safe(f"{caller or '-'}/{callee or '-'}")
 
 
-def _row(record: dict[str, Any]) -> str:
+def _row(record: CallRecord) -> str:
     from agent.media.quality import summary as quality_summary
     caller = record["callerphone"] or "?"
     if record["callername"]:
@@ -118,7 +121,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from agent.replay import replay
 
     config = _config(args)
-    records: list[dict[str, Any]] = []
+    records: list[CallRecord] = []
 
     def on_finished(finished) -> None:
         if finished.media_log is not None:
@@ -199,7 +202,7 @@ def _replay_out(args: argparse.Namespace, config: Config, captures: list[str]) -
 
     out_dir = Path(args.out)
     make_private_dir(out_dir, config.recording.group)   # 0700 (0750 for a named group) if new
-    written: list[dict[str, Any]] = []
+    written: list[CallRecord] = []
     sink = write_to_directory(out_dir, config.recording.group)
 
     def on_rendered(rendered) -> None:

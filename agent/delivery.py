@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable
 
+from agent.calls.record import CallRecord
 from agent.config import Config
 from agent.counters import new_counters
 from agent.deliver.spool import Spool
@@ -63,7 +64,7 @@ def private_workdir(spool_dir: Path, role: str) -> Path:
     return base / f"{role}-{os.getpid()}"
 
 
-def call_name(record: dict) -> str:
+def call_name(record: CallRecord) -> str:
     """How a lost call is named in the log: enough for an operator to find it elsewhere."""
     return (f"callid={record.get('callid')} start={record.get('startdatetimeutc')} "
             f"caller={record.get('callerphone') or '?'} callee={record.get('destinationphone') or '?'}")

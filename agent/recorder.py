@@ -24,10 +24,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from agent.config import RecordingSection
-from agent.calls.record import merge_dtmf_presses, presses_from_events
+from agent.calls.record import CallRecord, Recording, merge_dtmf_presses, presses_from_events
 from agent.calls.srtp_keys import ENCRYPTED_NO_KEYS
 from agent.pipeline.completion import complete_media
 from agent.pipeline.finishing import FinishedCall
@@ -48,14 +48,14 @@ def safe_name(text: str, limit: int = 40) -> str:
     return cleaned or "unknown"
 
 
-def recording_basename(record: dict[str, Any], seq: int) -> str:
+def recording_basename(record: CallRecord, seq: int) -> str:
     start = record["startdatetimeutc"].replace("-", "").replace(":", "").replace(" ", "T") + "Z"
     return f"{start}_{safe_name(record['callerphone'])}_to_{safe_name(record['destinationphone'])}_{seq:05d}"
 
 
 @dataclass(slots=True)
 class Rendered:
-    record: dict[str, Any]
+    record: CallRecord
     audio_path: Path | None
     no_audio_reason: str
 
@@ -63,7 +63,7 @@ class Rendered:
 SIP_INFO_PRESS_MS = 250    # masked span of a SIP INFO press that states no duration
 
 
-def dtmf_plan(record: dict[str, Any], mask: bool) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
+def dtmf_plan(record: CallRecord, mask: bool) -> tuple[tuple[int, ...], list[tuple[int, int]]]:
     """(directions to scan for in-band tones, key-press spans to silence in packet-time ns)."""
     presses = record.get("dtmf") or []
     signalled = {0 if p.get("side") == "caller" else 1 for p in presses}
@@ -78,15 +78,15 @@ def dtmf_plan(record: dict[str, Any], mask: bool) -> tuple[tuple[int, ...], list
     return directions, spans
 
 
-def merge_inband_dtmf(record: dict[str, Any], inband: list[dict], *, redact: bool) -> dict[str, Any]:
+def merge_inband_dtmf(record: CallRecord, inband: list[dict], *, redact: bool) -> CallRecord:
     """``record`` with the in-band presses the worker found (direction/ts_ns dicts) merged in."""
     presses = presses_from_events(inband, int(record.get("start_ts_ns") or 0))
     return merge_dtmf_presses(record, presses, redact=redact)
 
 
 def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, out_path: Path,
-                settings: RecordingSection, fmt: str, record: dict[str, Any],
-                ) -> tuple[Path | None, dict[str, Any] | None, str, list[dict], dict[str, Any], float]:
+                settings: RecordingSection, fmt: str, record: CallRecord,
+                ) -> tuple[Path | None, Recording | None, str, list[dict], CallRecord, float]:
     """Runs in a worker process: sequence the call's media if the engine deferred it, then
     decode, mix and encode. Returns (audio path, recording fields, no-audio reason, in-band
     DTMF presses, the record (completed), CPU seconds this job used)."""
@@ -120,7 +120,7 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
     cpu_s = time.process_time() - cpu_start
     if result.path is None or result.duration_ms <= 0:
         return None, None, "undecodable" if result.undecodable else "no_audio", [], record, cpu_s
-    fields = {"file": Path(result.path).name, "format": result.fmt,
+    fields: Recording = {"file": Path(result.path).name, "format": result.fmt,
               "sample_rate_hz": result.sample_rate_hz, "channels": result.channels,
               "duration_ms": result.duration_ms, "undecodable": list(result.undecodable)}
     if settings.mask_dtmf_audio:
@@ -179,7 +179,7 @@ class Recorder:
     def __init__(self, settings: RecordingSection, out_dir: Path,
                  on_rendered: Callable[[Rendered], None], *, fmt: str | None = None,
                  workers: int | None = None,
-                 render_if: Callable[[dict[str, Any]], bool] | None = None,
+                 render_if: Callable[[CallRecord], bool] | None = None,
                  stop_on_signals: bool = True) -> None:
         self.settings = settings
         self.fmt = fmt or settings.format
@@ -210,7 +210,7 @@ class Recorder:
             if finished.media_log is not None:
                 finished.media_log.unlink(missing_ok=True)
             with self._lock:
-                self.on_rendered(Rendered(record=dict(record, recording=None), audio_path=None,
+                self.on_rendered(Rendered(record=CallRecord(record, recording=None), audio_path=None,
                                           no_audio_reason="not_rendered"))
             return
         base = recording_basename(record, self._seq)
@@ -225,7 +225,7 @@ class Recorder:
     def _stopping(self) -> bool:
         return bool(self._signals) and stop_signals.requested
 
-    def _done(self, future: Future, record: dict[str, Any]) -> None:
+    def _done(self, future: Future, record: CallRecord) -> None:
         with self._lock:
             media_log = self._futures.pop(future, None)
         # After a stop only whole recordings are passed on: a job that failed or found no
@@ -247,7 +247,7 @@ class Recorder:
             make_private(audio_path, self.settings.group)
         if inband or self.settings.redact_dtmf_digits:
             record = merge_inband_dtmf(record, inband, redact=self.settings.redact_dtmf_digits)
-        record = dict(record, recording=fields)
+        record = CallRecord(record, recording=fields)
         if reason and not record.get("no_audio_reason"):     # keep the engine's own reason (disk_low)
             record["no_audio_reason"] = reason
         kill_point("rendered")                # crash tests: encoded, not yet handed on

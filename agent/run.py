@@ -35,10 +35,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:
+    from agent.calls.record import CallRecord
 
 log = logging.getLogger("agent.run")
 
@@ -101,7 +104,7 @@ class RenderQueue:
             self._cond.notify_all()
 
 
-def _call_line(record: dict[str, Any]) -> str:
+def _call_line(record: CallRecord) -> str:
     return (f"call ended callid={record.get('callid')} caller={record.get('callerphone') or '?'} "
             f"callee={record.get('destinationphone') or '?'} answered={bool(record.get('answered'))} "
             f"reason={record.get('end_reason')} duration_ms={record.get('duration_ms')}")

@@ -15,10 +15,13 @@ import argparse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from agent.errors import AgentError
 from agent.textsafe import terminal_safe
+
+if TYPE_CHECKING:
+    from agent.calls.record import CallRecord
 
 __all__ = ["SipEvent", "read_sip", "ladder", "stream_lines", "register"]
 
@@ -160,7 +163,7 @@ def ladder(events: list[SipEvent], *, ascii_only: bool = False) -> list[str]:
     return lines
 
 
-def stream_lines(record: dict[str, Any]) -> list[str]:
+def stream_lines(record: CallRecord) -> list[str]:
     """Each RTP stream's quality line, the call's MOS per direction and its end reason."""
     lines = []
     for st in record.get("streams") or []:
@@ -183,14 +186,14 @@ def stream_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _records(paths: list[str], args: argparse.Namespace) -> dict[str, dict]:
+def _records(paths: list[str], args: argparse.Namespace) -> dict[str, CallRecord]:
     """The call records inspect would print, by Call-ID (for quality and end reason)."""
     from agent.cli import _config
     from agent.counters import new_counters
     from agent.pipeline.engine import MediaMode
     from agent.replay import replay
 
-    records: dict[str, dict] = {}
+    records: dict[str, CallRecord] = {}
 
     def on_finished(finished) -> None:
         records.setdefault(finished.record["callid"], finished.record)

@@ -29,6 +29,17 @@ from agent.calls.macs import MacTable
 from agent.calls.numbers import is_feature_code, normalise_number
 from agent.config import Config
 
+class Recording(TypedDict, total=False):
+    """The record's ``recording``: the file the recorder wrote (recorder.py)."""
+    file: str                    # name beside the record (replay --out) / in the spool
+    format: str                  # "mp3" | "wav"
+    sample_rate_hz: int
+    channels: int
+    duration_ms: int
+    undecodable: list[int]       # payload types the decoders could not decode
+    dtmf_masked_ms: int          # with [recording] mask_dtmf_audio: audio silenced over key presses
+
+
 class CallRecord(TypedDict, total=False):
     """The record of one call: what ``inspect --json`` prints, ``replay --out`` writes, the
     spool stores and the client sends. The 14 API v1 fields first, under their exact names;
@@ -83,9 +94,13 @@ class CallRecord(TypedDict, total=False):
     # media and recording
     streams: list[dict[str, Any]]
     quality: dict[str, Any]           # per direction: MOS, loss, jitter (media/quality.py), mos_below
-    recording: dict[str, Any] | None
+    recording: Recording | None
     no_audio_reason: str
     capture_files: list[str]
+    # optional v2 inputs a record may carry (deliver/client.py api_body_v2); absent: derived
+    keypresses: dict[str, list[dict[str, Any]]]     # {"caller"|"destination": [{timems, key}]}
+    connecteddatetimeutc: str
+    notes: str
 
 
 def record_from_json(data: bytes | str) -> CallRecord:

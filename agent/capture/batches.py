@@ -119,11 +119,11 @@ def read_batches(paths: Iterable[str | Path], counters) -> Iterator[FrameBatch]:
     Raises CaptureFormatError before the first batch for a file that is not a capture."""
     files = iter_capture_paths(paths)
     if len(files) == 1:
-        return _file_batches(files[0], counters)
+        return file_batches(files[0], counters)
     return _merge_batches(files, counters)
 
 
-def _file_batches(path: Path, counters, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch]:
+def file_batches(path: Path, counters, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch]:
     """One file's batches: the fast walker's, or the record reader's grouped."""
     fast = _pcap_batches(path, counters, read_bytes)
     if fast is not None:
@@ -188,7 +188,7 @@ def _slice(b: FrameBatch, lo: int, hi: int) -> FrameBatch:
     return FrameBatch(b.buf, b.starts[lo:hi], b.lens[lo:hi], b.ts_ns[lo:hi], b.linktype)
 
 
-_INTERLEAVE_AHEAD = 16_384
+INTERLEAVE_AHEAD = 16_384         # frames of each tap looked at per merge step (see _interleave)
 
 
 def _interleave(heap: list[tuple[int, int, _Cursor]], limit: int | None) -> FrameBatch | None:
@@ -209,7 +209,7 @@ def _interleave(heap: list[tuple[int, int, _Cursor]], limit: int | None) -> Fram
     for c in cursors:
         # A bounded look ahead: taps whose clocks step back every few frames would otherwise
         # rescan the rest of their batches at every step.
-        ts = c.batch.ts_ns[c.pos:c.pos + _INTERLEAVE_AHEAD]
+        ts = c.batch.ts_ns[c.pos:c.pos + INTERLEAVE_AHEAD]
         back = np.flatnonzero(ts[1:] < ts[:-1])
         runs.append(ts[:int(back[0]) + 1] if len(back) else ts)
     bound = min(int(run[-1]) for run in runs)
@@ -266,7 +266,7 @@ def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
     while pending or heap:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, idx, path = pending.pop()
-            cursor = _Cursor(_file_batches(path, counters, _merge_read_bytes(len(heap) + 1)))
+            cursor = _Cursor(file_batches(path, counters, _merge_read_bytes(len(heap) + 1)))
             if cursor.batch is not None:
                 heapq.heappush(heap, (cursor.ts, idx, cursor))
         if not heap:

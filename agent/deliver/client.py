@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from agent.calls.record import CallRecord
 from agent.errors import ConfigError
 
 API_FIELDS: tuple[str, ...] = (
@@ -53,8 +54,9 @@ class Outcome:
     tls_error: bool = False        # the server's certificate could not be verified (CONFIG)
 
 
-def api_fields(record: dict[str, Any]) -> dict[str, str]:
-    """Exactly the 14 API fields, every value a string ("" when unknown)."""
+def api_fields(record: CallRecord) -> dict[str, str]:
+    """The v1 POST body: exactly the 14 API fields, every value a string ("" when unknown).
+    With ``api_body_v2``, the one place a record becomes an API payload."""
     out = {}
     for name in API_FIELDS:
         value = record.get(name)
@@ -76,7 +78,7 @@ def _utc_text(ts_ns: int) -> str:
     return dt.datetime.fromtimestamp(ts_ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _keypresses(record: dict[str, Any], side: str) -> list[dict[str, Any]] | None:
+def _keypresses(record: CallRecord, side: str) -> list[dict[str, Any]] | None:
     """A side's key presses as v2 wants them, or None when there were none."""
     given = record.get("keypresses")
     if isinstance(given, dict):
@@ -98,7 +100,7 @@ def _keypresses(record: dict[str, Any], side: str) -> list[dict[str, Any]] | Non
     return out or None
 
 
-def api_body_v2(record: dict[str, Any]) -> dict[str, Any]:
+def api_body_v2(record: CallRecord) -> dict[str, Any]:
     """The POST /api/v2/call body (API.md, version 2) from a call record."""
     def text(name: str) -> str:
         value = record.get(name)
@@ -197,7 +199,7 @@ class CallnClient:
         self.close()
 
     # ------------------------------------------------------------------ requests
-    def create_call(self, record: dict[str, Any]) -> Outcome:
+    def create_call(self, record: CallRecord) -> Outcome:
         body_obj = api_body_v2(record) if self.version == 2 else api_fields(record)
         body = json.dumps(body_obj, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8"}

@@ -1,7 +1,7 @@
 """Read-only view of the delivered-ledger, for ``calln-agent spool delivered``.
 
 Delivered calls leave the spool at once (``[spool] retention_days = 0``), so the ledger is
-what remembers them: one file per call key, "delivered <id> <time> <summary>" (spool.py's
+what remembers them: one file per call key, "delivered <id> <time> <summary>" (spool_ledger.py's
 layout, parsed by its ``parse_entry`` / ``ledger_summary``). The summary keeps the final state
 (confirmed or unconfirmed), start time and numbers; while the call is still retained its record
 and state in ``calls/<id>/`` are used instead. Entries written by older versions carry no
@@ -10,15 +10,16 @@ summary. Nothing is created or changed: a listing must not make a spool.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
+from agent.calls.record import CallRecord, record_from_json
 from agent.deliver.spool_ledger import ledger_summary, parse_entry
+from agent.deliver.spool_state import state_from_json
 
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -28,7 +29,7 @@ class DeliveredCall:
     delivered_at_wall: float              # seconds since the epoch
     id: str                               # the spool id the call had
     state: str | None                     # delivered / delivered_unconfirmed; None if unknown
-    record: dict[str, Any] | None         # the record, or the ledger's summary of it; None if unknown
+    record: CallRecord | None             # the record, or the ledger's summary of it; None if unknown
 
 
 def _entries(ledger: Path) -> Iterator[os.DirEntry]:
@@ -42,9 +43,16 @@ def _entries(ledger: Path) -> Iterator[os.DirEntry]:
                 yield entry
 
 
-def _json(path: Path) -> dict[str, Any] | None:
+def _state(call_dir: Path) -> str | None:
     try:
-        return json.loads(path.read_text())
+        return state_from_json((call_dir / "state.json").read_bytes())["state"]
+    except (OSError, ValueError):
+        return None
+
+
+def _record(call_dir: Path) -> CallRecord | None:
+    try:
+        return record_from_json((call_dir / "record.json").read_bytes())
     except (OSError, ValueError):
         return None
 
@@ -67,10 +75,10 @@ def delivered_calls(spool_dir: Path, since_wall: float | None = None) -> list[De
         if kind != "delivered" or (since_wall is not None and ts < since_wall):
             continue
         call_dir = spool_dir / "calls" / call_id
-        state = _json(call_dir / "state.json") or {}
         summary = ledger_summary(text)
-        out.append(DeliveredCall(ts, call_id, state.get("state") or summary.pop("state", None),
-                                 _json(call_dir / "record.json") or summary or None))
+        summary_state = summary.pop("state", None)
+        state = _state(call_dir) or summary_state
+        out.append(DeliveredCall(ts, call_id, state, _record(call_dir) or CallRecord(**summary) or None))
     out.sort(key=lambda c: (c.delivered_at_wall, c.id))
     return out
 

@@ -68,7 +68,7 @@ def fresh_state(call_id: str, key: str) -> UploadState:
         "tempcallid": None, "next_chunk": 1, "total_chunks": None, "chunk_bytes": None,
         "audio_size": None, "gzip": False, "last_chunk_attempted": False,
         "restarts": 0, "enqueued_at": time.time(), "delivered_at": None,
-        "audio_file": None, "content_type": "",
+        "audio_file": None, "content_type": "", "backoff": None,
     }
 
 

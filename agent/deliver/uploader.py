@@ -35,7 +35,7 @@ from agent.config import ApiSection
 from agent.deliver import client as cl
 from agent.deliver.decide import CHUNK, LAST_CHUNK, POST, Action, Decision, decide
 from agent.deliver.spool import (ACTIVE_STATES, CREATED, DELIVERED, DELIVERED_UNCONFIRMED,
-                                 PARKED, READY, UPLOADING, Spool)
+                                 PARKED, READY, UPLOADING, Spool, UploadState)
 from agent.deliver.spool_files import write_atomic
 from agent.errors import AgentError, ConfigError
 from agent.killpoints import kill_point
@@ -338,7 +338,7 @@ class Uploader:
                 break
         return stepped
 
-    def _local_io_fault(self, st: dict[str, Any], exc: OSError) -> None:
+    def _local_io_fault(self, st: UploadState, exc: OSError) -> None:
         self.counters["deliver.upload.local_io_error"] += 1
         self.local_io_error = _io_text(exc)
         self._fail_backoff(st, persist=False)
@@ -364,7 +364,7 @@ class Uploader:
         """The longest per-call wait _fail_backoff can choose (maximum times the jitter)."""
         return self.backoff_max_s * 1.5
 
-    def _fail_backoff(self, st: dict[str, Any], *, persist: bool = True) -> None:
+    def _fail_backoff(self, st: UploadState, *, persist: bool = True) -> None:
         """Back the call off, in memory and in its state file (wall clock, for a restart).
         A state file that cannot be written leaves the back-off in memory only."""
         call_id = st["id"]
@@ -382,7 +382,7 @@ class Uploader:
             self.counters["deliver.upload.local_io_error"] += 1
             log.error("call %s: cannot persist its back-off (%s): kept in memory", call_id, exc)
 
-    def _ok(self, st: dict[str, Any]) -> None:
+    def _ok(self, st: UploadState) -> None:
         """The call made progress: forget its back-off (persisted by the caller's next save)."""
         with self._lock:
             self._backoff.pop(st["id"], None)
@@ -452,7 +452,7 @@ class Uploader:
         except OSError as exc:  # the pause still holds in memory
             log.error("cannot persist the quota back-off in %s: %s", self.spool.quota_file, exc)
 
-    def _step(self, st: dict[str, Any]) -> bool:
+    def _step(self, st: UploadState) -> bool:
         """One request for the call. Returns True to continue with the same call at once."""
         audio = self.spool.audio_path_of(st)
         if audio is None or not audio.exists():
@@ -462,7 +462,7 @@ class Uploader:
             return self._create(st, audio)
         return self._send_chunk(st, audio)
 
-    def _create(self, st: dict[str, Any], audio: Path) -> bool:
+    def _create(self, st: UploadState, audio: Path) -> bool:
         call_id = st["id"]
         if st.get("total_chunks") is None:
             # The plan is fixed once and saved before anything is sent.
@@ -500,7 +500,7 @@ class Uploader:
             return True
         return self._failure(st, out, d)
 
-    def _send_chunk(self, st: dict[str, Any], audio: Path) -> bool:
+    def _send_chunk(self, st: UploadState, audio: Path) -> bool:
         """Send chunk ``next_chunk`` of the saved plan."""
         call_id = st["id"]
         n, total = int(st["next_chunk"]), int(st["total_chunks"])
@@ -556,7 +556,7 @@ class Uploader:
             return True
         return self._failure(st, out, d)
 
-    def _failure(self, st: dict[str, Any], out: cl.Outcome, d: Decision) -> bool:
+    def _failure(self, st: UploadState, out: cl.Outcome, d: Decision) -> bool:
         """Carry out a decision that ends this call's turn (back-off, park, account stops)."""
         call_id = st["id"]
         if bool(st.get("last_chunk_attempted")) != d.last_chunk_uncertain and d.action is not Action.PARK:
@@ -599,7 +599,7 @@ class Uploader:
         log.error("CallN API configuration error (%s): uploading stopped", self.config_error)
         return False
 
-    def _park(self, st: dict[str, Any], reason: str, *, uncertain: bool = False) -> None:
+    def _park(self, st: UploadState, reason: str, *, uncertain: bool = False) -> None:
         if uncertain:
             # The last chunk may already be stored: keep the temp id and the plan, so that
             # `spool retry` re-sends that chunk (a 404 then means delivered) instead of a POST.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from agent.calls.record import CallRecord
 from agent.config import Config
 from agent.pipeline.engine import Engine, MediaMode
 from agent.pipeline.finishing import FinishedCall
@@ -24,7 +25,7 @@ class Pipeline:
     recorder: Recorder
 
 
-def uploaded_legs_only(record: dict[str, Any]) -> bool:
+def uploaded_legs_only(record: CallRecord) -> bool:
     """A PBX leg whose talk another leg of its conversation uploads is spooled nowhere: no CPU
     is spent on its audio."""
     return record.get("upload") is not False
@@ -32,7 +33,7 @@ def uploaded_legs_only(record: dict[str, Any]) -> bool:
 
 def build_pipeline(config: Config, on_rendered: Callable[[Rendered], None], *, work: Path, counters=None,
                    out_dir: Path | None = None, fmt: str | None = None, workers: int | None = None,
-                   render_if: Callable[[dict[str, Any]], bool] | None = None, stop_on_signals: bool = True,
+                   render_if: Callable[[CallRecord], bool] | None = None, stop_on_signals: bool = True,
                    route: Callable[[Recorder], Callable[[FinishedCall], None]] | None = None) -> Pipeline:
     """``on_rendered`` receives each recording; ``out_dir`` (default ``work/rendered``) is where
     they are written, in ``fmt`` (default ``[api] format``: what the API receives). ``route``

@@ -234,3 +234,37 @@ def test_after_a_leap_of_packet_time_the_earlier_timeout_ended_the_call():
     wire.tick(21 * 365 * 86400.0)
     assert wire.ended == {"quiet": "rtp_timeout"}
     assert wire.ended_calls["quiet"].end_ts_ns == 26 * NS
+
+
+# ---------------------------------------------------------------------- forks
+
+RINGING_1 = ("B", "SIP/2.0 180 Ringing", "1 INVITE", "t1")
+RINGING_2 = ("B", "SIP/2.0 180 Ringing", "1 INVITE", "t2")
+OK_1 = ("B", "SIP/2.0 200 OK", "1 INVITE", "t1")
+OK_2 = ("B", "SIP/2.0 200 OK", "1 INVITE", "t2")
+ACK_2 = ("A", f"ACK {RURI}", "1 ACK", "t2")
+BYE_2 = ("A", f"BYE {RURI}", "9 BYE", "t2")
+ACK_1 = ("A", f"ACK {RURI}", "1 ACK", "t1")
+BYE_1 = ("A", f"BYE {RURI}", "9 BYE", "t1")
+TERMINATED_1 = ("B", "SIP/2.0 487 Request Terminated", "1 INVITE", "t1")
+# name: (messages, the end reason, answered, the To tag of the dialog the call became)
+FORKS = {
+    "two branches ring, the second answers": ([INVITE, RINGING_1, RINGING_2, OK_2, ACK_2, BYE_2], "bye", True, "t2"),
+    "two branches ring, the first answers": ([INVITE, RINGING_1, RINGING_2, OK_1, ACK_1, BYE_1], "bye", True, "t1"),
+    "two branches ring, neither answers": ([INVITE, RINGING_1, RINGING_2, CANCEL, TERMINATED_1], "cancel", False,
+                                           "t1"),
+    "the answer's branch never rang": ([INVITE, RINGING_1, OK_2, ACK_2, BYE_2], "bye", True, "t2"),
+}
+
+
+def test_forks_table():
+    outcomes, want = {}, {}
+    for name, (messages, reason, answered, to_tag) in FORKS.items():
+        wire = Wire()
+        for ts_s, (sender, first, cseq, tag) in enumerate(messages):
+            src, dst = (A, B) if sender == "A" else (B, A)
+            wire.send(ts_s, src, dst, sip(first, "c", cseq, to_tag=tag))
+        call = wire.tracker.calls.get("c") or wire.ended_calls["c"]
+        outcomes[name] = (wire.ended.get("c"), call.answered, call.to_tag)
+        want[name] = (reason, answered, to_tag)
+    assert outcomes == want

@@ -225,8 +225,8 @@ def test_many_overlapping_taps_read_less_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(batches, "READ_BYTES", 32 * 1024)
     monkeypatch.setattr(batches, "MERGE_MIN_READ", 4 * 1024)
     sizes = []
-    original = batches._file_batches
-    monkeypatch.setattr(batches, "_file_batches",
+    original = batches.file_batches
+    monkeypatch.setattr(batches, "file_batches",
                         lambda path, counters, read_bytes=batches.READ_BYTES:
                         (sizes.append(read_bytes), original(path, counters, read_bytes))[1])
     frames = _frames(4000, seed=9)
@@ -242,7 +242,7 @@ def test_overlapping_taps_with_jittery_clocks(tmp_path, monkeypatch):
     the record merge."""
     import agent.capture.batches as batches
 
-    monkeypatch.setattr(batches, "_INTERLEAVE_AHEAD", 7)
+    monkeypatch.setattr(batches, "INTERLEAVE_AHEAD", 7)
     rng = random.Random(11)
     frames = [(ts + rng.randrange(-3_000_000, 3_000_000), f) for ts, f in _frames(3000, seed=4)]
     (tmp_path / "a.pcap").write_bytes(_pcap(frames[0::2]))
