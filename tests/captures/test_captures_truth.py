@@ -29,6 +29,7 @@ MADE_ELSEWHERE = (
     "hep_basic_udp",                                                    # make_hep_pcaps.py
     "pbx_b2bua", "pbx_doubled", "pbx_forward", "pbx_pickup", "pbx_transfer",   # make_pbx_pcaps.py
     "sipp_g711a", "sipp_proxy_rtpengine",                               # record_sipp.sh, record_proxy.sh
+    "baresip_srtp_pcmu", "baresip_srtpmand_pcma", "baresip_srtpmand_g722",  # record_baresip.sh
 )
 
 
