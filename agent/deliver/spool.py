@@ -150,7 +150,7 @@ class Spool(SpoolRecovery):
         audio_file = None
         try:
             # record.json first and state.json last: a tmp/ entry with a state is complete, and
-            # one with a record and its audio can be completed by recovery (_tmp_state).
+            # one with a record and its audio can be completed by recovery (spool_state.call_dir_state).
             files.write_atomic(work / "record.json", files.json_bytes(record), sync_dir=False)
             if audio_path is not None:
                 ctype = content_type or AUDIO_TYPE_FOR_EXT.get(Path(audio_path).suffix.lstrip(".").lower(), "audio/mpeg")

@@ -7,6 +7,7 @@ import json
 import time
 
 from agent.deliver.ledger_view import delivered_calls, parse_since
+from agent.deliver.spool_state import fresh_state
 from tests.install._install_testlib import cli
 
 DAY = 86400.0
@@ -25,7 +26,7 @@ def _spool(tmp_path, now: float):
         f'"startdatetimeutc":"2026-11-30 08:00:00","callerphone":"2005","destinationphone":"3005"}}\n')
     call = spool / "calls" / "kept-1"
     call.mkdir(parents=True)
-    (call / "state.json").write_text(json.dumps({"state": "delivered_unconfirmed"}))
+    (call / "state.json").write_text(json.dumps(dict(fresh_state("kept-1", "k1"), state="delivered_unconfirmed")))
     (call / "record.json").write_text(json.dumps({"startdatetimeutc": "2026-12-01 09:00:00",
                                                   "callerphone": "2001\x1b[2J",
                                                   "destinationphone": "3001"}))
