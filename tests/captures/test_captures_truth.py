@@ -30,6 +30,7 @@ MADE_ELSEWHERE = (
     "pbx_b2bua", "pbx_doubled", "pbx_forward", "pbx_pickup", "pbx_transfer",   # make_pbx_pcaps.py
     "sipp_g711a", "sipp_proxy_rtpengine",                               # record_sipp.sh, record_proxy.sh
     "baresip_srtp_pcmu", "baresip_srtpmand_pcma", "baresip_srtpmand_g722",  # record_baresip.sh
+    "baresip_srtp_declined",
 )
 
 
