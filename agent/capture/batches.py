@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from agent.byterows import byte_rows
 from agent.capture.files import MAX_BACKWARD_JUMP_NS, first_timestamp, iter_capture_paths, steady_records
 from agent.capture.pcapfile import (_BT_EPB, _BT_IDB, MAX_RECORD_BYTES, MAX_TS_NS, PCAP_MAGIC_NS,
                                     PCAP_MAGIC_US, PCAPNG_SHB, Record, _open, _parse_idb, read_capture,
@@ -402,7 +403,7 @@ def _walk_file(path: Path, f, counters, header: tuple[str, int, int, int],
                 break
             starts, pos, bad = _walk(buf, caplen_at, u32)
             if len(starts):
-                hdr = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), 16)[starts]
+                hdr = byte_rows(buf, starts, 16)
                 fields = hdr.view(u32)            # (n, 4): sec, frac, caplen, origlen
                 sec = fields[:, 0].astype(np.int64)
                 frac = fields[:, 1].astype(np.int64)
@@ -496,10 +497,10 @@ def _walk_pcapng(path: Path, counters, start: int, ifaces: list[tuple[int, int, 
                 raw = np.frombuffer(buf, dtype=np.uint8)
                 if int(starts[-1]) + 28 > len(raw):        # a short block (not a packet) at the end
                     raw = np.concatenate((raw, np.zeros(28, dtype=np.uint8)))
-                words = sliding_window_view(raw, 28)[starts].view(u32)
+                words = byte_rows(raw, starts, 28).view(u32)
                 btype, blen, if_id = words[:, 0], words[:, 1].astype(np.int64), words[:, 2].astype(np.int64)
                 caplen = words[:, 5].astype(np.int64)
-                trailer = sliding_window_view(raw, 4)[starts + blen - 4].view(u32)[:, 0]
+                trailer = byte_rows(raw, starts + blen - 4, 4).view(u32)[:, 0]
                 iface = np.minimum(if_id, len(ifaces) - 1)
                 units = (words[:, 3].astype(np.uint64) << np.uint64(32)) | words[:, 4].astype(np.uint64)
                 limit = ((MAX_TS_NS - np.maximum(offsets[iface], 0)) // mults[iface]).astype(np.uint64)

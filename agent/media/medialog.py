@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+
+from agent.byterows import byte_rows
 
 __all__ = ["MediaLogWriter", "MediaLogMemory", "NullMediaLog", "read_media_log", "read_media_log_blocks",
            "MediaBlock", "RECORD_HEADER", "MediaRecord"]
@@ -124,10 +125,7 @@ class MediaLogWriter:
         if same:
             # Header and payload side by side as one structured record per packet.
             if size:
-                # Rows of ``size`` bytes starting at every offset (a view; as_strided directly:
-                # the capture loop calls this once per call and batch).
-                out["payload"] = as_strided(data, shape=(data.size - size + 1, size), strides=(1, 1),
-                                            writeable=False)[starts]
+                out["payload"] = byte_rows(data, starts, size)
             self._buf += memoryview(out).cast("B")
         else:
             hsize = RECORD_HEADER.size

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.byterows import byte_rows
 from agent.media.codecs import (Decoder, G711Decoder, is_comfort_noise, is_telephone_event,
                                 make_decoder)
 from agent.media.dtmf import InbandDtmfDetector
@@ -200,7 +201,7 @@ def _render_g711(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: n
     if (lens == lens[0]).all():
         # Equal payloads (the usual 160 bytes): copy whole rows out of a sliding view.
         width = int(lens[0])
-        codes = np.lib.stride_tricks.sliding_window_view(block.data, width)[starts].reshape(-1)
+        codes = byte_rows(block.data, starts, width).reshape(-1)
     else:
         total = int(lens.sum())
         at = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(total)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+
+from agent.byterows import byte_rows
 
 __all__ = ["RtpRun", "RunGroups"]
 
@@ -135,7 +136,7 @@ class RunGroups:
         for width, members in by_width.items():
             spans = [(max(self.start[g], self.end[g] - self.TAIL), self.end[g]) for g in members]
             positions = np.concatenate([np.arange(lo, hi) for lo, hi in spans])
-            rows = sliding_window_view(data, width)[run.data_start[positions]]
+            rows = byte_rows(data, run.data_start[positions], width)
             at = 0
             for g, (lo, hi) in zip(members, spans):
                 # A copy: a hop keeps its tail for as long as its stream is quiet (hold), and a

@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from agent.byterows import byte_rows
 from agent.media.medialog import NullMediaLog
 from agent.media.runs import RtpRun, RunGroups
 from agent.media.sequencing import StreamSequence, extend_seq, jumps_within, sequence_stream
@@ -215,7 +215,7 @@ class BulkIntake:
             rtp_ts = run.rtp_ts[idx]
             newest = idx[-Hop.KEEP:]
             sizes = run.size[newest]
-            rows = (sliding_window_view(np.frombuffer(run.buf, dtype=np.uint8), int(sizes[0]))[run.data_start[newest]]
+            rows = (byte_rows(run.buf, run.data_start[newest], int(sizes[0]))
                     if bool(np.all(sizes == sizes[0])) else None)
             kinds, counts = np.unique(pt[sel], return_counts=True)
             self._took(st, m, int(run.size[idx].sum()) - 12 * m, zip(kinds.tolist(), counts.tolist()),

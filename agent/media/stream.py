@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from agent.byterows import byte_rows
 from agent.media.codecs import is_telephone_event
 from agent.media.medialog import MediaBlock, MediaLogMemory, MediaLogWriter, read_media_log_blocks
 from agent.media.quality import QualityCollector
@@ -236,7 +236,7 @@ def _raw_run(block: MediaBlock, direction: np.ndarray, src: np.ndarray, dst: np.
     n = len(block)
     if not n or int(block.payload_len.min()) < 12 or len(block.data) < 12:
         return None
-    header = np.ascontiguousarray(sliding_window_view(block.data, 12)[block.payload_at])
+    header = byte_rows(block.data, block.payload_at, 12)
     words = header.view(">u4")
     return RtpRun(order=np.arange(n, dtype=np.int64), direction=direction, arrival_ns=block.arrival_ns,
                   src_key=src, dst_key=dst, b0=header[:, 0].copy(), b1=header[:, 1].copy(),

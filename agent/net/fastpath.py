@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from agent.byterows import byte_rows
 from agent.media.rtp import RTCP_MUX_FIRST, RTCP_MUX_LAST, RTP_VERSION_2, RTP_VERSION_MASK
 from agent.net.dedup import rtp_key, rtp_keys6_of_rows, rtp_keys_of_words
 from agent.net.link import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, VLAN_TPIDS
@@ -130,14 +130,14 @@ def _rows(data: np.ndarray, starts: np.ndarray, width: int = ROW_BYTES) -> np.nd
     """The first ``width`` bytes of every frame, zero-padded past the end of the buffer."""
     last = len(data) - width
     if last >= 0:
-        rows = sliding_window_view(data, width)[np.minimum(starts, last)]
+        rows = byte_rows(data, np.minimum(starts, last), width)
     else:
         rows = np.zeros((len(starts), width), dtype=np.uint8)
     tail = np.flatnonzero(starts > last)
     if len(tail):
         lo = int(starts[tail].min())
         padded = np.concatenate((data[lo:], np.zeros(width, dtype=np.uint8)))
-        rows[tail] = sliding_window_view(padded, width)[starts[tail] - lo]
+        rows[tail] = byte_rows(padded, starts[tail] - lo, width)
     return rows
 
 
