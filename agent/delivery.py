@@ -21,14 +21,13 @@ from collections import deque
 from pathlib import Path
 from typing import Iterable
 
-from agent.calls.record import CallRecord
 from agent.config import Config
 from agent.counters import new_counters
 from agent.deliver.spool import Spool
 from agent.deliver.uploader import Uploader
 from agent.errors import AgentError
 from agent.lifecycle import stop_signals
-from agent.recorder import Rendered
+from agent.recorder import Rendered, call_name
 from agent.pipeline.assembly import build_pipeline, uploaded_legs_only
 from agent.replay import replay
 
@@ -62,12 +61,6 @@ def private_workdir(spool_dir: Path, role: str) -> Path:
         except PermissionError:
             continue
     return base / f"{role}-{os.getpid()}"
-
-
-def call_name(record: CallRecord) -> str:
-    """How a lost call is named in the log: enough for an operator to find it elsewhere."""
-    return (f"callid={record.get('callid')} start={record.get('startdatetimeutc')} "
-            f"caller={record.get('callerphone') or '?'} callee={record.get('destinationphone') or '?'}")
 
 
 class SpoolSink:

@@ -132,6 +132,14 @@ def render_metrics(snap: Snapshot) -> str:
            [({}, c.get("deliver.spool.io_error", 0))])
     metric("calln_calls_lost_total", "counter", "Finished calls given up because the spool could not be written.",
            [({}, c.get("deliver.spool.lost", 0))])
+    metric("calln_recording_io_errors_total", "counter",
+           "Recordings that could not be written (ENOSPC, EDQUOT, EIO), every try.",
+           [({}, c.get("recorder.io_errors", 0))])
+    metric("calln_recordings_retrying", "gauge", "Calls whose recording waits for another try: the disk failed.",
+           [({}, c.get("recorder.retrying", 0))])
+    metric("calln_recordings_lost_total", "counter",
+           "Calls whose audio was given up: the recording could not be written after every try.",
+           [({}, c.get("recorder.audio_lost", 0))])
     for name, _key, bounds in HISTOGRAMS:
         histogram(*_QUALITY_HELP[name], name, bounds)
     metric("calln_calls_mos_below_total", "counter", "Calls marked: a direction's MOS below [quality] mos_below.",
@@ -163,6 +171,13 @@ def health(snap: Snapshot, limits: HealthLimits) -> tuple[bool, list[str]]:
     lost = snap.counters.get("deliver.spool.lost", 0)
     if lost:
         reasons.append(f"{lost} call(s) lost: the spool could not be written (names in the log)")
+    retrying = snap.counters.get("recorder.retrying", 0)
+    if retrying:
+        reasons.append(f"recordings not writable: {retrying} call(s) waiting to be rendered again")
+    audio_lost = snap.counters.get("recorder.audio_lost", 0)
+    if audio_lost:
+        reasons.append(f"{audio_lost} call(s) lost their audio: the recording could not be written "
+                       "(names in the log)")
     return not reasons, reasons
 
 

@@ -9,10 +9,18 @@ In-band DTMF: the worker also looks for in-band tones in each direction that car
 RFC 4733 / SIP INFO key press, and with ``mask_dtmf_audio`` silences every key press; the
 digits it finds are merged into the record here (``merge_inband_dtmf``), which recomputes
 ``callerdtmf`` / ``destinationdtmf``. With ``redact_dtmf_digits`` every digit is blanked.
+
+A recording that cannot be written (ENOSPC, EDQUOT, EIO: ``local_io_fault``) is a fault of the
+disk, not of the call: the worker keeps the call's media log and the recorder renders it again
+with back-off (``retry_base_s`` doubling to ``retry_max_s``, at most ``retries`` more tries),
+counted (``recorder.io_errors``, ``recorder.retrying``). Only then is the call passed on
+without audio and named in an ERROR log as lost (``recorder.audio_lost``). A render that fails
+any other way (bad input) fails the same way every time: it is passed on at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import multiprocessing
@@ -22,12 +30,13 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from agent.config import RecordingSection
 from agent.calls.record import CallRecord, Recording, merge_dtmf_presses, presses_from_events
+from agent.counters import new_counters
 from agent.calls.srtp_keys import ENCRYPTED_NO_KEYS
 from agent.pipeline.completion import complete_media
 from agent.pipeline.finishing import FinishedCall
@@ -36,6 +45,7 @@ from agent.lifecycle import FORKSERVER_ENV, PARENT_ENV, die_with_parent, env_pid
 from agent.private import file_mode, make_private, make_private_dir, umask_for
 from agent.media.render import render_recording, streams_in_use
 from agent.media.stream import MediaPlan
+from agent.media.timeline import StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,12 @@ def safe_name(text: str, limit: int = 40) -> str:
 def recording_basename(record: CallRecord, seq: int) -> str:
     start = record["startdatetimeutc"].replace("-", "").replace(":", "").replace(" ", "T") + "Z"
     return f"{start}_{safe_name(record['callerphone'])}_to_{safe_name(record['destinationphone'])}_{seq:05d}"
+
+
+def call_name(record: CallRecord) -> str:
+    """How a lost call is named in the log: enough for an operator to find it elsewhere."""
+    return (f"callid={record.get('callid')} start={record.get('startdatetimeutc')} "
+            f"caller={record.get('callerphone') or '?'} callee={record.get('destinationphone') or '?'}")
 
 
 @dataclass(slots=True)
@@ -84,21 +100,32 @@ def merge_inband_dtmf(record: CallRecord, inband: list[dict], *, redact: bool) -
     return merge_dtmf_presses(record, presses, redact=redact)
 
 
+LOCAL_IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def local_io_fault(exc: BaseException | None) -> bool:
+    """True for an error of the local disk (full, over quota, failing): worth trying again."""
+    return isinstance(exc, OSError) and exc.errno in LOCAL_IO_ERRNOS
+
+
 def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, out_path: Path,
                 settings: RecordingSection, fmt: str, record: CallRecord,
                 ) -> tuple[Path | None, Recording | None, str, list[dict], CallRecord, float]:
     """Runs in a worker process: sequence the call's media if the engine deferred it, then
     decode, mix and encode. Returns (audio path, recording fields, no-audio reason, in-band
-    DTMF presses, the record (completed), CPU seconds this job used)."""
+    DTMF presses, the record (completed), CPU seconds this job used). On a ``local_io_fault``
+    the media log is kept (the recorder tries again) and the partial outputs removed."""
     cpu_start = time.process_time()
     ordered_log = None if media_log is None else media_log.with_suffix(".ordered")
     media = media_log     # what render_recording reads: the ordered log's path or blocks
+    keep_media = False
     try:
         if media_plan is not None and media_log is not None:
             # Sequenced here and rendered right away: the ordered records stay in memory
             # (a long call's go to ordered_log).
             record, streams, media = complete_media(record, media_log, media_plan, ordered_log,
-                                                    redact=settings.redact_dtmf_digits, in_memory=True)
+                                                    redact=settings.redact_dtmf_digits, in_memory=True,
+                                                    keep_raw=True)
         if record.get("encrypted"):
             # SDES keys (or plain RTP negotiated) make "" here; DTLS-SRTP, ZRTP, no keys do not.
             why = (record.get("srtp") or {}).get("no_audio", ENCRYPTED_NO_KEYS)
@@ -113,10 +140,18 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
                                   bitrate_kbps=settings.mp3_bitrate_kbps, mp3_quality=settings.mp3_quality,
                                   inband_dtmf_directions=directions, mask_spans_ns=spans,
                                   mask_inband=settings.mask_dtmf_audio)
+    except OSError as exc:
+        keep_media = local_io_fault(exc)
+        if keep_media:
+            for partial in out_path.parent.glob(out_path.name + "*"):     # .part, .d0.pcm, ...
+                partial.unlink(missing_ok=True)
+        raise
     finally:
         if media_log is not None:
-            media_log.unlink(missing_ok=True)
-            ordered_log.unlink(missing_ok=True)
+            if ordered_log != media_log:
+                ordered_log.unlink(missing_ok=True)
+            if not keep_media:
+                media_log.unlink(missing_ok=True)
     cpu_s = time.process_time() - cpu_start
     if result.path is None or result.duration_ms <= 0:
         return None, None, "undecodable" if result.undecodable else "no_audio", [], record, cpu_s
@@ -166,6 +201,21 @@ def _worker_init(umask: int) -> None:
 
 
 ABORT_WAIT_S = 3.0     # on a stop, renders already running get this long before their workers are killed
+RENDER_RETRIES = 8         # tries after a local I/O fault: 1 + 2 + ... + 60 s, about 3 minutes in all
+RENDER_RETRY_BASE_S = 1.0
+RENDER_RETRY_MAX_S = 60.0
+
+
+@dataclass(eq=False)
+class _Job:
+    """One call to render, kept until its result is passed on (a retry submits it again)."""
+    media_log: Path | None
+    streams: list[StreamSpec]
+    media_plan: MediaPlan | None
+    out_path: Path
+    record: CallRecord
+    tries: int = 0
+    timer: threading.Timer | None = field(default=None, repr=False)
 
 
 class Recorder:
@@ -180,7 +230,8 @@ class Recorder:
                  on_rendered: Callable[[Rendered], None], *, fmt: str | None = None,
                  workers: int | None = None,
                  render_if: Callable[[CallRecord], bool] | None = None,
-                 stop_on_signals: bool = True) -> None:
+                 stop_on_signals: bool = True, counters=None, retries: int = RENDER_RETRIES,
+                 retry_base_s: float = RENDER_RETRY_BASE_S, retry_max_s: float = RENDER_RETRY_MAX_S) -> None:
         self.settings = settings
         self.fmt = fmt or settings.format
         self.out_dir = Path(out_dir)
@@ -197,7 +248,10 @@ class Recorder:
                                         initializer=_worker_init, initargs=(umask_for(settings.group),))
         self._seq = 0
         self._lock = threading.Lock()
-        self._futures: dict[Future, Path | None] = {}     # submitted → its media log
+        self._futures: dict[Future, _Job] = {}     # submitted, result not yet passed on
+        self._retrying: set[_Job] = set()          # waiting for their next try (a disk fault)
+        self.counters = counters if counters is not None else new_counters()
+        self.retries, self.retry_base_s, self.retry_max_s = retries, retry_base_s, retry_max_s
         self.errors = 0
         self.cancelled = 0              # calls dropped unrendered by a stop
         self.worker_cpu_s = 0.0         # CPU the workers spent (benchmarks: audio-s per CPU-s)
@@ -214,20 +268,32 @@ class Recorder:
                                           no_audio_reason="not_rendered"))
             return
         base = recording_basename(record, self._seq)
-        out_path = self.out_dir / f"{base}.{self.fmt}"
-        future = self.pool.submit(_render_job, finished.media_log, finished.streams, finished.media_plan,
-                                  out_path, self.settings, self.fmt, record)
-        with self._lock:
-            self._futures[future] = finished.media_log
-        future.add_done_callback(lambda f, record=record: self._done(f, record))
+        self._submit(_Job(finished.media_log, finished.streams, finished.media_plan,
+                          self.out_dir / f"{base}.{self.fmt}", record))
         kill_point("render_submitted")        # crash tests: the agent dies while a worker renders
+
+    def _submit(self, job: _Job) -> None:
+        with self._lock:
+            future = self._submit_locked(job)
+        future.add_done_callback(self._done)      # outside the lock: it may run at once
+
+    def _submit_locked(self, job: _Job) -> Future:
+        future = self.pool.submit(_render_job, job.media_log, job.streams, job.media_plan, job.out_path,
+                                  self.settings, self.fmt, job.record)
+        self._futures[future] = job
+        return future
 
     def _stopping(self) -> bool:
         return bool(self._signals) and stop_signals.requested
 
-    def _done(self, future: Future, record: CallRecord) -> None:
+    def _done(self, future: Future) -> None:
+        failure = None if future.cancelled() else future.exception()
         with self._lock:
-            media_log = self._futures.pop(future, None)
+            job = self._futures.pop(future)
+            # in the same hold of the lock: close() never sees the call in neither set
+            if local_io_fault(failure) and self._retry_later(job, failure):
+                return
+        media_log, record = job.media_log, job.record
         # After a stop only whole recordings are passed on: a job that failed or found no
         # media may have lost its media log to the stop's clean-up (the next run redoes it).
         if future.cancelled() or (self._stopping() and (future.exception() is not None
@@ -240,9 +306,13 @@ class Recorder:
             audio_path, fields, reason, inband, record, cpu_s = future.result()
             self.worker_cpu_s += cpu_s
         except Exception as exc:           # a worker crash must not lose the call
-            log.error("rendering call %s failed: %s", record.get("callid"), exc)
+            if local_io_fault(exc):          # its tries spent (_retry_later named it as lost)
+                reason = f"recording_lost:{errno.errorcode.get(exc.errno, 'EIO')}"
+            else:
+                log.error("rendering call %s failed: %s", record.get("callid"), exc)
+                reason = f"render_failed:{type(exc).__name__}"
             self.errors += 1
-            audio_path, fields, reason, inband = None, None, f"render_failed:{type(exc).__name__}", []
+            audio_path, fields, inband = None, None, []
         if audio_path is not None and self.settings.group:
             make_private(audio_path, self.settings.group)
         if inband or self.settings.redact_dtmf_digits:
@@ -254,16 +324,56 @@ class Recorder:
         with self._lock:
             self.on_rendered(Rendered(record=record, audio_path=audio_path, no_audio_reason=reason))
 
+    def _retry_later(self, job: _Job, exc: OSError) -> bool:
+        """A local I/O fault (called with the lock held): schedule the job's next try (True),
+        or, its tries spent or the recorder stopping, name the call as lost (False: it is
+        passed on without audio)."""
+        self.counters["recorder.io_errors"] += 1
+        if self._stopping():
+            return False              # half-done: the stop drops it like the calls not yet rendered
+        what = f"{errno.errorcode.get(exc.errno, 'EIO')} {exc.strerror or exc}"
+        if job.tries >= self.retries:
+            self.counters["recorder.audio_lost"] += 1
+            log.error("call LOST its audio, the recording could not be written after %d tries (%s): %s",
+                      job.tries + 1, what, call_name(job.record))
+            if job.media_log is not None:
+                job.media_log.unlink(missing_ok=True)
+            return False
+        delay_s = min(self.retry_max_s, self.retry_base_s * 2 ** job.tries)
+        job.tries += 1
+        log.warning("recording of call %s not written (%s): trying again in %.0f s (%d of %d)",
+                    job.record.get("callid"), what, delay_s, job.tries, self.retries)
+        job.timer = threading.Timer(delay_s, self._try_again, args=(job,))
+        job.timer.daemon = True
+        self._retrying.add(job)
+        self.counters["recorder.retrying"] = len(self._retrying)
+        job.timer.start()
+        return True
+
+    def _try_again(self, job: _Job) -> None:
+        # Under the lock from leaving _retrying to entering _futures: close() never sees it in neither.
+        with self._lock:
+            if job not in self._retrying:         # a stop took it back
+                return
+            self._retrying.discard(job)
+            self.counters["recorder.retrying"] = len(self._retrying)
+            future = self._submit_locked(job)
+        future.add_done_callback(self._done)
+
     def close(self) -> None:
-        """Wait for every submitted call, then stop the workers. After a stop signal: cancel,
-        bound the wait, and raise ``Interrupted``."""
+        """Wait for every submitted call (and every retry), then stop the workers. After a stop
+        signal: cancel, bound the wait, and raise ``Interrupted``."""
         try:
             while True:
                 with self._lock:
                     pending = set(self._futures)
-                if not pending or self._stopping():
+                    retrying = bool(self._retrying)
+                if not (pending or retrying) or self._stopping():
                     break
-                wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                if pending:
+                    wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                else:
+                    time.sleep(0.1)
             if self._stopping():
                 self._abort()
                 stop_signals.check()
@@ -276,6 +386,14 @@ class Recorder:
     def _abort(self) -> None:
         with self._lock:
             pending = set(self._futures)
+            retrying, self._retrying = self._retrying, set()
+            self.counters["recorder.retrying"] = 0
+        for job in retrying:                  # half-done: dropped, as the calls not yet rendered
+            if job.timer is not None:
+                job.timer.cancel()
+            if job.media_log is not None:
+                job.media_log.unlink(missing_ok=True)
+            self.cancelled += 1
         for f in pending:
             f.cancel()
         running = {f for f in pending if not f.cancelled()}

@@ -14,6 +14,7 @@ from typing import Callable
 
 from agent.calls.record import CallRecord
 from agent.config import Config
+from agent.counters import new_counters
 from agent.pipeline.engine import Engine, MediaMode
 from agent.pipeline.finishing import FinishedCall
 from agent.recorder import Recorder, Rendered
@@ -39,9 +40,10 @@ def build_pipeline(config: Config, on_rendered: Callable[[Rendered], None], *, w
     they are written, in ``fmt`` (default ``[api] format``: what the API receives). ``route``
     makes the engine's hand-over to the recorder (the daemon bounds it with a queue); by
     default finished calls go straight to the recorder."""
+    counters = counters if counters is not None else new_counters()     # one set: engine and recorder
     recorder = Recorder(config.recording, out_dir if out_dir is not None else work / "rendered", on_rendered,
                         fmt=fmt or config.api.format, workers=workers, render_if=render_if,
-                        stop_on_signals=stop_on_signals)
+                        stop_on_signals=stop_on_signals, counters=counters)
     engine = Engine(config, route(recorder) if route is not None else recorder, counters=counters,
                     workdir=work / "media", media=MediaMode.DEFERRED)
     return Pipeline(engine, recorder)

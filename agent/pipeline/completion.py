@@ -25,23 +25,30 @@ from agent.media.timeline import STATIC_PAYLOAD_TYPES, CodecInfo, StreamSpec
 
 
 def complete_media(record: CallRecord, raw_log: Path, plan: MediaPlan, ordered_log: Path, *,
-                   redact: bool, in_memory: bool = False
+                   redact: bool, in_memory: bool = False, keep_raw: bool = False
                    ) -> tuple[CallRecord, list[StreamSpec], Path | list[MediaBlock]]:
     """Sequence a call's raw media log (see ``sequence_capture``) into ``ordered_log`` (or,
     ``in_memory``, into blocks kept in memory when the call is not long): returns the record
     completed with per-stream counters and RFC 4733 key presses, the stream specs and the
-    ordered media (path or blocks) ``render_recording`` needs. The raw log is deleted. SRTP
-    (``plan.srtp``) is decrypted first, into a plain raw log beside it (``media/srtp.py``)."""
+    ordered media (path or blocks) ``render_recording`` needs. The raw log is deleted, unless
+    ``keep_raw`` (the recorder deletes it once the recording is written). SRTP (``plan.srtp``)
+    is decrypted first, into a plain raw log beside it (``media/srtp.py``), deleted here."""
+    plain_log = None
     if plan.srtp is not None:
         plain_log = raw_log.with_suffix(".plain")
         try:
             plan, srtp_facts = decrypt_raw_log(raw_log, plain_log, plan)
         finally:
-            raw_log.unlink(missing_ok=True)
-        raw_log = plain_log
+            if not keep_raw:
+                raw_log.unlink(missing_ok=True)
         record = dict(record, srtp=dict(record.get("srtp") or {}, **srtp_facts))
-    media = sequence_capture(raw_log, ordered_log, plan, in_memory=in_memory)
-    raw_log.unlink(missing_ok=True)
+    try:
+        media = sequence_capture(plain_log or raw_log, ordered_log, plan, in_memory=in_memory)
+    finally:
+        if plain_log is not None:
+            plain_log.unlink(missing_ok=True)
+    if not keep_raw:
+        raw_log.unlink(missing_ok=True)
     record, specs = media_record(record, media, plan.codecs, redact=redact)
     record["streams"] = unrecorded_streams(plan, record["streams"])
     return record, specs, media.ordered_media
