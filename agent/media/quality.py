@@ -137,18 +137,14 @@ def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, 
     regular[0] = False
     if regular.any():
         q.max_delta_ms = max(0.0, float(delta_ms[regular].max()))
-    jitter = mean = top = 0.0
     steps = in_time & clocked
     steps[0] = False
     at = np.flatnonzero(steps)
-    # The recurrence is sequential: one plain-float step per packet (lists, not numpy scalars).
-    for i, d, reg in zip(at.tolist(), diff_ms[at].tolist(), regular[at].tolist()):
-        jitter = (15 * jitter + d) / 16
-        if reg:
-            if jitter > top:
-                top = jitter
-            mean = (mean * (i - 1) + jitter) / i
-    q.jitter_mean_ms, q.jitter_max_ms = mean, top
+    jitter = rfc3550_jitter(diff_ms[at])           # J after each step
+    reg = regular[at]
+    if reg.any():
+        q.jitter_max_ms = float(jitter[reg].max())
+        q.jitter_mean_ms = _running_mean(jitter[reg], at[reg])
 
     # --- jitter buffers: first copies of audio packets, by their transit time
     keep = first_copy & audio
@@ -156,6 +152,39 @@ def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, 
         q.late_fixed, q.late_adaptive, q.adaptive_depth_ms = jitter_buffer_loss(
             t_ms[keep] - ts[keep] / (clock[keep] / 1000.0))
     return q
+
+
+# J = (15 J + D) / 16 unrolled over blocks: inside a block J_t = a^t (a J_before + sum over
+# u <= t of a^-u D_u / 16), a = 15/16. A block is short enough that a^-u stays far from
+# overflow and the newest terms (the largest) dominate each sum, so the result is the
+# sequential one to ~1e-14 relative: no per-packet Python step.
+_JITTER_BLOCK = 512
+_DECAY = (15 / 16) ** np.arange(_JITTER_BLOCK)
+_GROW = (16 / 15) ** np.arange(_JITTER_BLOCK)
+
+
+def rfc3550_jitter(deviation_ms: np.ndarray) -> np.ndarray:
+    """The RFC 3550 estimate after each step of J = (15 J + D) / 16, from J = 0, for the
+    deviations D in order (ms)."""
+    d = np.asarray(deviation_ms, dtype=np.float64)
+    out = np.empty(d.size)
+    before = 0.0
+    for start in range(0, d.size, _JITTER_BLOCK):
+        block = d[start:start + _JITTER_BLOCK]
+        n = block.size
+        out[start:start + n] = _DECAY[:n] * (np.cumsum(block * _GROW[:n]) / 16 + before * (15 / 16))
+        before = float(out[start + n - 1])
+    return out
+
+
+def _running_mean(jitter: np.ndarray, index: np.ndarray) -> float:
+    """Wireshark's mean jitter: m = (m (i - 1) + J) / i at each regular packet, i its index in
+    arrival order, from m = 0. Unrolled: the final m is the sum of J_p / i_p times the
+    product of the later packets' (i - 1) / i."""
+    i = index.astype(np.float64)
+    weight = (i - 1) / i
+    later = np.append(np.cumprod(weight[::-1])[::-1][1:], 1.0)
+    return float(np.sum(jitter / i * later))
 
 
 def _last_before(mask: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from agent.errors import SdpParseError
 from agent.sip.crypto import CryptoAttribute, CryptoParseError, parse_crypto
@@ -240,6 +241,7 @@ class _MediaBuilder:
         )
 
 
+@lru_cache(maxsize=1024)    # a few distinct lines in all (PCMU/8000...): one frozen RtpMap each
 def _parse_rtpmap(value: str) -> RtpMap | None:
     pt_text, _, rest = value.partition(" ")
     pt = _maybe_uint(pt_text, 3)
