@@ -5,7 +5,8 @@ The SIP/RTP building blocks (parties, dialogs, µ-law tone payloads, the byte-ex
 writer, truth conventions) come from ``make_pcaps.py``; the media is encrypted with libsrtp
 (pylibsrtp ``protect``) using fixed keys, so every run gives the same bytes. Each truth file
 has, beside the usual ``calls``, an ``srtp`` block per Call-ID: the plaintext that was
-encrypted (tone and packet count per side: ``tone_payload(tone_hz, i)`` for i < packets),
+encrypted (tone and packet count per side: ``tone_payload(tone_hz, i)`` for i < packets; ``events``
+RFC 4733 packets take some of those slots),
 what must be counted (packets failing authentication) and, for calls that cannot be
 decrypted, the no-audio reason.
 
@@ -21,6 +22,8 @@ Scenarios:
   packets (one payload byte flipped) arrive 2 ms before their genuine packets.
 - ``srtp_gcm``: AEAD_AES_128_GCM both ways.
 - ``srtp_gcm256``: AEAD_AES_256_GCM both ways.
+- ``srtp_dtmf``: _80 both ways with encrypted RFC 4733 key presses (caller ``5#``, callee ``9``;
+  the end packets' three copies are byte-identical SRTP packets).
 - ``srtp_dtls``: UDP/TLS/RTP/SAVPF with a=fingerprint (DTLS-SRTP): no keys in the SDP.
 - ``srtp_no_keys``: RTP/SAVP without a=crypto.
 - ``srtp_aes256``: only AES_256_CM_HMAC_SHA1_80 offered and answered (libsrtp through
@@ -73,9 +76,9 @@ def inline(key: bytes, extra: str = "") -> str:
 
 
 def sdp_srtp(p, sess_id: int, *, version: int = 1, proto: str = "RTP/SAVP",
-             attrs: list[str] | None = None) -> bytes:
+             attrs: list[str] | None = None, pts: str = "0") -> bytes:
     lines = ["v=0", f"o=- {sess_id} {version} IN IP4 {p.ip}", "s=call", f"c=IN IP4 {p.ip}", "t=0 0",
-             f"m=audio {p.rtp_port} {proto} 0", "a=rtpmap:0 PCMU/8000", "a=ptime:20",
+             f"m=audio {p.rtp_port} {proto} {pts}", "a=rtpmap:0 PCMU/8000", "a=ptime:20",
              *(attrs or []), "a=sendrecv"]
     return ("\r\n".join(lines) + "\r\n").encode()
 
@@ -87,6 +90,7 @@ class Protector:
         self.suite = suite
         policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=PROFILES[suite])
+        policy.allow_repeat_tx = True                # RFC 4733 end packets are sent 3 times, one seq
         self.session = pylibsrtp.Session(policy)
         self.mki = b"" if mki is None else mki.to_bytes(mki_bytes, "big")
 
@@ -109,6 +113,7 @@ class Sender:
         self.sent = 0
         self.tamper: set[int] = set()                # packet indexes preceded by a tampered copy
         self.first_ns: int | None = None
+        self.events = 0                              # RFC 4733 packets among ``sent``
 
     def plain(self, i: int) -> bytes:
         hdr = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0), (self.seq0 + i) & 0xFFFF,
@@ -116,9 +121,10 @@ class Sender:
         return hdr + tone_payload(self.tone_hz, i)
 
     def send(self, start_ns: int, count: int, protect: Protector) -> int:
+        """``count`` tone packets; ``start_ns`` is the time of the stream's packet 0."""
         t = start_ns
         for k in range(count):
-            t = start_ns + k * PTIME_MS * MS
+            t = start_ns + self.sent * PTIME_MS * MS
             if self.first_ns is None:
                 self.first_ns = t
             wire = protect(self.plain(self.sent))
@@ -129,6 +135,22 @@ class Sender:
             self._put(t, wire)
             self.sent += 1
         return t
+
+    def key(self, start_ns: int, event: int, protect: Protector, updates: int = 4) -> None:
+        """An RFC 4733 key press (PT 101) in the next packet slots: ``updates`` packets, then the
+        end packet three times (one seq, byte-identical copies on the wire)."""
+        ts = self.ts0 + self.sent * SAMPLES_PER_PACKET
+        for i in range(updates + 1):
+            end = i == updates
+            payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, (i + 1) * SAMPLES_PER_PACKET)
+            hdr = struct.pack("!BBHII", 0x80, (0x80 if i == 0 else 0) | 101, (self.seq0 + self.sent) & 0xFFFF,
+                              ts & 0xFFFFFFFF, self.ssrc)
+            t = start_ns + self.sent * PTIME_MS * MS
+            wire = protect(hdr + payload)
+            for copy in range(3 if end else 1):
+                self._put(t + copy * MS, wire)
+            self.sent += 1
+            self.events += 1
 
     def _put(self, t_ns: int, data: bytes) -> None:
         self.cap.add(t_ns, self.src, self.dst, UDP(sport=self.src.rtp_port, dport=self.dst.rtp_port) / Raw(data))
@@ -176,8 +198,8 @@ def _truth(cap: Capture, d: Dialog, s_a: Sender, s_b: Sender, *, suites: list[st
         "suites": suites,
         "auth_failed": {"caller": auth_failed[0], "callee": auth_failed[1]},
         "no_audio_reason": no_audio,
-        "plaintext": {"caller": {"tone_hz": s_a.tone_hz, "packets": s_a.sent},
-                      "callee": {"tone_hz": s_b.tone_hz, "packets": s_b.sent}},
+        "plaintext": {"caller": {"tone_hz": s_a.tone_hz, "packets": s_a.sent, "events": s_a.events},
+                      "callee": {"tone_hz": s_b.tone_hz, "packets": s_b.sent, "events": s_b.events}},
     }
 
 
@@ -258,11 +280,11 @@ def sc_rekey() -> Capture:
     old_n = 0
     while fa + (100 + old_n) * PTIME_MS * MS < t_switch:
         old_n += 1
-    s_a.send(fa + 100 * PTIME_MS * MS, old_n, Protector(suite, keys["caller", 1]))
+    s_a.send(fa, old_n, Protector(suite, keys["caller", 1]))
     new_a = Protector(suite, keys["caller", 2])
-    end_a = s_a.send(fa + (100 + old_n) * PTIME_MS * MS, 100 - old_n, new_a)
+    end_a = s_a.send(fa, 100 - old_n, new_a)
     new_b = Protector(suite, keys["callee", 2])
-    end_b = s_b.send(fb + 100 * PTIME_MS * MS + 30 * MS, 100, new_b)   # first after its 200 OK
+    end_b = s_b.send(fb + 30 * MS, 100, new_b)       # 30 ms later than before: after its 200 OK
     bye_and_ok(cap, d, max(end_a, end_b) + 15 * MS, cseq=3)
     _truth(cap, d, s_a, s_b, suites=[suite])
     return cap
@@ -282,10 +304,39 @@ def sc_mki() -> Capture:
     s_a, s_b = _senders(cap, d)
     fa, fb = T0 + 1530 * MS, T0 + 1520 * MS
     s_a.send(fa, 75, Protector(suite, k1, 1, 4))
-    end_a = s_a.send(fa + 75 * PTIME_MS * MS, 75, Protector(suite, k2, 2, 4))
+    end_a = s_a.send(fa, 75, Protector(suite, k2, 2, 4))
     end_b = s_b.send(fb, 152, Protector(suite, kb, 1, 1))
     bye_and_ok(cap, d, max(end_a, end_b) + 15 * MS)
     _truth(cap, d, s_a, s_b, suites=[suite])
+    return cap
+
+
+def sc_dtmf() -> Capture:
+    name, suite = "srtp_dtmf", "AES_CM_128_HMAC_SHA1_80"
+    cap = Capture(name, "SDES-SRTP AES_CM_128_HMAC_SHA1_80 both ways with encrypted RFC 4733 key presses "
+                  "(PT 101, end packet sent 3 times: byte-identical SRTP copies): caller '5' then '#', "
+                  "callee '9'.")
+    a, b = _parties()
+    d = Dialog(f"{name}-0001@callntest.example", a, b, from_tag=f"ft-{name}", to_tag=f"tt-{name}")
+    ka, kb = key_for(f"{name}/caller", suite), key_for(f"{name}/callee", suite)
+    te = ["a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16"]
+    offer = sdp_srtp(a, 1001, attrs=[f"a=crypto:1 {suite} {inline(ka)}", *te], pts="0 101")
+    answer = sdp_srtp(b, 2002, attrs=[f"a=crypto:1 {suite} {inline(kb)}", *te], pts="0 101")
+    _setup(cap, d, offer, answer)
+    s_a, s_b = _senders(cap, d)
+    fa, fb = T0 + 1530 * MS, T0 + 1520 * MS
+    pa, pb = Protector(suite, ka), Protector(suite, kb)
+    s_a.send(fa, 30, pa)
+    s_a.key(fa, 5, pa)
+    s_a.send(fa, 20, pa)
+    s_a.key(fa, 11, pa)
+    end_a = s_a.send(fa, 30, pa)
+    s_b.send(fb, 40, pb)
+    s_b.key(fb, 9, pb)
+    end_b = s_b.send(fb, 40, pb)
+    bye_and_ok(cap, d, max(end_a, end_b) + 15 * MS)
+    _truth(cap, d, s_a, s_b, suites=[suite], tones=False)
+    cap.calls[-1].update(callerdtmf="5#", destinationdtmf="9")
     return cap
 
 
@@ -340,6 +391,7 @@ SCENARIOS = {
     "srtp_auth_fail": sc_auth_fail,
     "srtp_gcm": sc_gcm,
     "srtp_gcm256": sc_gcm256,
+    "srtp_dtmf": sc_dtmf,
     "srtp_dtls": sc_dtls,
     "srtp_no_keys": sc_no_keys,
     "srtp_aes256": sc_aes256,

@@ -37,10 +37,11 @@ import pylibsrtp
 
 from agent.media.codecs import is_telephone_event
 from agent.media.medialog import MediaLogWriter, read_media_log_blocks
-from agent.media.stream import _without_event_code
+from agent.media.runs import RunGroups
+from agent.media.stream import CallMedia, _without_event_code
 from agent.sip.crypto import SUITES, CryptoAttribute, KeyPeriod
 
-__all__ = ["SrtpDecryptor", "decrypt_raw_log", "observe_srtp", "COUNTER_NAMES"]
+__all__ = ["SrtpDecryptor", "SrtpCallMedia", "decrypt_raw_log", "observe_srtp", "COUNTER_NAMES"]
 
 REPLAY_WINDOW_PACKETS = 1024     # libsrtp's replay window (default 128): reordering/copies up to this
 _RECENT = 1024                   # recent plaintexts per direction, by seq (byte-identical copies)
@@ -62,23 +63,44 @@ class SrtpDecryptor:
     ``periods`` is per side (0 caller, 1 callee) a sequence of ``KeyPeriod`` in time order;
     it may grow while packets are fed (``inspect`` decrypts as the capture goes)."""
 
-    __slots__ = ("_periods", "_starts", "_sessions", "_recent", "counts")
+    __slots__ = ("_periods", "_starts", "_sessions", "_recent", "_fast", "_decrypted", "_counts")
 
     def __init__(self, periods: Sequence[Sequence[KeyPeriod]]) -> None:
         self._periods = periods
         self._starts: list[list[int]] = [[], []]
         self._sessions: dict[tuple[int, int, int | None], pylibsrtp.Session] = {}
         self._recent: list[list[tuple[bytes, bytes] | None]] = [[None] * _RECENT, [None] * _RECENT]
-        self.counts = {name: [0, 0] for name in COUNTER_NAMES}
+        # Per side, the period most packets fall in: (from_ns, until_ns, periods known, session).
+        self._fast: list[tuple[int, float, int, pylibsrtp.Session] | None] = [None, None]
+        self._decrypted = [0, 0]
+        self._counts = {name: [0, 0] for name in COUNTER_NAMES}
+
+    @property
+    def counts(self) -> dict[str, list[int]]:
+        """Per counter name, [caller, callee] (``decrypted`` is kept apart on the fast path)."""
+        self._counts["decrypted"] = list(self._decrypted)
+        return self._counts
 
     def __repr__(self) -> str:
         return f"SrtpDecryptor(counts={self.counts})"
 
     def unprotect(self, direction: int, arrival_ns: int, packet: bytes) -> bytes | None:
         """The plain RTP packet (header kept, trailer removed), or None when it must be dropped."""
+        fast = self._fast[direction]
+        if fast is not None and fast[0] <= arrival_ns < fast[1] and fast[2] == len(self._periods[direction]):
+            try:
+                plain = fast[3].unprotect(packet)
+            except pylibsrtp.Error:
+                return self._unprotect(direction, arrival_ns, packet)
+            self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
+            self._decrypted[direction] += 1
+            return plain
+        return self._unprotect(direction, arrival_ns, packet)
+
+    def _unprotect(self, direction: int, arrival_ns: int, packet: bytes) -> bytes | None:
         periods = self._periods[direction]
         if not periods:
-            self.counts["plain"][direction] += 1     # nothing negotiated yet: taken as it is
+            self._counts["plain"][direction] += 1     # nothing negotiated yet: taken as it is
             return packet
         starts = self._starts[direction]
         if len(starts) != len(periods):
@@ -86,7 +108,7 @@ class SrtpDecryptor:
         i = max(bisect_right(starts, arrival_ns) - 1, 0)     # before the first answer: its keys
         period = periods[i]
         if period.crypto is None:
-            self.counts["plain" if period.plain else "no_keys"][direction] += 1
+            self._counts["plain" if period.plain else "no_keys"][direction] += 1
             return packet if period.plain else None
         try:
             plain = self._try(direction, i, period.crypto, packet)
@@ -96,7 +118,11 @@ class SrtpDecryptor:
                 return None
         else:
             self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
-        self.counts["decrypted"][direction] += 1
+            if not period.crypto.mki_bytes:          # the next packets of this period skip the search
+                until = starts[i + 1] if i + 1 < len(starts) else float("inf")
+                self._fast[direction] = (starts[i] if i else -1 << 63, until, len(periods),
+                                         self._sessions[(direction, i, None)])
+        self._decrypted[direction] += 1
         return plain
 
     def _try(self, direction: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes:
@@ -117,10 +143,10 @@ class SrtpDecryptor:
             recent = self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT]
             if recent is not None and recent[0] == packet:
                 return recent[1]                     # a copy: the sequencer counts the duplicate
-            self.counts["replayed"][direction] += 1
+            self._counts["replayed"][direction] += 1
             return None
         if why.startswith("replay check failed (index too old)"):
-            self.counts["too_old"][direction] += 1
+            self._counts["too_old"][direction] += 1
             return None
         # Authentication failed: the other keys of this direction, nearest in time first.
         periods = self._periods[direction]
@@ -130,13 +156,14 @@ class SrtpDecryptor:
                     plain = self._try(direction, j, periods[j].crypto, packet)
                 except pylibsrtp.Error:
                     continue
-                self.counts["other_key"][direction] += 1
+                self._counts["other_key"][direction] += 1
                 return plain
-        self.counts["auth_failed"][direction] += 1
+        self._counts["auth_failed"][direction] += 1
         return None
 
     def facts(self) -> dict[str, dict[str, int]]:
-        return {name: {side: self.counts[name][d] for d, side in enumerate(_SIDES)} for name in COUNTER_NAMES}
+        counts = self.counts
+        return {name: {side: counts[name][d] for d, side in enumerate(_SIDES)} for name in COUNTER_NAMES}
 
 
 def _strip_mki(crypto: CryptoAttribute, packet: bytes) -> tuple[bytes, int | None]:
@@ -168,11 +195,10 @@ def decrypt_raw_log(raw_path: Path, out_path: Path, plan) -> tuple[Any, dict[str
     for block in read_media_log_blocks(raw_path):
         raw = block.data.tobytes()
         out = bytearray(raw)
-        n = len(block)
-        keep = np.zeros(n, dtype=bool)
-        sizes = block.payload_len.copy()
+        sizes = block.payload_len.tolist()
+        keep = [False] * len(sizes)
         for i, (d, arrival_ns, at, size) in enumerate(zip((block.stream & 1).tolist(), block.arrival_ns.tolist(),
-                                                          block.payload_at.tolist(), block.payload_len.tolist())):
+                                                          block.payload_at.tolist(), sizes)):
             plain = unprotect(d, arrival_ns, raw[at:at + size])
             if plain is None:
                 continue
@@ -181,20 +207,45 @@ def decrypt_raw_log(raw_path: Path, out_path: Path, plan) -> tuple[Any, dict[str
             out[at:at + len(plain)] = plain          # never longer than the packet: the trailer went
             sizes[i] = len(plain)
             keep[i] = True
+        keep = np.array(keep, dtype=bool)
         idx = np.flatnonzero(keep)
         zeros = np.zeros(len(idx), dtype=np.int64)
         writer.append_records(block.stream[idx].astype(np.int64), zeros, zeros, block.arrival_ns[idx], zeros, zeros,
-                              bytes(out), block.payload_at[idx], sizes[idx])
+                              bytes(out), block.payload_at[idx], np.array(sizes, dtype=np.int64)[idx])
         kept_parts.append(keep)
     writer.close()
     kept = np.concatenate(kept_parts) if kept_parts else np.zeros(0, dtype=bool)
     before = np.concatenate(([0], np.cumsum(kept)))             # kept records before record no
     labels = [(int(before[min(no, len(kept))]), d, src, dst) for no, d, src, dst in plan.labels]
+    facts = decryptor.facts()
     dropped = [decryptor.counts[name][d] for name in ("auth_failed", "replayed", "too_old", "no_keys")
                for d in (0, 1)]
     captured = tuple(max(0, plan.captured_packets[d] - sum(dropped[k] for k in range(d, len(dropped), 2)))
                      for d in (0, 1))
-    return dataclasses.replace(plan, labels=labels, captured_packets=captured), decryptor.facts()
+    return dataclasses.replace(plan, labels=labels, captured_packets=captured), facts
+
+
+class SrtpCallMedia(CallMedia):
+    """``inspect``'s CallMedia (sequenced as packets arrive, no worker) for a call that offered
+    SDES keys: each packet is decrypted before it is sequenced, so RFC 4733 digits and the
+    stream counters are those of the plaintext, as in a recording. ``periods`` is the call's
+    live schedule (``SrtpNegotiation.periods``); until it holds keys, packets pass as they are
+    (DTLS, an unsupported suite: the counters are those of the wire, as the worker leaves them)."""
+
+    def __init__(self, *args, periods, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.decryptor = SrtpDecryptor(periods)
+        self._periods = periods
+
+    def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
+        if any(p.crypto is not None for side in self._periods for p in side):
+            data = self.decryptor.unprotect(direction, arrival_ns, bytes(data))
+            if data is None:
+                return True              # SRTP, but dropped (counted by the decryptor)
+        return super().on_rtp(direction, arrival_ns, src, dst, data)
+
+    def take_groups(self, groups: RunGroups, g0: int, g1: int, later: list) -> int:
+        return groups.run.each(self.on_rtp, groups.positions(g0, g1))
 
 
 def observe_srtp(record: dict, counters) -> None:

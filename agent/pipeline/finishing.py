@@ -24,6 +24,7 @@ from agent.calls.macs import MacTable
 from agent.calls.record import CallRecord, build_record
 from agent.config import Config
 from agent.media.quality import QualityCollector
+from agent.media.srtp import SrtpCallMedia
 from agent.media.sequencer import CallMedia
 from agent.media.stream import MediaCapture, MediaPlan
 from agent.media.timeline import StreamSpec
@@ -81,9 +82,12 @@ class Finisher:
         redact = self.config.recording.redact_dtmf_digits      # telephone-event digits never reach the disk
         write_audio = self._disk_has_room()
         if self.mode is MediaMode.COUNTERS:
-            media = CallMedia(None, redact_dtmf=redact,
-                              clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
-                              codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction))
+            # SDES keys offered: inspect decrypts each packet as it goes (it has no workers).
+            kind, extra = (SrtpCallMedia, {"periods": call.srtp.periods}) if call.srtp.offered_crypto else (CallMedia, {})
+            media = kind(None, redact_dtmf=redact,
+                         clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
+                         codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction),
+                         **extra)
             media.quality = QualityCollector()          # voice quality from the headers it takes
             return media
         self._media_seq += 1
@@ -134,6 +138,8 @@ class Finisher:
         if isinstance(media, CallMedia):             # MediaMode.COUNTERS: sequenced as it arrived
             record, _specs = media_record(build_record(call, self.config, self.macs), media, codecs,
                                           redact=redact)
+            if isinstance(media, SrtpCallMedia) and call.srtp.has_keys and "srtp" in record:
+                record["srtp"].update(media.decryptor.facts())
             self._emit(FinishedCall(call=call, record=record, media_log=None), now_ns)
             return
         plan = media.plan(codecs)

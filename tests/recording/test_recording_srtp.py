@@ -113,3 +113,12 @@ def test_keys_never_reach_logs_records_or_files(name, tmp_path):
     texts += [p.read_bytes().decode("latin-1") for p in (tmp_path / "out").iterdir()]
     for key in keys:
         assert not any(key in text for text in texts), "a key leaked"
+
+
+def test_encrypted_rfc4733_digits_are_found_after_decryption(tmp_path):
+    """Event payloads are ciphertext on the wire: the digits come from the plaintext, and the
+    end packets' byte-identical SRTP copies count as duplicates, as for plain RTP."""
+    (record,), _ = _replay(REPO / "pcaps" / "srtp_dtmf.pcap", tmp_path)
+    assert (record["callerdtmf"], record["destinationdtmf"]) == ("5#", "9")
+    assert [s["duplicated"] for s in sorted(record["streams"], key=lambda s: s["direction"])] == [4, 2]
+    assert record["srtp"]["auth_failed"] == {"caller": 0, "callee": 0} and record["recording"]
