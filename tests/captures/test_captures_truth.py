@@ -32,7 +32,7 @@ MADE_ELSEWHERE = (
     "baresip_srtp_pcmu", "baresip_srtpmand_pcma", "baresip_srtpmand_g722",  # record_baresip.sh
     "baresip_srtp_declined",
     "srtp_aes80", "srtp_aes32_oneway", "srtp_aes256", "srtp_gcm", "srtp_gcm256", "srtp_mki",  # make_srtp_pcaps.py
-    "srtp_rekey", "srtp_auth_fail", "srtp_dtls", "srtp_no_keys",
+    "srtp_rekey", "srtp_auth_fail", "srtp_dtls", "srtp_no_keys", "srtp_dtmf",
 )
 
 

@@ -122,3 +122,15 @@ def test_encrypted_rfc4733_digits_are_found_after_decryption(tmp_path):
     assert (record["callerdtmf"], record["destinationdtmf"]) == ("5#", "9")
     assert [s["duplicated"] for s in sorted(record["streams"], key=lambda s: s["direction"])] == [4, 2]
     assert record["srtp"]["auth_failed"] == {"caller": 0, "callee": 0} and record["recording"]
+
+
+@pytest.mark.slow  # regenerates the eleven srtp_* captures (~15 s)
+def test_srtp_generator_is_deterministic(tmp_path):
+    """make_srtp_pcaps.py reproduces the committed captures and truth files byte for byte
+    (libsrtp's AES-CM and GCM are deterministic for a fixed key, SSRC and index)."""
+    subprocess.run([sys.executable, str(REPO / "pcaps" / "make_srtp_pcaps.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=300)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert len(made) == 22
+    for name in made:
+        assert (tmp_path / name).read_bytes() == (REPO / "pcaps" / name).read_bytes(), name
