@@ -111,7 +111,7 @@ def _row(record: CallRecord) -> str:
     codecs = _codecs(record.get("codecs_answered") or record.get("codecs_offered") or [])
     media = f'{record["callermediaendpoint"] or "-"} <-> {record["destinationmediaendpoint"] or "-"}'
     return (f'{record["startdatetimeutc"]}  {caller:32.32} -> {callee:32.32} {state:10} '
-            f'{terminal_safe(record["end_reason"]):18} {record["duration_ms"] / 1000:8.1f}s  '
+            f'{terminal_safe(record["end_reason"] or "?"):18} {record["duration_ms"] / 1000:8.1f}s  '
             f'{codecs:16} {_dtmf(record):20} {quality_summary(record.get("quality")):26} {terminal_safe(media)}')
 
 

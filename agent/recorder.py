@@ -264,7 +264,7 @@ class Recorder:
             if finished.media_log is not None:
                 finished.media_log.unlink(missing_ok=True)
             with self._lock:
-                self.on_rendered(Rendered(record=CallRecord(record, recording=None), audio_path=None,
+                self.on_rendered(Rendered(record={**record, "recording": None}, audio_path=None,
                                           no_audio_reason="not_rendered"))
             return
         base = recording_basename(record, self._seq)
@@ -317,7 +317,7 @@ class Recorder:
             make_private(audio_path, self.settings.group)
         if inband or self.settings.redact_dtmf_digits:
             record = merge_inband_dtmf(record, inband, redact=self.settings.redact_dtmf_digits)
-        record = CallRecord(record, recording=fields)
+        record = {**record, "recording": fields}
         if reason and not record.get("no_audio_reason"):     # keep the engine's own reason (disk_low)
             record["no_audio_reason"] = reason
         kill_point("rendered")                # crash tests: encoded, not yet handed on

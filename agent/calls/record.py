@@ -36,7 +36,7 @@ class Recording(TypedDict, total=False):
     sample_rate_hz: int
     channels: int
     duration_ms: int
-    undecodable: list[int]       # payload types the decoders could not decode
+    undecodable: list[str]       # encodings / "pt<N>" the decoders could not decode
     dtmf_masked_ms: int          # with [recording] mask_dtmf_audio: audio silenced over key presses
 
 
@@ -166,7 +166,7 @@ def _name_addr_text(addr: Any) -> str:
 
 
 def build_record(call: Call, config: Config, macs: MacTable,
-                 extra: dict[str, Any] | None = None) -> CallRecord:
+                 extra: CallRecord | None = None) -> CallRecord:
     """The call record of an ended call (``extra`` adds media fields: streams, recording...)."""
     caller_name, caller_raw = caller_identity(call, config.sip.caller_identity)
     ruri_user = ""
@@ -272,7 +272,7 @@ def merge_dtmf_presses(record: CallRecord, presses: list[dict[str, Any]], *,
     digits = {"caller": "", "callee": ""}
     for press in merged:
         digits["caller" if press.get("side") == "caller" else "callee"] += press["digit"]
-    return CallRecord(record, dtmf=merged, callerdtmf=digits["caller"], destinationdtmf=digits["callee"])
+    return {**record, "dtmf": merged, "callerdtmf": digits["caller"], "destinationdtmf": digits["callee"]}
 
 
 def presses_from_events(events: list[dict[str, Any]], start_ts_ns: int) -> list[dict[str, Any]]:

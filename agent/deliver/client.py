@@ -113,8 +113,9 @@ def api_body_v2(record: CallRecord) -> dict[str, Any]:
                 "keypresses": _keypresses(record, side)}
 
     connected = record.get("connecteddatetimeutc")
-    if not connected and isinstance(record.get("answer_ts_ns"), int):
-        connected = _utc_text(record["answer_ts_ns"])
+    answer_ts_ns = record.get("answer_ts_ns")
+    if not connected and isinstance(answer_ts_ns, int):
+        connected = _utc_text(answer_ts_ns)
     return {
         "startdatetimeutc": text("startdatetimeutc"),
         "connecteddatetimeutc": connected or None,

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 from agent.calls.record import CallRecord, record_from_json
 from agent.deliver.spool_ledger import ledger_summary, parse_entry
@@ -78,7 +78,7 @@ def delivered_calls(spool_dir: Path, since_wall: float | None = None) -> list[De
         summary = ledger_summary(text)
         summary_state = summary.pop("state", None)
         state = _state(call_dir) or summary_state
-        out.append(DeliveredCall(ts, call_id, state, _record(call_dir) or CallRecord(**summary) or None))
+        out.append(DeliveredCall(ts, call_id, state, _record(call_dir) or cast(CallRecord, summary) or None))
     out.sort(key=lambda c: (c.delivered_at_wall, c.id))
     return out
 

@@ -373,11 +373,11 @@ class Spool(SpoolRecovery):
         if st["state"] == PARKED and st.get("last_chunk_attempted") and st.get("tempcallid"):
             # Parked after an uncertain last chunk: the call may be stored already. Resume by
             # re-sending that chunk (404 = delivered, unconfirmed); a new POST could store it twice.
-            st.update(state=UPLOADING, reason="", backoff=None, delivered_at=None)
+            st.update({"state": UPLOADING, "reason": "", "backoff": None, "delivered_at": None})
         else:
-            st.update(state=READY, reason="", tempcallid=None, next_chunk=1, backoff=None,
-                      last_chunk_attempted=False, total_chunks=None, chunk_bytes=None,
-                      delivered_at=None)
+            st.update({"state": READY, "reason": "", "tempcallid": None, "next_chunk": 1, "backoff": None,
+                       "last_chunk_attempted": False, "total_chunks": None, "chunk_bytes": None,
+                       "delivered_at": None})
         self.save_state(st)
         self._touch_signal()
         self.counters["deliver.spool.retried"] += 1

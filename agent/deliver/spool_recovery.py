@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from agent.deliver import spool_files as files
 from agent.deliver.spool_ledger import FINAL_LEDGER_KINDS, LITTER_AGE_S, Ledger, parse_entry
@@ -44,6 +45,9 @@ class SpoolRecovery:
     retention_days: float
     _states: dict[str, UploadState]
     _lock: threading.RLock
+    save_state: Callable[[UploadState], None]
+    _publish: Callable[[str], None]
+    _delete: Callable[[str], None]
 
     def _rebuild_state(self, call_id: str, *, unreadable: bool = False) -> UploadState | None:
         """A call in calls/ without a (readable) state. Never written: ``ready``. Unreadable
@@ -53,7 +57,7 @@ class SpoolRecovery:
             log.error("spool: call %s has neither a state nor a readable record: left as it is", call_id)
             return None
         if unreadable:
-            st.update(state=PARKED, reason="state_unreadable")
+            st.update({"state": PARKED, "reason": "state_unreadable"})
         try:
             self.save_state(st)
         except FileNotFoundError:
@@ -96,7 +100,7 @@ class SpoolRecovery:
             return                # another call of the same key owns the entry: not ours to change
         if st["state"] in ACTIVE_STATES and kind == "delivered":
             # A crash between writing "delivered" to the ledger and to the state file.
-            st = dict(st, state=DELIVERED, delivered_at=st.get("delivered_at") or time.time())
+            st = {**st, "state": DELIVERED, "delivered_at": st.get("delivered_at") or time.time()}
             self.save_state(st)
             if self.retention_days <= 0:
                 self._delete(call_id)

@@ -2,7 +2,7 @@
 
 ``state.json`` beside each call's record holds one ``UploadState``; the uploader rewrites
 it atomically after every step. A ``TypedDict`` (not a dataclass) because the state is a
-JSON document that is read, updated in place by the uploader (``st.update(...)``) and
+JSON document that is read, updated in place by the uploader (``st.update({...})``) and
 written back whole: typing the dict keeps that one format on disk and in memory, with
 no conversion that could drop a field a later version added. ``state_from_json`` is the
 one place a state read from disk becomes an ``UploadState``; it fills the fields older
@@ -103,5 +103,5 @@ def call_dir_state(work: Path, call_id: str) -> UploadState | None:
     elif record.get("answered", True) is False:
         st["state"] = SKIPPED_UNANSWERED
     else:
-        st.update(state=PARKED, reason=f"no_audio:{record.get('no_audio_reason') or 'unknown'}")
+        st.update({"state": PARKED, "reason": f"no_audio:{record.get('no_audio_reason') or 'unknown'}"})
     return st

@@ -491,8 +491,8 @@ class Uploader:
             log.info("call %s delivered without audio (the server needs none)", call_id)
             return False
         if d.action is Action.NEXT:
-            st.update(state=CREATED, tempcallid=out.tempcallid, next_chunk=1,
-                      last_chunk_attempted=d.last_chunk_uncertain)
+            st.update({"state": CREATED, "tempcallid": out.tempcallid, "next_chunk": 1,
+                       "last_chunk_attempted": d.last_chunk_uncertain})
             self._ok(st)
             self.spool.save_state(st)
             self._kill("after_create_state")
@@ -532,7 +532,7 @@ class Uploader:
             return False
         if d.action is Action.NEXT:
             self._ok(st)
-            st.update(state=UPLOADING, next_chunk=n + 1, last_chunk_attempted=d.last_chunk_uncertain)
+            st.update({"state": UPLOADING, "next_chunk": n + 1, "last_chunk_attempted": d.last_chunk_uncertain})
             self.spool.save_state(st)
             return True
         if d.action is Action.DELIVERED_UNCONFIRMED:
@@ -545,8 +545,8 @@ class Uploader:
             return False
         if d.action is Action.RESTART:
             restarts = int(st.get("restarts", 0)) + 1
-            st.update(state=READY, tempcallid=None, next_chunk=1,
-                      last_chunk_attempted=d.last_chunk_uncertain, restarts=restarts)
+            st.update({"state": READY, "tempcallid": None, "next_chunk": 1,
+                       "last_chunk_attempted": d.last_chunk_uncertain, "restarts": restarts})
             self.spool.save_state(st)
             self.counters["deliver.upload.expired_restart"] += 1
             log.info("call %s: temp id expired at chunk %d/%d, starting again", call_id, n, total)
@@ -603,11 +603,11 @@ class Uploader:
         if uncertain:
             # The last chunk may already be stored: keep the temp id and the plan, so that
             # `spool retry` re-sends that chunk (a 404 then means delivered) instead of a POST.
-            st.update(state=PARKED, reason=f"{reason} (after an uncertain last chunk)",
-                      last_chunk_attempted=True)
+            st.update({"state": PARKED, "reason": f"{reason} (after an uncertain last chunk)",
+                       "last_chunk_attempted": True})
         else:
-            st.update(state=PARKED, reason=reason, tempcallid=None, next_chunk=1,
-                      last_chunk_attempted=False)
+            st.update({"state": PARKED, "reason": reason, "tempcallid": None, "next_chunk": 1,
+                       "last_chunk_attempted": False})
         self._ok(st)
         self.spool.save_state(st)
         self.counters["deliver.upload.parked"] += 1

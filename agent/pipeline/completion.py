@@ -41,7 +41,7 @@ def complete_media(record: CallRecord, raw_log: Path, plan: MediaPlan, ordered_l
         finally:
             if not keep_raw:
                 raw_log.unlink(missing_ok=True)
-        record = dict(record, srtp=dict(record.get("srtp") or {}, **srtp_facts))
+        record = {**record, "srtp": {**(record.get("srtp") or {}), **srtp_facts}}
     try:
         media = sequence_capture(plain_log or raw_log, ordered_log, plan, in_memory=in_memory)
     finally:
@@ -79,7 +79,7 @@ def media_record(record: CallRecord, media: CallMedia, codecs: dict[int, dict], 
         specs.append(StreamSpec(index=info.index, direction=info.direction,
                                 codecs=codecs.get(info.direction, {})))
     presses = presses_from_events(media.dtmf_events, int(record.get("start_ts_ns") or 0))
-    record = merge_dtmf_presses(dict(record, streams=streams), presses, redact=redact)
+    record = merge_dtmf_presses({**record, "streams": streams}, presses, redact=redact)
     sides = {name: direction_quality(by_direction[d]) for name, d in (("caller", CALLER), ("callee", CALLEE))}
     if any(sides.values()):
         record["quality"] = sides

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from agent.calls.call import CALLEE, CALLER, Call
 from agent.calls.legs import ConversationGrouper
@@ -145,7 +145,7 @@ class Finisher:
         plan = media.plan(codecs)
         if not call.srtp.no_audio_reason():          # keys (or plain RTP): in memory to the worker, never on disk
             plan.srtp = call.srtp.schedule()
-        extra: dict[str, Any] = {}
+        extra: CallRecord = {}
         if media.zrtp_seen:
             extra["encrypted"] = True
         if not media.log_path.exists():
