@@ -153,14 +153,15 @@ def canonical_header_name(name: str) -> str:
 
 
 def _wire_name(name: str) -> str | None:
-    """The canonical form of a header name as it appears before the colon (stripped), or
-    None when it is not a token."""
+    """The canonical form of a header name as it appears before the colon (spaces around it
+    allowed), or None when it is not a token."""
     known = _wire_names.get(name)
     if known is not None:
         return known
-    if not name or not set(name) <= _TOKEN_CHARS:
+    stripped = name.strip()
+    if not stripped or not set(stripped) <= _TOKEN_CHARS:
         return None
-    lowered = name.lower()
+    lowered = stripped.lower()
     canonical = COMPACT_FORMS.get(lowered, lowered)
     if len(_wire_names) < _NAMES_MAX:
         _wire_names[name] = canonical
@@ -522,6 +523,8 @@ def parse_message(
     )
 
     headers: list[tuple[str, str]] = []
+    append = headers.append
+    known_name = _wire_names.get
     for raw_line in lines[1:]:
         line = raw_line.rstrip("\r")
         if not line:
@@ -533,10 +536,10 @@ def parse_message(
             headers[-1] = (name, (value + " " + line.strip()).strip())
             continue
         name, colon, value = line.partition(":")
-        canonical = _wire_name(name.strip()) if colon else None
+        canonical = (known_name(name) or _wire_name(name)) if colon else None
         if canonical is None:
             raise SipParseError(f"bad header line {line[:80]!r}")
-        headers.append((canonical, value.strip()))
+        append((canonical, value.strip()))
 
     msg = SipMessage(is_request, method, request_uri, status_code, reason, headers, b"")
     cache = msg._cache
