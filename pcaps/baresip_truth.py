@@ -338,6 +338,9 @@ def main() -> int:
         "partial_start": False,
         "transport": "udp",
         "reinvites": 2,
+        # What the keys sent; sides["..."]["dtmf"] (the plaintext's events) was checked equal.
+        "callerdtmf": sc.caller_dtmf,
+        "destinationdtmf": sc.callee_dtmf,
         "audio": {
             "caller_tone_hz": None,
             "callee_tone_hz": None,
