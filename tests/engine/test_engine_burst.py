@@ -41,3 +41,46 @@ def test_a_table_full_of_calls_with_media_refuses_the_new_invite(tmp_path):
     # Its INVITE, the 200 and the BYE would each open it; the ACK opens nothing.
     assert res["counters"]["calls.refused_limit"] == 3
     assert res["counters"]["calls.ended.capture_end"] == 20
+
+
+def test_calls_without_media_never_hold_the_capture_loop_behind_the_spool() -> None:
+    """agent.run.RenderQueue: thousands of media-less endings pass while the spool is slow (the
+    recorder below never finishes anything); calls with media still get back-pressure, and
+    each kind is released by its own done()."""
+    import threading
+    from types import SimpleNamespace
+
+    from agent.counters import new_counters
+    from agent.run import NO_MEDIA_QUEUE_FACTOR, RenderQueue
+
+    taken: list = []
+    counters = new_counters()
+    queue = RenderQueue(taken.append, limit=2, counters=counters)
+
+    def call(n: int, media: bool):
+        return SimpleNamespace(media_log=f"/m/{n}" if media else None, record={"callid": f"c{n}"})
+
+    for n in range(2 * NO_MEDIA_QUEUE_FACTOR):            # the whole burst passes at once
+        queue(call(n, media=False))
+    assert len(taken) == 2 * NO_MEDIA_QUEUE_FACTOR and counters["recorder.backpressure"] == 0
+    queue(call(1000, media=True))
+    queue(call(1001, media=True))                          # the media limit is its own
+    blocked = threading.Thread(target=queue, args=(call(1002, media=True),), daemon=True)
+    blocked.start()
+    blocked.join(0.5)
+    assert blocked.is_alive() and counters["recorder.backpressure"] == 1
+    queue.done({"callid": "c5"})                           # a media-less call spooled: no room for media
+    blocked.join(0.5)
+    assert blocked.is_alive()
+    queue.done({"callid": "c1000"})
+    blocked.join(5)
+    assert not blocked.is_alive() and taken[-1].record["callid"] == "c1002"
+    assert queue.in_flight == 2 * NO_MEDIA_QUEUE_FACTOR - 1 + 2
+    queue(call(1999, media=False))                         # the media-less limit reached again
+    beyond = threading.Thread(target=queue, args=(call(2000, media=False),), daemon=True)
+    beyond.start()                                         # media-less calls are bounded too
+    beyond.join(0.5)
+    assert beyond.is_alive() and counters["recorder.backpressure"] == 2
+    queue.done({"callid": "c6"})
+    beyond.join(5)
+    assert not beyond.is_alive()
