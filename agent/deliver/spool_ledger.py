@@ -76,11 +76,18 @@ class Ledger:
         """Where versions before the sharding kept the entry."""
         return self.dir / self.hash(key)
 
-    def maint_lock(self, *, wait: bool) -> int | None:
-        """The ledger maintenance lock (migration, pruning) of all processes on this spool."""
+    def maint_lock(self) -> int:
+        """The ledger maintenance lock (migration, pruning) of all processes on this spool:
+        waits for it; returns the descriptor to close."""
+        fd = os.open(self.dir / ".maint.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def try_maint_lock(self) -> int | None:
+        """The maintenance lock if no other process holds it, else None (at once)."""
         fd = os.open(self.dir / ".maint.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
@@ -97,7 +104,7 @@ class Ledger:
                 pass
         if made:
             files.fsync_dir(self.dir)
-        fd = self.maint_lock(wait=True)
+        fd = self.maint_lock()
         try:
             self._migrate_flat()
         finally:
@@ -181,7 +188,7 @@ class Ledger:
             return False
         # A claim left by a crashed enqueue: replace it, one process at a time, so that two
         # claimers never each remove what the other has just created.
-        fd = self.maint_lock(wait=True)
+        fd = self.maint_lock()
         try:
             if self.lookup(key) is not None:
                 return False
@@ -211,7 +218,7 @@ class Ledger:
         if shards is None:
             shards = [LEDGER_SHARDS[self._prune_cursor]]
             self._prune_cursor = (self._prune_cursor + 1) % len(LEDGER_SHARDS)
-        fd = self.maint_lock(wait=False)
+        fd = self.try_maint_lock()
         if fd is None:
             return 0                   # another process is pruning right now
         pruned = litter = 0
