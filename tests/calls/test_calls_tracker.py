@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from agent.calls.call import CALLEE, CALLER
 from agent.calls.endpoints import EndpointMap
 from agent.calls.tracker import CallEnded, CallTracker
@@ -268,3 +270,28 @@ def test_forks_table():
         outcomes[name] = (wire.ended.get("c"), call.answered, call.to_tag)
         want[name] = (reason, answered, to_tag)
     assert outcomes == want
+
+
+@pytest.mark.xfail(strict=True, reason="the tracker ends the whole call at the first branch's final "
+                                       "error, though another branch still ringing may answer")
+def test_parallel_fork_seen_beside_the_proxy_one_branch_busy_the_other_answers():
+    """A tap beside a forking proxy sees both branches: phone B (branch b1) answers 486, phone
+    C (branch b2) answers 200 a second later. The call is C's, answered, ended by the BYE."""
+    c = "10.0.0.30"
+
+    def msg(first: str, cseq: str, to_tag: str, branch: str) -> bytes:
+        to = "<sip:1002@example.com>" + (f";tag={to_tag}" if to_tag else "")
+        return (f"{first}\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK{branch}\r\nFrom: <sip:1001@example.com>;tag=f-c"
+                f"\r\nTo: {to}\r\nCall-ID: c\r\nCSeq: {cseq}\r\nContent-Length: 0\r\n\r\n").encode()
+
+    wire = Wire()
+    wire.send(0.0, A, B, msg(f"INVITE {RURI}", "1 INVITE", "", "b1"))
+    wire.send(0.1, A, c, msg(f"INVITE {RURI}", "1 INVITE", "", "b2"))
+    wire.send(1.0, B, A, msg("SIP/2.0 180 Ringing", "1 INVITE", "t1", "b1"))
+    wire.send(1.1, c, A, msg("SIP/2.0 180 Ringing", "1 INVITE", "t2", "b2"))
+    wire.send(2.0, B, A, msg("SIP/2.0 486 Busy Here", "1 INVITE", "t1", "b1"))
+    wire.send(3.0, c, A, msg("SIP/2.0 200 OK", "1 INVITE", "t2", "b2"))
+    wire.send(3.1, A, c, msg(f"ACK {RURI}", "1 ACK", "t2", "b3"))
+    wire.send(9.0, A, c, msg(f"BYE {RURI}", "2 BYE", "t2", "b4"))
+    call = wire.tracker.calls.get("c") or wire.ended_calls["c"]
+    assert (wire.ended.get("c"), call.answered, call.to_tag) == ("bye", True, "t2")
