@@ -58,7 +58,10 @@ def _sdp_summary(body: bytes | None) -> str:
         codecs = " ".join(f"{r.encoding}/{r.clock_rate_hz}" for pt in m.payload_types
                           if (r := m.rtpmaps.get(pt)) is not None) or " ".join(m.formats)
         ip = m.connection_ip or sdp.connection_ip or "?"
-        parts.append(f"{m.kind} {_endpoint(ip, m.port)} {codecs} {m.direction}")
+        # Encryption by name only (suites and tags): the keys never reach a terminal.
+        crypto = "".join(f" crypto:{c.tag} {c.suite}" for c in m.crypto)
+        secure = f" {m.proto}{crypto}" if m.encrypted else ""
+        parts.append(f"{m.kind} {_endpoint(ip, m.port)} {codecs} {m.direction}{secure}")
     return "; ".join(parts)
 
 

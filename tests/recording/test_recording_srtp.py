@@ -102,14 +102,17 @@ def _key_texts(capture: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("name", ["srtp_rekey", "srtp_mki"])
-def test_keys_never_reach_logs_records_or_files(name, tmp_path):
+def test_keys_never_reach_logs_records_show_or_files(name, tmp_path):
     capture = REPO / "pcaps" / f"{name}.pcap"
     keys = _key_texts(capture)
     assert len(keys) >= 10
     records, output = _replay(capture, tmp_path / "out")
     inspect = subprocess.run([sys.executable, "-m", "agent.cli", "-v", "inspect", "--json", str(capture)],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
-    texts = [output, inspect.stdout, inspect.stderr, json.dumps(records)]
+    show = subprocess.run([sys.executable, "-m", "agent.cli", "show", "--ascii", str(capture)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert "crypto:1 AES_CM_128_HMAC_SHA1_80" in show.stdout          # suites shown, keys not
+    texts = [output, inspect.stdout, inspect.stderr, show.stdout, show.stderr, json.dumps(records)]
     texts += [p.read_bytes().decode("latin-1") for p in (tmp_path / "out").iterdir()]
     for key in keys:
         assert not any(key in text for text in texts), "a key leaked"
