@@ -18,9 +18,12 @@ it rejects is counted, never recorded:
 - older than the replay window: ``too_old``;
 - a period without usable keys (DTLS or an unsupported suite after a re-INVITE): ``no_keys``.
 
-A gap of more than 2^15 packets in one SSRC (a tap that lost ~11 minutes of one stream
-while it kept sending) makes libsrtp guess the wrong ROC: that stream's later packets fail
-authentication and are counted, which is what the counters are for.
+libsrtp estimates a packet's index from the highest one seen, which is wrong by a rollover
+when a stream is joined after 2^16 of its packets (a capture started mid-call, a re-key late
+in a call) or loses more than 2^15 in a row; pylibsrtp cannot set the ROC. After a few
+consecutive authentication failures of one SSRC the decryptor searches the ROC itself (a
+session walked there with forged packets, which it can make: it holds the key) and counts
+``resynced``; the failures before it stay counted.
 
 SRTCP is not decrypted: the recorder does not use RTCP (plain RTCP is skipped as well).
 """
@@ -46,15 +49,37 @@ __all__ = ["SrtpDecryptor", "SrtpCallMedia", "decrypt_raw_log", "observe_srtp", 
 REPLAY_WINDOW_PACKETS = 1024     # libsrtp's replay window (default 128): reordering/copies up to this
 _RECENT = 1024                   # recent plaintexts per direction, by seq (byte-identical copies)
 _AEAD = ("AEAD_AES_128_GCM", "AEAD_AES_256_GCM")
-COUNTER_NAMES = ("decrypted", "auth_failed", "replayed", "too_old", "no_keys", "plain", "other_key")
+COUNTER_NAMES = ("decrypted", "auth_failed", "replayed", "too_old", "no_keys", "plain", "other_key", "resynced")
+RESYNC_AFTER = 4                 # consecutive authentication failures of one SSRC before its ROC is searched
+RESYNC_ATTEMPTS = 3              # searches per SSRC and key (a wrong key fails them all, cheaply)
+MAX_ROC = 31                     # the ROCs searched: 2^21 packets, 11.6 hours at 50 packets/s
 _SIDES = ("caller", "callee")
 
 
-def _session(crypto: CryptoAttribute, key: bytes) -> pylibsrtp.Session:
-    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND,
+def _session(crypto: CryptoAttribute, key: bytes, *, outbound: bool = False) -> pylibsrtp.Session:
+    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND if outbound
+                              else pylibsrtp.Policy.SSRC_ANY_INBOUND,
                               srtp_profile=getattr(pylibsrtp.Policy, SUITES[crypto.suite].libsrtp_profile))
     policy.window_size = REPLAY_WINDOW_PACKETS
     return pylibsrtp.Session(policy)
+
+
+def _session_at(crypto: CryptoAttribute, key: bytes, ssrc: bytes, roc: int, seq: int) -> pylibsrtp.Session:
+    """A receiving session whose stream ``ssrc`` expects index (``roc``, ``seq``) next.
+
+    pylibsrtp cannot set a ROC, so the session is walked there: packets forged with the
+    same key (we hold it) at indexes less than 2^15 apart are protected and unprotected,
+    the last one 2^14 below the target, outside the replay window of the packets to come."""
+    rx = _session(crypto, key)
+    last = (roc << 16 | seq) - 0x4000
+    if roc == 0:
+        return rx                                    # a new stream starts at ROC 0 anyway
+    tx = _session(crypto, key, outbound=True)
+    index = 0
+    while index < last:
+        index = min(index + 0x7000, last)
+        rx.unprotect(tx.protect(b"\x80\x00" + (index & 0xFFFF).to_bytes(2, "big") + bytes(4) + ssrc + b"\x00"))
+    return rx
 
 
 class SrtpDecryptor:
@@ -63,15 +88,18 @@ class SrtpDecryptor:
     ``periods`` is per side (0 caller, 1 callee) a sequence of ``KeyPeriod`` in time order;
     it may grow while packets are fed (``inspect`` decrypts as the capture goes)."""
 
-    __slots__ = ("_periods", "_starts", "_sessions", "_recent", "_fast", "_decrypted", "_counts")
+    __slots__ = ("_periods", "_starts", "_sessions", "_recent", "_fast", "_decrypted", "_counts", "_streaks")
 
     def __init__(self, periods: Sequence[Sequence[KeyPeriod]]) -> None:
         self._periods = periods
         self._starts: list[list[int]] = [[], []]
-        self._sessions: dict[tuple[int, int, int | None], pylibsrtp.Session] = {}
+        # One libsrtp session per (side, period, MKI, SSRC): a ROC search replaces one stream's.
+        self._sessions: dict[tuple[int, int, int | None, bytes], pylibsrtp.Session] = {}
+        self._streaks: dict[tuple[int, int, int | None, bytes], tuple[int, int, int]] = {}
         self._recent: list[list[tuple[bytes, bytes] | None]] = [[None] * _RECENT, [None] * _RECENT]
-        # Per side, the period most packets fall in: (from_ns, until_ns, periods known, session).
-        self._fast: list[tuple[int, float, int, pylibsrtp.Session] | None] = [None, None]
+        # Per side, the period and stream most packets fall in:
+        # (from_ns, until_ns, periods known, SSRC bytes, session).
+        self._fast: list[tuple[int, float, int, bytes, pylibsrtp.Session] | None] = [None, None]
         self._decrypted = [0, 0]
         self._counts = {name: [0, 0] for name in COUNTER_NAMES}
 
@@ -87,9 +115,10 @@ class SrtpDecryptor:
     def unprotect(self, direction: int, arrival_ns: int, packet: bytes) -> bytes | None:
         """The plain RTP packet (header kept, trailer removed), or None when it must be dropped."""
         fast = self._fast[direction]
-        if fast is not None and fast[0] <= arrival_ns < fast[1] and fast[2] == len(self._periods[direction]):
+        if (fast is not None and fast[0] <= arrival_ns < fast[1] and fast[3] == packet[8:12]
+                and fast[2] == len(self._periods[direction])):
             try:
-                plain = fast[3].unprotect(packet)
+                plain = fast[4].unprotect(packet)
             except pylibsrtp.Error:
                 return self._unprotect(direction, arrival_ns, packet)
             self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
@@ -120,8 +149,8 @@ class SrtpDecryptor:
             self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
             if not period.crypto.mki_bytes:          # the next packets of this period skip the search
                 until = starts[i + 1] if i + 1 < len(starts) else float("inf")
-                self._fast[direction] = (starts[i] if i else -1 << 63, until, len(periods),
-                                         self._sessions[(direction, i, None)])
+                self._fast[direction] = (starts[i] if i else -1 << 63, until, len(periods), packet[8:12],
+                                         self._sessions[(direction, i, None, packet[8:12])])
         self._decrypted[direction] += 1
         return plain
 
@@ -129,7 +158,7 @@ class SrtpDecryptor:
         mki = None
         if crypto.mki_bytes:
             packet, mki = _strip_mki(crypto, packet)
-        key = (direction, i, mki)
+        key = (direction, i, mki, packet[8:12])
         session = self._sessions.get(key)
         if session is None:
             secret = next((k.key_salt for k in crypto.keys if k.mki == mki), None)
@@ -145,11 +174,17 @@ class SrtpDecryptor:
                 return recent[1]                     # a copy: the sequencer counts the duplicate
             self._counts["replayed"][direction] += 1
             return None
+        periods = self._periods[direction]
         if why.startswith("replay check failed (index too old)"):
+            # A wrong rollover guess after a long gap looks "too old" to libsrtp: a streak of
+            # these searches the ROC as failures do.
+            plain = self._resync(direction, i, periods[i].crypto, packet)
+            if plain is not None:
+                self._counts["resynced"][direction] += 1
+                return plain
             self._counts["too_old"][direction] += 1
             return None
         # Authentication failed: the other keys of this direction, nearest in time first.
-        periods = self._periods[direction]
         for j in sorted(range(len(periods)), key=lambda j: abs(j - i)):
             if j != i and periods[j].crypto is not None:
                 try:
@@ -158,7 +193,44 @@ class SrtpDecryptor:
                     continue
                 self._counts["other_key"][direction] += 1
                 return plain
+        plain = self._resync(direction, i, periods[i].crypto, packet)
+        if plain is not None:
+            self._counts["resynced"][direction] += 1
+            return plain
         self._counts["auth_failed"][direction] += 1
+        return None
+
+    def _resync(self, direction: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes | None:
+        """After RESYNC_AFTER consecutive failures of one SSRC, look for the ROC libsrtp's
+        index estimate missed: a capture that began after 2^16 packets of a stream (a long
+        call joined mid-way, a re-key later in a call), or more than 2^15 packets of it lost.
+        Each ROC up to MAX_ROC gets a session walked there; the one that authenticates this
+        packet replaces the stream's session. The failed packets before it stay counted."""
+        if len(packet) < 12:
+            return None
+        mki = None
+        if crypto.mki_bytes:
+            packet, mki = _strip_mki(crypto, packet)
+        key = (direction, i, mki, packet[8:12])
+        count, attempts, mark = self._streaks.get(key, (0, 0, -1))
+        decrypted = self._decrypted[direction]
+        count = count + 1 if mark == decrypted else 1        # consecutive: nothing decrypted since
+        secret = next((k.key_salt for k in crypto.keys if k.mki == mki), None)
+        if count < RESYNC_AFTER or attempts >= RESYNC_ATTEMPTS or secret is None:
+            self._streaks[key] = (count, attempts, decrypted)
+            return None
+        seq = packet[2] << 8 | packet[3]
+        for roc in range(MAX_ROC + 1):
+            session = _session_at(crypto, secret.value, packet[8:12], roc, seq)
+            try:
+                plain = session.unprotect(packet)
+            except pylibsrtp.Error:
+                continue
+            self._sessions[key] = session
+            self._streaks.pop(key, None)
+            self._fast[direction] = None
+            return plain
+        self._streaks[key] = (0, attempts + 1, decrypted)
         return None
 
     def facts(self) -> dict[str, dict[str, int]]:

@@ -117,3 +117,30 @@ def test_observe_srtp_counts_into_metrics():
     observe_srtp({"callid": "plain"}, counters)
     assert counters == Counter({"media.srtp.decrypted": 17, "media.srtp.auth_failed": 3,
                                 "media.srtp.calls_encrypted_dtls": 1})
+
+
+def test_the_roc_is_found_for_a_stream_joined_late_and_after_a_gap_over_2_15():
+    from agent.media.srtp import RESYNC_AFTER
+
+    tx = sender(KEY_A)
+    wire = [tx.protect(rtp(s)) for s in range(140_000)]          # the sender's ROC reaches 2
+    dec = SrtpDecryptor(([KeyPeriod(0, crypto(KEY_A))], []))
+    got = [dec.unprotect(0, k, w) for k, w in enumerate(wire[139_000:])]    # joined at ROC 2
+    assert got[:RESYNC_AFTER - 1] == [None] * (RESYNC_AFTER - 1)
+    assert got[RESYNC_AFTER - 1:] == [rtp(139_000 + k) for k in range(RESYNC_AFTER - 1, 1000)]
+    c = dec.counts
+    assert c["resynced"][0] == 1 and c["auth_failed"][0] == RESYNC_AFTER - 1    # the join: found ROC 2
+    # 40,000 packets of the same stream never captured: libsrtp's estimate picks ROC 0 for ROC 1.
+    dec2 = SrtpDecryptor(([KeyPeriod(0, crypto(KEY_A))], []))
+    tail = [dec2.unprotect(0, k, w) for k, w in enumerate(wire[30_000:30_100] + wire[70_000:70_100])]
+    assert tail[:100] == [rtp(30_000 + k) for k in range(100)]
+    assert tail[100 + RESYNC_AFTER - 1:] == [rtp(70_000 + k) for k in range(RESYNC_AFTER - 1, 100)]
+    # libsrtp takes the wrongly guessed index for an old one: "too old", until the search.
+    assert (dec2.counts["resynced"][0], dec2.counts["too_old"][0]) == (1, RESYNC_AFTER - 1)
+
+
+def test_a_wrong_key_fails_cheaply_and_is_counted():
+    dec = SrtpDecryptor(([KeyPeriod(0, crypto(KEY_B))], []))
+    tx = sender(KEY_A)
+    assert all(dec.unprotect(0, s, tx.protect(rtp(s))) is None for s in range(200))
+    assert dec.counts["auth_failed"][0] == 200 and dec.counts["resynced"][0] == 0
