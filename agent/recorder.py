@@ -215,6 +215,7 @@ class _Job:
     out_path: Path
     record: CallRecord
     tries: int = 0
+    fault: str = ""                     # the last local I/O fault: "ENOSPC No space left on device"
     timer: threading.Timer | None = field(default=None, repr=False)
 
 
@@ -331,24 +332,45 @@ class Recorder:
         self.counters["recorder.io_errors"] += 1
         if self._stopping():
             return False              # half-done: the stop drops it like the calls not yet rendered
-        what = f"{errno.errorcode.get(exc.errno, 'EIO')} {exc.strerror or exc}"
+        job.fault = f"{errno.errorcode.get(exc.errno, 'EIO')} {exc.strerror or exc}"
         if job.tries >= self.retries:
-            self.counters["recorder.audio_lost"] += 1
-            log.error("call LOST its audio, the recording could not be written after %d tries (%s): %s",
-                      job.tries + 1, what, call_name(job.record))
-            if job.media_log is not None:
-                job.media_log.unlink(missing_ok=True)
+            self._lose(job)
             return False
         delay_s = min(self.retry_max_s, self.retry_base_s * 2 ** job.tries)
         job.tries += 1
         log.warning("recording of call %s not written (%s): trying again in %.0f s (%d of %d)",
-                    job.record.get("callid"), what, delay_s, job.tries, self.retries)
+                    job.record.get("callid"), job.fault, delay_s, job.tries, self.retries)
         job.timer = threading.Timer(delay_s, self._try_again, args=(job,))
         job.timer.daemon = True
         self._retrying.add(job)
         self.counters["recorder.retrying"] = len(self._retrying)
         job.timer.start()
         return True
+
+    def _lose(self, job: _Job) -> None:
+        """Give up a call's audio: named in an ERROR log, counted, its media log deleted."""
+        self.counters["recorder.audio_lost"] += 1
+        log.error("call LOST its audio, the recording could not be written after %d tries (%s): %s",
+                  job.tries + 1, job.fault, call_name(job.record))
+        if job.media_log is not None:
+            job.media_log.unlink(missing_ok=True)
+
+    def _give_up_retries(self) -> None:
+        """Every call still waiting for a retry is lost now (a shutdown cannot wait longer):
+        each is named and passed on without audio."""
+        with self._lock:
+            jobs, self._retrying = self._retrying, set()
+            self.counters["recorder.retrying"] = 0
+            for job in jobs:
+                if job.timer is not None:
+                    job.timer.cancel()
+                self._lose(job)
+                self.errors += 1
+                reason = f"recording_lost:{job.fault.split(' ', 1)[0]}"
+                record = CallRecord(job.record, recording=None)
+                if not record.get("no_audio_reason"):
+                    record["no_audio_reason"] = reason
+                self.on_rendered(Rendered(record=record, audio_path=None, no_audio_reason=reason))
 
     def _try_again(self, job: _Job) -> None:
         # Under the lock from leaving _retrying to entering _futures: close() never sees it in neither.
@@ -360,9 +382,11 @@ class Recorder:
             future = self._submit_locked(job)
         future.add_done_callback(self._done)
 
-    def close(self) -> None:
+    def close(self, retry_for_s: float | None = None) -> None:
         """Wait for every submitted call (and every retry), then stop the workers. After a stop
-        signal: cancel, bound the wait, and raise ``Interrupted``."""
+        signal: cancel, bound the wait, and raise ``Interrupted``. ``retry_for_s``: calls still
+        waiting for a retry after this long are given up by name (the daemon's shutdown budget)."""
+        give_up_at = None if retry_for_s is None else time.monotonic() + retry_for_s
         try:
             while True:
                 with self._lock:
@@ -370,6 +394,9 @@ class Recorder:
                     retrying = bool(self._retrying)
                 if not (pending or retrying) or self._stopping():
                     break
+                if retrying and give_up_at is not None and time.monotonic() >= give_up_at:
+                    self._give_up_retries()
+                    continue
                 if pending:
                     wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
                 else:

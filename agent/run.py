@@ -260,7 +260,8 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
             frames += n
             nbytes += b
         engine.finish("shutdown")
-        recorder.close()                        # waits for every render → spool
+        # waits for every render → spool; a disk fault gets half the shutdown budget to clear
+        recorder.close(retry_for_s=cap.shutdown_timeout_s / 2)
         sink.close()                            # calls held by a full spool: a last try, or named as lost
         engine.close()
     finally:

@@ -135,3 +135,26 @@ def test_render_faults_show_in_metrics_and_health() -> None:
     assert "recordings not writable: 1 call(s) waiting to be rendered again" in reasons
     assert any(r.startswith("2 call(s) lost their audio") for r in reasons), reasons
 
+
+
+def test_a_shutdown_gives_up_waiting_retries_by_name(tmp_path: Path, full_disk, caplog) -> None:
+    """The daemon cannot wait out the back-off when it stops (``close(retry_for_s)``: half its
+    shutdown budget): a call still waiting is named as lost and passed on without audio."""
+    import time
+
+    out, _ = full_disk
+    got: list = []
+    counters = new_counters()
+    recorder = _recorder(out, got, counters, retries=50, retry_base_s=30)
+    with caplog.at_level(logging.WARNING, logger="agent.recorder"):
+        _replay_into(recorder, tmp_path / "work")
+        assert wait_for(lambda: counters["recorder.retrying"] == 1, 30), dict(counters)
+        started = time.monotonic()
+        recorder.close(retry_for_s=0.5)
+    assert time.monotonic() - started < 20, "close waited out the 30 s back-off"
+    assert len(got) == 1 and got[0].audio_path is None
+    assert got[0].record["no_audio_reason"] == "recording_lost:ENOSPC", got[0].record
+    assert counters["recorder.audio_lost"] == 1 and counters["recorder.retrying"] == 0
+    assert any(r.levelno == logging.ERROR and "LOST" in r.getMessage() and CALLID in r.getMessage()
+               for r in caplog.records)
+    assert not list((tmp_path / "work").rglob("*.rtp"))
