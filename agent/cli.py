@@ -117,6 +117,7 @@ def _row(record: CallRecord) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from agent.media.quality import observe_call
+    from agent.media.srtp import observe_srtp
     from agent.pipeline.engine import MediaMode
     from agent.replay import replay
 
@@ -127,6 +128,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if finished.media_log is not None:
             finished.media_log.unlink(missing_ok=True)
         observe_call(finished.record, counters, config.quality.mos_below)    # marks it below the threshold
+        observe_srtp(finished.record, counters)
         records.append(finished.record)
 
     counters = new_counters()

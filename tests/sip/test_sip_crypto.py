@@ -82,3 +82,25 @@ def test_secrets_are_redacted_refuse_json_and_survive_the_worker_pipe():
     again = pickle.loads(pickle.dumps(c))
     assert again == c and again.keys[0].key_salt.value == KEY30
     assert Secret(b"a") == Secret(b"a") != Secret(b"b")
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_PIECES = st.sampled_from(["1", "99", " ", "AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM", "inline:", B64, B64[:7],
+                           "|", ":", ";", "2^", "20", "4", "=", "KDR=", "\x00", "é", "inline:" + B64 + "|1:4"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=12).map("".join), st.text(max_size=40))
+def test_any_crypto_line_is_parsed_or_skipped_never_an_other_error(pieces, noise):
+    from agent.sip.sdp import parse_sdp
+
+    for value in (pieces, noise, pieces + noise):
+        try:
+            parse_crypto(value)
+        except CryptoParseError:
+            pass
+        body = f"v=0\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:{value}\r\n".encode("utf-8", "surrogatepass")
+        m = parse_sdp(body).media[0]
+        if len(value.splitlines()) <= 1:                  # one SDP line: one attribute, kept or skipped
+            assert len(m.crypto) + m.crypto_skipped == 1
