@@ -244,7 +244,7 @@ def build_record(call: Call, config: Config, macs: MacTable,
                 "referred_by": call.referred_by, "refer_to": [to for _, to in call.refers]},
         "media": media,
         "dtmf": list(call.dtmf),
-        "encrypted": call.parties[CALLER].encrypted_sdp or call.parties[CALLEE].encrypted_sdp,
+        "encrypted": call.srtp.media_encrypted,       # negotiated, not merely offered
         "conversation_id": call.session_id or call.callid,   # legs.py links PBX legs
         "upload": True,                 # legs.py: False for a leg another leg's upload covers
         "leg_of": "",                   # legs.py: the conversation_id of a leg not uploaded

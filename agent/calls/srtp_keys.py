@@ -102,6 +102,12 @@ class SrtpNegotiation:
     def has_keys(self) -> bool:
         return any(p.crypto is not None for side in self.periods for p in side)
 
+    @property
+    def media_encrypted(self) -> bool:
+        """The media was (or would have been) encrypted: keys were agreed, or encryption was
+        asked for without usable keys. False for an optional SRTP offer answered with plain RTP."""
+        return self.seen and (self.has_keys or bool(self.no_audio_reason()))
+
     def no_audio_reason(self) -> str:
         """Why the media cannot be recorded ("" when it can: keys, or plain RTP negotiated)."""
         if any(p.crypto is not None or p.plain for side in self.periods for p in side):

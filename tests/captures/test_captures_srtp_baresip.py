@@ -99,6 +99,8 @@ def test_every_packet_decrypted_or_plain_as_negotiated(name, replayed):
             (packets, 0) if negotiated else (0, packets)), side
         assert srtp["auth_failed"][side] == srtp["other_key"][side] == srtp["no_keys"][side] == 0
     assert (srtp["no_audio"], srtp["key_changes"]) == ("", 0)   # baresip repeats its keys
+    # "encrypted" says what was negotiated, not what was offered: the declined offer is plain.
+    assert record["encrypted"] is negotiated
 
 
 def _locate(channel: np.ndarray, truth: dict, expected_start: int, window: int) -> int | None:
