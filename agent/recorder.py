@@ -83,7 +83,7 @@ def dtmf_plan(record: CallRecord, mask: bool) -> tuple[tuple[int, ...], list[tup
     """(directions to scan for in-band tones, key-press spans to silence in packet-time ns)."""
     presses = record.get("dtmf") or []
     signalled = {0 if p.get("side") == "caller" else 1 for p in presses}
-    directions = tuple(d for d in (0, 1) if d not in signalled)
+    sides = tuple(d for d in (0, 1) if d not in signalled)
     spans: list[tuple[int, int]] = []
     if mask:
         start = int(record.get("start_ts_ns") or 0)
@@ -91,7 +91,7 @@ def dtmf_plan(record: CallRecord, mask: bool) -> tuple[tuple[int, ...], list[tup
             at = start + int(p.get("offset_ms") or 0) * 1_000_000
             dur = p.get("duration_ms") or SIP_INFO_PRESS_MS
             spans.append((at, at + int(dur) * 1_000_000))
-    return directions, spans
+    return sides, spans
 
 
 def merge_inband_dtmf(record: CallRecord, inband: list[dict], *, redact: bool) -> CallRecord:
@@ -133,12 +133,12 @@ def _render_job(media_log: Path | None, streams, media_plan: MediaPlan | None, o
                 return None, None, why, [], record, time.process_time() - cpu_start
         if media is None or not streams:
             return None, None, "no_rtp", [], record, time.process_time() - cpu_start
-        directions, spans = dtmf_plan(record, settings.mask_dtmf_audio)
+        sides, spans = dtmf_plan(record, settings.mask_dtmf_audio)
         streams = streams_in_use(streams, record.get("streams") or [])    # native rate: codecs used
         result = render_recording(media, streams, out_path, fmt=fmt, channels=settings.channels,
                                   sample_rate_hz=settings.output_rate_hz(fmt),
                                   bitrate_kbps=settings.mp3_bitrate_kbps, mp3_quality=settings.mp3_quality,
-                                  inband_dtmf_directions=directions, mask_spans_ns=spans,
+                                  inband_dtmf_sides=sides, mask_spans_ns=spans,
                                   mask_inband=settings.mask_dtmf_audio)
     except OSError as exc:
         keep_media = local_io_fault(exc)

@@ -86,7 +86,7 @@ def run_long(minutes: float, workdir: Path, fmt: str) -> dict:
     c_r = _cpu()
     t_r = time.perf_counter()
     seq = sequence_capture(cm.log_path, workdir / "long.media", cm.plan({0: CODECS, 1: CODECS}))
-    specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in seq.streams]
+    specs = [StreamSpec(i.index, i.side, dict(CODECS)) for i in seq.streams]
     res = render_recording(seq.log_path, specs, workdir / f"long.{fmt}", fmt=fmt,
                            channels=1, sample_rate_hz=16000)
     render_s = time.perf_counter() - t_r
@@ -129,7 +129,7 @@ def run_many(calls: int, seconds: float, workdir: Path, fmt: str) -> dict:
     for c, cm in enumerate(media):
         seq = sequence_capture(cm.log_path, workdir / f"c{c}.media", cm.plan({0: CODECS, 1: CODECS}))
         os.unlink(cm.log_path)
-        specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in seq.streams]
+        specs = [StreamSpec(i.index, i.side, dict(CODECS)) for i in seq.streams]
         res = render_recording(seq.log_path, specs, workdir / f"c{c}.{fmt}", fmt=fmt,
                                channels=1, sample_rate_hz=16000)
         audio_ms += res.duration_ms

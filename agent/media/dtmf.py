@@ -50,13 +50,13 @@ def digit_for_event(event: int) -> str | None:
 @dataclass(frozen=True, slots=True)
 class DtmfEvent:
     digit: str
-    direction: int        # 0 = caller→callee, 1 = callee→caller
+    side: int        # 0 = caller→callee, 1 = callee→caller
     ts_ns: int            # key start, packet (arrival) time base
     duration_ms: int
     source: str           # "rfc4733" | "inband"
 
     def as_dict(self) -> dict:
-        return {"digit": self.digit, "direction": self.direction, "ts_ns": self.ts_ns,
+        return {"digit": self.digit, "direction": self.side, "ts_ns": self.ts_ns,
                 "duration_ms": self.duration_ms, "source": self.source}
 
 
@@ -75,11 +75,11 @@ class _Press:
 class TelephoneEventTracker:
     """RFC 4733 events of one stream, keyed by their RTP timestamp (see module docstring)."""
 
-    __slots__ = ("direction", "clock_rate_hz", "_presses", "other_events", "malformed",
+    __slots__ = ("side", "clock_rate_hz", "_presses", "other_events", "malformed",
                  "_other_ts")
 
-    def __init__(self, direction: int, clock_rate_hz: int = 8000) -> None:
-        self.direction = direction
+    def __init__(self, side: int, clock_rate_hz: int = 8000) -> None:
+        self.side = side
         self.clock_rate_hz = clock_rate_hz if clock_rate_hz > 0 else 8000
         self._presses: dict[int, _Press] = {}
         self._other_ts: set[int] = set()
@@ -136,7 +136,7 @@ class TelephoneEventTracker:
             merged.append([ts, press, press.duration])
         out = []
         for _ts, press, total in merged:
-            out.append(DtmfEvent(DTMF_DIGITS[press.event], self.direction, press.start_ns,
+            out.append(DtmfEvent(DTMF_DIGITS[press.event], self.side, press.start_ns,
                                  total * 1000 // self.clock_rate_hz, "rfc4733"))
         return out
 

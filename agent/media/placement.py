@@ -1,4 +1,4 @@
-"""Placing one stream's decoded audio into its direction's PCM (``direction_pcm``): runs of
+"""Placing one stream's decoded audio into its direction's PCM (``side_pcm``): runs of
 contiguous audio at the stream's native rate, brought to the working rate by libswresample
 when they differ, written at their offset on the call timeline.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.media.direction_pcm import DirectionPcm, WriteQueue
+from agent.media.side_pcm import SidePcm, WriteQueue
 
 __all__ = ["Run", "StreamRuns", "add_audio", "close_run", "place_audio", "swr", "RESAMPLE_SLICE_S"]
 
@@ -56,7 +56,7 @@ class StreamRuns:
 
     __slots__ = ("run", "dirfile")
 
-    def __init__(self, dirfile: DirectionPcm) -> None:
+    def __init__(self, dirfile: SidePcm) -> None:
         self.run: Run | None = None
         self.dirfile = dirfile
 
@@ -93,7 +93,7 @@ def swr(resampler, pcm: np.ndarray | None, rate: int, channels: int) -> np.ndarr
     return np.concatenate([f.to_ndarray().reshape(shape) for f in frames]).astype(np.int16, copy=False)
 
 
-def _emit(run: Run, dirfile: DirectionPcm, final: bool) -> None:
+def _emit(run: Run, dirfile: SidePcm, final: bool) -> None:
     if run.buf_n:
         pcm = run.buf[0] if len(run.buf) == 1 else np.concatenate(run.buf)
         run.buf = []

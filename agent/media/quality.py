@@ -37,7 +37,7 @@ import numpy as np
 from agent.media.sequencing import extend_seq
 
 __all__ = ["StreamQuality", "MosEstimate", "CodecImpairment", "stream_quality", "jitter_buffer_loss",
-           "codec_impairment", "r_factor", "mos_from_r", "mos_estimate", "direction_quality",
+           "codec_impairment", "r_factor", "mos_from_r", "mos_estimate", "side_quality",
            "QualityCollector", "FIXED_BUFFER_MS", "ADAPTIVE_MAX_BUFFER_MS", "ASSUMED_PATH_DELAY_MS",
            "HEADLINE_BUFFER", "HISTOGRAMS", "observe_call", "summary"]
 
@@ -297,7 +297,7 @@ def mos_estimate(q: StreamQuality, encoding: str) -> dict[str, MosEstimate]:
     return out
 
 
-def direction_quality(streams: list[tuple[StreamQuality, str]]) -> dict | None:
+def side_quality(streams: list[tuple[StreamQuality, str]]) -> dict | None:
     """One direction's figures from its streams (quality, encoding): the worst stream's MOS
     per buffer (a listener hears the worst stretch), loss over all of them, SSRC changes."""
     scored = [(q, enc) for q, enc in streams if q.expected]
@@ -346,24 +346,24 @@ class QualityCollector:
         """A small integer for a source "ip:port"."""
         return self._src_ids.setdefault(label, len(self._src_ids))
 
-    def add(self, direction: np.ndarray, src_id: np.ndarray, ssrc: np.ndarray, seq: np.ndarray,
+    def add(self, side: np.ndarray, src_id: np.ndarray, ssrc: np.ndarray, seq: np.ndarray,
             rtp_ts: np.ndarray, arrival_ns: np.ndarray, b1: np.ndarray) -> None:
         """Packets as arrays (arrival order); ``b1``: the header's marker|payload-type byte."""
         self._flush_one()
         self._add_block(tuple(np.asarray(c).astype(t, copy=False) for c, t in
-                              zip((direction, src_id, ssrc, seq, rtp_ts, arrival_ns, b1), self.COLUMNS)))
+                              zip((side, src_id, ssrc, seq, rtp_ts, arrival_ns, b1), self.COLUMNS)))
 
     def add_run(self, run, positions: np.ndarray | None = None) -> None:
         """The packets of an ``RtpRun`` (all, or those at ``positions``, arrival order)."""
         pos = np.arange(len(run)) if positions is None else positions
         keys, inverse = np.unique(run.src_key[pos], return_inverse=True)
         ids = np.array([self.src_id(run.label(int(k))) for k in keys.tolist()], dtype=np.int64)
-        self.add(run.direction[pos], ids[inverse.reshape(-1)], run.ssrc[pos], run.seq[pos], run.rtp_ts[pos],
+        self.add(run.side[pos], ids[inverse.reshape(-1)], run.ssrc[pos], run.seq[pos], run.rtp_ts[pos],
                  run.arrival_ns[pos], run.b1[pos])
 
-    def add_packet(self, direction: int, src: str, ssrc: int, seq: int, rtp_ts: int, arrival_ns: int,
+    def add_packet(self, side: int, src: str, ssrc: int, seq: int, rtp_ts: int, arrival_ns: int,
                    b1: int) -> None:
-        self._one.append((direction, self.src_id(src), ssrc, seq, rtp_ts, arrival_ns, b1))
+        self._one.append((side, self.src_id(src), ssrc, seq, rtp_ts, arrival_ns, b1))
         if len(self._one) >= self.CHUNK_PACKETS:
             self._flush_one()
 
@@ -397,14 +397,14 @@ class QualityCollector:
         self._merge_blocks()
         if not self._chunks:
             return {}
-        direction, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self._chunks))
+        side, src, ssrc, seq, ts, arrival, b1 = (np.concatenate(c) for c in zip(*self._chunks))
         pt = b1 & 0x7F
-        key = direction.astype(np.int64) << 33 | ssrc
+        key = side.astype(np.int64) << 33 | ssrc
         out = {}
         for k in np.unique(key).tolist():
             idx = np.flatnonzero(key == k)
             idx = idx[src[idx] == src[idx[0]]]
-            d = int(direction[idx[0]])
+            d = int(side[idx[0]])
             lut = np.zeros(128, dtype=np.int64)          # pt -> clock rate (Hz)
             for p in np.unique(pt[idx]).tolist():
                 lut[p] = clock_rate_for_pt(d, p)

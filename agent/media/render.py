@@ -6,7 +6,7 @@ read from the file), place every packet on the call timeline (``timeline.StreamT
 decode it (``codecs.make_decoder``, one decoder per stream and payload type), bring each
 contiguous run of audio to the working rate (the call's native rate: the highest rate of its
 codecs, so only a lower-rate stream in a call with a wideband one is resampled) and write it
-at its offset into one int16 buffer per direction (``placement``, ``direction_pcm``); then
+at its offset into one int16 buffer per direction (``placement``, ``side_pcm``); then
 read the two chunk by chunk, mix (mono: clipped sum; stereo: caller left = direction 0,
 callee right = direction 1), resample the mix once when the output rate differs, and stream
 the result into the encoder.
@@ -27,7 +27,7 @@ low-pass, so wideband audio taken down to 8/16 kHz does not alias as linear
 interpolation would, and it is stateful, so audio fed in pieces has no seams.
 
 In-band DTMF: before mixing, the direction buffers can be scanned for in-band DTMF tones
-(``inband_dtmf_directions``: the recorder asks only for directions that carried no RFC 4733
+(``inband_dtmf_sides``: the recorder asks only for directions that carried no RFC 4733
 or SIP INFO presses, so a key is never counted twice), and spans can be silenced in both
 directions (``mask_spans_ns``: key presses signalled out of band; ``mask_inband``: the
 tones found). Found tones come back in ``RenderResult.dtmf``.
@@ -47,7 +47,7 @@ from agent.byterows import byte_rows
 from agent.media.codecs import (Decoder, G711Decoder, is_comfort_noise, is_telephone_event,
                                 make_decoder)
 from agent.media.dtmf import InbandDtmfDetector
-from agent.media.direction_pcm import DirectionPcm, WriteQueue
+from agent.media.side_pcm import SidePcm, WriteQueue
 from agent.media.encoder import open_encoder
 from agent.media.medialog import MediaBlock, read_media_log_blocks
 from agent.media.placement import StreamRuns, add_audio, close_run, place_audio, swr
@@ -78,7 +78,7 @@ class RenderResult:
     duration_ms: int
     audio_packets: int              # packets decoded into audio
     undecodable: list[str] = field(default_factory=list)   # encodings / "pt<N>" not decoded
-    per_direction_ms: list[int] = field(default_factory=lambda: [0, 0])
+    per_side_ms: list[int] = field(default_factory=lambda: [0, 0])
     first_audio_offset_ms: list[int | None] = field(default_factory=lambda: [None, None])
     reanchors: int = 0              # timeline re-anchorings (clock drift, timestamp jumps)
     # in-band DTMF found: dicts digit, direction, ts_ns (packet time), duration_ms, source
@@ -91,7 +91,7 @@ class RenderResult:
 class _StreamRender(StreamRuns):
     __slots__ = ("spec", "timeline", "decoders", "kinds", "kind_of_pt")
 
-    def __init__(self, spec: StreamSpec, dirfile: DirectionPcm) -> None:
+    def __init__(self, spec: StreamSpec, dirfile: SidePcm) -> None:
         super().__init__(dirfile)
         self.spec = spec
         self.timeline: StreamTimeline | None = None
@@ -136,9 +136,9 @@ class _RowsStats:
     end_ns: int = 0             # furthest placed packet, relative to the render base
 
 
-def _count_native_s(df: DirectionPcm, sizes: np.ndarray, rates: np.ndarray | int) -> None:
+def _count_native_s(df: SidePcm, sizes: np.ndarray, rates: np.ndarray | int) -> None:
     # Added one packet at a time, left to right, as floats: cumsum keeps that order, so
-    # the total (and per_direction_ms) is the same as summing packet by packet.
+    # the total (and per_side_ms) is the same as summing packet by packet.
     parts = np.empty(sizes.size + 1, dtype=np.float64)
     parts[0] = df.audio_native_s
     parts[1:] = sizes / rates
@@ -253,7 +253,7 @@ def streams_in_use(streams: list[StreamSpec], stream_records: list[dict]) -> lis
         if pts is None:
             out.append(spec)
         else:
-            out.append(StreamSpec(spec.index, spec.direction, {pt: c for pt, c in spec.codecs.items() if pt in pts}))
+            out.append(StreamSpec(spec.index, spec.side, {pt: c for pt, c in spec.codecs.items() if pt in pts}))
     return out
 
 
@@ -273,7 +273,7 @@ def _work_rate(streams: list[StreamSpec]) -> int:
 def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], out_path: Path, *,
                      fmt: str = "mp3", channels: int = 1, sample_rate_hz: int = 16000,
                      bitrate_kbps: int = 32, mp3_quality: int = 7, start_ns: int | None = None,
-                     inband_dtmf_directions: tuple[int, ...] = (),
+                     inband_dtmf_sides: tuple[int, ...] = (),
                      mask_spans_ns: list[tuple[int, int]] | tuple = (),
                      mask_inband: bool = False) -> RenderResult:
     """Decode, place, mix and encode one call's ordered media (the media log's path, or its
@@ -295,7 +295,7 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
     work_rate = _work_rate(streams)
     specs = {s.index: s for s in streams}
     queue = WriteQueue()
-    dirfiles = [DirectionPcm(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate, queue)
+    dirfiles = [SidePcm(out_path.with_name(f"{out_path.name}.d{d}.pcm"), work_rate, queue)
                 for d in (0, 1)]
     states: dict[int, _StreamRender] = {}
     undecodable: set[str] = set()
@@ -323,9 +323,9 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
                 sr = states.get(idx)
                 if sr is None:
                     spec = specs.get(idx)
-                    if spec is None or spec.direction not in (0, 1):
+                    if spec is None or spec.side not in (0, 1):
                         continue  # a stream the engine chose not to record
-                    sr = states[idx] = _StreamRender(spec, dirfiles[spec.direction])
+                    sr = states[idx] = _StreamRender(spec, dirfiles[spec.side])
                 rows = np.flatnonzero(block.stream == idx)
                 stats = _render_stream_rows(sr, block, rows, base_ns, work_rate, undecodable,
                                             queue)
@@ -354,7 +354,7 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
             return RenderResult(None, fmt, sample_rate_hz or work_rate, channels, 0,
                                 audio_packets, sorted(undecodable), [0, 0], [None, None],
                                 reanchors)
-        dtmf = _inband_dtmf(dirfiles, inband_dtmf_directions, base_ns, work_rate)
+        dtmf = _inband_dtmf(dirfiles, inband_dtmf_sides, base_ns, work_rate)
         spans = list(mask_spans_ns)
         if mask_inband:
             spans += [(e["ts_ns"], e["ts_ns"] + e["duration_ms"] * 1_000_000) for e in dtmf]
@@ -366,7 +366,7 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
             path=Path(result.path), fmt=result.fmt, sample_rate_hz=out_rate,
             channels=channels, duration_ms=result.duration_ms, audio_packets=audio_packets,
             undecodable=sorted(undecodable),
-            per_direction_ms=[int(round(df.audio_native_s * 1000)) for df in dirfiles],
+            per_side_ms=[int(round(df.audio_native_s * 1000)) for df in dirfiles],
             first_audio_offset_ms=[
                 None if df.first_sample is None else (df.first_sample - t0) * 1000 // work_rate
                 for df in dirfiles],
@@ -377,11 +377,11 @@ def render_recording(media: Path | list[MediaBlock], streams: list[StreamSpec], 
             df.close()
 
 
-def _inband_dtmf(dirfiles: list[DirectionPcm], directions: tuple[int, ...], base_ns: int,
+def _inband_dtmf(dirfiles: list[SidePcm], sides: tuple[int, ...], base_ns: int,
                  rate: int) -> list[dict]:
     """Scan the asked directions' decoded audio for DTMF tones (one second per read)."""
     found: list[dict] = []
-    for d in directions:
+    for d in sides:
         df = dirfiles[d] if d in (0, 1) else None
         if df is None or df.first_sample is None:
             continue
@@ -399,7 +399,7 @@ def _inband_dtmf(dirfiles: list[DirectionPcm], directions: tuple[int, ...], base
     return found
 
 
-def _mask(dirfiles: list[DirectionPcm], spans: list[tuple[int, int]], base_ns: int,
+def _mask(dirfiles: list[SidePcm], spans: list[tuple[int, int]], base_ns: int,
           rate: int) -> int:
     """Silence each span (plus guard) in both directions; returns the ms silenced."""
     guard = DTMF_MASK_GUARD_MS * rate // 1000
@@ -416,7 +416,7 @@ def _mask(dirfiles: list[DirectionPcm], spans: list[tuple[int, int]], base_ns: i
     return masked
 
 
-def _mix_and_encode(dirfiles: list[DirectionPcm], t0: int, end: int, work_rate: int,
+def _mix_and_encode(dirfiles: list[SidePcm], t0: int, end: int, work_rate: int,
                     out_rate: int, out_path: Path, fmt: str, channels: int,
                     bitrate_kbps: int, mp3_quality: int):
     post = None

@@ -28,7 +28,7 @@ class RtpRun:
     numbers when sequencing a raw log). The per-packet path names a destination only when it
     is a known media endpoint (``dst_known``), else "". ``order`` is the arrival order."""
     order: np.ndarray              # int64
-    direction: np.ndarray          # int64: 0 caller→callee, 1 callee→caller
+    side: np.ndarray          # int64: 0 caller→callee, 1 callee→caller
     arrival_ns: np.ndarray         # int64
     src_key: np.ndarray
     dst_key: np.ndarray
@@ -57,7 +57,7 @@ class RtpRun:
         label = self.label
         for i in positions.tolist():
             dst = label(int(self.dst_key[i])) if self.dst_known[i] else ""
-            if not on_rtp(int(self.direction[i]), int(self.arrival_ns[i]), label(int(self.src_key[i])), dst,
+            if not on_rtp(int(self.side[i]), int(self.arrival_ns[i]), label(int(self.src_key[i])), dst,
                           self.data(i)):
                 not_rtp += 1
         return not_rtp
@@ -69,7 +69,7 @@ class RunGroups:
     source, SSRC, payload type and size, plain 12-byte headers (first byte 0x80) and
     consecutive sequence numbers, the first values, and the last arrival and RTP timestamp."""
 
-    __slots__ = ("run", "start", "end", "direction", "one_src", "src_key", "one_ssrc", "ssrc",
+    __slots__ = ("run", "start", "end", "side", "one_src", "src_key", "one_ssrc", "ssrc",
                  "one_pt", "pt", "one_size", "size", "bytes", "plain", "in_seq", "seq",
                  "first_arrival_ns", "first_rtp_ts", "last_arrival_ns", "last_rtp_ts", "deviation",
                  "_tails")
@@ -84,7 +84,7 @@ class RunGroups:
         ends[-1] = n
         self.start = starts.tolist()
         self.end = ends.tolist()
-        self.direction = run.direction[starts].tolist()
+        self.side = run.side[starts].tolist()
         last = ends - 1
 
         def one(values: np.ndarray) -> list[bool]:

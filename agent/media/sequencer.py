@@ -7,7 +7,7 @@ packets, loss, restarts), the RFC 3550 interarrival-jitter estimate (``stream_st
 handing released packets, in extended-sequence order per stream, to the call's media log
 (``medialog``: a file, or blocks in memory for a render in the same process).
 RFC 4733 telephone-events are recognised here as packets are accepted (the payload
-types come from ``codecs_for_direction``: the receiver's rtpmap first) and handed to one
+types come from ``codecs_for_side``: the receiver's rtpmap first) and handed to one
 ``dtmf.TelephoneEventTracker`` per stream; ``dtmf_events`` lists the key presses. With
 ``redact_dtmf`` the event payloads are dropped before the log (the record keeps its
 sequence slot with an empty payload), so no digit ever reaches the disk.
@@ -46,12 +46,12 @@ class CallMedia(BulkIntake):
 
     def __init__(self, log_path: Path | MediaLogMemory | None, *,
                  clock_rate_for_pt: Callable[[int, int], int] | None = None,
-                 codecs_for_direction: Callable[[int], dict] | None = None,
+                 codecs_for_side: Callable[[int], dict] | None = None,
                  reorder_window_packets: int = 32,
                  reorder_window_ns: int = 200_000_000,
                  counters: Counter | None = None,
                  redact_dtmf: bool = False) -> None:
-        self.codecs_for_direction = codecs_for_direction   # direction -> {pt: CodecInfo} (DTMF, event PTs)
+        self.codecs_for_side = codecs_for_side   # direction -> {pt: CodecInfo} (DTMF, event PTs)
         # log_path None: counters and key presses only, no audio kept (inspect); a
         # MediaLogMemory: the ordered records kept in memory for a render in this process.
         self.log = (NullMediaLog() if log_path is None else log_path if isinstance(log_path, MediaLogMemory)
@@ -78,7 +78,7 @@ class CallMedia(BulkIntake):
         self.quality: QualityCollector | None = None
 
     # ------------------------------------------------------------------ fast path
-    def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
+    def on_rtp(self, side: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
         """Take one UDP payload of the call's media. False when it is not RTP.
 
         ZRTP returns True (it is media of the call) but is not logged. Each direction is
@@ -86,10 +86,10 @@ class CallMedia(BulkIntake):
         relay, relay → phone), possibly with rewritten SSRCs; packets of a direction from
         another source while the active hop is sending are relay copies, counted and dropped.
         """
-        hop = self._hops.get(direction)
+        hop = self._hops.get(side)
         if hop is None or hop.src == src or arrival_ns - hop.last_ns > self.reorder_window_ns:
             if hop is None or hop.src != src:               # first hop, or the old one went quiet
-                hop = self._hops[direction] = Hop(src)
+                hop = self._hops[side] = Hop(src)
             hop.last_ns = arrival_ns
             if hop.tail is not None:
                 hop.unfold()
@@ -112,10 +112,10 @@ class CallMedia(BulkIntake):
                 return count_not_rtp(self, data, self.counters)
             pt, marker, seq, ts, ssrc, ps, pe = f
         if self.quality is not None:
-            self.quality.add_packet(direction, src, ssrc, seq, ts, arrival_ns, marker << 7 | pt)
-        st = self._by_key.get((direction, ssrc))
+            self.quality.add_packet(side, src, ssrc, seq, ts, arrival_ns, marker << 7 | pt)
+        st = self._by_key.get((side, ssrc))
         if st is None:
-            st = self._new_stream(direction, ssrc, seq, src, dst, arrival_ns)
+            st = self._new_stream(side, ssrc, seq, src, dst, arrival_ns)
         if self.last_arrival_ns is None or arrival_ns > self.last_arrival_ns:
             self.last_arrival_ns = arrival_ns
 
@@ -144,7 +144,7 @@ class CallMedia(BulkIntake):
         if seen is None:
             # First packet of this PT in the stream (rare): learn whether it is an event PT.
             seen = 0
-            st.event_pts = self._event_pts(st.direction)
+            st.event_pts = self._event_pts(st.side)
         pts[pt] = seen + 1
         if pt in st.event_pts:
             self._on_event(st, pt, ts, arrival_ns, data[ps:pe])
@@ -158,7 +158,7 @@ class CallMedia(BulkIntake):
         # RFC 3550 6.4.1 interarrival jitter, in RTP ticks, over packets in arrival order.
         clock = st.clock_hz
         if not clock and pt != CN_PT:
-            clock = st.clock_hz = self._clock_for(st.direction, pt)
+            clock = st.clock_hz = self._clock_for(st.side, pt)
         if clock:
             if st.prev_arrival_ns >= 0:
                 dts = (ts - st.prev_ts) & 0xFFFFFFFF
@@ -182,11 +182,11 @@ class CallMedia(BulkIntake):
         self._drain(st, arrival_ns, force=False)
 
     # ------------------------------------------------------------------ slow paths
-    def _event_pts(self, direction: int) -> dict[int, int]:
-        if self.codecs_for_direction is None:
+    def _event_pts(self, side: int) -> dict[int, int]:
+        if self.codecs_for_side is None:
             return {}
         try:
-            codecs = self.codecs_for_direction(direction)
+            codecs = self.codecs_for_side(side)
         except Exception:  # the engine's lookup must never break capture
             return {}
         return {pt: (info.clock_rate_hz or 8000) for pt, info in codecs.items()
@@ -195,35 +195,35 @@ class CallMedia(BulkIntake):
     def _on_event(self, st: StreamState, pt: int, ts: int, arrival_ns: int, payload: bytes) -> None:
         tracker = st.dtmf
         if tracker is None:
-            tracker = st.dtmf = TelephoneEventTracker(st.direction, st.event_pts.get(pt, 8000))
+            tracker = st.dtmf = TelephoneEventTracker(st.side, st.event_pts.get(pt, 8000))
         tracker.on_packet(ts, arrival_ns, payload)
 
     def _count(self, name: str) -> None:
         if self.counters is not None:
             self.counters[name] += 1
 
-    def _clock_for(self, direction: int, pt: int) -> int:
+    def _clock_for(self, side: int, pt: int) -> int:
         if self._clock_rate_for_pt is None:
             return 8000
         try:
-            rate = self._clock_rate_for_pt(direction, pt)
+            rate = self._clock_rate_for_pt(side, pt)
         except Exception:  # the engine's lookup must never break capture
             rate = 0
         return rate if rate and rate > 0 else 8000
 
-    def _new_stream(self, direction: int, ssrc: int, seq: int, src: str, dst: str,
+    def _new_stream(self, side: int, ssrc: int, seq: int, src: str, dst: str,
                     arrival_ns: int) -> StreamState:
         # A new SSRC in a direction (transfer, re-anchoring PBX) ends the reordering of
         # the older streams of that direction: release what they still hold.
         for other in self._streams:
-            if other.direction == direction and other.window:
+            if other.side == side and other.window:
                 self._drain(other, arrival_ns, force=True)
-        st = StreamState(len(self._streams), direction, ssrc, seq)
+        st = StreamState(len(self._streams), side, ssrc, seq)
         st.stats.src = src
         st.stats.dst = dst
         st.stats.first_arrival_ns = arrival_ns
         self._streams.append(st)
-        self._by_key[(direction, ssrc)] = st
+        self._by_key[(side, ssrc)] = st
         if self.first_arrival_ns is None or arrival_ns < self.first_arrival_ns:
             self.first_arrival_ns = arrival_ns
         self._count("media.streams")
@@ -298,7 +298,7 @@ class CallMedia(BulkIntake):
         for st in self._streams:
             if st.clock_hz:
                 st.stats.jitter_ms = round(st.jitter_ticks * 1000.0 / st.clock_hz, 3)
-            out.append(StreamInfo(st.index, st.direction, st.ssrc, st.stats))
+            out.append(StreamInfo(st.index, st.side, st.ssrc, st.stats))
         return out
 
     @property
@@ -309,7 +309,7 @@ class CallMedia(BulkIntake):
         for st in self._streams:
             if st.dtmf is not None:
                 events += st.dtmf.events()
-        events.sort(key=lambda e: (e.ts_ns, e.direction))
+        events.sort(key=lambda e: (e.ts_ns, e.side))
         return [e.as_dict() for e in events]
 
     @property

@@ -60,7 +60,7 @@ class BulkIntake:
                     continue
             label = run.label
             dst = label(int(run.dst_key[pos])) if run.dst_known[pos] else ""
-            if not self.on_rtp(int(run.direction[pos]), int(run.arrival_ns[pos]), label(int(run.src_key[pos])),
+            if not self.on_rtp(int(run.side[pos]), int(run.arrival_ns[pos]), label(int(run.src_key[pos])),
                                dst, run.data(pos)):
                 not_rtp += 1
             pos += 1
@@ -77,8 +77,8 @@ class BulkIntake:
         if self._streams or not n or bool(np.any(run.b0 != 0x80)) or bool(np.any((run.b1 >= 192) & (run.b1 <= 223))):
             return False
         plans = []
-        for direction in (0, 1):
-            idx = np.flatnonzero(run.direction == direction)
+        for side in (0, 1):
+            idx = np.flatnonzero(run.side == side)
             if not idx.size:
                 continue
             if (bool(np.any(run.src_key[idx] != run.src_key[idx[0]])) or bool(np.any(run.ssrc[idx] != run.ssrc[idx[0]]))
@@ -87,18 +87,18 @@ class BulkIntake:
             ext = extend_seq(run.seq[idx])
             if not jumps_within(ext, MAX_DROPOUT, MAX_MISORDER):
                 return False
-            plans.append((int(idx[0]), direction, idx, ext))
+            plans.append((int(idx[0]), side, idx, ext))
         plans.sort()                                   # streams in order of first arrival
         label = run.label
         pt = (run.b1 & 0x7F).astype(np.int64)
         released, triggers, streams = [], [], []
         is_event = np.zeros(n, dtype=bool)
-        for first, direction, idx, ext in plans:
+        for first, side, idx, ext in plans:
             dst = label(int(run.dst_key[first])) if run.dst_known[first] else ""
-            st = self._new_stream(direction, int(run.ssrc[first]), int(run.seq[first]), label(int(run.src_key[first])),
+            st = self._new_stream(side, int(run.ssrc[first]), int(run.seq[first]), label(int(run.src_key[first])),
                                   dst, int(run.arrival_ns[first]))
-            st.clock_hz = self._clock_for(direction, int(pt[first]))
-            st.event_pts = self._event_pts(direction)
+            st.clock_hz = self._clock_for(side, int(pt[first]))
+            st.event_pts = self._event_pts(side)
             if st.event_pts:
                 is_event[idx] = np.isin(pt[idx], list(st.event_pts))
             seq = sequence_stream(ext, run.arrival_ns[idx], window_packets=self.reorder_window_packets,
@@ -115,7 +115,7 @@ class BulkIntake:
         rows = rows[order]
         stream_index = np.concatenate(streams)[order]
         ext_all = np.empty(n, dtype=np.int64)
-        for _first, _direction, idx, ext in plans:
+        for _first, _side, idx, ext in plans:
             ext_all[idx] = ext
         sizes = run.size[rows] - 12
         if self.redact_dtmf:
@@ -130,7 +130,7 @@ class BulkIntake:
     def _held(self, run: RtpRun, i: int, pt: np.ndarray) -> tuple[int, int, int, bool, bytes]:
         """A packet still in the reorder window after ``take_whole``, as ``_accept`` holds it."""
         payload = run.data(i)[12:]
-        st = self._by_key[(int(run.direction[i]), int(run.ssrc[i]))]
+        st = self._by_key[(int(run.side[i]), int(run.ssrc[i]))]
         if self.redact_dtmf and int(pt[i]) in st.event_pts:
             payload = b""
         return int(run.rtp_ts[i]), int(run.arrival_ns[i]), int(pt[i]), bool(run.b1[i] > 0x7F), payload
@@ -159,11 +159,11 @@ class BulkIntake:
 
     def _ready(self, run: RtpRun, i: int) -> StreamState | None:
         """The stream packet ``i`` continues, if its state lets packets be taken at once."""
-        direction = int(run.direction[i])
-        hop = self._hops.get(direction)
+        side = int(run.side[i])
+        hop = self._hops.get(side)
         if hop is None or run.label(int(run.src_key[i])) != hop.src:
             return None
-        st = self._by_key.get((direction, int(run.ssrc[i])))
+        st = self._by_key.get((side, int(run.ssrc[i])))
         if (st is None or st.pending is not None or st.window or not st.clock_hz or st.prev_arrival_ns < 0
                 or st.next_ext != st.max_ext + 1):
             return None
@@ -171,13 +171,13 @@ class BulkIntake:
 
     def _bulk_end(self, run: RtpRun, lo: int, hi: int) -> int:
         """The first position in [lo, hi) the per-packet path must handle, else hi."""
-        first = int(run.direction[lo])
+        first = int(run.side[lo])
         if self._ready(run, lo) is None:
             return lo
-        directions = run.direction[lo:hi]
+        sides = run.side[lo:hi]
         stop = hi
-        for direction in (first, 1 - first):
-            sel = np.flatnonzero(directions == direction)
+        for side in (first, 1 - first):
+            sel = np.flatnonzero(sides == side)
             if not len(sel):
                 continue
             idx = lo + sel
@@ -196,19 +196,19 @@ class BulkIntake:
 
     def _take_bulk(self, run: RtpRun, lo: int, hi: int) -> None:
         """What ``_accept`` does for every packet of [lo, hi), all in order (see _bulk_end)."""
-        directions = run.direction[lo:hi]
+        sides = run.side[lo:hi]
         count = hi - lo
         ext = np.empty(count, dtype=np.int64)
         stream_index = np.empty(count, dtype=np.int64)
         pt = (run.b1[lo:hi] & 0x7F).astype(np.int64)
         last_arrival = int(run.arrival_ns[lo:hi].max())
-        for direction in (0, 1):
-            sel = np.flatnonzero(directions == direction)
+        for side in (0, 1):
+            sel = np.flatnonzero(sides == side)
             if not len(sel):
                 continue
             idx = lo + sel
             m = len(idx)
-            st = self._by_key[(direction, int(run.ssrc[idx[0]]))]
+            st = self._by_key[(side, int(run.ssrc[idx[0]]))]
             ext[sel] = st.next_ext + np.arange(m)
             stream_index[sel] = st.index
             arrival = run.arrival_ns[idx]
@@ -268,13 +268,13 @@ class BulkIntake:
 
     def _continues(self, groups: RunGroups, g: int) -> StreamState | None:
         """The stream that takes every packet of group ``g`` in order, as they are; else None."""
-        direction = groups.direction[g]
-        hop = self._hops.get(direction)
+        side = groups.side[g]
+        hop = self._hops.get(side)
         if (hop is None or not (groups.one_src[g] and groups.one_ssrc[g] and groups.plain[g]
                                 and groups.in_seq[g] and groups.one_pt[g])
                 or groups.run.label(groups.src_key[g]) != hop.src):
             return None
-        st = self._by_key.get((direction, groups.ssrc[g]))
+        st = self._by_key.get((side, groups.ssrc[g]))
         if (st is None or st.pending is not None or st.window or not st.clock_hz or st.prev_arrival_ns < 0
                 or st.next_ext != st.max_ext + 1 or groups.seq[g] != (st.next_ext - st.seq_offset) & 0xFFFF):
             return None
@@ -301,7 +301,7 @@ class BulkIntake:
         """The state ``_accept`` leaves after taking ``m`` packets of ``st`` in order: counters,
         sequence position, jitter, and its hop's newest packets (as rows when they all have one
         size, else as bytes)."""
-        hop = self._hops[st.direction]
+        hop = self._hops[st.side]
         hop.last_ns = last_arrival_ns
         if newest_rows is not None:
             hop.push_rows(newest_rows)

@@ -112,53 +112,53 @@ class SrtpDecryptor:
     def __repr__(self) -> str:
         return f"SrtpDecryptor(counts={self.counts})"
 
-    def unprotect(self, direction: int, arrival_ns: int, packet: bytes) -> bytes | None:
+    def unprotect(self, side: int, arrival_ns: int, packet: bytes) -> bytes | None:
         """The plain RTP packet (header kept, trailer removed), or None when it must be dropped."""
-        fast = self._fast[direction]
+        fast = self._fast[side]
         if (fast is not None and fast[0] <= arrival_ns < fast[1] and fast[3] == packet[8:12]
-                and fast[2] == len(self._periods[direction])):
+                and fast[2] == len(self._periods[side])):
             try:
                 plain = fast[4].unprotect(packet)
             except pylibsrtp.Error:
-                return self._unprotect(direction, arrival_ns, packet)
-            self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
-            self._decrypted[direction] += 1
+                return self._unprotect(side, arrival_ns, packet)
+            self._recent[side][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
+            self._decrypted[side] += 1
             return plain
-        return self._unprotect(direction, arrival_ns, packet)
+        return self._unprotect(side, arrival_ns, packet)
 
-    def _unprotect(self, direction: int, arrival_ns: int, packet: bytes) -> bytes | None:
-        periods = self._periods[direction]
+    def _unprotect(self, side: int, arrival_ns: int, packet: bytes) -> bytes | None:
+        periods = self._periods[side]
         if not periods:
-            self._counts["plain"][direction] += 1     # nothing negotiated yet: taken as it is
+            self._counts["plain"][side] += 1     # nothing negotiated yet: taken as it is
             return packet
-        starts = self._starts[direction]
+        starts = self._starts[side]
         if len(starts) != len(periods):
             starts[:] = [p.from_ts_ns for p in periods]
         i = max(bisect_right(starts, arrival_ns) - 1, 0)     # before the first answer: its keys
         period = periods[i]
         if period.crypto is None:
-            self._counts["plain" if period.plain else "no_keys"][direction] += 1
+            self._counts["plain" if period.plain else "no_keys"][side] += 1
             return packet if period.plain else None
         try:
-            plain = self._try(direction, i, period.crypto, packet)
+            plain = self._try(side, i, period.crypto, packet)
         except pylibsrtp.Error as exc:
-            plain = self._rejected(direction, i, packet, str(exc))
+            plain = self._rejected(side, i, packet, str(exc))
             if plain is None:
                 return None
         else:
-            self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
+            self._recent[side][(packet[2] << 8 | packet[3]) % _RECENT] = (packet, plain)
             if not period.crypto.mki_bytes:          # the next packets of this period skip the search
                 until = starts[i + 1] if i + 1 < len(starts) else float("inf")
-                self._fast[direction] = (starts[i] if i else -1 << 63, until, len(periods), packet[8:12],
-                                         self._sessions[(direction, i, None, packet[8:12])])
-        self._decrypted[direction] += 1
+                self._fast[side] = (starts[i] if i else -1 << 63, until, len(periods), packet[8:12],
+                                         self._sessions[(side, i, None, packet[8:12])])
+        self._decrypted[side] += 1
         return plain
 
-    def _try(self, direction: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes:
+    def _try(self, side: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes:
         mki = None
         if crypto.mki_bytes:
             packet, mki = _strip_mki(crypto, packet)
-        key = (direction, i, mki, packet[8:12])
+        key = (side, i, mki, packet[8:12])
         session = self._sessions.get(key)
         if session is None:
             secret = next((k.key_salt for k in crypto.keys if k.mki == mki), None)
@@ -167,40 +167,40 @@ class SrtpDecryptor:
             session = self._sessions[key] = _session(crypto, secret.value)
         return session.unprotect(packet)
 
-    def _rejected(self, direction: int, i: int, packet: bytes, why: str) -> bytes | None:
+    def _rejected(self, side: int, i: int, packet: bytes, why: str) -> bytes | None:
         if why.startswith("replay check failed (bad index)"):
-            recent = self._recent[direction][(packet[2] << 8 | packet[3]) % _RECENT]
+            recent = self._recent[side][(packet[2] << 8 | packet[3]) % _RECENT]
             if recent is not None and recent[0] == packet:
                 return recent[1]                     # a copy: the sequencer counts the duplicate
-            self._counts["replayed"][direction] += 1
+            self._counts["replayed"][side] += 1
             return None
-        periods = self._periods[direction]
+        periods = self._periods[side]
         if why.startswith("replay check failed (index too old)"):
             # A wrong rollover guess after a long gap looks "too old" to libsrtp: a streak of
             # these searches the ROC as failures do.
-            plain = self._resync(direction, i, periods[i].crypto, packet)
+            plain = self._resync(side, i, periods[i].crypto, packet)
             if plain is not None:
-                self._counts["resynced"][direction] += 1
+                self._counts["resynced"][side] += 1
                 return plain
-            self._counts["too_old"][direction] += 1
+            self._counts["too_old"][side] += 1
             return None
         # Authentication failed: the other keys of this direction, nearest in time first.
         for j in sorted(range(len(periods)), key=lambda j: abs(j - i)):
             if j != i and periods[j].crypto is not None:
                 try:
-                    plain = self._try(direction, j, periods[j].crypto, packet)
+                    plain = self._try(side, j, periods[j].crypto, packet)
                 except pylibsrtp.Error:
                     continue
-                self._counts["other_key"][direction] += 1
+                self._counts["other_key"][side] += 1
                 return plain
-        plain = self._resync(direction, i, periods[i].crypto, packet)
+        plain = self._resync(side, i, periods[i].crypto, packet)
         if plain is not None:
-            self._counts["resynced"][direction] += 1
+            self._counts["resynced"][side] += 1
             return plain
-        self._counts["auth_failed"][direction] += 1
+        self._counts["auth_failed"][side] += 1
         return None
 
-    def _resync(self, direction: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes | None:
+    def _resync(self, side: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes | None:
         """After RESYNC_AFTER consecutive failures of one SSRC, look for the ROC libsrtp's
         index estimate missed: a capture that began after 2^16 packets of a stream (a long
         call joined mid-way, a re-key later in a call), or more than 2^15 packets of it lost.
@@ -211,9 +211,9 @@ class SrtpDecryptor:
         mki = None
         if crypto.mki_bytes:
             packet, mki = _strip_mki(crypto, packet)
-        key = (direction, i, mki, packet[8:12])
+        key = (side, i, mki, packet[8:12])
         count, attempts, mark = self._streaks.get(key, (0, 0, -1))
-        decrypted = self._decrypted[direction]
+        decrypted = self._decrypted[side]
         count = count + 1 if mark == decrypted else 1        # consecutive: nothing decrypted since
         secret = next((k.key_salt for k in crypto.keys if k.mki == mki), None)
         if count < RESYNC_AFTER or attempts >= RESYNC_ATTEMPTS or secret is None:
@@ -228,7 +228,7 @@ class SrtpDecryptor:
                 continue
             self._sessions[key] = session
             self._streaks.pop(key, None)
-            self._fast[direction] = None
+            self._fast[side] = None
             return plain
         self._streaks[key] = (0, attempts + 1, decrypted)
         return None
@@ -309,12 +309,12 @@ class SrtpCallMedia(CallMedia):
         self.decryptor = SrtpDecryptor(periods)
         self._periods = periods
 
-    def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
+    def on_rtp(self, side: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
         if any(p.crypto is not None for side in self._periods for p in side):
-            data = self.decryptor.unprotect(direction, arrival_ns, bytes(data))
+            data = self.decryptor.unprotect(side, arrival_ns, bytes(data))
             if data is None:
                 return True              # SRTP, but dropped (counted by the decryptor)
-        return super().on_rtp(direction, arrival_ns, src, dst, data)
+        return super().on_rtp(side, arrival_ns, src, dst, data)
 
     def take_groups(self, groups: RunGroups, g0: int, g1: int, later: list) -> int:
         return groups.run.each(self.on_rtp, groups.positions(g0, g1))

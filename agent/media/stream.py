@@ -61,7 +61,7 @@ class MediaCapture:
                  "rtcp", "zrtp_packets", "zrtp_seen", "redact_dtmf", "_is_event", "_codecs", "counters",
                  "write_audio", "_srtp_offered")
 
-    def __init__(self, log_path: Path, *, codecs_for_direction: Callable[[int], dict] | None = None,
+    def __init__(self, log_path: Path, *, codecs_for_side: Callable[[int], dict] | None = None,
                  redact_dtmf: bool = False, counters: Counter | None = None,
                  write_audio: bool = True, srtp_offered: Callable[[], bool] | None = None) -> None:
         self.log = MediaLogWriter(log_path)
@@ -77,27 +77,27 @@ class MediaCapture:
         self.zrtp_seen = False
         self.redact_dtmf = redact_dtmf
         self._is_event: dict[int, bool] = {}
-        self._codecs = codecs_for_direction
+        self._codecs = codecs_for_side
         self.counters = counters
         # SRTP keys were offered: event payloads are ciphertext (zeroing a byte would fail
         # authentication); the worker redacts after decrypting (media/srtp.py).
         self._srtp_offered = srtp_offered
 
-    def on_rtp(self, direction: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
+    def on_rtp(self, side: int, arrival_ns: int, src: str, dst: str, data: bytes) -> bool:
         """Take one UDP payload of the call's media. False when it is not RTP."""
         if not looks_like_rtp(data):
             return count_not_rtp(self, data)  # the engine counts rtp.skip.not_rtp
-        if src is not self._last_src[direction] and src != self._last_src[direction]:
-            self._last_src[direction] = src
-            self.labels.append((self.log.records, direction, src, dst))
-        if self.redact_dtmf and self._event_pt(direction, data[1] & 0x7F):
+        if src is not self._last_src[side] and src != self._last_src[side]:
+            self._last_src[side] = src
+            self.labels.append((self.log.records, side, src, dst))
+        if self.redact_dtmf and self._event_pt(side, data[1] & 0x7F):
             data = _without_event_code(data)
         if self.first_arrival_ns is None:
             self.first_arrival_ns = arrival_ns
         self.last_arrival_ns = arrival_ns
-        self.packets[direction] += 1
+        self.packets[side] += 1
         if self.write_audio:
-            self.log.append(direction, 0, 0, arrival_ns, 0, False, data)
+            self.log.append(side, 0, 0, arrival_ns, 0, False, data)
         return True
 
     def take_groups(self, groups: RunGroups, g0: int, g1: int, later: list) -> int:
@@ -107,27 +107,27 @@ class MediaCapture:
         run = groups.run
         positions = groups.positions(g0, g1)
         for g in range(g0, g1):
-            direction = groups.direction[g]
-            if (not groups.one_src[g] or run.label(groups.src_key[g]) != self._last_src[direction]
-                    or (self.redact_dtmf and (not groups.one_pt[g] or self._event_pt(direction, groups.pt[g])))):
+            side = groups.side[g]
+            if (not groups.one_src[g] or run.label(groups.src_key[g]) != self._last_src[side]
+                    or (self.redact_dtmf and (not groups.one_pt[g] or self._event_pt(side, groups.pt[g])))):
                 return run.each(self.on_rtp, positions)
         for g in range(g0, g1):
-            self.packets[groups.direction[g]] += groups.end[g] - groups.start[g]
+            self.packets[groups.side[g]] += groups.end[g] - groups.start[g]
         if self.first_arrival_ns is None:
             self.first_arrival_ns = int(run.arrival_ns[positions[0]])
         self.last_arrival_ns = int(run.arrival_ns[positions[-1]])
         if self.write_audio:
-            self.log.append_run(run.direction[positions], run.arrival_ns[positions], run.buf,
+            self.log.append_run(run.side[positions], run.arrival_ns[positions], run.buf,
                                 run.data_start[positions], run.size[positions])
         return 0
 
-    def _event_pt(self, direction: int, pt: int) -> bool:
+    def _event_pt(self, side: int, pt: int) -> bool:
         if self._srtp_offered is not None and self._srtp_offered():
             return False
-        key = direction << 8 | pt
+        key = side << 8 | pt
         known = self._is_event.get(key)
         if known is None:
-            codecs = self._codecs(direction) if self._codecs is not None else {}
+            codecs = self._codecs(side) if self._codecs is not None else {}
             info = codecs.get(pt)
             known = self._is_event[key] = info is not None and is_telephone_event(info.encoding)
         return known
@@ -173,8 +173,8 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     packet by packet, the reference the tests compare both with)."""
     codecs = plan.codecs
 
-    def clock_rate_for_pt(direction: int, pt: int) -> int:
-        info = codecs.get(direction, {}).get(pt)
+    def clock_rate_for_pt(side: int, pt: int) -> int:
+        info = codecs.get(side, {}).get(pt)
         return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000
 
     try:
@@ -183,18 +183,18 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
         size = 0
     keep = MediaLogMemory() if in_memory and size <= WHOLE_CALL_BYTES else ordered_path
     media = CallMedia(keep, clock_rate_for_pt=clock_rate_for_pt,
-                      codecs_for_direction=lambda direction: codecs.get(direction, {}),
+                      codecs_for_side=lambda side: codecs.get(side, {}),
                       redact_dtmf=plan.redact_dtmf, counters=counters)
     # The source/destination labels as small integer keys: RtpRun's label() gives the text back.
     names = [""]
     ids: dict[str, int] = {"": 0}
     events: list[list[tuple[int, int, int]]] = [[], []]      # per direction: (record no, src, dst)
-    for number, direction, src, dst in plan.labels:
+    for number, side, src, dst in plan.labels:
         for text in (src, dst):
             if text not in ids:
                 ids[text] = len(names)
                 names.append(text)
-        events[direction & 1].append((number, ids[src], ids[dst]))
+        events[side & 1].append((number, ids[src], ids[dst]))
     tables = [(np.array([e[0] for e in ev], dtype=np.int64), np.array([0] + [e[1] for e in ev], dtype=np.int64),
                np.array([0] + [e[2] for e in ev], dtype=np.int64)) for ev in events]
     done = 0
@@ -204,22 +204,22 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     chunk = size + 1 if bulk and size <= WHOLE_CALL_BYTES else 1 << 20
     for block in read_media_log_blocks(raw_path, chunk_bytes=chunk):
         n = len(block)
-        direction = (block.stream & 1).astype(np.int64)
+        side = (block.stream & 1).astype(np.int64)
         numbers = done + np.arange(n, dtype=np.int64)
         src = np.zeros(n, dtype=np.int64)
         dst = np.zeros(n, dtype=np.int64)
         for d, (at, src_ids, dst_ids) in enumerate(tables):
-            mine = direction == d
+            mine = side == d
             k = np.searchsorted(at, numbers[mine], side="right")     # 0: before any label
             src[mine] = src_ids[k]
             dst[mine] = dst_ids[k]
-        run = _raw_run(block, direction, src, dst, names.__getitem__)
+        run = _raw_run(block, side, src, dst, names.__getitem__)
         # Voice quality from the header columns decoded here (the packet path taps each packet).
         media.quality = quality if run is None or not bulk else None
         if run is not None and bulk:
             quality.add_run(run)
         if run is None or not bulk:
-            _each_record(media, block, direction, src, dst, names)
+            _each_record(media, block, side, src, dst, names)
         elif not (chunk > size and media.take_whole(run)):
             media.feed_run(run)
         done += n
@@ -230,7 +230,7 @@ def sequence_capture(raw_path: Path, ordered_path: Path, plan: MediaPlan, *,
     return media
 
 
-def _raw_run(block: MediaBlock, direction: np.ndarray, src: np.ndarray, dst: np.ndarray,
+def _raw_run(block: MediaBlock, side: np.ndarray, src: np.ndarray, dst: np.ndarray,
              label: Callable[[int], str]) -> RtpRun | None:
     """A block of raw-log records (whole RTP packets) as an RtpRun; None if any is too short."""
     n = len(block)
@@ -238,7 +238,7 @@ def _raw_run(block: MediaBlock, direction: np.ndarray, src: np.ndarray, dst: np.
         return None
     header = byte_rows(block.data, block.payload_at, 12)
     words = header.view(">u4")
-    return RtpRun(order=np.arange(n, dtype=np.int64), direction=direction, arrival_ns=block.arrival_ns,
+    return RtpRun(order=np.arange(n, dtype=np.int64), side=side, arrival_ns=block.arrival_ns,
                   src_key=src, dst_key=dst, b0=header[:, 0].copy(), b1=header[:, 1].copy(),
                   seq=header.view(">u2")[:, 1].astype(np.int64), rtp_ts=words[:, 1].astype(np.int64),
                   ssrc=words[:, 2].astype(np.int64), size=block.payload_len.astype(np.int64),
@@ -246,10 +246,10 @@ def _raw_run(block: MediaBlock, direction: np.ndarray, src: np.ndarray, dst: np.
                   dst_known=np.ones(n, dtype=bool), label=label)
 
 
-def _each_record(media: CallMedia, block: MediaBlock, direction: np.ndarray, src: np.ndarray,
+def _each_record(media: CallMedia, block: MediaBlock, side: np.ndarray, src: np.ndarray,
                  dst: np.ndarray, names: list[str]) -> None:
     data = block.data
     for i, (d, arrival, s, t, at, size) in enumerate(zip(
-            direction.tolist(), block.arrival_ns.tolist(), src.tolist(), dst.tolist(),
+            side.tolist(), block.arrival_ns.tolist(), src.tolist(), dst.tolist(),
             block.payload_at.tolist(), block.payload_len.tolist())):
         media.on_rtp(d, arrival, names[s], names[t], data[at:at + size].tobytes())

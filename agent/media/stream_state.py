@@ -43,7 +43,7 @@ class StreamStats:
 @dataclass(slots=True)
 class StreamInfo:
     index: int                     # stream_index in the media log
-    direction: int                 # 0 = caller→callee, 1 = callee→caller
+    side: int                 # 0 = caller→callee, 1 = callee→caller
     ssrc: int
     stats: StreamStats
 
@@ -52,14 +52,14 @@ class StreamInfo:
 class StreamState:
     """Mutable per-stream state (one per SSRC and direction; not a per-packet object)."""
 
-    __slots__ = ("index", "direction", "ssrc", "stats", "next_ext", "max_ext", "first_ext",
+    __slots__ = ("index", "side", "ssrc", "stats", "next_ext", "max_ext", "first_ext",
                  "seq_offset", "window", "window_since_ns", "skipped", "pending",
                  "clock_hz", "jitter_ticks", "prev_arrival_ns", "prev_ts", "event_pts",
                  "dtmf")
 
-    def __init__(self, index: int, direction: int, ssrc: int, seq: int) -> None:
+    def __init__(self, index: int, side: int, ssrc: int, seq: int) -> None:
         self.index = index
-        self.direction = direction
+        self.side = side
         self.ssrc = ssrc
         self.stats = StreamStats(ssrc=ssrc)
         self.next_ext = seq          # next extended sequence number to release to the log

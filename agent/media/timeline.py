@@ -38,7 +38,7 @@ class CodecInfo:
 @dataclass(slots=True)
 class StreamSpec:
     index: int                  # stream_index in the media log (StreamInfo.index)
-    direction: int              # 0 = caller→callee, 1 = callee→caller
+    side: int              # 0 = caller→callee, 1 = callee→caller
     codecs: dict[int, CodecInfo] = field(default_factory=dict)  # pt -> codec for this direction
 
 

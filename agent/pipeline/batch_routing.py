@@ -409,7 +409,7 @@ class BatchRouter:
         idx, group_key, arrival = idx[order], group_key[order], ts[order]
         starts = np.flatnonzero(np.diff(group_key, prepend=-1))
         fx, batch = self._fx, self._batch
-        run = RtpRun(order=idx, direction=group_key & 1, arrival_ns=arrival, src_key=fx.src_key[idx],
+        run = RtpRun(order=idx, side=group_key & 1, arrival_ns=arrival, src_key=fx.src_key[idx],
                      dst_key=fx.dst_key[idx], b0=fx.b0[idx], b1=fx.b1[idx], seq=fx.seq[idx],
                      rtp_ts=fx.rtp_ts[idx], ssrc=fx.ssrc[idx], size=fx.udp_len[idx] - 8, buf=batch.buf,
                      data_start=batch.starts[idx] + fx.payload_at[idx], dst_known=np.ones(len(idx), dtype=bool), label=self._label)

@@ -17,7 +17,7 @@ from agent.calls.record import CallRecord, merge_dtmf_presses, presses_from_even
 from agent.media.codecs import is_telephone_event
 from agent.media.medialog import MediaBlock
 from agent.media.srtp import decrypt_raw_log
-from agent.media.quality import StreamQuality, direction_quality, mos_estimate
+from agent.media.quality import StreamQuality, side_quality, mos_estimate
 from agent.media.sequencer import CallMedia
 from agent.media.stream import MediaPlan, sequence_capture
 from agent.media.stream_state import StreamStats
@@ -60,27 +60,27 @@ def media_record(record: CallRecord, media: CallMedia, codecs: dict[int, dict], 
     presses, encryption; and the stream specs ``render_recording`` needs."""
     streams, specs = [], []
     quality = _stream_quality(media, codecs)
-    by_direction: dict[int, list[tuple[StreamQuality, str]]] = {CALLER: [], CALLEE: []}
+    by_side: dict[int, list[tuple[StreamQuality, str]]] = {CALLER: [], CALLEE: []}
     for info in media.streams:
         stats = info.stats
         streams.append({
-            "index": info.index, "direction": info.direction, "ssrc": stats.ssrc,
+            "index": info.index, "direction": info.side, "ssrc": stats.ssrc,
             "packets": stats.packets, "lost": stats.lost, "duplicated": stats.duplicated,
             "reordered": stats.reordered, "late": stats.late,
             "jitter_ms": round(stats.jitter_ms, 3), "src": stats.src, "dst": stats.dst,
             "payload_types": {str(k): v for k, v in stats.payload_types.items()},
         })
-        q = quality.get((info.direction, stats.ssrc))
+        q = quality.get((info.side, stats.ssrc))
         if q is not None:
-            encoding = _audio_encoding(stats, codecs.get(info.direction, {}))
+            encoding = _audio_encoding(stats, codecs.get(info.side, {}))
             streams[-1]["quality"] = dict(q.as_record(), codec=encoding,
                                           mos=[m.as_record() for m in mos_estimate(q, encoding).values()])
-            by_direction[info.direction & 1].append((q, encoding))
-        specs.append(StreamSpec(index=info.index, direction=info.direction,
-                                codecs=codecs.get(info.direction, {})))
+            by_side[info.side & 1].append((q, encoding))
+        specs.append(StreamSpec(index=info.index, side=info.side,
+                                codecs=codecs.get(info.side, {})))
     presses = presses_from_events(media.dtmf_events, int(record.get("start_ts_ns") or 0))
     record = merge_dtmf_presses({**record, "streams": streams}, presses, redact=redact)
-    sides = {name: direction_quality(by_direction[d]) for name, d in (("caller", CALLER), ("callee", CALLEE))}
+    sides = {name: side_quality(by_side[d]) for name, d in (("caller", CALLER), ("callee", CALLEE))}
     if any(sides.values()):
         record["quality"] = sides
     if media.zrtp_seen:
@@ -97,10 +97,10 @@ def _stream_quality(media: CallMedia, codecs: dict[int, dict]) -> dict:
     if media.quality is None:
         return {}
 
-    def clock(direction: int, pt: int) -> int:
+    def clock(side: int, pt: int) -> int:
         # No clock (no jitter step) for events and for dynamic types the SDP does not name,
         # as Wireshark's analysis does.
-        info = _codec_info(codecs.get(direction, {}), pt)
+        info = _codec_info(codecs.get(side, {}), pt)
         return 0 if info is None or is_telephone_event(info.encoding) else info.clock_rate_hz
     return media.quality.streams(clock)
 
@@ -121,22 +121,22 @@ def unrecorded_streams(plan: MediaPlan, streams: list[dict[str, Any]]) -> list[d
     if not plan.log_failures:
         return streams
     out = list(streams)
-    for direction in (CALLER, CALLEE):
+    for side in (CALLER, CALLEE):
         logged = sum(st["packets"] + st["duplicated"] + st["late"] for st in streams
-                     if st["direction"] == direction)
-        missing = plan.captured_packets[direction] - logged
+                     if st["direction"] == side)
+        missing = plan.captured_packets[side] - logged
         if missing > 0:
-            out.append({"index": -1, "direction": direction, "ssrc": None, "packets": missing,
+            out.append({"index": -1, "direction": side, "ssrc": None, "packets": missing,
                         "lost": 0, "duplicated": 0, "reordered": 0, "late": 0, "jitter_ms": 0.0,
                         "src": "", "dst": "", "payload_types": {}, "unrecorded": True})
     return out
 
 
-def codecs_for_direction(call: Call, direction: Side) -> dict[int, CodecInfo]:
+def codecs_for_side(call: Call, side: Side) -> dict[int, CodecInfo]:
     """PT map for media sent by side ``direction``: the receiver's rtpmap first (it defined
     what it wants to receive), the sender's as fallback (phones differ, many break RFC 3264)."""
-    sender = call.parties[direction]
-    receiver = call.parties[CALLEE if direction == CALLER else CALLER]
+    sender = call.parties[side]
+    receiver = call.parties[CALLEE if side == CALLER else CALLER]
     codecs: dict[int, CodecInfo] = {}
     for party in (sender, receiver):          # receiver last: it wins
         for pt, rtpmap in party.rtpmaps.items():
@@ -145,6 +145,6 @@ def codecs_for_direction(call: Call, direction: Side) -> dict[int, CodecInfo]:
     return codecs
 
 
-def clock_rate(call: Call, direction: Side, pt: int) -> int:
-    info = codecs_for_direction(call, direction).get(pt)
+def clock_rate(call: Call, side: Side, pt: int) -> int:
+    info = codecs_for_side(call, side).get(pt)
     return info.clock_rate_hz if info is not None and info.clock_rate_hz else 8000

@@ -28,7 +28,7 @@ from agent.media.srtp import SrtpCallMedia
 from agent.media.sequencer import CallMedia
 from agent.media.stream import MediaCapture, MediaPlan
 from agent.media.timeline import StreamSpec
-from agent.pipeline.completion import clock_rate, codecs_for_direction, complete_media, media_record
+from agent.pipeline.completion import clock_rate, codecs_for_side, complete_media, media_record
 from agent.pipeline.completion import unrecorded_streams
 
 log = logging.getLogger(__name__)
@@ -85,15 +85,15 @@ class Finisher:
             # SDES keys offered: inspect decrypts each packet as it goes (it has no workers).
             kind, extra = (SrtpCallMedia, {"periods": call.srtp.periods}) if call.srtp.offered_crypto else (CallMedia, {})
             media = kind(None, redact_dtmf=redact,
-                         clock_rate_for_pt=lambda direction, pt, call=call: clock_rate(call, direction, pt),
-                         codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction),
+                         clock_rate_for_pt=lambda side, pt, call=call: clock_rate(call, side, pt),
+                         codecs_for_side=lambda side, call=call: codecs_for_side(call, side),
                          **extra)
             media.quality = QualityCollector()          # voice quality from the headers it takes
             return media
         self._media_seq += 1
         path = self.workdir / f"call-{self._media_seq:08d}.rtp"
         return MediaCapture(path, redact_dtmf=redact,
-                            codecs_for_direction=lambda direction, call=call: codecs_for_direction(call, direction),
+                            codecs_for_side=lambda side, call=call: codecs_for_side(call, side),
                             counters=self.counters, write_audio=write_audio,
                             srtp_offered=lambda call=call: call.srtp.offered_crypto)
 
@@ -134,7 +134,7 @@ class Finisher:
                        now_ns)
             return
         media.close()
-        codecs = {CALLER: codecs_for_direction(call, CALLER), CALLEE: codecs_for_direction(call, CALLEE)}
+        codecs = {CALLER: codecs_for_side(call, CALLER), CALLEE: codecs_for_side(call, CALLEE)}
         if isinstance(media, CallMedia):             # MediaMode.COUNTERS: sequenced as it arrived
             record, _specs = media_record(build_record(call, self.config, self.macs), media, codecs,
                                           redact=redact)

@@ -53,11 +53,11 @@ def _digits(n: int) -> tuple[str, str, str]:
     return str(n % 10), "*#"[n % 2], str((n // 10) % 10)
 
 
-def _tone(n: int, direction: int) -> bytes:
+def _tone(n: int, side: int) -> bytes:
     """160 PCMU bytes (a whole number of periods: it repeats seamlessly), unique per call and
     direction; a cosine, so the first sample is not silence."""
-    freq_hz = 50 * (4 + (n % 60)) + (0 if direction == 0 else 25)
-    amplitude = 3000 + 40 * n + 2000 * direction
+    freq_hz = 50 * (4 + (n % 60)) + (0 if side == 0 else 25)
+    amplitude = 3000 + 40 * n + 2000 * side
     t = np.arange(160) / 8000
     pcm = (amplitude * np.cos(2 * math.pi * freq_hz * t)).astype(np.int16)
     return bytes(linear_to_ulaw(pcm))
@@ -92,20 +92,20 @@ def _call_frames(n: int):
                                          ETH_PBX if src == a_ip else ETH_CALLER, src, dst, 5060, 5060, payload))
               for off, src, dst, payload in sig]
     digits = _digits(n)
-    for direction, (src, dst, sport, dport, mac_src, mac_dst) in enumerate(
+    for side, (src, dst, sport, dport, mac_src, mac_dst) in enumerate(
             ((a_ip, b_ip, a_port, b_port, ETH_CALLER, ETH_PBX), (b_ip, a_ip, b_port, a_port, ETH_PBX, ETH_CALLER))):
-        events = {slot: digits[i] for i, (d, slot) in enumerate(PRESSES) if d == direction}
-        ssrc, tone = 0x10000 * (direction + 1) + n, _tone(n, direction)
+        events = {slot: digits[i] for i, (d, slot) in enumerate(PRESSES) if d == side}
+        ssrc, tone = 0x10000 * (side + 1) + n, _tone(n, side)
         slot = 0
         while slot < SLOTS:
             if slot in events:
                 for k, (marker, payload) in enumerate(_event_payloads(events[slot])):
-                    at = start_ns + MEDIA_NS + (slot + k) * PTIME_NS + direction * 300_000
+                    at = start_ns + MEDIA_NS + (slot + k) * PTIME_NS + side * 300_000
                     hdr = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | 101, slot + k, slot * 160, ssrc)
                     frames.append((at, udp_frame(mac_src, mac_dst, src, dst, sport, dport, hdr + payload)))
                 slot += EVENT_SLOTS
                 continue
-            at = start_ns + MEDIA_NS + slot * PTIME_NS + direction * 300_000
+            at = start_ns + MEDIA_NS + slot * PTIME_NS + side * 300_000
             hdr = struct.pack("!BBHII", 0x80, 0, slot, slot * 160, ssrc)
             frames.append((at, udp_frame(mac_src, mac_dst, src, dst, sport, dport, hdr + tone)))
             slot += 1
@@ -149,10 +149,10 @@ def _ffmpeg_ulaw(payloads: list[bytes]) -> list[np.ndarray]:
     return [pcm[i * 160:(i + 1) * 160] for i in range(len(payloads))]
 
 
-def _audio_slots(n: int, direction: int) -> list[int]:
+def _audio_slots(n: int, side: int) -> list[int]:
     busy = set()
     for d, slot in PRESSES:
-        if d == direction:
+        if d == side:
             busy.update(range(slot, slot + EVENT_SLOTS))
     return [s for s in range(SLOTS) if s not in busy]
 
@@ -200,11 +200,11 @@ def test_scan_at_5000_per_s_leaves_100_concurrent_calls_exact(tmp_path):
         with wave.open(str(out / rec["recording"]["file"])) as w:
             assert (w.getframerate(), w.getnchannels()) == (8000, 2), where
             pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
-        for direction in (0, 1):
-            channel = pcm[:, direction]
-            expected = tones[2 * n + direction]
+        for side in (0, 1):
+            channel = pcm[:, side]
+            expected = tones[2 * n + side]
             begin = int(np.flatnonzero(channel)[0])      # the first packet's first sample
             rebuilt = np.zeros_like(channel)
-            for slot in _audio_slots(n, direction):
+            for slot in _audio_slots(n, side):
                 rebuilt[begin + slot * 160:begin + (slot + 1) * 160] = expected
-            assert np.array_equal(channel, rebuilt), f"{where} direction {direction}"
+            assert np.array_equal(channel, rebuilt), f"{where} direction {side}"

@@ -108,7 +108,7 @@ def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker=False) -> 
 
 
 def _media(tmp_path: Path, maps: dict[int, dict[int, CodecInfo]], **kw) -> CallMedia:
-    return CallMedia(tmp_path / "m.rtp", codecs_for_direction=lambda d: maps[d], **kw)
+    return CallMedia(tmp_path / "m.rtp", codecs_for_side=lambda d: maps[d], **kw)
 
 
 def test_callmedia_uses_the_event_pt_of_each_direction(tmp_path: Path) -> None:

@@ -24,10 +24,10 @@ def rtp(seq, ts, ssrc, pt, payload):
     return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
 
 
-def signal(direction: int, seconds: float, keys: list[tuple[float, float, tuple[int, int]]]):
+def signal(side: int, seconds: float, keys: list[tuple[float, float, tuple[int, int]]]):
     """A background tone (300 Hz caller, 500 Hz callee) with DTMF pairs replacing it."""
     n = np.arange(int(seconds * 8000))
-    x = 3000 * np.sin(2 * np.pi * (300 if direction == 0 else 500) * n / 8000)
+    x = 3000 * np.sin(2 * np.pi * (300 if side == 0 else 500) * n / 8000)
     for start_s, dur_s, (fl, fh) in keys:
         a, b = int(start_s * 8000), int((start_s + dur_s) * 8000)
         m = n[a:b]
@@ -35,11 +35,11 @@ def signal(direction: int, seconds: float, keys: list[tuple[float, float, tuple[
     return x
 
 
-def packets(direction: int, x: np.ndarray):
+def packets(side: int, x: np.ndarray):
     out = []
     for k in range(x.size // 160):
         pay = linear_to_ulaw(np.round(x[k * 160:(k + 1) * 160]).astype(np.int16))
-        out.append((T0 + k * 20 * MS, direction, rtp(100 + k, 1000 + 160 * k, 0x10 + direction, 0, pay)))
+        out.append((T0 + k * 20 * MS, side, rtp(100 + k, 1000 + 160 * k, 0x10 + side, 0, pay)))
     return out
 
 
@@ -48,7 +48,7 @@ def render(tmp_path: Path, pkts, name: str, **kw):
     for arrival, d, data in sorted(pkts, key=lambda p: (p[0], p[1])):
         cm.on_rtp(d, arrival, "10.0.0.1:4000", "10.0.0.2:5000", data)
     cm.close()
-    specs = [StreamSpec(i.index, i.direction, dict(CODECS)) for i in cm.streams]
+    specs = [StreamSpec(i.index, i.side, dict(CODECS)) for i in cm.streams]
     res = render_recording(cm.log_path, specs, tmp_path / f"{name}.wav", fmt="wav", channels=2,
                            sample_rate_hz=8000, start_ns=T0, **kw)
     with wave.open(str(res.path)) as w:
@@ -65,11 +65,11 @@ def test_inband_found_and_masked_rest_unchanged(tmp_path: Path) -> None:
     x0 = signal(0, 3.0, [(1.0, 0.12, KEY5), (2.0, 0.1, (941, 1477))])   # '5', '#'
     x1 = signal(1, 3.0, [])
     pkts = packets(0, x0) + packets(1, x1)
-    plain, a = render(tmp_path, pkts, "plain", inband_dtmf_directions=(0, 1))
+    plain, a = render(tmp_path, pkts, "plain", inband_dtmf_sides=(0, 1))
     assert [(e["digit"], e["direction"], e["source"]) for e in plain.dtmf] == [
         ("5", 0, "inband"), ("#", 0, "inband")]
     assert abs((plain.dtmf[0]["ts_ns"] - T0) / MS - 1000) <= 30
-    masked, b = render(tmp_path, pkts, "masked", inband_dtmf_directions=(0,), mask_inband=True)
+    masked, b = render(tmp_path, pkts, "masked", inband_dtmf_sides=(0,), mask_inband=True)
     assert masked.masked_ms > 0
     for e in masked.dtmf:
         s = (e["ts_ns"] - T0) // MS * 8

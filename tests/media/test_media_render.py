@@ -23,11 +23,11 @@ def rtp(seq, ts, ssrc, pt, payload):
     return struct.pack("!BBHII", 0x80, pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
 
 
-def burst(direction, freq, start_ms, dur_ms, *, ssrc=None, seq0=100, ts0=5000, drop=(),
+def burst(side, freq, start_ms, dur_ms, *, ssrc=None, seq0=100, ts0=5000, drop=(),
           jitter_ms=0, ts_of=None, pt_of=None, payload_of=None, seed=1):
     """20 ms PCMU packets of a tone; returns [(arrival_ns, direction, datagram)]."""
     rng = random.Random(seed)
-    ssrc = ssrc if ssrc is not None else 0x1000 + direction
+    ssrc = ssrc if ssrc is not None else 0x1000 + side
     out = []
     for k in range(dur_ms // 20):
         if k in drop:
@@ -38,17 +38,17 @@ def burst(direction, freq, start_ms, dur_ms, *, ssrc=None, seq0=100, ts0=5000, d
         pt = pt_of(k) if pt_of else 0
         payload = payload_of(k) if payload_of else linear_to_ulaw(pcm)
         arrival = T0 + (start_ms + 20 * k) * MS + int(rng.uniform(0, jitter_ms) * MS)
-        out.append((arrival, direction, rtp(seq0 + k, ts, ssrc, pt, payload)))
+        out.append((arrival, side, rtp(seq0 + k, ts, ssrc, pt, payload)))
     return out
 
 
 def run_call(tmp_path, packets, specs=None, **kw):
     cm = CallMedia(tmp_path / "call.media")
-    for arrival, direction, data in sorted(packets, key=lambda p: p[0]):
-        cm.on_rtp(direction, arrival, "10.0.0.1:4000", "10.0.0.2:5000", data)
+    for arrival, side, data in sorted(packets, key=lambda p: p[0]):
+        cm.on_rtp(side, arrival, "10.0.0.1:4000", "10.0.0.2:5000", data)
     cm.close()
     if specs is None:
-        specs = [StreamSpec(i.index, i.direction, dict(PCMU)) for i in cm.streams]
+        specs = [StreamSpec(i.index, i.side, dict(PCMU)) for i in cm.streams]
     kw.setdefault("fmt", "wav")
     out = tmp_path / ("rec." + kw["fmt"])
     res = render_recording(cm.log_path, specs, out, **kw)
@@ -86,7 +86,7 @@ def test_stereo_two_tones(tmp_path):
     assert res.path == tmp_path / "rec.wav" and res.fmt == "wav"
     assert (res.sample_rate_hz, res.channels, res.audio_packets) == (8000, 2, 200)
     assert res.duration_ms == 2500
-    assert res.per_direction_ms == [2000, 2000]
+    assert res.per_side_ms == [2000, 2000]
     assert res.first_audio_offset_ms == [0, 500]
     assert res.undecodable == []
     rate, x = read_wav(res.path)
@@ -172,8 +172,8 @@ def test_ssrc_change_rendered_in_sequence(tmp_path):
     a = burst(0, 440, 0, 1000, ssrc=0xAAAA, seq0=10, ts0=1000)
     b = burst(0, 660, 1000, 1000, ssrc=0xBBBB, seq0=50000, ts0=77_777_777)
     cm, res = run_call(tmp_path, a + b, sample_rate_hz=8000)
-    assert [(i.index, i.direction, i.ssrc) for i in cm.streams] == [(0, 0, 0xAAAA), (1, 0, 0xBBBB)]
-    assert res.duration_ms == 2000 and res.per_direction_ms == [2000, 0]
+    assert [(i.index, i.side, i.ssrc) for i in cm.streams] == [(0, 0, 0xAAAA), (1, 0, 0xBBBB)]
+    assert res.duration_ms == 2000 and res.per_side_ms == [2000, 0]
     assert res.first_audio_offset_ms == [0, None]
     rate, x = read_wav(res.path)
     assert dominant_hz(seg(x[:, 0], rate, 0, 1000), rate) == pytest.approx(440, abs=2)
@@ -263,7 +263,7 @@ def test_rate_zero_uses_native_rate_of_used_decoders(tmp_path):
     for arr, d, data in sorted(pkts, key=lambda p: p[0]):
         cm.on_rtp(d, arr, "a:1", "b:2", data)
     cm.close()
-    specs = [StreamSpec(i.index, i.direction, codecs) for i in cm.streams]
+    specs = [StreamSpec(i.index, i.side, codecs) for i in cm.streams]
     res = render_recording(cm.log_path, specs, tmp_path / "r.wav", fmt="wav", channels=2,
                            sample_rate_hz=0)
     assert res.sample_rate_hz == 8000

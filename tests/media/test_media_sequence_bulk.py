@@ -32,7 +32,7 @@ def _raw_logs(path: Path, workdir: Path):
 
 
 def _outcome(media, ordered: Path):
-    streams = [(s.index, s.direction, s.ssrc, s.stats) for s in media.streams]
+    streams = [(s.index, s.side, s.ssrc, s.stats) for s in media.streams]
     return streams, media.dtmf_events, media.zrtp_seen, media.bad_seq, ordered.read_bytes()
 
 
@@ -79,38 +79,38 @@ def _impaired_raw_log(path: Path, seed: int, *, events: bool) -> "MediaPlan":
 
     rnd = random.Random(seed)
     packets = []                                       # (arrival_ns, direction, bytes)
-    for direction in (0, 1):
-        seq0 = 65000 if direction == 0 else rnd.randrange(1 << 16)
+    for side in (0, 1):
+        seq0 = 65000 if side == 0 else rnd.randrange(1 << 16)
         ts0 = rnd.getrandbits(32)
-        t = 1_000_000_000 + direction * 300_000
+        t = 1_000_000_000 + side * 300_000
         for k in range(3000):
             t += 20_000_000
             if rnd.random() < 0.002:
                 t += rnd.choice([250_000_000, 900_000_000])          # a silence beyond the window
             pt = 0
-            payload = bytes([(k * 7 + direction) & 0xFF]) * 160
+            payload = bytes([(k * 7 + side) & 0xFF]) * 160
             if events and 1000 <= k % 1500 < 1010:
                 pt = 101
                 payload = struct.pack("!BBH", 5, 0x0A | (0x80 if k % 1500 == 1009 else 0), 160 * (k % 1500 - 999))
             head = struct.pack("!BBHII", 0x80, pt | (0x80 if k == 0 else 0), (seq0 + k) & 0xFFFF,
-                               (ts0 + 160 * k) & 0xFFFFFFFF, 0x1000 + direction)
+                               (ts0 + 160 * k) & 0xFFFFFFFF, 0x1000 + side)
             r = rnd.random()
             at = t
             if r < 0.01:
                 continue                                                     # lost
             if r < 0.02:
                 at += rnd.choice([21_000_000, 45_000_000, 150_000_000, 800_000_000])   # reordered / very late
-            packets.append((at, direction, head + payload))
+            packets.append((at, side, head + payload))
             if r > 0.99:
-                packets.append((at + rnd.randrange(1, 300_000_000), direction, head + payload))   # a copy
+                packets.append((at + rnd.randrange(1, 300_000_000), side, head + payload))   # a copy
     packets.sort(key=lambda p: p[0])
     writer = MediaLogWriter(path)
     labels, seen = [], set()
-    for n, (at, direction, data) in enumerate(packets):
-        if direction not in seen:
-            seen.add(direction)
-            labels.append((n, direction, f"10.0.0.{direction + 1}:4000", f"10.0.0.{2 - direction}:4000"))
-        writer.append(direction, 0, 0, at, 0, False, data)
+    for n, (at, side, data) in enumerate(packets):
+        if side not in seen:
+            seen.add(side)
+            labels.append((n, side, f"10.0.0.{side + 1}:4000", f"10.0.0.{2 - side}:4000"))
+        writer.append(side, 0, 0, at, 0, False, data)
     writer.close()
     codecs = {0: CodecInfo("PCMU", 8000), 101: CodecInfo("telephone-event", 8000)}
     return MediaPlan(codecs={0: codecs, 1: codecs}, labels=labels)
@@ -162,7 +162,7 @@ def _memory_equals_file(raw: Path, plan, tmp_path: Path, name: str) -> int:
     assert isinstance(kept.ordered_media, list) and not (tmp_path / f"{name}.unused").exists()
     assert list(_block_records(kept.ordered_media)) == list(read_media_log(tmp_path / f"{name}.ordered"))
     assert [s.stats for s in kept.streams] == [s.stats for s in on_disk.streams]
-    specs = [StreamSpec(s.index, s.direction, plan.codecs.get(s.direction, {})) for s in on_disk.streams]
+    specs = [StreamSpec(s.index, s.side, plan.codecs.get(s.side, {})) for s in on_disk.streams]
     kw = dict(fmt="wav", channels=2, sample_rate_hz=0)
     a = render_recording(on_disk.ordered_media, specs, tmp_path / f"{name}-file.wav", **kw)
     b = render_recording(kept.ordered_media, specs, tmp_path / f"{name}-memory.wav", **kw)
@@ -170,7 +170,7 @@ def _memory_equals_file(raw: Path, plan, tmp_path: Path, name: str) -> int:
         assert b.path is None
         return 0
     assert b.path.read_bytes() == a.path.read_bytes()
-    assert (b.per_direction_ms, b.audio_packets) == (a.per_direction_ms, a.audio_packets)
+    assert (b.per_side_ms, b.audio_packets) == (a.per_side_ms, a.audio_packets)
     return a.audio_packets
 
 

@@ -19,12 +19,12 @@ def rtp(seq, ts, ssrc=0xA1, pt=0, payload=None, marker=False):
                        ts & 0xFFFFFFFF, ssrc) + payload
 
 
-def feed(cm, seqs, *, direction=0, ssrc=0xA1, base_seq=1000, base_ts=8000, spacing_ms=20,
+def feed(cm, seqs, *, side=0, ssrc=0xA1, base_seq=1000, base_ts=8000, spacing_ms=20,
          arrivals=None):
     """Send packets numbered by their index i (seq = base_seq + i) in the given order."""
     for k, i in enumerate(seqs):
         arr = T0 + (arrivals[k] if arrivals is not None else k * spacing_ms * MS)
-        ok = cm.on_rtp(direction, arr, "10.0.0.1:4000", "10.0.0.2:5000",
+        ok = cm.on_rtp(side, arr, "10.0.0.1:4000", "10.0.0.2:5000",
                        rtp(base_seq + i, base_ts + 160 * i, ssrc))
         assert ok
 
@@ -135,12 +135,12 @@ def test_reorder_across_wrap(cm):
 
 
 def test_ssrc_change_and_two_directions(cm):
-    feed(cm, range(10), direction=0, ssrc=1)
-    feed(cm, range(10), direction=1, ssrc=2, base_seq=7)
-    feed(cm, range(5), direction=0, ssrc=3, base_seq=40000)
+    feed(cm, range(10), side=0, ssrc=1)
+    feed(cm, range(10), side=1, ssrc=2, base_seq=7)
+    feed(cm, range(5), side=0, ssrc=3, base_seq=40000)
     cm.close()
     infos = cm.streams
-    assert [(i.index, i.direction, i.ssrc, i.stats.packets) for i in infos] == [
+    assert [(i.index, i.side, i.ssrc, i.stats.packets) for i in infos] == [
         (0, 0, 1, 10), (1, 1, 2, 10), (2, 0, 3, 5)]
     assert Counter(idx for idx, _ in logged(cm.log_path)) == {0: 10, 1: 10, 2: 5}
 

@@ -64,7 +64,7 @@ def feed_truth_streams(name, tmp_path):
                                   "rtp-protocol.pcap"])
 def test_stream_stats_match_tshark(name, tmp_path):
     truth, cm = feed_truth_streams(name, tmp_path)
-    got = {(s.direction, s.ssrc): s.stats for s in cm.streams}
+    got = {(s.side, s.ssrc): s.stats for s in cm.streams}
     for i, t in enumerate(truth):
         st = got[(i, int(t["ssrc"], 16))]
         assert st.packets == t["packets"], t["id"]
@@ -84,12 +84,12 @@ def test_zrtp_is_noticed(tmp_path):
 def test_render_real_two_way_call(tmp_path):
     truth, cm = feed_truth_streams("magicjack_short_call.pcap", tmp_path)
     assert len(truth) == 2
-    specs = [StreamSpec(s.index, s.direction, {0: CodecInfo("PCMU", 8000)}) for s in cm.streams]
+    specs = [StreamSpec(s.index, s.side, {0: CodecInfo("PCMU", 8000)}) for s in cm.streams]
     res = render_recording(cm.log_path, specs, tmp_path / "rec.wav", fmt="wav", channels=2,
                            sample_rate_hz=8000)
     assert res.audio_packets == sum(t["packets"] for t in truth)
     assert res.undecodable == []
-    assert res.per_direction_ms == [t["packets"] * 20 for t in truth]
+    assert res.per_side_ms == [t["packets"] * 20 for t in truth]
     span_ms = (max(s.stats.last_arrival_ns for s in cm.streams)
                - min(s.stats.first_arrival_ns for s in cm.streams)) / 1e6
     assert res.duration_ms == pytest.approx(span_ms + 20, abs=60)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import agent.media.render as render
-from agent.media import direction_pcm, placement
+from agent.media import side_pcm, placement
 from agent.media.dtmf import InbandDtmfDetector, detect_inband
 from agent.media.g711 import linear_to_alaw, linear_to_ulaw
 from agent.media.medialog import MediaLogWriter, read_media_log, read_media_log_blocks
@@ -145,31 +145,31 @@ def _messy_log(path, seed):
 def test_batched_render_equals_packet_path(tmp_path, seed, monkeypatch):
     log = tmp_path / "call.media"
     specs = _messy_log(log, seed)
-    kw = dict(fmt="wav", channels=1 + seed % 2, inband_dtmf_directions=(0, 1), mask_inband=True)
+    kw = dict(fmt="wav", channels=1 + seed % 2, inband_dtmf_sides=(0, 1), mask_inband=True)
     fast = render.render_recording(log, specs, tmp_path / "fast.wav", **kw)
     # The per-packet path for every codec: decode one payload, place it with placement.add_audio.
     monkeypatch.setattr(render, "_render_g711", render._render_packets)
     slow = render.render_recording(log, specs, tmp_path / "slow.wav", **kw)
     assert fast.path.read_bytes() == slow.path.read_bytes()
-    for name in ("duration_ms", "audio_packets", "undecodable", "per_direction_ms",
+    for name in ("duration_ms", "audio_packets", "undecodable", "per_side_ms",
                  "first_audio_offset_ms", "reanchors", "dtmf", "masked_ms"):
         assert getattr(fast, name) == getattr(slow, name), name
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_direction_pcm_spilled_to_disk_renders_the_same(tmp_path, seed, monkeypatch):
+def test_side_pcm_spilled_to_disk_renders_the_same(tmp_path, seed, monkeypatch):
     """A direction longer than the in-memory bound moves to a sparse temp file part way: the
     recording, found tones and masking are the same as when it stays in memory."""
     log = tmp_path / "call.media"
     specs = _messy_log(log, seed)
     start = T0 - 500 * 10**6
-    kw = dict(fmt="wav", channels=2, inband_dtmf_directions=(0, 1), mask_inband=True, start_ns=start,
+    kw = dict(fmt="wav", channels=2, inband_dtmf_sides=(0, 1), mask_inband=True, start_ns=start,
               mask_spans_ns=[(start + 3 * 10**9, start + 4 * 10**9)])
     held = render.render_recording(log, specs, tmp_path / "held.wav", **kw)
     spilled_paths = []
-    real_spill = direction_pcm.DirectionPcm._spill
-    monkeypatch.setattr(direction_pcm, "MEMORY_SAMPLES", 30_000)
-    monkeypatch.setattr(direction_pcm.DirectionPcm, "_spill", lambda df: spilled_paths.append(df.path) or real_spill(df))
+    real_spill = side_pcm.SidePcm._spill
+    monkeypatch.setattr(side_pcm, "MEMORY_SAMPLES", 30_000)
+    monkeypatch.setattr(side_pcm.SidePcm, "_spill", lambda df: spilled_paths.append(df.path) or real_spill(df))
     spilled = render.render_recording(log, specs, tmp_path / "spilled.wav", **kw)
     assert len(spilled_paths) == 2 and not any(p.exists() for p in spilled_paths)
     assert spilled.path.read_bytes() == held.path.read_bytes()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.media.quality import (StreamQuality, codec_impairment, direction_quality, mos_estimate, mos_from_r,
+from agent.media.quality import (StreamQuality, codec_impairment, side_quality, mos_estimate, mos_from_r,
                                  r_factor)
 
 G711 = codec_impairment("PCMU")
@@ -67,8 +67,8 @@ def test_stream_mos_uses_buffer_loss_and_states_delay():
 def test_direction_takes_the_worst_stream():
     good = StreamQuality(expected=500, received=500)
     bad = StreamQuality(expected=500, received=450, lost=50)
-    d = direction_quality([(good, "PCMU"), (bad, "PCMU")])
+    d = side_quality([(good, "PCMU"), (bad, "PCMU")])
     assert d["ssrc_changes"] == 1
     assert d["loss_pct"] == pytest.approx(5.0)
     assert d["mos"] == round(mos_estimate(bad, "PCMU")["adaptive_500ms"].mos, 2)
-    assert direction_quality([]) is None
+    assert side_quality([]) is None

@@ -167,55 +167,55 @@ def test_loss_duplicates_reordering_and_ssrc_change_exact_positions(tmp_path, ss
     from agent.media.stream import MediaPlan, sequence_capture
     from agent.media.timeline import CodecInfo, StreamSpec
 
-    def code(direction: int, k: int) -> int:
-        return 0x11 + (k % 100) if direction == 0 else 0x91 + (k % 100)
+    def code(side: int, k: int) -> int:
+        return 0x11 + (k % 100) if side == 0 else 0x91 + (k % 100)
 
     packets = []
-    for direction in (0, 1):
+    for side in (0, 1):
         for k in range(200):
-            second = ssrc_change and direction == 0 and k >= 100
-            ssrc = (0x2222 if second else 0x1111) if direction == 0 else 0x3333
+            second = ssrc_change and side == 0 and k >= 100
+            ssrc = (0x2222 if second else 0x1111) if side == 0 else 0x3333
             seq = ((40_000 + k) if second else (65_530 + k)) & 0xFFFF
             ts = ((7_777_000 + 160 * k) if second else (1_000 + 160 * k)) & 0xFFFFFFFF
-            at = T0 + direction * 7 * MS + 20 * MS * k
-            if direction == 0:
+            at = T0 + side * 7 * MS + 20 * MS * k
+            if side == 0:
                 if k in (10, 40):
                     continue
                 if k in (30, 77):
                     at += 45 * MS
-            data = struct.pack("!BBHII", 0x80, 0, seq, ts, ssrc) + bytes([code(direction, k)]) * 160
-            packets.append((at, direction, data))
-            if direction == 0 and k == 20:
-                packets.append((at + 5 * MS, direction, data))
+            data = struct.pack("!BBHII", 0x80, 0, seq, ts, ssrc) + bytes([code(side, k)]) * 160
+            packets.append((at, side, data))
+            if side == 0 and k == 20:
+                packets.append((at + 5 * MS, side, data))
     packets.sort(key=lambda p: p[0])
     raw = tmp_path / "raw"
     writer = MediaLogWriter(raw)
     labels = []
-    for n, (at, direction, data) in enumerate(packets):
-        if not any(lab[1] == direction for lab in labels):
-            labels.append((n, direction, f"10.0.0.{direction + 1}:4000", f"10.0.0.{2 - direction}:4000"))
-        writer.append(direction, 0, 0, at, 0, False, data)
+    for n, (at, side, data) in enumerate(packets):
+        if not any(lab[1] == side for lab in labels):
+            labels.append((n, side, f"10.0.0.{side + 1}:4000", f"10.0.0.{2 - side}:4000"))
+        writer.append(side, 0, 0, at, 0, False, data)
     writer.close()
     codecs = {0: CodecInfo("PCMU", 8000)}
     media = sequence_capture(raw, tmp_path / "ordered", MediaPlan(codecs={0: codecs, 1: codecs}, labels=labels))
-    stats = {(s.direction, s.ssrc): s.stats for s in media.streams}
+    stats = {(s.side, s.ssrc): s.stats for s in media.streams}
     caller = [st for (d, _), st in stats.items() if d == 0]
     assert len(caller) == (2 if ssrc_change else 1)
     assert sum(st.lost for st in caller) == 2 and sum(st.duplicated for st in caller) == 1
     assert sum(st.reordered for st in caller) == 2
-    specs = [StreamSpec(s.index, s.direction, codecs) for s in media.streams]
+    specs = [StreamSpec(s.index, s.side, codecs) for s in media.streams]
     result = render_recording(tmp_path / "ordered", specs, tmp_path / "out.wav", fmt="wav", channels=2,
                               sample_rate_hz=0, start_ns=T0)
     assert result.sample_rate_hz == 8000
     _rate, pcm = _wav(tmp_path / "out.wav")
-    for direction, first in ((0, 0), (1, 56)):
+    for side, first in ((0, 0), (1, 56)):
         for k in range(200):
-            got = pcm[first + 160 * k:first + 160 * (k + 1), direction]
-            if direction == 0 and k in (10, 40):
-                assert not got.any(), (direction, k)
+            got = pcm[first + 160 * k:first + 160 * (k + 1), side]
+            if side == 0 and k in (10, 40):
+                assert not got.any(), (side, k)
             else:
-                assert np.array_equal(got, np.full(160, ULAW_TO_LINEAR[code(direction, k)])), (direction, k)
-        assert not pcm[:first, direction].any() and not pcm[first + 160 * 200:, direction].any()
+                assert np.array_equal(got, np.full(160, ULAW_TO_LINEAR[code(side, k)])), (side, k)
+        assert not pcm[:first, side].any() and not pcm[first + 160 * 200:, side].any()
 
 
 def test_sample_rate_setting(tmp_path):

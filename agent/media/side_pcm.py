@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["DirectionPcm", "WriteQueue", "MEMORY_SAMPLES"]
+__all__ = ["SidePcm", "WriteQueue", "MEMORY_SAMPLES"]
 
 MEMORY_SAMPLES = 8 << 20       # a direction's PCM stays in memory up to this (16 MiB; 17 min at 8 kHz)
 
@@ -33,7 +33,7 @@ class WriteQueue:
 
     def __init__(self) -> None:
         self.row = 0
-        self.items: list[tuple[int, int, "DirectionPcm", int, np.ndarray]] = []
+        self.items: list[tuple[int, int, "SidePcm", int, np.ndarray]] = []
 
     def flush(self) -> None:
         items = self.items
@@ -43,7 +43,7 @@ class WriteQueue:
             dirfile.write_now(at_sample, pcm)
 
 
-class DirectionPcm:
+class SidePcm:
     """One direction's PCM at the working rate, written at sample offsets: in memory while
     it fits ``MEMORY_SAMPLES`` (no file at all for an ordinary call), then in a sparse
     temp file at ``path`` (a long call, or a timeline that jumps far ahead)."""
