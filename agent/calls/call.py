@@ -84,6 +84,10 @@ class Call:
     parties: tuple[Party, Party] = field(default_factory=lambda: (Party(), Party()))
     # media endpoints each fork (to-tag) announced before the answer; the answer drops the others
     fork_endpoints: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    # INVITE client transactions of the initial INVITE still open, by top Via branch: True once
+    # a 1xx with a To-tag (an early dialog) came back on it. A tap beside a forking proxy sees
+    # every branch: one phone's 486 ends the call only when no other branch is still ringing.
+    invite_branches: dict[str, bool] = field(default_factory=dict)
     dtmf: list[dict[str, Any]] = field(default_factory=list)
     reinvites: int = 0
     srtp: SrtpNegotiation = field(default_factory=SrtpNegotiation, repr=False)   # SDES keys per direction

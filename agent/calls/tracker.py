@@ -203,6 +203,7 @@ class CallTracker:
                 call.final_status = None
                 self.counters["calls.auth_retry"] += 1
             call.invite_cseq = msg.cseq_num
+            call.invite_branches.setdefault(msg.via_branch or "", False)
             if msg.pai:
                 call.pai = list(msg.pai)
             if msg.diversion and not call.diversion:
@@ -249,7 +250,10 @@ class CallTracker:
             return
         if msg.to_tag and (code >= 200 or not call.to_tag):
             call.to_tag = msg.to_tag          # the final answer's tag wins over forks' 1xx
+        branch = msg.via_branch or ""
         if 100 < code < 200:
+            if msg.to_tag:
+                call.invite_branches[branch] = True
             if call.state is CallState.CALLING:
                 call.state = CallState.EARLY
             return
@@ -269,12 +273,17 @@ class CallTracker:
             return
         if code >= 300:
             call.final_status = code
+            call.invite_branches.pop(branch, None)
             if call.cancel_requested or code == 487:
                 # 487 Request Terminated answers a CANCEL, even one the tap did not see.
                 self._end(call, ts_ns, EndReason.CANCEL.value, events)
             elif code in (401, 407) or 300 <= code < 400:
                 call.state = CallState.CHALLENGED
                 call.challenge_deadline_ns = ts_ns + CHALLENGE_WAIT_NS
+            elif any(call.invite_branches.values()):
+                # One fork's error while another fork still rings: that one may yet answer.
+                # Its answer, the last branch's error or the ringing timeout ends the call.
+                self.counters["calls.fork_branch_rejected"] += 1
             else:
                 self._end(call, ts_ns, rejected(code), events)
 
@@ -421,7 +430,12 @@ class CallTracker:
             if call.last_media_ns is not None:
                 due_ns = max(due_ns, call.last_media_ns + self._rtp_timeout_ns)
             if now_ns > due_ns:
-                reason = EndReason.CANCEL.value if call.cancel_requested else EndReason.SIGNALLING_TIMEOUT.value
+                if call.cancel_requested:
+                    reason = EndReason.CANCEL.value
+                elif call.final_status is not None and call.final_status >= 300:
+                    reason = rejected(call.final_status)      # a fork's error, the others never ended
+                else:
+                    reason = EndReason.SIGNALLING_TIMEOUT.value
                 return reason, call.last_sip_ns, due_ns
             return None, 0, 0
         if call.last_media_ns is None:
