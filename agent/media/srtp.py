@@ -178,12 +178,7 @@ class SrtpDecryptor:
         if why.startswith("replay check failed (index too old)"):
             # A wrong rollover guess after a long gap looks "too old" to libsrtp: a streak of
             # these searches the ROC as failures do.
-            plain = self._resync(side, i, periods[i].crypto, packet)
-            if plain is not None:
-                self._counts["resynced"][side] += 1
-                return plain
-            self._counts["too_old"][side] += 1
-            return None
+            return self._resync_or_count(side, i, packet, "too_old")
         # Authentication failed: the other keys of this direction, nearest in time first.
         for j in sorted(range(len(periods)), key=lambda j: abs(j - i)):
             if j != i and periods[j].crypto is not None:
@@ -193,12 +188,13 @@ class SrtpDecryptor:
                     continue
                 self._counts["other_key"][side] += 1
                 return plain
-        plain = self._resync(side, i, periods[i].crypto, packet)
-        if plain is not None:
-            self._counts["resynced"][side] += 1
-            return plain
-        self._counts["auth_failed"][side] += 1
-        return None
+        return self._resync_or_count(side, i, packet, "auth_failed")
+
+    def _resync_or_count(self, side: int, i: int, packet: bytes, failure: str) -> bytes | None:
+        """The packet decrypted after a rollover search, else None with ``failure`` counted."""
+        plain = self._resync(side, i, self._periods[side][i].crypto, packet)
+        self._counts["resynced" if plain is not None else failure][side] += 1
+        return plain
 
     def _resync(self, side: int, i: int, crypto: CryptoAttribute, packet: bytes) -> bytes | None:
         """After RESYNC_AFTER consecutive failures of one SSRC, look for the ROC libsrtp's
