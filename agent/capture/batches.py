@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from agent.byterows import byte_rows
 from agent.capture.files import MAX_BACKWARD_JUMP_NS, first_timestamp, iter_capture_paths, steady_records
@@ -548,7 +547,6 @@ def _walk(buf: bytes, length_of, u32: np.dtype, *, header_len: int = 16, length_
     prev = -1
     cooldown = 0
     spec_n = _SPEC_MIN * 4
-    view4 = None
     bad = False
     while pos + max(header_len, length_at + 4) <= blen:
         cl = length_of(buf, pos + length_at)[0]
@@ -561,17 +559,15 @@ def _walk(buf: bytes, length_of, u32: np.dtype, *, header_len: int = 16, length_
         if cl == prev and not cooldown:
             k = min((blen - pos) // step, spec_n)
             if k >= _SPEC_MIN:
-                # A run of equal lengths: check the next k headers at once.
-                if view4 is None:
-                    view4 = sliding_window_view(np.frombuffer(buf, dtype=np.uint8), 4)
-                offs = pos + step * np.arange(k, dtype=np.int64)
-                lens = view4[offs + length_at].view(u32)[:, 0]
+                # A run of equal lengths: check the next k headers at once, read in place
+                # through a view strided by the record length (no copy).
+                lens = np.ndarray((k,), dtype=u32, buffer=buf, offset=pos + length_at, strides=(step,))
                 miss = np.flatnonzero(lens != cl)
                 run = int(miss[0]) if miss.size else k
                 if singles:
                     pieces.append(np.array(singles, dtype=np.int64))
                     singles = []
-                pieces.append(offs[:run])
+                pieces.append(pos + step * np.arange(run, dtype=np.int64))
                 pos += run * step
                 if run == k:
                     spec_n = min(spec_n * 2, _SPEC_MAX)
