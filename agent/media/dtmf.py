@@ -158,24 +158,59 @@ class ToneSpan:
 _DBM0_PEAK = 32124 / 10 ** (3.17 / 20)
 
 
+@dataclass(frozen=True)
+class _FilterBank:
+    """The probes for blocks of ``n`` samples: 8 frequencies x 3 probes (one bin below, on,
+    one bin above), Hann-windowed. Read-only arrays, shared by every detector of a size."""
+    window: np.ndarray        # (n,) double
+    window32: np.ndarray      # (n,) single: the windowed energy of back-to-back frames
+    basis: np.ndarray         # (n, 48) double: cos | sin, for overlapping blocks
+    # Back-to-back frames of even n: the window is symmetric, so with the phase taken from
+    # the block's centre the cos probe only sees x[c+t] + x[c-t] and the sin probe
+    # x[c+t] - x[c-t]: two (n/2, 24) products, half the multiply-adds of one (n, 48).
+    cos_half32: np.ndarray | None
+    sin_half32: np.ndarray | None
+
+
 @functools.lru_cache(maxsize=8)
-def _filter_bank(n: int, rate_hz: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hann window of ``n`` samples and the basis: 8 frequencies x 3 probes (one bin below,
-    on, one bin above), windowed cos and sin, in double and single precision. Built once
-    per size and rate: a worker makes two detectors per call. Read-only."""
+def _filter_bank(n: int, rate_hz: int) -> _FilterBank:
+    """Built once per size and rate: a worker makes two detectors per call."""
     k = np.arange(n)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * (k + 0.5) / n)
     bin_hz = rate_hz / n
     freqs = []
     for f in DTMF_LOW_HZ + DTMF_HIGH_HZ:
         freqs += [f - bin_hz, f, f + bin_hz]
-    ang = 2 * np.pi * np.outer(k, np.array(freqs)) / rate_hz
+    omega = 2 * np.pi * np.array(freqs) / rate_hz
+    ang = np.outer(k, omega)
     basis = np.concatenate([np.cos(ang), np.sin(ang)], axis=1) * window[:, None]
-    for array in (window, basis):
-        array.flags.writeable = False
-    basis32 = basis.astype(np.float32)
-    basis32.flags.writeable = False
-    return window, basis, basis32
+    cos_half = sin_half = None
+    if n % 2 == 0:
+        half = n // 2
+        from_centre = np.outer(np.arange(half) + 0.5, omega)     # sample half + p is p + 0.5 past it
+        cos_half = (np.cos(from_centre) * window[half:, None]).astype(np.float32)
+        sin_half = (np.sin(from_centre) * window[half:, None]).astype(np.float32)
+    bank = _FilterBank(window, window.astype(np.float32), basis, cos_half, sin_half)
+    for array in (bank.window, bank.window32, bank.basis, cos_half, sin_half):
+        if array is not None:
+            array.flags.writeable = False
+    return bank
+
+
+def _best_and_runner_up(powers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For 4 rows of nb powers: per column, the row of the largest (the first on a tie, as
+    argmax) and the largest of the other three (on a tie, the same value). Pairwise
+    maxima: a handful of vector ops where argmax and max along a 4-long axis loop per
+    column."""
+    p0, p1, p2, p3 = powers
+    first_pair = p0 >= p1
+    second_pair = p2 >= p3
+    max01 = np.maximum(p0, p1)
+    max23 = np.maximum(p2, p3)
+    left = max01 >= max23
+    best = np.where(left, np.where(first_pair, 0, 1), np.where(second_pair, 2, 3))
+    runner_up = np.maximum(np.minimum(max01, max23), np.maximum(np.minimum(p0, p1), np.minimum(p2, p3)))
+    return best, runner_up
 
 
 class InbandDtmfDetector:
@@ -207,10 +242,11 @@ class InbandDtmfDetector:
         self.min_hits = min_hits
         self.min_pause_blocks = min_pause_blocks
         self.half_bin_hz = self.det_rate / self.n  # probe spacing: one bin (name kept short)
-        self.window, self.basis, self._basis32 = _filter_bank(self.n, self.det_rate)
-        self._window32 = self.window.astype(np.float32)
+        self._bank = _filter_bank(self.n, self.det_rate)
+        self.window = self._bank.window
         self.wsum = float(self.window.sum())
         self.nominal = np.array(DTMF_LOW_HZ + DTMF_HIGH_HZ, dtype=np.float64)
+        self._tolerance_hz = self.nominal * freq_tolerance
         self._pwindow: np.ndarray | None = None  # window by hop-long slices (_phase_window)
         # streaming state
         # Samples in single precision: int16 audio (and the mean of two samples) is exact in it.
@@ -276,7 +312,9 @@ class InbandDtmfDetector:
             self._buf_pos += drop
         self._buf = buf.copy() if buf.base is not None else buf
 
-    _BLOCKS_PER_PASS = 1024     # ~8 s of 8 kHz audio per matrix product (cache-sized)
+    # Blocks per matrix product: 30 s of 20 ms frames, so each 30 s chunk the renderer feeds
+    # is one pass (its temporaries, ~0.3 MB each, stay cache-sized).
+    _BLOCKS_PER_PASS = 1500
     _HALVES = np.array([0.5, 0.5])
 
     def _decimate(self, x: np.ndarray) -> np.ndarray:
@@ -311,22 +349,27 @@ class InbandDtmfDetector:
     def _project(self, seg: np.ndarray, nb: int) -> tuple[np.ndarray, np.ndarray]:
         """(nb, 24) windowed probe powers (unscaled: cos^2 + sin^2) and (nb,) windowed
         energy of the nb blocks at the start of ``seg`` (block k = seg[k*hop : k*hop + n])."""
-        k = self.nominal.size * 3
-        if self.hop == self.n:
+        bank = self._bank
+        if self.hop == self.n and bank.cos_half32 is not None:
             # Back-to-back frames (the default): the signal itself, seen as rows, is the
-            # matrix (no copy), and each frame's windowed energy one more product.
+            # matrix (no copy). Samples, projection and energy in single precision (twice
+            # the speed of double; its 1e-7 relative error is far below every acceptance
+            # margin), the decisions in double. The folded sums are exact in single
+            # precision (int16 samples, or halves of their pair sums).
             blocks = seg[:nb * self.n].reshape(nb, self.n)
-            # Samples, projection and energy in single precision (twice the speed of double;
-            # its 1e-7 relative error is far below every acceptance margin), the decisions in
-            # double.
-            proj = blocks @ self._basis32
-            proj *= proj
-            energy = (blocks * blocks) @ self._window32
-            return (proj[:, :k] + proj[:, k:]).astype(np.float64), energy.astype(np.float64)
+            half = self.n // 2
+            upper, mirrored = blocks[:, half:], blocks[:, half - 1::-1]
+            power = (upper + mirrored) @ bank.cos_half32
+            power *= power
+            sin_part = (upper - mirrored) @ bank.sin_half32
+            sin_part *= sin_part
+            power += sin_part
+            return power, (blocks * blocks) @ bank.window32
         # Overlapping blocks: a contiguous copy lets the projection run as one BLAS matrix
         # product; the strided window view would take numpy's slow non-BLAS loop.
+        k = self.nominal.size * 3
         blocks = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(seg, self.n)[::self.hop][:nb])
-        proj = blocks @ self.basis
+        proj = blocks @ bank.basis
         proj *= proj
         c = proj[:, :k] + proj[:, k:]
         hop = self.hop
@@ -343,39 +386,48 @@ class InbandDtmfDetector:
         return c, total
 
     def _decide(self, seg: np.ndarray, nb: int) -> None:
-        power, total = self._project(seg, nb)
-        total = total / self.wsum + 1e-9
-        power *= 2.0 / self.wsum ** 2
-        power += 1e-9
-        power = power.reshape(-1, 8, 3)
+        raw_power, raw_total = self._project(seg, nb)
+        scale = 2.0 / self.wsum ** 2
+        total = raw_total.astype(np.float64) / self.wsum + 1e-9
         # Pick and compare tones on the centre probes: an off-centre tone would inflate
         # its neighbour's interpolated peak (the neighbour's outer probe sits near it).
-        center = power[:, :, 1]
-        rows = np.argmax(center[:, :4], axis=1)
-        cols = np.argmax(center[:, 4:], axis=1)
-        idx = np.arange(nb)
-        # Only the winning row and column need the interpolated peak and offset.
-        chosen = np.stack([rows, 4 + cols], axis=1)             # (nb, 2)
-        lp = np.log(power[idx[:, None], chosen])                # (nb, 2, 3)
+        # As 8 rows of nb (one per frequency), so every step below is a plain vector op.
+        center = raw_power[:, 1::3].T.astype(np.float64)
+        center *= scale
+        center += 1e-9
+        rows, low_others = _best_and_runner_up(center[:4])
+        cols, high_others = _best_and_runner_up(center[4:])
+        # Only the winning row and column need the interpolated peak and offset: their
+        # three probes, gathered from the flat (nb, 24) powers.
+        probes = np.empty((nb, 6), dtype=np.intp)
+        first = np.arange(0, nb * 24, 24)
+        probes[:, 0] = first + 3 * rows
+        probes[:, 3] = first + 12 + 3 * cols
+        probes[:, 1] = probes[:, 0] + 1
+        probes[:, 2] = probes[:, 0] + 2
+        probes[:, 4] = probes[:, 3] + 1
+        probes[:, 5] = probes[:, 3] + 2
+        lp = np.take(raw_power, probes).astype(np.float64)
+        lp *= scale
+        lp += 1e-9
+        lp = np.log(lp, out=lp).reshape(nb, 2, 3)
         a, b, c = lp[:, :, 0], lp[:, :, 1], lp[:, :, 2]
+        a_minus_c = a - c
         denom = a - 2 * b + c
         with np.errstate(divide="ignore", invalid="ignore"):
-            delta = np.where(denom < 0, 0.5 * (a - c) / denom, 0.0)
-        delta = np.clip(delta, -3, 3)
-        peak = np.exp(b - 0.25 * (a - c) * delta)           # interpolated tone power
-        offset_hz = delta * self.half_bin_hz
+            delta = np.where(denom < 0, 0.5 * a_minus_c / denom, 0.0)
+        np.clip(delta, -3, 3, out=delta)
+        peak = np.exp(b - 0.25 * a_minus_c * delta)           # interpolated tone power
+        offset_hz = np.abs(delta)
+        offset_hz *= self.half_bin_hz
         p_row = peak[:, 0]
         p_col = peak[:, 1]
-        low = center[:, :4].copy()
-        low[idx, rows] = 0
-        high = center[:, 4:].copy()
-        high[idx, cols] = 0
         ok = ((p_row >= self.min_power) & (p_col >= self.min_power)
               & (p_row <= p_col * self.normal_twist) & (p_col <= p_row * self.reverse_twist)
-              & (p_row >= low.max(axis=1) * self.relative_peak)
-              & (p_col >= high.max(axis=1) * self.relative_peak)
-              & (np.abs(offset_hz[:, 0]) <= self.nominal[rows] * self.freq_tolerance)
-              & (np.abs(offset_hz[:, 1]) <= self.nominal[4 + cols] * self.freq_tolerance)
+              & (p_row >= low_others * self.relative_peak)
+              & (p_col >= high_others * self.relative_peak)
+              & (offset_hz[:, 0] <= self._tolerance_hz[rows])
+              & (offset_hz[:, 1] <= self._tolerance_hz[4 + cols])
               & (p_row + p_col >= self.min_tone_fraction * total))
         codes = np.where(ok, rows * 4 + cols, -1)
         self._run_steps(codes, self._next_block)
