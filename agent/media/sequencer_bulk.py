@@ -11,7 +11,10 @@ Three entry points, by what the caller holds:
 * ``feed_run``: a block of a raw log in arrival order; in-order stretches of every direction
   are taken at once, the packets around a loss, reordering, new SSRC or event one by one;
 * ``take_groups`` / ``accept_later``: the capture loop's batches (``inspect``), planned per
-  call and taken for every call of the batch at once.
+  call and taken for every call of the batch at once; a direction with loss, duplicates or
+  reordering (or packets still held from the batch before) is sequenced from its stream's
+  state as arrays (``sequencing.sequence_stream`` with a ``SequenceStart``), so impairment
+  does not send the call's packets one by one.
 
 A mixin: it works on ``CallMedia``'s state (streams, hops, log) and calls its per-packet
 path for whatever it does not take.
@@ -26,7 +29,7 @@ import numpy as np
 from agent.byterows import byte_rows
 from agent.media.medialog import NullMediaLog
 from agent.media.runs import RtpRun, RunGroups
-from agent.media.sequencing import StreamSequence, extend_seq, jumps_within, sequence_stream
+from agent.media.sequencing import SequenceStart, StreamSequence, extend_seq, jumps_within, sequence_stream
 from agent.media.stream_state import (CN_PT, MAX_DROPOUT, MAX_MISORDER, Hop, StreamState, jitter_after,
                                       jitter_deviations, jitter_steps)
 
@@ -239,18 +242,29 @@ class BulkIntake:
         it is taken from, with one payload type already seen (not a telephone-event), is
         planned here and taken later for every call of the batch at once (``accept_later``):
         what ``_accept`` does per packet, with exactly the same numbers (jitter included).
-        Anything else goes packet by packet now, in arrival order."""
+        A direction that is the same but for loss, duplicates, reordering or a window still
+        held is sequenced here from its stream's state (``_take_resumed``). Anything else
+        (a new SSRC or source, a restart, events, another payload type) goes packet by packet
+        now, in arrival order."""
         if not isinstance(self.log, NullMediaLog):
             return groups.run.each(self.on_rtp, groups.positions(g0, g1))
         plans = []
+        resumed = []
         for g in range(g0, g1):
             st = self._continues(groups, g)
-            if st is None:
+            if st is not None:
+                plans.append((st, g))
+                continue
+            resume = self._resumes(groups, g)
+            if resume is None:
                 return groups.run.each(self.on_rtp, groups.positions(g0, g1))
-            plans.append((st, g))
+            resumed.append((g, *resume))
         if self.quality is not None:
             self.quality.add_run(groups.run, groups.positions(g0, g1))
-        later.append((self, plans))
+        for g, st, ext in resumed:
+            self._take_resumed(st, groups, g, ext)
+        if plans:
+            later.append((self, plans))
         return 0
 
     @staticmethod
@@ -268,20 +282,103 @@ class BulkIntake:
 
     def _continues(self, groups: RunGroups, g: int) -> StreamState | None:
         """The stream that takes every packet of group ``g`` in order, as they are; else None."""
+        st = self._taking_stream(groups, g)
+        if (st is None or not groups.in_seq[g] or st.window or st.next_ext != st.max_ext + 1
+                or groups.seq[g] != (st.next_ext - st.seq_offset) & 0xFFFF):
+            return None
+        return st
+
+    def _taking_stream(self, groups: RunGroups, g: int) -> StreamState | None:
+        """The stream of group ``g`` when every packet of it is plain RTP of that stream's
+        SSRC, from the hop its direction is taken from, with one payload type the stream
+        already carries (not an event); else None. A restart on probation (``pending``)
+        does not matter: only a packet that jumps (which both callers refuse) looks at it."""
         side = groups.side[g]
         hop = self._hops.get(side)
-        if (hop is None or not (groups.one_src[g] and groups.one_ssrc[g] and groups.plain[g]
-                                and groups.in_seq[g] and groups.one_pt[g])
+        if (hop is None or not (groups.one_src[g] and groups.one_ssrc[g] and groups.plain[g] and groups.one_pt[g])
                 or groups.run.label(groups.src_key[g]) != hop.src):
             return None
         st = self._by_key.get((side, groups.ssrc[g]))
-        if (st is None or st.pending is not None or st.window or not st.clock_hz or st.prev_arrival_ns < 0
-                or st.next_ext != st.max_ext + 1 or groups.seq[g] != (st.next_ext - st.seq_offset) & 0xFFFF):
+        if st is None or not st.clock_hz or st.prev_arrival_ns < 0:
             return None
         pt = groups.pt[g]
         if pt not in st.stats.payload_types or pt in st.event_pts:
             return None
         return st
+
+    def _resumes(self, groups: RunGroups, g: int) -> tuple[StreamState, np.ndarray] | None:
+        """For a group ``_continues`` refuses only for its order: its stream and the extended
+        sequence numbers ``on_rtp`` would give its packets, when none of them is a jump
+        ``on_rtp`` would treat as a restart; else None."""
+        st = self._taking_stream(groups, g)
+        if st is None or (not st.window and st.next_ext != st.max_ext + 1):
+            return None
+        seq = (groups.run.seq[groups.start[g]:groups.end[g]] + st.seq_offset) & 0xFFFF
+        first = (int(seq[0]) - st.max_ext) & 0xFFFF     # unwrapped against the highest so far
+        ext = extend_seq(seq) + (st.max_ext + (first - 0x10000 if first >= 0x8000 else first) - int(seq[0]))
+        if not jumps_within(ext, MAX_DROPOUT, MAX_MISORDER, st.max_ext):
+            return None
+        return st, ext
+
+    def _take_resumed(self, st: StreamState, groups: RunGroups, g: int, ext: np.ndarray) -> None:
+        """What ``on_rtp`` does for every packet of group ``g`` (see ``_resumes``), with the
+        reorder window decided over the arrays from the stream's state."""
+        run = groups.run
+        lo, hi = groups.start[g], groups.end[g]
+        arrival = run.arrival_ns[lo:hi]
+        held = list(st.window.items())
+        seq = sequence_stream(ext, arrival, window_packets=self.reorder_window_packets,
+                              window_ns=self.reorder_window_ns, max_misorder=MAX_MISORDER,
+                              start=SequenceStart(st.first_ext, st.next_ext, st.max_ext,
+                                                  {e: record[1] for e, record in held}, st.window_since_ns,
+                                                  st.skipped))
+        n = hi - lo
+        window = {}
+        for e, p in seq.window.items():
+            if p >= n:
+                window[e] = held[p - n][1]
+            else:
+                i = lo + p
+                window[e] = (int(run.rtp_ts[i]), int(run.arrival_ns[i]), groups.pt[g], bool(run.b1[i] > 0x7F),
+                             run.data(i)[12:])
+        st.window = window
+        st.window_since_ns = seq.window_since_ns
+        st.skipped = seq.skipped
+        stats = st.stats
+        stats.lost += seq.lost
+        stats.duplicated += seq.duplicated
+        stats.late += seq.late
+        stats.reordered += seq.reordered
+        st.max_ext, st.next_ext = seq.max_ext, seq.next_ext
+        self.log.records += seq.released.size
+        # Every packet of the group passed the hop (rejected ones too); only the accepted
+        # count, move the jitter and the stream's last arrival.
+        hop = self._hops[st.side]
+        hop.last_ns = int(arrival[-1])
+        newest = range(max(lo, hi - Hop.KEEP), hi)
+        if groups.one_size[g]:
+            hop.push_rows(byte_rows(run.buf, run.data_start[newest.start:newest.stop], groups.size[g]))
+        else:
+            if hop.tail is not None:
+                hop.unfold()
+            hop.recent.extend(run.data(i) for i in newest)
+        last_arrival = int(arrival.max())
+        if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
+            self.last_arrival_ns = last_arrival
+        acc = lo + np.flatnonzero(seq.accepted)
+        m = int(acc.size)
+        if not m:
+            return
+        acc_arrival = run.arrival_ns[acc]
+        acc_ts = run.rtp_ts[acc]
+        stats.packets += m
+        stats.bytes += int(run.size[acc].sum()) - 12 * m
+        stats.last_arrival_ns = int(acc_arrival[-1])
+        stats.payload_types[groups.pt[g]] += m
+        st.jitter_ticks = jitter_after(st, int(acc_arrival[0]), int(acc_ts[0]),
+                                       jitter_deviations(st.clock_hz, acc_arrival, acc_ts))
+        st.prev_arrival_ns = int(acc_arrival[-1])
+        st.prev_ts = int(acc_ts[-1])
 
     def _accept_group(self, st: StreamState, groups: RunGroups, g: int) -> None:
         run = groups.run

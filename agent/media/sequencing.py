@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["StreamSequence", "extend_seq", "jumps_within", "sequence_stream"]
+__all__ = ["SequenceStart", "StreamSequence", "extend_seq", "jumps_within", "sequence_stream"]
 
 
 def extend_seq(seq: np.ndarray) -> np.ndarray:
@@ -41,16 +41,31 @@ def extend_seq(seq: np.ndarray) -> np.ndarray:
     return np.cumsum(step)
 
 
-def jumps_within(ext: np.ndarray, max_dropout: int, max_misorder: int) -> bool:
+def jumps_within(ext: np.ndarray, max_dropout: int, max_misorder: int, highest_before: int | None = None) -> bool:
     """True when no packet jumps more than ``max_dropout`` ahead of the highest number before
     it, nor ``max_misorder`` or more behind it: then neither unwrapping against the previous
     packet nor ``CallMedia``'s restart rule (RFC 3550 A.1) can tell a packet apart from what
-    ``CallMedia`` computes."""
+    ``CallMedia`` computes. ``highest_before``: the stream's highest number before ``ext[0]``
+    (None: ``ext`` starts the stream)."""
+    if highest_before is not None:
+        ext = np.concatenate(([highest_before], ext))
     if ext.size < 2:
         return True
     highest = np.maximum.accumulate(ext)[:-1]
     d = ext[1:] - highest
     return bool(d.max() <= max_dropout and d.min() > -max_misorder)
+
+
+@dataclass(slots=True)
+class SequenceStart:
+    """Where a stream's sequencing stands before the packets given: ``CallMedia``'s
+    ``StreamState`` fields, with each packet still held in the window as its arrival time."""
+    first_ext: int
+    next_ext: int
+    max_ext: int
+    held_arrival_ns: dict[int, int]      # ext -> arrival time, in the window's order
+    window_since_ns: int
+    skipped: set[int]
 
 
 @dataclass(slots=True)
@@ -60,7 +75,8 @@ class StreamSequence:
     trigger: np.ndarray                  # per released packet: position of the packet whose arrival released it
     next_ext: int
     max_ext: int
-    window: dict[int, int]               # still held at the end: ext -> position
+    window: dict[int, int]               # still held at the end: ext -> position (n + i: the
+                                         # i-th packet of ``SequenceStart.held_arrival_ns``)
     window_since_ns: int
     skipped: set[int] = field(default_factory=set)
     lost: int = 0
@@ -70,19 +86,25 @@ class StreamSequence:
 
 
 def sequence_stream(ext: np.ndarray, arrival_ns: np.ndarray, *, window_packets: int, window_ns: int,
-                    max_misorder: int) -> StreamSequence:
-    """Sequence one stream from its first packet (see the module docstring). ``ext``: extended
-    sequence numbers in arrival order (``extend_seq``, checked with ``jumps_within``)."""
+                    max_misorder: int, start: SequenceStart | None = None) -> StreamSequence:
+    """Sequence one stream's packets (see the module docstring), from its first packet or,
+    with ``start``, from where it stands. ``ext``: extended sequence numbers in arrival order
+    (``extend_seq``, checked with ``jumps_within``). Positions ``n + i`` in ``released`` and
+    ``window`` are the packets ``start`` held (n = len(ext))."""
     n = int(ext.size)
     highest_before = np.empty(n, dtype=np.int64)
-    highest_before[0] = ext[0] - 1
+    highest_before[0] = ext[0] - 1 if start is None else start.max_ext
     if n > 1:
         highest_before[1:] = np.maximum.accumulate(ext)[:-1]
+        if start is not None:
+            np.maximum(highest_before, start.max_ext, out=highest_before)
     irregular = np.flatnonzero(ext != highest_before + 1)
-    if not irregular.size:           # all in order: every packet released as it arrives
+    if not irregular.size and (start is None or not start.held_arrival_ns):
+        # All in order: every packet released as it arrives.
         everyone = np.arange(n, dtype=np.int64)
         return StreamSequence(accepted=np.ones(n, dtype=bool), released=everyone, trigger=everyone,
-                              next_ext=int(ext[-1]) + 1, max_ext=int(ext[-1]), window={}, window_since_ns=0)
+                              next_ext=int(ext[-1]) + 1, max_ext=int(ext[-1]), window={}, window_since_ns=0,
+                              skipped=set() if start is None else set(start.skipped))
     ext_l = ext.tolist()
     arr_l = arrival_ns.tolist()
     highest_l = highest_before.tolist()
@@ -91,17 +113,22 @@ def sequence_stream(ext: np.ndarray, arrival_ns: np.ndarray, *, window_packets: 
     trig_parts: list[np.ndarray] = []
     rel: list[int] = []            # releases made inside episodes (positions), with their triggers
     trig: list[int] = []
-    first_ext = ext_l[0]
-    next_ext = first_ext
-    window: dict[int, int] = {}
-    since = 0
-    skipped: set[int] = set()
+    if start is None:
+        first_ext = next_ext = ext_l[0]
+        window: dict[int, int] = {}
+        since = 0
+        skipped: set[int] = set()
+    else:
+        first_ext, next_ext, since = start.first_ext, start.next_ext, start.window_since_ns
+        window = {e: n + i for i, e in enumerate(start.held_arrival_ns)}
+        arr_l += start.held_arrival_ns.values()
+        skipped = set(start.skipped)
     lost = duplicated = late = reordered = 0
     i = 0
     h = 0
     while i < n:
         h = int(np.searchsorted(irregular, i))
-        j = int(irregular[h]) if h < irregular.size else n
+        j = i if window else int(irregular[h]) if h < irregular.size else n
         if j > i:
             # In order, nothing held: each packet is released as it arrives.
             if rel:
@@ -175,5 +202,5 @@ def sequence_stream(ext: np.ndarray, arrival_ns: np.ndarray, *, window_packets: 
         accepted=accepted,
         released=np.concatenate(rel_parts) if rel_parts else empty,
         trigger=np.concatenate(trig_parts) if trig_parts else empty,
-        next_ext=next_ext, max_ext=int(ext.max()), window=window, window_since_ns=since,
+        next_ext=next_ext, max_ext=max(highest_l[-1], ext_l[-1]), window=window, window_since_ns=since,
         skipped=skipped, lost=lost, duplicated=duplicated, late=late, reordered=reordered)

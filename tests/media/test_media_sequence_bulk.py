@@ -6,15 +6,18 @@ sequence restart and an SSRC change."""
 from __future__ import annotations
 
 import shutil
+import struct
 import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.capture.batches import read_batches
 from agent.config import load_config
 from agent.pipeline.engine import Engine, MediaMode
+from agent.media.runs import RtpRun, RunGroups
 from agent.media.stream import sequence_capture
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,3 +197,103 @@ def test_in_memory_ordered_log_equals_file_run_by_run(seed, tmp_path):
     for n, fin in enumerate(_raw_logs(path, tmp_path / "work")):
         packets += _memory_equals_file(fin.media_log, fin.media_plan, tmp_path, f"c{n}")
     assert packets > 2000
+
+
+
+# ------------------------------------------------------------ inspect's batches, impaired
+
+def _impaired_packets(seed: int) -> list[tuple[int, int, int, bytes]]:
+    """Two directions of 20 ms G.711 packets, as (arrival_ns, side, source, packet), in
+    arrival order: 2 % lost, 2 % duplicated a few packets later, 2 % swapped with the next,
+    0.5 % arriving 40 packets (800 ms: past the reorder window) late, sequence numbers that
+    wrap, and direction 1 changing SSRC (and sequence) two thirds of the way through."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for side in (0, 1):
+        seq, ssrc = 65000 + 100 * side, 0x1000 + side
+        slots = []
+        for k in range(1500):
+            if side == 1 and k == 1000:
+                seq, ssrc = 7, 0x2000
+            payload = rng.integers(0, 256, 160, dtype=np.uint8).tobytes()
+            packet = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, (160 * k) & 0xFFFFFFFF, ssrc) + payload
+            seq += 1
+            arrival = 10**9 + k * 20_000_000 + side * 7_000_000 + int(rng.integers(0, 3_000_000))
+            roll = rng.random()
+            if roll < 0.02:
+                continue                                            # lost
+            if roll < 0.04:
+                slots.append((arrival + int(rng.integers(1, 5)) * 20_000_000, packet))   # and a copy
+            elif roll < 0.06:
+                arrival += 21_000_000                               # after the next one
+            elif roll < 0.065:
+                arrival += 800_000_000                              # late
+            slots.append((arrival, packet))
+        out += [(arrival, side, 1 + side, packet) for arrival, packet in slots]
+    return sorted(out)
+
+
+def _rtp_run(packets: list[tuple[int, int, int, bytes]]) -> RunGroups:
+    """One call's packets of a batch as the batch path hands them over: grouped by direction,
+    arrival order inside each."""
+    by_side = sorted(range(len(packets)), key=lambda i: (packets[i][1], i))
+    buf = b"".join(packets[i][3] for i in by_side)
+    sizes = np.array([len(packets[i][3]) for i in by_side], dtype=np.int64)
+    head = np.frombuffer(b"".join(packets[i][3][:12] for i in by_side), dtype=">u2").reshape(-1, 6)
+    side = np.array([packets[i][1] for i in by_side], dtype=np.int64)
+    run = RtpRun(order=np.array(by_side, dtype=np.int64), side=side,
+                 arrival_ns=np.array([packets[i][0] for i in by_side], dtype=np.int64),
+                 src_key=np.array([packets[i][2] for i in by_side], dtype=np.int64),
+                 dst_key=np.zeros(len(by_side), dtype=np.int64), b0=(head[:, 0] >> 8).astype(np.uint8),
+                 b1=(head[:, 0] & 0xFF).astype(np.uint8), seq=head[:, 1].astype(np.int64),
+                 rtp_ts=(head[:, 2].astype(np.int64) << 16) | head[:, 3], ssrc=(head[:, 4].astype(np.int64) << 16) | head[:, 5],
+                 size=sizes, buf=buf, data_start=np.concatenate(([0], np.cumsum(sizes)[:-1])),
+                 dst_known=np.zeros(len(by_side), dtype=bool), label=lambda key: f"10.0.0.{key}:4000")
+    return RunGroups(run, np.flatnonzero(np.diff(side, prepend=-1)))
+
+
+def _state(media) -> list:
+    """Everything of a CallMedia that later packets or the record can see."""
+    hops = []
+    for side, hop in sorted(media._hops.items()):
+        tail = [] if hop.tail is None else [row.tobytes() for row in hop.tail]
+        hops.append((side, hop.src, hop.last_ns, (list(hop.recent) + tail)[-hop.KEEP:]))
+    streams = [(st.index, st.side, st.ssrc, st.stats, st.next_ext, st.max_ext, st.window, st.window_since_ns,
+                st.skipped, st.jitter_ticks, st.prev_arrival_ns, st.prev_ts) for st in media._streams]
+    return [media.log.records, media.last_arrival_ns, hops, streams]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_inspect_batches_sequence_impaired_streams_as_arrays(seed, monkeypatch):
+    """inspect (counters only) takes a call's packets of a batch with loss, duplicates,
+    reordering, late packets or a window still held from the batch before as arrays from
+    each stream's state (``_take_resumed``), leaving after every batch exactly the state
+    ``on_rtp`` leaves packet by packet; only a batch with a new SSRC goes one by one."""
+    from agent.media.sequencer import CallMedia
+
+    packets = _impaired_packets(seed)
+    one = CallMedia(None)
+    many = CallMedia(None)
+    resumed = Counter()
+    take_resumed = CallMedia._take_resumed
+
+    def counted(self, *args):
+        resumed[args[1].run.ssrc[args[1].start[args[2]]] > 0x1FFF] += 1
+        return take_resumed(self, *args)
+    monkeypatch.setattr(CallMedia, "_take_resumed", counted)
+    for lo in range(0, len(packets), 100):
+        batch = packets[lo:lo + 100]
+        for arrival, side, src, packet in batch:
+            one.on_rtp(side, arrival, f"10.0.0.{src}:4000", "", packet)
+        groups = _rtp_run(batch)
+        later: list = []
+        assert many.take_groups(groups, 0, len(groups), later) == 0
+        if later:
+            CallMedia.accept_later(groups, later)
+        assert _state(many) == _state(one)
+    stats = [st.stats for st in one._streams]
+    assert [s.ssrc for s in stats] == [0x1000, 0x1001, 0x2000]
+    assert all(s.lost and s.duplicated and s.reordered for s in stats), stats
+    assert sum(s.late for s in stats) > 0, stats
+    # Every batch but the first and the one with the new SSRC; the new stream's too.
+    assert resumed[False] > 40 and resumed[True] > 5, resumed
