@@ -31,7 +31,7 @@ import numpy as np
 from agent.byterows import byte_rows
 
 __all__ = ["MediaLogWriter", "MediaLogMemory", "NullMediaLog", "read_media_log", "read_media_log_blocks",
-           "MediaBlock", "RECORD_HEADER", "MediaRecord"]
+           "MediaBlock", "RECORD_HEADER", "MediaRecord", "encode_records"]
 
 RECORD_HEADER = struct.Struct("<HHIqBBH")  # 20 bytes
 # The same header as a numpy record (packed, little-endian), for appending many at once.
@@ -47,6 +47,47 @@ def _record_dtype(payload_bytes: int) -> np.dtype:
                     else _RUN_HEADER_DTYPE)
 
 log = logging.getLogger(__name__)
+
+
+def encode_records(stream_index: np.ndarray, seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray,
+                   pt: np.ndarray, marker: np.ndarray, buf: bytes, starts: np.ndarray,
+                   sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records in the log's format, one after another, as one uint8 array, and the byte offset
+    where each ends; payload i is ``buf[starts[i]:starts[i] + sizes[i]]``, cut to 0xFFFF bytes
+    as ``append`` cuts it. Built with numpy: one structured record per packet when every
+    payload has the same length (a stream of G.711 frames), else headers and payloads
+    scattered into one byte array. A run of many calls' records is encoded at once and cut
+    into each call's share by ``ends``."""
+    n = len(starts)
+    sizes = np.minimum(np.asarray(sizes, dtype=np.int64), 0xFFFF)     # payload_len is u16
+    size = int(sizes[0]) if n else 0
+    same = bool(np.all(sizes == size))
+    out = np.empty(n, dtype=_record_dtype(size if same else 0))
+    out["stream_index"] = stream_index & 0xFFFF
+    out["seq"] = seq & 0xFFFF
+    out["rtp_ts"] = rtp_ts & 0xFFFFFFFF
+    out["arrival_ns"] = arrival_ns
+    out["pt"] = pt & 0x7F
+    out["flags"] = marker != 0
+    out["payload_len"] = sizes
+    data = np.frombuffer(buf, dtype=np.uint8)
+    if same:
+        # Header and payload side by side as one structured record per packet.
+        if size:
+            out["payload"] = byte_rows(data, starts, size)
+        return out.view(np.uint8), np.arange(1, n + 1, dtype=np.int64) * out.dtype.itemsize
+    hsize = RECORD_HEADER.size
+    ends = np.cumsum(sizes + hsize)
+    begins = ends - sizes - hsize
+    joined = np.empty(int(ends[-1]), dtype=np.uint8)
+    joined[(begins[:, None] + np.arange(hsize)).reshape(-1)] = out.view(np.uint8)
+    total = int(ends[-1]) - n * hsize
+    if total:
+        before = np.cumsum(sizes) - sizes                # payload bytes of the records before
+        offset = np.arange(total) - np.repeat(before, sizes)
+        joined[np.repeat(begins + hsize, sizes) + offset] = data[np.repeat(starts, sizes) + offset]
+    return joined, ends
+
 
 # (stream_index, seq, rtp_ts, arrival_ns, pt, marker, payload)
 MediaRecord = tuple[int, int, int, int, int, bool, bytes]
@@ -87,60 +128,20 @@ class MediaLogWriter:
         if len(buf) >= self.flush_bytes:
             self.flush()
 
-    def append_run(self, stream_index: np.ndarray, arrival_ns: np.ndarray, buf: bytes,
-                   starts: np.ndarray, sizes: np.ndarray) -> None:
-        """Append many raw records (seq, rtp_ts, pt and flags 0: the capture stage's log);
-        record i is ``buf[starts[i]:starts[i] + sizes[i]]``."""
-        zeros = np.zeros(len(starts), dtype=np.int64)
-        self.append_records(stream_index, zeros, zeros, arrival_ns, zeros, zeros, buf, starts, sizes)
-
     def append_records(self, stream_index: np.ndarray, seq: np.ndarray, rtp_ts: np.ndarray,
                        arrival_ns: np.ndarray, pt: np.ndarray, marker: np.ndarray, buf: bytes,
                        starts: np.ndarray, sizes: np.ndarray) -> None:
         """``append`` for many records at once, payload i being ``buf[starts[i]:starts[i] +
-        sizes[i]]``, built with numpy: one structured record per packet when every payload
-        has the same length (a stream of G.711 frames), else headers and payloads scattered
-        into one byte array."""
-        n = len(starts)
-        if not n:
-            return
-        size = int(sizes[0])
-        sizes = np.asarray(sizes, dtype=np.int64)
-        if int(sizes.max()) > 0xFFFF:                # cannot be a UDP payload: append clamps it
-            for i in range(n):
-                start = int(starts[i])
-                self.append(int(stream_index[i]), int(seq[i]), int(rtp_ts[i]), int(arrival_ns[i]), int(pt[i]),
-                            bool(marker[i]), buf[start:start + int(sizes[i])])
-            return
-        same = bool(np.all(sizes == size))
-        out = np.empty(n, dtype=_record_dtype(size if same else 0))
-        out["stream_index"] = stream_index & 0xFFFF
-        out["seq"] = seq & 0xFFFF
-        out["rtp_ts"] = rtp_ts & 0xFFFFFFFF
-        out["arrival_ns"] = arrival_ns
-        out["pt"] = pt & 0x7F
-        out["flags"] = marker != 0
-        out["payload_len"] = sizes
-        data = np.frombuffer(buf, dtype=np.uint8)
-        if same:
-            # Header and payload side by side as one structured record per packet.
-            if size:
-                out["payload"] = byte_rows(data, starts, size)
-            self._buf += memoryview(out).cast("B")
-        else:
-            hsize = RECORD_HEADER.size
-            ends = np.cumsum(sizes + hsize)
-            begins = ends - sizes - hsize
-            joined = np.empty(int(ends[-1]), dtype=np.uint8)
-            joined[(begins[:, None] + np.arange(hsize)).reshape(-1)] = out.view(np.uint8)
-            total = int(ends[-1]) - n * hsize
-            if total:
-                before = np.cumsum(sizes) - sizes                # payload bytes of the records before
-                offset = np.arange(total) - np.repeat(before, sizes)
-                joined[np.repeat(begins + hsize, sizes) + offset] = data[np.repeat(starts, sizes) + offset]
-            self._buf += memoryview(joined)
-        self.records += n
-        self._buf_records += n
+        sizes[i]]`` (see ``encode_records``)."""
+        if len(starts):
+            data, _ends = encode_records(stream_index, seq, rtp_ts, arrival_ns, pt, marker, buf, starts, sizes)
+            self.append_encoded(data, len(starts))
+
+    def append_encoded(self, data, records: int) -> None:
+        """Append ``records`` whole records already in the log's format (``encode_records``)."""
+        self._buf += memoryview(data)       # (a numpy array added to a bytearray would broadcast)
+        self.records += records
+        self._buf_records += records
         if len(self._buf) >= self.flush_bytes:
             self.flush()
 
@@ -212,9 +213,6 @@ class NullMediaLog:
     def append(self, stream_index: int, seq: int, rtp_ts: int, arrival_ns: int, pt: int,
                marker: bool, payload: bytes | memoryview) -> None:
         self.records += 1
-
-    def append_run(self, stream_index, arrival_ns, buf, starts, sizes) -> None:
-        self.records += len(starts)
 
     def append_records(self, stream_index, seq, rtp_ts, arrival_ns, pt, marker, buf, starts, sizes) -> None:
         self.records += len(starts)

@@ -21,7 +21,7 @@ import numpy as np
 
 from agent.byterows import byte_rows
 from agent.media.codecs import is_telephone_event
-from agent.media.medialog import MediaBlock, MediaLogMemory, MediaLogWriter, read_media_log_blocks
+from agent.media.medialog import MediaBlock, MediaLogMemory, MediaLogWriter, encode_records, read_media_log_blocks
 from agent.media.quality import QualityCollector
 from agent.media.rtp import count_not_rtp, looks_like_rtp
 from agent.media.runs import RtpRun, RunGroups
@@ -101,25 +101,54 @@ class MediaCapture:
         return True
 
     def take_groups(self, groups: RunGroups, g0: int, g1: int, later: list) -> int:
-        """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, all RTP-looking): one
-        append of all of them, in arrival order, when each direction keeps its source label
-        and nothing needs redacting; else packet by packet. Returns how many were not RTP."""
+        """``on_rtp`` for this call's packets of a batch (groups ``g0:g1``, all RTP-looking).
+        When each direction keeps its source label and nothing needs redacting, the call is
+        planned into ``later`` and its records are appended with every other such call's of
+        the batch (``accept_later``); else it goes packet by packet now. Returns how many
+        were not RTP."""
         run = groups.run
-        positions = groups.positions(g0, g1)
         for g in range(g0, g1):
             side = groups.side[g]
             if (not groups.one_src[g] or run.label(groups.src_key[g]) != self._last_src[side]
                     or (self.redact_dtmf and (not groups.one_pt[g] or self._event_pt(side, groups.pt[g])))):
-                return run.each(self.on_rtp, positions)
+                return run.each(self.on_rtp, groups.positions(g0, g1))
         for g in range(g0, g1):
             self.packets[groups.side[g]] += groups.end[g] - groups.start[g]
-        if self.first_arrival_ns is None:
-            self.first_arrival_ns = int(run.arrival_ns[positions[0]])
-        self.last_arrival_ns = int(run.arrival_ns[positions[-1]])
-        if self.write_audio:
-            self.log.append_run(run.side[positions], run.arrival_ns[positions], run.buf,
-                                run.data_start[positions], run.size[positions])
+        later.append((self, g0, g1))
         return 0
+
+    @staticmethod
+    def accept_later(groups: RunGroups, later: list) -> None:
+        """Append the records of every call ``take_groups`` planned, in each call's arrival
+        order: encoded for all of them at once (``encode_records``), then each call's share
+        of the bytes appended to its log. A call's groups are consecutive in the run, so its
+        packets are one range of it, sorted back into arrival order here."""
+        run = groups.run
+        lo = np.array([groups.start[g0] for _media, g0, _g1 in later], dtype=np.int64)
+        hi = np.array([groups.end[g1 - 1] for _media, _g0, g1 in later], dtype=np.int64)
+        counts = hi - lo
+        bounds = np.zeros(len(later) + 1, dtype=np.int64)
+        np.cumsum(counts, out=bounds[1:])
+        positions = np.arange(int(bounds[-1]), dtype=np.int64) + np.repeat(lo - bounds[:-1], counts)
+        # Arrival order inside each call (run.order is the batch position: unique, so the
+        # combined key sorts calls apart and each call's packets by arrival).
+        rank = np.repeat(np.arange(len(later), dtype=np.int64), counts)
+        positions = positions[np.argsort(rank * (int(run.order.max()) + 1) + run.order[positions], kind="stable")]
+        zeros = np.zeros(len(positions), dtype=np.int64)
+        arrival = run.arrival_ns[positions]
+        data, ends = encode_records(run.side[positions], zeros, zeros, arrival, zeros, zeros, run.buf,
+                                    run.data_start[positions], run.size[positions])
+        byte_at = np.zeros(len(ends) + 1, dtype=np.int64)
+        byte_at[1:] = ends
+        byte_at = byte_at[bounds].tolist()
+        first = arrival[bounds[:-1]].tolist()
+        last = arrival[bounds[1:] - 1].tolist()
+        for k, ((media, _g0, _g1), records) in enumerate(zip(later, counts.tolist())):
+            if media.first_arrival_ns is None:
+                media.first_arrival_ns = first[k]
+            media.last_arrival_ns = last[k]
+            if media.write_audio:
+                media.log.append_encoded(data[byte_at[k]:byte_at[k + 1]], records)
 
     def _event_pt(self, side: int, pt: int) -> bool:
         if self._srtp_offered is not None and self._srtp_offered():

@@ -26,7 +26,6 @@ from agent.calls.call import Call, Side
 from agent.calls.endpoints import EndpointMap
 from agent.capture.batches import FrameBatch
 from agent.media.runs import RtpRun, RunGroups
-from agent.media.sequencer import CallMedia
 from agent.net.datagram import UDP, Datagram
 from agent.net.decode import FrameDecoder
 from agent.net.fastpath import TUNNEL_GRE, TUNNEL_VXLAN, V6_KEY, AddressIds, RtpFrames, rtp_frames
@@ -417,7 +416,9 @@ class BatchRouter:
         call_of = (group_key[starts] >> 1).tolist()
         by_no = self._calls_by_no
         not_rtp = 0
-        later: list = []
+        # What each kind of media planned to take for all its calls at once: its accept_later
+        # (one function per media class) -> the plans of its take_groups.
+        later: dict[Callable[[RunGroups, list], None], list] = {}
         g, count = 0, len(call_of)
         while g < count:
             h = g + 1
@@ -429,10 +430,11 @@ class BatchRouter:
                     # A few packets (a live ring block holds ~100 ms): one by one is cheaper.
                     not_rtp += run.each(media.on_rtp, groups.positions(g, h))
                 else:
-                    not_rtp += media.take_groups(groups, g, h, later)
+                    not_rtp += media.take_groups(groups, g, h, later.setdefault(media.accept_later, []))
             g = h
-        if later:
-            CallMedia.accept_later(groups, later)
+        for accept_later, plans in later.items():
+            if plans:
+                accept_later(groups, plans)
         if not_rtp:
             self.counters["rtp.skip.not_rtp"] += not_rtp
 

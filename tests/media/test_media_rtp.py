@@ -133,3 +133,28 @@ def test_media_log_failure_never_raises(tmp_path):
     w.append(0, 2, 3, 4, 0, False, b"x" * 50)
     w.close()
     assert w.dropped == 1 and w.bytes_written == 0
+
+
+@pytest.mark.parametrize("sizes", [[160, 160, 160], [0, 7, 160, 0x10005, 3]], ids=["same", "mixed+oversized"])
+def test_media_log_append_records_equals_append(tmp_path, sizes):
+    """Records appended many at once (one structured array, or headers and payloads
+    scattered) are byte for byte the records ``append`` writes one by one, an oversized
+    payload cut to 0xFFFF bytes the same way."""
+    import numpy as np
+    payloads = [bytes((i * 7 + j) & 0xFF for j in range(n)) for i, n in enumerate(sizes)]
+    buf = b"".join(payloads)
+    starts = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+    n = len(sizes)
+    cols = dict(stream_index=np.arange(n) % 2, seq=np.arange(n) + 65534, rtp_ts=np.arange(n) * 160 + 0xFFFFFF00,
+                arrival_ns=np.arange(n) + 10**18, pt=np.array([0, 101, 8, 0, 101][:n]),
+                marker=np.array([1, 0, 0, 1, 0][:n]))
+    one, many = MediaLogWriter(tmp_path / "one"), MediaLogWriter(tmp_path / "many")
+    for i in range(n):
+        one.append(*(int(cols[k][i]) for k in ("stream_index", "seq", "rtp_ts", "arrival_ns", "pt")),
+                   bool(cols["marker"][i]), payloads[i])
+    many.append_records(*cols.values(), buf, starts, np.array(sizes))
+    one.close()
+    many.close()
+    assert (tmp_path / "many").read_bytes() == (tmp_path / "one").read_bytes()
+    assert many.records == one.records == n
+    assert [len(r[6]) for r in read_media_log(tmp_path / "many")] == [min(s, 0xFFFF) for s in sizes]
