@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
 
 from agent.media.quality import HISTOGRAMS
@@ -194,6 +193,10 @@ class MetricsServer:
 
     def __init__(self, listen: str, snapshot: Callable[[], Snapshot],
                  limits: Callable[[], HealthLimits]) -> None:
+        # Imported here: every command reads [metrics] listen, only the daemon serves it
+        # (http.server pulls in email, ssl and http.client: ~15 ms of every CLI start).
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         host, port = parse_listen(listen)
         outer = self
 

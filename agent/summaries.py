@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from agent.deliver.spool import ACTIVE_STATES, PARKED
+from agent.deliver.spool_state import ACTIVE_STATES, PARKED
 from agent.textsafe import terminal_safe
 
 MAX_LISTED = 20     # calls without a recording named one per line, the rest counted
