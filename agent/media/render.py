@@ -47,6 +47,7 @@ from agent.byterows import byte_rows
 from agent.media.codecs import (Decoder, G711Decoder, is_comfort_noise, is_telephone_event,
                                 make_decoder)
 from agent.media.dtmf import InbandDtmfDetector
+from agent.media.g711 import expand
 from agent.media.side_pcm import SidePcm, WriteQueue
 from agent.media.encoder import open_encoder
 from agent.media.medialog import MediaBlock, read_media_log_blocks
@@ -208,7 +209,7 @@ def _render_g711(sr: _StreamRender, block: MediaBlock, arow: np.ndarray, apos: n
         codes = block.data[at]
     uniq = np.unique(apts).tolist()
     if len(uniq) == 1:
-        flat = sr.decoders[uniq[0]].table[codes]
+        flat = expand(sr.decoders[uniq[0]].table, codes)
     else:
         # PCMU and PCMA in one stretch: one lookup in both tables side by side.
         both = np.concatenate([sr.decoders[pt].table for pt in uniq])
