@@ -46,6 +46,7 @@ from agent.private import file_mode, make_private, make_private_dir, umask_for
 from agent.media.render import render_recording, streams_in_use
 from agent.media.stream import MediaPlan
 from agent.media.timeline import StreamSpec
+from agent.worker_heap import keep_arrays_on_heap
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,12 @@ def _start_forkserver() -> None:
 def _worker_init(umask: int) -> None:
     """In each render worker: die with the forkserver (whose pid it inherited in its
     environment), leave SIGINT to the main process (a Ctrl-C reaches the whole process group),
-    create recordings private (``umask``)."""
+    create recordings private (``umask``), serve the render's arrays from a heap the worker
+    keeps (``worker_heap``)."""
     die_with_parent(env_pid(FORKSERVER_ENV))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(umask)
+    keep_arrays_on_heap()
 
 
 ABORT_WAIT_S = 3.0     # on a stop, renders already running get this long before their workers are killed

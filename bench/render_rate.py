@@ -7,10 +7,12 @@ worker's job for each call and prints audio-seconds per CPU-second (a call of 60
 audio-seconds) with the time of each phase. ``--loss``/``--reorder`` make the capture
 impaired; ``--profile`` prints the top of a cProfile; ``--repeat N`` runs the whole set N
 times and reports the round that used the least CPU (the machine is shared: the least is
-the least disturbed). BLAS is kept to one thread, as in the recorder's workers.
+the least disturbed). BLAS is kept to one thread and glibc's heap set as in the recorder's
+workers (``agent.worker_heap``; ``--default-malloc`` leaves it).
 
     python3 bench/render_rate.py [--calls 40] [--duration-s 60] [--format wav] [--rate 0]
                                  [--loss 0.01 --reorder 0.01] [--profile] [--repeat 3]
+                                 [--default-malloc]
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def main() -> int:
     ap.add_argument("--reorder", type=float, default=0.0)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the least CPU is reported")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's thresholds (agent.worker_heap)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.gettempdir())
@@ -89,6 +92,10 @@ def main() -> int:
     from agent.config import RecordingSection
     from agent.media import render, stream
     from agent.recorder import _render_job
+    from agent.worker_heap import keep_arrays_on_heap
+
+    if not args.default_malloc:
+        keep_arrays_on_heap()     # as each recorder worker does (recorder._worker_init)
 
     settings = RecordingSection(sample_rate_hz=args.rate)
     phases: dict[str, float] = {}
@@ -121,7 +128,7 @@ def main() -> int:
     audio_s = len(calls) * args.duration_s
     print(f"worker job, {args.format} at {settings.output_rate_hz(args.format) or 'native'} Hz, {capture.name}: "
           f"{len(calls)} calls, {audio_s:,.0f} audio-s in {cpu:.2f} CPU-s = {audio_s / cpu:,.0f} audio-s per CPU-s "
-          f"({machine_load()})")
+          f"({machine_load()}{', default malloc' if args.default_malloc else ''})")
     for name, seconds in phases.items():
         print(f"  {name:20} {seconds * 1000 / len(calls):6.2f} ms per call")
     return 0
