@@ -105,17 +105,26 @@ def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, 
     clock = np.asarray(clock_rate_hz, dtype=np.int64)
 
     # --- sequence figures
-    distinct, first_at = np.unique(ext, return_index=True)
-    q.expected = int(distinct[-1] - distinct[0] + 1)
-    q.lost = q.expected - int(distinct.size)
-    q.duplicated = n - int(distinct.size)
-    highest_before = np.maximum.accumulate(ext)
-    highest_before = np.concatenate(([ext[0] - 1], highest_before[:-1]))
-    first_copy = np.zeros(n, dtype=bool)
-    first_copy[first_at] = True
-    q.reordered = int(np.count_nonzero(first_copy & (ext < highest_before)))
-    q.sequence_errors = int(np.count_nonzero(ext[1:] != highest_before[1:] + 1))
-    audio = ~np.isin(pt, _CN_PTS) & (clock > 0)
+    highest_before = np.empty(n, dtype=np.int64)
+    highest_before[0] = ext[0] - 1
+    np.maximum.accumulate(ext[:-1], out=highest_before[1:])
+    in_order = ext == highest_before + 1
+    if in_order.all():
+        # Every packet the successor of the highest before it (most streams): no copies,
+        # no reordering, nothing to sort.
+        q.expected = n
+        first_copy = np.ones(n, dtype=bool)
+    else:
+        distinct, first_at = np.unique(ext, return_index=True)
+        q.expected = int(distinct[-1] - distinct[0] + 1)
+        q.lost = q.expected - int(distinct.size)
+        q.duplicated = n - int(distinct.size)
+        first_copy = np.zeros(n, dtype=bool)
+        first_copy[first_at] = True
+        q.reordered = int(np.count_nonzero(first_copy & (ext < highest_before)))
+        q.sequence_errors = int(n - np.count_nonzero(in_order[1:]) - 1)
+    comfort_noise = (pt == _CN_PTS[0]) | (pt == _CN_PTS[1])
+    audio = ~comfort_noise & (clock > 0)
     audio_pt = pt[audio]
     q.codec_changes = int(np.count_nonzero(audio_pt[1:] != audio_pt[:-1]))
 
@@ -132,8 +141,8 @@ def stream_quality(seq: np.ndarray, rtp_ts: np.ndarray, arrival_ns: np.ndarray, 
     ref_clocked = _last_before(in_time & clocked)  # media-time reference: ... that had a clock
     delta_ms = t_ms - t_ms[ref]
     diff_ms = np.abs(t_ms - (t_ms[ref] + nominal_ms - nominal_ms[ref_clocked]))
-    prev_pt = np.concatenate(([pt[0]], pt[:-1]))
-    regular = in_time & ~marker & ~np.isin(pt, _CN_PTS) & ~np.isin(prev_pt, _CN_PTS)
+    regular = in_time & ~marker & ~comfort_noise
+    regular[1:] &= ~comfort_noise[:-1]          # nor right after comfort noise
     regular[0] = False
     if regular.any():
         q.max_delta_ms = max(0.0, float(delta_ms[regular].max()))
