@@ -1,12 +1,12 @@
 """Placing one stream's decoded audio into its direction's PCM (``side_pcm``): runs of
-contiguous audio at the stream's native rate, brought to the working rate by libswresample
-when they differ, written at their offset on the call timeline.
+contiguous audio at the stream's native rate, brought to the working rate by
+``resample.Resampler`` when they differ, written at their offset on the call timeline.
 
 A run is kept open across small gaps (<= ``_MAX_FILL_S``, filled with zeros), because
-building a resampler costs ~0.5 ms and lossy calls would otherwise build one per lost
-packet. ``place_audio`` handles a stretch of packets that continue a run back to back as one
-array slice; only a packet after a gap or jump is handled on its own, as ``add_audio`` (the
-per-packet definition) would. Runs are cut into resampler inputs and writes at the same
+each run has its own resampler (a filter's warm-up and tail) and lossy calls would otherwise
+start one per lost packet. ``place_audio`` handles a stretch of packets that continue a run
+back to back as one array slice; only a packet after a gap or jump is handled on its own, as
+``add_audio`` (the per-packet definition) would. Runs are cut into resampler inputs and writes at the same
 packets either way, so the result does not depend on the path.
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.media.resample import Resampler
 from agent.media.side_pcm import SidePcm, WriteQueue
 
-__all__ = ["Run", "StreamRuns", "add_audio", "close_run", "place_audio", "swr", "RESAMPLE_SLICE_S"]
+__all__ = ["Run", "StreamRuns", "add_audio", "close_run", "place_audio"]
 
 _NS = 1_000_000_000
 _MAX_FILL_S = 2                 # gaps up to this long stay inside one resampler run
-RESAMPLE_SLICE_S = 2            # input per libswresample call (see swr)
 _EMIT_S = 10                    # audio a run without resampling holds before writing it
 # A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
 _MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
@@ -40,13 +40,10 @@ class Run:
         self.buf_n = 0
         self.resampler = None
         # Pending audio is written out once it reaches emit_n samples: a second through a
-        # resampler (libswresample is fastest on pieces of a few seconds), else _EMIT_S
-        # seconds (fewer, larger writes; memory stays bounded).
+        # resampler, else _EMIT_S seconds (fewer, larger writes; memory stays bounded).
         self.emit_n = rate * (1 if rate != work_rate else _EMIT_S)
         if rate != work_rate:
-            import av  # PyAV; imported lazily so plain G.711 at the same rate never needs it
-
-            self.resampler = av.AudioResampler(format="s16", layout="mono", rate=work_rate)
+            self.resampler = Resampler(rate, work_rate)
         self.out_start = start_ns * work_rate // _NS
         self.out_written = 0
 
@@ -61,38 +58,6 @@ class StreamRuns:
         self.dirfile = dirfile
 
 
-def _resample(run: Run, pcm: np.ndarray | None) -> np.ndarray:
-    """Feed ``pcm`` (None = flush) through the run's resampler; return what came out."""
-    return swr(run.resampler, pcm, run.rate, 1)
-
-
-def swr(resampler, pcm: np.ndarray | None, rate: int, channels: int) -> np.ndarray:
-    """Feed ``pcm`` (int16 at ``rate``: (n,) mono or (n, 2) stereo; None = flush) through a
-    libswresample ``resampler``; return the int16 that came out, in the same shape.
-
-    The input goes in ``RESAMPLE_SLICE_S`` pieces: libswresample's cost per sample is
-    ~3x lower on pieces of 1-4 s than on 30 s ones (measured 8 -> 16 kHz: 5,800 vs
-    16,000-18,000 audio-s/CPU-s), and it is stateful, so its output does not depend on how the
-    input is cut."""
-    import av
-
-    layout = "mono" if channels == 1 else "stereo"
-    shape = (-1,) if channels == 1 else (-1, 2)
-    if pcm is None:
-        frames = resampler.resample(None)
-    else:
-        frames = []
-        step = RESAMPLE_SLICE_S * rate
-        for at in range(0, len(pcm), step):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[at:at + step]).reshape(1, -1),
-                                               format="s16", layout=layout)
-            frame.sample_rate = rate
-            frames += resampler.resample(frame)
-    if not frames:
-        return np.zeros((0,) if channels == 1 else (0, 2), dtype=np.int16)
-    return np.concatenate([f.to_ndarray().reshape(shape) for f in frames]).astype(np.int16, copy=False)
-
-
 def _emit(run: Run, dirfile: SidePcm, final: bool) -> None:
     if run.buf_n:
         pcm = run.buf[0] if len(run.buf) == 1 else np.concatenate(run.buf)
@@ -101,9 +66,9 @@ def _emit(run: Run, dirfile: SidePcm, final: bool) -> None:
     else:
         pcm = None
     out = pcm if run.resampler is None else (
-        _resample(run, pcm) if pcm is not None else np.zeros(0, dtype=np.int16))
+        run.resampler.push(pcm) if pcm is not None else np.zeros(0, dtype=np.int16))
     if final and run.resampler is not None:
-        tail = _resample(run, None)
+        tail = run.resampler.finish()
         out = np.concatenate([out, tail]) if out.size else tail
     if out is None or out.size == 0:
         return

@@ -175,17 +175,3 @@ def test_side_pcm_spilled_to_disk_renders_the_same(tmp_path, seed, monkeypatch):
     assert spilled.path.read_bytes() == held.path.read_bytes()
     assert (spilled.dtmf, spilled.masked_ms, spilled.duration_ms) == (held.dtmf, held.masked_ms, held.duration_ms)
     assert held.masked_ms > 0
-
-
-@pytest.mark.parametrize("channels", [1, 2])
-def test_resampling_in_slices_changes_nothing(tmp_path, channels, monkeypatch):
-    """libswresample is fed short slices (cheaper per sample than 30 s frames): the 16 kHz
-    recording of an 8 kHz call is byte for byte the one fed whole chunks."""
-    log = tmp_path / "call.media"
-    specs = _messy_log(log, channels)
-    kw = dict(fmt="wav", channels=channels, sample_rate_hz=16000)
-    sliced = render.render_recording(log, specs, tmp_path / "sliced.wav", **kw)
-    monkeypatch.setattr(placement, "RESAMPLE_SLICE_S", render._SCAN_CHUNK_S)
-    whole = render.render_recording(log, specs, tmp_path / "whole.wav", **kw)
-    assert sliced.sample_rate_hz == 16000 and sliced.duration_ms > 10_000
-    assert sliced.path.read_bytes() == whole.path.read_bytes()
