@@ -29,7 +29,7 @@ import re
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -401,7 +401,9 @@ class Recorder:
                     self._give_up_retries()
                     continue
                 if pending:
-                    wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    # All of them, looked at again every 0.2 s (a stop, a retry): waking at
+                    # each completion cost a pass over every pending future each time.
+                    wait(pending, timeout=0.2)
                 else:
                     time.sleep(0.1)
             if self._stopping():

@@ -318,11 +318,13 @@ class BatchRouter:
             idx, slots, ts = idx[known], slots[known], ts[known]
         if not len(idx):
             return
-        calls = self._slot_call[slots]
-        last_rev, first = np.unique(calls[::-1], return_index=True)
+        # Each call's last packet here (the per-packet path leaves its time, in arrival order).
         by_no = self._calls_by_no
-        touched = last_rev.tolist()
-        for no, t in zip(touched, ts[len(ts) - 1 - first].tolist()):
+        last_at = np.full(len(by_no), -1, dtype=np.int64)
+        np.maximum.at(last_at, self._slot_call[slots], np.arange(len(slots)))
+        touched_np = np.flatnonzero(last_at >= 0)
+        touched = touched_np.tolist()
+        for no, t in zip(touched, ts[last_at[touched_np]].tolist()):
             by_no[no].last_media_ns = t
         self._pending_calls.update(touched)
         self._pending.append((idx, slots, ts))
