@@ -22,6 +22,7 @@ __all__ = ["Run", "StreamRuns", "add_audio", "close_run", "place_audio"]
 _NS = 1_000_000_000
 _MAX_FILL_S = 2                 # gaps up to this long stay inside one resampler run
 _EMIT_S = 10                    # audio a run without resampling holds before writing it
+_LOOKAHEAD_MIN = 64             # packets place_audio checks for a gap at once, at first
 # A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
 _MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
 
@@ -153,6 +154,7 @@ def place_audio(sr: StreamRuns, queue: WriteQueue, rows: np.ndarray, pos_ns: np.
     src = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(sizes, out=src[1:])
     i = 0
+    window = _LOOKAHEAD_MIN
     while i < m:
         run = sr.run
         queue.row = int(rows[i])
@@ -164,16 +166,22 @@ def place_audio(sr: StreamRuns, queue: WriteQueue, rows: np.ndarray, pos_ns: np.
             add_audio(sr, int(pos_ns[i]), flat[src[i]:src[i + 1]], rate, work_rate)
             i += 1
             continue
-        # Samples of the run before each packet if no packet of the stretch opens a gap.
-        before = run.in_samples + (src[i:m] - src[i])
+        # Samples of the run before each packet if no packet of the stretch opens a gap, over
+        # a lookahead that grows while no packet does: a lossy stream breaks every hundred
+        # packets or so, and looking at all the rest after each break would be quadratic.
+        hi = min(m, i + window)
+        before = run.in_samples + (src[i:hi] - src[i])
         expected_ns = run.start_ns + before * _NS // rate
-        gap = (pos_ns[i:m] - expected_ns) * rate // _NS
+        gap = (pos_ns[i:hi] - expected_ns) * rate // _NS
         breaks = np.flatnonzero(np.abs(gap) > 2)
-        j = i + int(breaks[0]) if breaks.size else m
+        j = i + int(breaks[0]) if breaks.size else hi
         if j > i:
             _append_stretch(sr, queue, rows, src, i, j, flat, rate)
-        if j == m:
-            break
+        if j == hi:
+            i = hi
+            window *= 4
+            continue
+        window = _LOOKAHEAD_MIN
         queue.row = int(rows[j])
         g = int(gap[j - i])
         pcm = flat[src[j]:src[j + 1]]

@@ -323,3 +323,34 @@ def test_timeline_jitter_below_threshold_is_ignored():
         jitter_ns = int(rng.uniform(0, 50) * MS) if k else 0   # anchored on the first arrival
         assert tl.place(160 * k, k * 20 * MS + jitter_ns) == k * 20 * MS
     assert tl.reanchors == 0
+
+
+def test_exact_samples_through_loss_copies_reordering_and_ssrc_change(tmp_path):
+    """Every packet carries one distinct sample value (a G.711 code repeated), so the WAV shows
+    exactly where each one went: lost slots are zeros, a copy (carrying other samples, so a
+    misplaced one would show) is dropped, a swapped pair lands in sequence order, and the
+    second SSRC continues at the sample its first packet arrived at."""
+    from agent.media.g711 import ULAW_TO_LINEAR
+
+    codes = [0x10 + k for k in range(100)]                # 100 distinct values, none silent
+    lost, copied, swapped = {20, 21}, 40, 30
+
+    def packet(k, code=None):
+        ssrc, seq0, ts0 = (0xAAAA, 65530, 2**32 - 480) if k < 50 else (0xBBBB, 1000, 123_456)
+        j = k if k < 50 else k - 50
+        arrival = T0 + 20 * MS * k + (12 * MS if k == swapped else -12 * MS if k == swapped + 1 else 0)
+        return arrival, 0, rtp(seq0 + j, ts0 + 160 * j, ssrc, 0, bytes([codes[k] if code is None else code]) * 160)
+
+    pkts = [packet(k) for k in range(100) if k not in lost]
+    arrival, side, data = packet(copied, code=0x7A)
+    pkts.append((arrival + 70 * MS, side, data))            # the copy, 3.5 packets late
+    cm, res = run_call(tmp_path, pkts, sample_rate_hz=8000)
+    first, second = (info.stats for info in cm.streams)
+    assert (first.ssrc, first.lost, first.duplicated, first.reordered) == (0xAAAA, 2, 1, 1)
+    assert (second.ssrc, second.packets) == (0xBBBB, 50)
+    assert res.duration_ms == 2000 and res.per_side_ms == [1960, 0]
+    rate, x = read_wav(res.path)
+    assert rate == 8000 and x.shape == (16000, 1)
+    for k in range(100):
+        want = 0 if k in lost else int(ULAW_TO_LINEAR[codes[k]])
+        assert (x[160 * k:160 * (k + 1), 0] == want).all(), k
