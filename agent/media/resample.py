@@ -32,7 +32,9 @@ _QUALITY = "HQ"
 
 class Resampler:
     """Streaming conversion of int16 PCM from ``in_rate_hz`` to ``out_rate_hz``: mono ``(n,)``
-    or stereo ``(n, 2)`` pieces in, int16 of the same shape out."""
+    or stereo ``(n, 2)`` pieces in, int16 of the same shape out. A piece may also be float32
+    on the int16 scale (a mix not clipped yet): it is rounded and clipped once, after the
+    filter."""
 
     __slots__ = ("in_rate_hz", "out_rate_hz", "channels", "_soxr")
 

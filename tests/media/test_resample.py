@@ -95,3 +95,14 @@ def test_full_scale_overshoot_saturates_instead_of_wrapping():
 def test_bad_channel_count_is_refused():
     with pytest.raises(ValueError, match="channels"):
         Resampler(8000, 16000, 3)
+
+
+def test_float32_mix_is_the_int16_path_in_range_and_saturates_beyond():
+    tone = _tone(8000, 700, 1.0, amp=12000)
+    assert np.array_equal(_whole(tone.astype(np.float32), 8000, 16000), _whole(tone, 8000, 16000))
+    loud = _whole(tone.astype(np.float32) * 4, 8000, 16000)    # a mono mix of two loud sides
+    assert loud.max() == 32767 and loud.min() == -32768
+    crest = np.abs(_whole(tone, 8000, 16000)).astype(np.int32) * 4
+    # Where the in-range tone times four clears full scale the mix is pinned there, never wrapped.
+    pinned = crest > 33000
+    assert pinned.any() and (np.abs(loud[pinned].astype(np.int32)) >= 32767).all()
