@@ -12,6 +12,7 @@ or when the process ends first, a held call is reported by name as lost.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Iterable
 
 from agent.config import Config
 from agent.counters import new_counters
-from agent.deliver.spool import Spool
+from agent.deliver.spool import Incoming, Spool
 from agent.deliver.uploader import Uploader
 from agent.errors import AgentError
 from agent.lifecycle import stop_signals
@@ -38,6 +39,7 @@ HOLD_MAX_CALLS = 1000          # finished calls held in memory while the spool c
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
 CLOSE_RETRY_S = 5.0            # at the end, how long held calls still wait for space
+BATCH_MAX_CALLS = 256          # calls spooled with their fsyncs shared (Spool.enqueue_many)
 
 
 def private_workdir(spool_dir: Path, role: str) -> Path:
@@ -94,34 +96,46 @@ class SpoolSink:
         return len(self._held)
 
     def __call__(self, rendered: Rendered) -> None:
-        record = rendered.record
-        if record.get("upload") is False:
-            # A PBX leg whose talk another leg of the conversation uploads
-            # (agent/calls/legs.py): not spooled, so each second of audio is uploaded once.
-            if rendered.audio_path is not None:
-                rendered.audio_path.unlink(missing_ok=True)
-            self.legs_skipped += 1
+        self.put_many([rendered])
+
+    def put_many(self, calls: list[Rendered]) -> None:
+        """Spool finished calls, the fsyncs of up to ``BATCH_MAX_CALLS`` of them shared
+        (``Spool.enqueue_many``), or hold them while the spool cannot be written."""
+        kept = []
+        for rendered in calls:
+            if rendered.record.get("upload") is False:
+                # A PBX leg whose talk another leg of the conversation uploads
+                # (agent/calls/legs.py): not spooled, so each second of audio is uploaded once.
+                if rendered.audio_path is not None:
+                    rendered.audio_path.unlink(missing_ok=True)
+                self.legs_skipped += 1
+            else:
+                kept.append(rendered)
+        if not kept:
             return
         with self._lock:
-            self._held.append(rendered)
+            self._held.extend(kept)
             if time.monotonic() >= self._retry_at:
                 self._flush()
             self._bound()
 
     def _flush(self) -> None:
-        """Spool what is held, oldest first, until the spool refuses (then back off)."""
+        """Spool what is held, oldest first, a batch at a time, until the spool refuses (then
+        back off)."""
         while self._held:
-            try:
-                self._enqueue(self._held[0])
-            except OSError as exc:
+            batch = list(itertools.islice(self._held, BATCH_MAX_CALLS))
+            done, error = self.spool.enqueue_many([self._incoming(r) for r in batch])
+            for rendered, spool_id in zip(batch, done):
+                self._held.popleft()
+                self._spooled(rendered, spool_id)
+            if error is not None:
                 self.counters["deliver.spool.io_error"] += 1
                 self._retry_at = time.monotonic() + self._delay_s
                 log.error("spool %s not writable (%s): %d call(s) held in memory, next try in %.0f s",
-                          self.spool.dir, exc.strerror or exc, len(self._held), self._delay_s)
+                          self.spool.dir, error.strerror or error, len(self._held), self._delay_s)
                 self._delay_s = min(self.retry_max_s, self._delay_s * 2)
                 self._start_retrier()
                 break
-            self._held.popleft()
             if self._delay_s != self.retry_base_s:
                 log.warning("spool writable again: %d call(s) still held", len(self._held))
                 self._delay_s = self.retry_base_s
@@ -140,18 +154,20 @@ class SpoolSink:
         if rendered.audio_path is not None:
             rendered.audio_path.unlink(missing_ok=True)
 
-    def _enqueue(self, rendered: Rendered) -> None:
+    def _incoming(self, rendered: Rendered) -> Incoming:
         record = rendered.record
         fmt = (record.get("recording") or {}).get("format", self.config.api.format)
         content_type = CONTENT_TYPES.get(fmt) if rendered.audio_path else None
-        spool_id = self.spool.enqueue(record, rendered.audio_path, content_type,
-                                      upload_no_audio=self.config.api.upload_no_audio,
-                                      upload_unanswered=self.config.api.upload_unanswered)
+        return Incoming(record, rendered.audio_path, content_type,
+                        upload_no_audio=self.config.api.upload_no_audio,
+                        upload_unanswered=self.config.api.upload_unanswered)
+
+    def _spooled(self, rendered: Rendered, spool_id: str | None) -> None:
         if rendered.audio_path is not None and rendered.audio_path.exists():
             rendered.audio_path.unlink(missing_ok=True)      # the spool holds its own copy
         if spool_id is None:
             self.duplicates += 1
-            log.info("call %s already spooled or delivered: not uploaded again", record["callid"])
+            log.info("call %s already spooled or delivered: not uploaded again", rendered.record["callid"])
         else:
             self.enqueued += 1
             if self.uploader is not None:

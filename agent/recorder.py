@@ -192,15 +192,20 @@ def _start_forkserver() -> None:
                 os.environ[name] = value
 
 
+RENDER_NICE = 5    # render workers' niceness, above the capture loop's (which stays at 0)
+
+
 def _worker_init(umask: int) -> None:
     """In each render worker: die with the forkserver (whose pid it inherited in its
     environment), leave SIGINT to the main process (a Ctrl-C reaches the whole process group),
     create recordings private (``umask``), serve the render's arrays from a heap the worker
-    keeps (``worker_heap``)."""
+    keeps (``worker_heap``), and yield the CPU to the process feeding it (``RENDER_NICE``): a
+    render can wait, a capture ring that is not read drops frames."""
     die_with_parent(env_pid(FORKSERVER_ENV))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.umask(umask)
     keep_arrays_on_heap()
+    os.nice(RENDER_NICE)
 
 
 ABORT_WAIT_S = 3.0     # on a stop, renders already running get this long before their workers are killed
@@ -272,9 +277,27 @@ class Recorder:
                                           no_audio_reason="not_rendered"))
             return
         base = recording_basename(record, self._seq)
-        self._submit(_Job(finished.media_log, finished.streams, finished.media_plan,
-                          self.out_dir / f"{base}.{self.fmt}", record))
+        job = _Job(finished.media_log, finished.streams, finished.media_plan,
+                   self.out_dir / f"{base}.{self.fmt}", record)
+        if finished.media_log is None:
+            self._decide_here(job)
+            return
+        self._submit(job)
         kill_point("render_submitted")        # crash tests: the agent dies while a worker renders
+
+    def _decide_here(self, job: _Job) -> None:
+        """A call without media: its job decides at once (no_rtp, or why encrypted media has no
+        audio), so it runs here, not as a worker round trip: a burst of thousands of media-less
+        endings then never queues ahead of the calls with audio."""
+        future: Future = Future()
+        try:
+            future.set_result(_render_job(job.media_log, job.streams, job.media_plan, job.out_path,
+                                          self.settings, self.fmt, job.record))
+        except Exception as exc:               # passed on without audio, as a worker's failure is
+            future.set_exception(exc)
+        with self._lock:
+            self._futures[future] = job
+        self._done(future)
 
     def _submit(self, job: _Job) -> None:
         with self._lock:

@@ -82,14 +82,15 @@ NO_MEDIA_QUEUE_FACTOR = 64     # calls without media may wait this many times th
 
 class RenderQueue:
     """Bounded hand-over from the engine to the Recorder. When ``limit`` calls with media are
-    waiting for or in rendering the capture loop waits (counted as back-pressure): the kernel
-    ring absorbs the pause, and a finished call is never dropped.
+    waiting for or in rendering, or for the spool, the capture loop waits (counted as
+    back-pressure): the kernel ring absorbs the pause, and a finished call is never dropped.
 
     Calls without media (answered dialogs that never carried RTP: a PBX or a scanner can end
-    thousands of them in one second) cost no render, only their spool write, a few fsyncs
-    (16-33 ms each here). They are counted apart, up to ``NO_MEDIA_QUEUE_FACTOR`` times the
-    limit, a small record each in memory: a burst of them never holds the capture loop while
-    the spool writes them one by one (bench/burst_live.py: 10,000 of them held it ~160 s)."""
+    thousands of them in one second) cost no render, only their spool write (1-2 ms of CPU
+    each here, their fsyncs shared by a batch: agent/spool_handoff.py). They are counted
+    apart, up to ``NO_MEDIA_QUEUE_FACTOR`` times the limit, a small record each in memory: a
+    burst of them never holds the capture loop while the spool writes them (bench/burst_live.py:
+    10,000 of them held it ~160 s when they shared the limit)."""
 
     def __init__(self, recorder, limit: int, counters) -> None:
         self.recorder = recorder
@@ -163,6 +164,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     from agent.media.quality import observe_call
     from agent.media.srtp import observe_srtp
     from agent.pipeline.assembly import build_pipeline, uploaded_legs_only
+    from agent.spool_handoff import SpoolHandoff
 
     cap = config.capture
     counters = new_counters()
@@ -176,17 +178,25 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
     sink = SpoolSink(spool, config)
     queue: RenderQueue
 
+    def on_spooled(rendered) -> None:
+        log.info("call spooled callid=%s audio=%s", rendered.record.get("callid"),
+                 "yes" if rendered.audio_path else rendered.no_audio_reason or "no")
+        queue.done(rendered.record)
+
+    # The recorder's thread only queues a rendered call; the hand-off's thread spools them in
+    # batches (agent/spool_handoff.py), and the render queue counts each call until then.
+    handoff = SpoolHandoff(sink.put_many, on_spooled)
+
     def on_rendered(rendered) -> None:
         try:
             if rendered.audio_path is not None:
                 counters["recorder.recordings"] += 1
             observe_call(rendered.record, counters, config.quality.mos_below)   # before it is spooled
             observe_srtp(rendered.record, counters)
-            sink(rendered)
-            log.info("call spooled callid=%s audio=%s", rendered.record.get("callid"),
-                     "yes" if rendered.audio_path else rendered.no_audio_reason or "no")
-        finally:
+            handoff(rendered)
+        except BaseException:
             queue.done(rendered.record)
+            raise
 
     def on_finished(finished) -> None:
         reason = finished.record.get("end_reason") or "unknown"
@@ -262,6 +272,7 @@ def _capture_loop(config: Config, interfaces: list[str], conn, stop_event, stopp
         engine.finish("shutdown")
         # waits for every render → spool; a disk fault gets half the shutdown budget to clear
         recorder.close(retry_for_s=cap.shutdown_timeout_s / 2)
+        handoff.close()                         # every rendered call spooled (or held)
         sink.close()                            # calls held by a full spool: a last try, or named as lost
         engine.close()
     finally:

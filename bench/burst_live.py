@@ -37,11 +37,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "live")]
 
-from _live_testlib import AgentProcess, pcap_frames, veth_pair, write_config  # noqa: E402
+from _live_testlib import AgentProcess, pcap_frames, veth_pair  # noqa: E402
 from agent.receiver import ReceiverServer  # noqa: E402
 from bench.burst_end import (BURST_AT_NS, REAL_CALLID, real_call_packets, real_call_problems,  # noqa: E402
                              write_burst)
-from bench.live_rate import metric, proc_cpu_s, reap_descendants, send_paced  # noqa: E402
+from bench.live_rate import deployed_config, metric, proc_cpu_s, reap_descendants, send_paced  # noqa: E402
 
 SAMPLE_EVERY_S = 0.1
 DELIVERY_WAIT_S = 600.0
@@ -117,13 +117,11 @@ def run_burst(dialogs: int, real_s: float, timeout_s: float, burst_packets: int,
     real_sip = [i for i, (_, frame) in enumerate(records) if f"Call-ID: {REAL_CALLID}".encode() in frame]
     answer, bye = (next(i for i in real_sip if start in records[i][1]) for start in (b"SIP/2.0 200 OK", b"BYE sip:"))
     spool = work / "spool"
-    cfg = write_config(work / "agent.toml", url=url, ca=ca, spool=spool,
-                       extra=f"[sip]\nrtp_timeout_s = {timeout_s}\nsignalling_timeout_s = {timeout_s}\n")
-    text = cfg.read_text()
-    for line in ("buffer_mb = 16", "block_kb = 256", "block_timeout_ms = 50"):   # the agent's default ring
-        text = text.replace(line + "\n", "")
-    text = text.replace('listen = ""', f'listen = "127.0.0.1:{port}"').replace("workers = 1", "workers = 0")
-    cfg.write_text(text.replace("[recording]\n", "[recording]\nchannels = 2\n"))
+    # the agent's defaults, but WAV (its samples are checked) and delivered calls kept (the record is read back)
+    cfg = deployed_config(work / "agent.toml", url=url, ca=ca, spool=spool, port=port, fmt="wav",
+                          extra=f"[sip]\nrtp_timeout_s = {timeout_s}\nsignalling_timeout_s = {timeout_s}\n",
+                          keep=("retention_days = 1",))
+    cfg.write_text(cfg.read_text().replace("[recording]\n", "[recording]\nchannels = 2\n"))
     try:
         with veth_pair() as (a, b):
             agent = AgentProcess(cfg, [b], work / "agent.log")
@@ -133,7 +131,7 @@ def run_burst(dialogs: int, real_s: float, timeout_s: float, burst_packets: int,
                 sampler = CpuSampler(cpid)
                 sampler.start()
                 sent_mono = {burst_last: 0.0, 0: 0.0, answer: 0.0, bye: 0.0}
-                achieved = send_paced(a, records, sent_mono)
+                achieved = send_paced(a, records, sent_mono).rate_pps
                 deadline = time.monotonic() + DELIVERY_WAIT_S
                 metrics = ""
                 delivered_mono = None

@@ -1,22 +1,25 @@
-"""Live capture rate: push bench/synth.py's synthetic calls into a veth pair at fixed rates and
-measure what ``calln-agent run`` (capturing on the other end) keeps up with.
+"""Live capacity: ``calln-agent run`` recording G.711 calls to MP3 from a veth pair and
+delivering them to a local receiver; how many concurrent calls one core records.
 
 Needs root (veth, CAP_NET_RAW). Everything stays on this machine: the veth pair has no
-addresses, the agent delivers to a local receiver on 127.0.0.1. No tcpreplay needed: frames are
-sent with an AF_PACKET socket in 1 ms bursts. Prints, per rate: achieved send rate, ring and
-kernel drops, calls finished, capture-process RSS and CPU per 1,000 pps, and the CPU of the
-agent's whole process tree (capture, forkserver, recorder workers: the bench is a child
-subreaper and reaps every descendant) from start to the end of its shutdown, which records and
-spools every call: audio-seconds recorded per CPU-second of the tree = concurrent calls one
-core records (``--format`` mp3 by default, as delivered).
+addresses, the agent delivers to a receiver on 127.0.0.1 running in this process. No
+tcpreplay needed: frames are sent with an AF_PACKET socket at their capture's own pace (as
+tcpreplay replays), streamed from bench/synth.py's capture (cached under /tmp: 1,000 calls
+of 60 s are 6 M frames, 1.4 GB).
 
-    sudo python3 bench/live_rate.py [--rates 10000,20000,40000] [--seconds 20] [--format mp3]
+Each run: ``--concurrent`` calls of ``--call-s`` seconds (PCMU both ways, 20 ms), their
+starts spread over the first ``--call-s`` seconds, so all of them are up at once at the
+middle of the run (100 packets/s per call: 1,000 calls = 100,000 packets/s at the peak).
+After the last frame the bench waits until the receiver has stored every call, takes the
+CPU of each process of the agent (capture process, supervisor with its uploader threads,
+forkserver and recorder workers), then stops the agent and counts its whole tree, shutdown
+included (the bench is a child subreaper and reaps every descendant). Prints drops where
+each can happen (the capture's ring, the kernel's socket, the veth's backlog), calls
+finished and delivered, the delay from the last frame until every call was stored, and
+audio-seconds recorded per CPU-second of the agent's tree = concurrent calls one core
+records. The receiver's CPU (TLS and storing, in this process) is printed apart.
 
-Frames are sent at their capture's own pace (its timestamps, as tcpreplay replays), so every
-call arrives in real time; the calls start over the first ``CALL_S`` seconds, so at the
-middle of the run all of them are up at once: ``--rates`` is the average packet rate over
-``--seconds`` and the peak is twice it (``--rates 50000`` = 1,000 concurrent calls at the peak,
-100,000 packets/s).
+    sudo python3 bench/live_rate.py [--concurrent 400,1000] [--call-s 60] [--format mp3]
 """
 
 from __future__ import annotations
@@ -27,25 +30,29 @@ import os
 import re
 import resource
 import socket
+import struct
 import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "live")]
 
-from _live_testlib import AgentProcess, pcap_frames, veth_pair, write_config  # noqa: E402
+from _live_testlib import AgentProcess, veth_pair, write_config  # noqa: E402
 from agent.receiver import ReceiverServer  # noqa: E402
-from bench.synth import write_calls  # noqa: E402
+from bench.replay_rate import capture_for  # noqa: E402
 
-CALL_S = 10.0                      # each synthetic call: 10 s of 20 ms PCMU both ways
+PCAP_LE_USEC = 0xA1B2C3D4          # what bench/synth.py writes
+DELIVERY_WAIT_S = 600.0
 
 
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0          # utime + stime, clock ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")     # utime + stime
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -55,33 +62,84 @@ def proc_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (children, their children, ...)."""
+    parent_of = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                parent_of[int(entry.name)] = int(Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass                        # exited meanwhile
+    found, frontier = [], [root]
+    while frontier:
+        kids = [pid for pid, ppid in parent_of.items() if ppid in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
 def metric(text: str, name: str) -> int:
     m = re.search(rf"^{re.escape(name)} (\d+)", text, re.M)
     return int(m.group(1)) if m else 0
 
 
-def send_paced(ifname: str, records: list[tuple[int, bytes]], sent_mono: dict[int, float] | None = None) -> float:
+def pcap_records(path: Path, chunk_bytes: int = 8 << 20) -> Iterator[tuple[int, memoryview]]:
+    """(time ns, frame) of each record of a little-endian microsecond pcap, read a chunk at a
+    time (a whole capture of 1,000 calls would not fit in memory as Python objects)."""
+    with open(path, "rb") as fh:
+        if struct.unpack("<I", fh.read(24)[:4])[0] != PCAP_LE_USEC:
+            raise SystemExit(f"{path}: not a little-endian microsecond pcap")
+        rest = b""
+        while chunk := fh.read(chunk_bytes):
+            data = rest + chunk
+            view = memoryview(data)
+            pos = 0
+            while pos + 16 <= len(data):
+                sec, usec, length, _ = struct.unpack_from("<IIII", data, pos)
+                end = pos + 16 + length
+                if end > len(data):
+                    break
+                yield sec * 1_000_000_000 + usec * 1000, view[pos + 16:end]
+                pos = end
+            rest = data[pos:]
+
+
+@dataclass(slots=True)
+class Sent:
+    frames: int
+    rate_pps: float          # average over the whole send
+    late_s: float            # the furthest the sender fell behind the capture's clock
+
+
+def send_paced(ifname: str, records: Iterable[tuple[int, bytes | memoryview]],
+               sent_mono: dict[int, float] | None = None) -> Sent:
     """Send the frames at their capture's own pace (as tcpreplay does), in bursts of what is
-    due within the next millisecond; returns the average rate achieved. ``sent_mono``: frame
-    indexes whose send time (time.monotonic) the caller wants, filled in."""
+    due within the next millisecond. ``sent_mono``: frame indexes whose send time
+    (time.monotonic) the caller wants, filled in."""
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.bind((ifname, 0))
-    t0 = records[0][0]
     start = time.monotonic()
-    i = 0
-    while i < len(records):
-        now_ns = t0 + int((time.monotonic() - start) * 1e9) + 1_000_000
-        while i < len(records) and records[i][0] <= now_ns:
-            s.send(records[i][1])
-            if sent_mono is not None and i in sent_mono:
-                sent_mono[i] = time.monotonic()
-            i += 1
-        if i < len(records):
-            delay = start + (records[i][0] - t0) / 1e9 - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-    s.close()
-    return len(records) / (time.monotonic() - start)
+    t0 = None
+    late_s = 0.0
+    n = 0
+    try:
+        for ts_ns, frame in records:
+            if t0 is None:
+                t0 = ts_ns
+            due = start + (ts_ns - t0) / 1e9
+            delay = due - time.monotonic()
+            if delay > 0.001:
+                time.sleep(delay - 0.001)       # what falls due within the next ms goes now
+            elif delay < -late_s:
+                late_s = -delay
+            s.send(frame)
+            if sent_mono is not None and n in sent_mono:
+                sent_mono[n] = time.monotonic()
+            n += 1
+    finally:
+        s.close()
+    return Sent(n, n / max(1e-9, time.monotonic() - start), late_s)
 
 
 def reap_descendants() -> None:
@@ -99,32 +157,62 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_rate(pps: int, seconds: float, work: Path, url: str, ca: Path, port: int, fmt: str) -> dict:
-    calls = max(1, int(pps * seconds / (2 * CALL_S * 50)))
-    cap = work / f"synth-{pps}.pcap"
-    write_calls(cap, calls=calls, concurrent=calls, duration_s=CALL_S)
-    records = pcap_frames(cap)
-    cap.unlink()
-    cfg = write_config(work / f"agent-{pps}.toml", url=url, ca=ca, spool=work / f"spool-{pps}",
-                       extra="")
-    text = cfg.read_text().replace("buffer_mb = 16", "buffer_mb = 64").replace('listen = ""', f'listen = "127.0.0.1:{port}"')
-    text = text.replace('format = "wav"', f'format = "{fmt}"').replace("workers = 1", "workers = 0")
-    cfg.write_text(text)
+def self_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def veth_drops(*ifnames: str) -> int:
+    """Frames the veth pair dropped (either end's counters) plus the kernel's per-CPU backlog
+    drops (/proc/net/softnet_stat, second column: a veth delivers through that backlog)."""
+    n = sum(int(Path(f"/sys/class/net/{i}/statistics/{c}").read_text())
+            for i in ifnames for c in ("tx_dropped", "rx_dropped"))
+    return n + sum(int(line.split()[1], 16) for line in Path("/proc/net/softnet_stat").read_text().splitlines())
+
+
+# write_config's settings for quick tests: a small ring, small upload chunks, delivered calls
+# kept a day, one render worker. A capacity bench runs the agent's own defaults instead.
+TEST_SETTINGS = ("buffer_mb = 16", "block_kb = 256", "block_timeout_ms = 50", "chunk_bytes = 65536",
+                 "retention_days = 1", "workers = 1")
+
+
+def deployed_config(path: Path, *, url: str, ca: Path, spool: Path, port: int, fmt: str, extra: str = "",
+                    keep: tuple[str, ...] = ()) -> Path:
+    """An agent configuration with the defaults of a deployment (``keep``: test settings still
+    wanted), ``fmt`` recordings and metrics on 127.0.0.1:``port``."""
+    text = write_config(path, url=url, ca=ca, spool=spool, extra=extra).read_text()
+    for line in TEST_SETTINGS:
+        if line not in keep:
+            text = text.replace(line + "\n", "")
+    path.write_text(text.replace('listen = ""', f'listen = "127.0.0.1:{port}"').replace('format = "wav"', f'format = "{fmt}"'))
+    return path
+
+
+def run_once(concurrent: int, call_s: float, work: Path, rx: ReceiverServer, port: int, fmt: str) -> dict:
+    cap = capture_for(concurrent, call_s, 0.0, 0.0)
+    tag = f"{concurrent}x{call_s:g}"
+    url, ca = rx.url, rx.ca_path
+    cfg = deployed_config(work / f"agent-{tag}.toml", url=url, ca=ca, spool=work / f"spool-{tag}", port=port, fmt=fmt)
+    stored0 = rx.stats.get("stored", 0)
     with veth_pair() as (a, b):
         reap_descendants()
-        tree0 = children_cpu_s()
-        agent = AgentProcess(cfg, [b], work / f"agent-{pps}.log")
+        tree0, self0 = children_cpu_s(), self_cpu_s()
+        agent = AgentProcess(cfg, [b], work / f"agent-{tag}.log")
         try:
             agent.wait_ready()
-            m = re.search(r"agent\.run\[(\d+)\]: capturing on", agent.log_text())
-            cpid = int(m.group(1))
-            cpu0 = proc_cpu_s(cpid)
-            t0 = time.monotonic()
-            achieved = send_paced(a, records)
-            time.sleep(1.5)
-            elapsed = time.monotonic() - t0
-            cpu = proc_cpu_s(cpid) - cpu0
+            cpid = int(re.search(r"agent\.run\[(\d+)\]: capturing on", agent.log_text()).group(1))
+            drops0 = veth_drops(a, b)
+            main0 = time.thread_time()
+            sent = send_paced(a, pcap_records(cap))
+            sent_at = time.monotonic()
+            while rx.stats.get("stored", 0) - stored0 < concurrent and time.monotonic() < sent_at + DELIVERY_WAIT_S:
+                time.sleep(0.2)
+            delivered_after_s = time.monotonic() - sent_at
+            delivered = rx.stats.get("stored", 0) - stored0
+            veth = veth_drops(a, b) - drops0
             rss = proc_rss_mb(cpid)
+            per_process = {pid: proc_cpu_s(pid) for pid in [agent.proc.pid, *descendants(agent.proc.pid)]}
+            receiver_cpu = (self_cpu_s() - self0) - (time.thread_time() - main0)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
                 metrics = resp.read().decode()
         finally:
@@ -132,40 +220,52 @@ def run_rate(pps: int, seconds: float, work: Path, url: str, ca: Path, port: int
             reap_descendants()
         tree_cpu = children_cpu_s() - tree0
     finished = sum(int(v) for v in re.findall(r'^calln_calls_finished_total\{reason="[^"]+"\} (\d+)', metrics, re.M))
-    return {"pps": pps, "achieved_pps": achieved, "frames": len(records),
+    capture_cpu = per_process[cpid]
+    supervisor_cpu = per_process[agent.proc.pid]
+    return {"concurrent": concurrent, "frames": sent.frames, "sent_pps": sent.rate_pps, "late_s": sent.late_s,
             "captured": metric(metrics, "calln_packets_total"),
             "ring_drops": metric(metrics, 'calln_drops_total{kind="ring"}'),
-            "kernel_drops": metric(metrics, 'calln_drops_total{kind="kernel"}'),
-            "calls": calls, "finished_before_stop": finished, "rss_mb": rss,
-            "cpu_pct": 100 * cpu / elapsed, "cpu_pct_per_kpps": 100 * cpu / elapsed / (achieved / 1000),
-            "tree_cpu_s": tree_cpu, "calls_per_core": calls * CALL_S / tree_cpu}
+            "kernel_drops": metric(metrics, 'calln_drops_total{kind="kernel"}'), "veth_drops": veth,
+            "finished": finished, "delivered": delivered, "delivered_after_s": delivered_after_s,
+            "rss_mb": rss, "capture_cpu_s": capture_cpu, "supervisor_cpu_s": supervisor_cpu,
+            "workers_cpu_s": sum(per_process.values()) - capture_cpu - supervisor_cpu,
+            "tree_cpu_s": tree_cpu, "receiver_cpu_s": receiver_cpu,
+            "audio_s_per_cpu_s": delivered * call_s / tree_cpu}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", default="10000,20000,40000")
-    ap.add_argument("--seconds", type=float, default=2 * CALL_S)
-    ap.add_argument("--port", type=int, default=19731)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrent", default="400,1000", help="calls up at once at the peak, one run each")
+    ap.add_argument("--call-s", type=float, default=60.0, help="each call's length, seconds")
+    ap.add_argument("--port", type=int, default=19731, help="the agent's metrics port")
     ap.add_argument("--format", default="mp3", choices=("mp3", "wav"))
     args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root (veth pair, CAP_NET_RAW)")
     PR_SET_CHILD_SUBREAPER = 36
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise SystemExit("prctl(PR_SET_CHILD_SUBREAPER) failed")
-    work = Path(tempfile.mkdtemp(prefix="calln-live-bench-"))
-    rx = ReceiverServer(work / "received", username="agent", password="secret")
-    url, ca = rx.start()
-    try:
-        print(f"{'rate':>7} {'sent/s':>8} {'frames':>8} {'captured':>9} {'ring drop':>9} {'kern drop':>9} "
-              f"{'calls':>6} {'ended':>6} {'RSS MB':>7} {'CPU %':>6} {'CPU%/kpps':>9} {'tree CPU s':>10} "
-              f"{'calls/core':>10}   (load: {os.getloadavg()[0]:.2f})")
-        for pps in (int(r) for r in args.rates.split(",")):
-            r = run_rate(pps, args.seconds, work, url, ca, args.port, args.format)
-            print(f"{r['pps']:>7} {r['achieved_pps']:>8.0f} {r['frames']:>8} {r['captured']:>9} "
-                  f"{r['ring_drops']:>9} {r['kernel_drops']:>9} {r['calls']:>6} {r['finished_before_stop']:>6} "
-                  f"{r['rss_mb']:>7.0f} {r['cpu_pct']:>6.1f} {r['cpu_pct_per_kpps']:>9.2f} {r['tree_cpu_s']:>10.1f} "
-                  f"{r['calls_per_core']:>10.0f}", flush=True)
-    finally:
-        rx.stop()
+    with tempfile.TemporaryDirectory(prefix="calln-live-bench-") as tmp:
+        work = Path(tmp)
+        rx = ReceiverServer(work / "received", username="agent", password="secret")
+        rx.start()
+        try:
+            for concurrent in (int(c) for c in args.concurrent.split(",")):
+                load = os.getloadavg()[0]
+                r = run_once(concurrent, args.call_s, work, rx, args.port, args.format)
+                print(f"{concurrent} concurrent {args.call_s:g} s calls, {args.format} (load {load:.2f} before, "
+                      f"{os.getloadavg()[0]:.2f} after, {os.cpu_count()} cores):")
+                print(f"  sent {r['frames']:,} frames ({r['sent_pps']:,.0f}/s average, sender at most "
+                      f"{r['late_s'] * 1000:.0f} ms late), captured {r['captured']:,}; drops: ring {r['ring_drops']}, "
+                      f"kernel {r['kernel_drops']}, veth {r['veth_drops']}")
+                print(f"  calls finished {r['finished']}, delivered {r['delivered']} (the last "
+                      f"{r['delivered_after_s']:.1f} s after the last frame); capture RSS {r['rss_mb']:.0f} MB")
+                print(f"  CPU-s until delivered: capture {r['capture_cpu_s']:.1f}, workers {r['workers_cpu_s']:.1f}, "
+                      f"supervisor (uploads) {r['supervisor_cpu_s']:.1f}; whole tree with shutdown "
+                      f"{r['tree_cpu_s']:.1f}; receiver (apart) {r['receiver_cpu_s']:.1f}")
+                print(f"  {r['audio_s_per_cpu_s']:,.0f} audio-s per CPU-s = concurrent calls per core", flush=True)
+        finally:
+            rx.stop()
 
 
 if __name__ == "__main__":

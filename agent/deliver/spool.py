@@ -42,6 +42,7 @@ import wave
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from agent.calls.record import CallRecord, record_from_json
 from agent.deliver import spool_files as files
@@ -58,7 +59,7 @@ from agent.private import loose_spool_modes
 log = logging.getLogger("agent.deliver")
 
 # The names the uploader, the CLI and the tests use, in one import.
-__all__ = ["Spool", "SpoolEntry", "silence_wav", "call_key", "LEDGER_SHARDS", "UploadState",
+__all__ = ["Spool", "SpoolEntry", "Incoming", "silence_wav", "call_key", "LEDGER_SHARDS", "UploadState",
            "READY", "CREATED", "UPLOADING", "DELIVERED", "DELIVERED_UNCONFIRMED", "PARKED",
            "SKIPPED_UNANSWERED", "ACTIVE_STATES", "DONE_STATES", "RETRYABLE_BY_OPERATOR"]
 
@@ -74,6 +75,29 @@ def silence_wav(duration_ms: int = 1000, sample_rate_hz: int = 8000) -> bytes:
         w.setframerate(sample_rate_hz)
         w.writeframes(b"\x00\x00" * (sample_rate_hz * duration_ms // 1000))
     return buf.getvalue()
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One finished call for ``Spool.enqueue_many`` (the arguments of ``enqueue``)."""
+    record: CallRecord
+    audio_path: Path | None
+    content_type: str | None
+    upload_no_audio: bool = False
+    upload_unanswered: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Built:
+    """A call ``enqueue_many`` has built in tmp/<id>, locked until it is published."""
+    call_id: str
+    work: Path
+    lock_fd: int
+    state: UploadState
+    audio_path: Path | None                 # where the recording was (put back on failure)
+    audio_file: str | None = None           # its name inside the call's directory
+    claimed: bool = False
+    published: bool = False
 
 
 @dataclass(slots=True)
@@ -134,6 +158,74 @@ class Spool(SpoolRecovery):
     def enqueue(self, record: CallRecord, audio_path: Path | None, content_type: str | None,
                 *, upload_no_audio: bool = False, upload_unanswered: bool = False) -> str | None:
         """Add a finished call durably. Returns its spool id, or None for a duplicate."""
+        done, error = self.enqueue_many([Incoming(record, audio_path, content_type,
+                                                  upload_no_audio, upload_unanswered)])
+        if error is not None:
+            raise error
+        return done[0]
+
+    def enqueue_many(self, calls: Sequence[Incoming]) -> tuple[list[str | None], OSError | None]:
+        """Add finished calls durably, the fsyncs of the batch shared (group commit): every
+        call is built in tmp/ unsynced, then the batch's files and directories are fsynced
+        together, its ledger keys claimed together (``Ledger.claim_many``), and the calls
+        renamed into calls/ with one fsync of that directory. Each step of one call keeps the
+        order ``enqueue`` always had, so a crash anywhere leaves what recovery completes.
+
+        Returns the spool ids (None: a duplicate) of the first calls, in order, and the OSError
+        that kept the others out (None when all went in): those were never published and
+        their recordings are back where they were."""
+        built: list[_Built | None] = []          # per call, in order; None: known already
+        error: OSError | None = None
+        try:
+            for item in calls:
+                try:
+                    built.append(self._build(item))
+                except OSError as exc:
+                    error = exc
+                    break
+            live = [b for b in built if b is not None]
+            try:
+                self._sync_built(live)
+            except OSError as exc:
+                return [], self._discard(live, exc)
+            kill_point("spool_tmp_written")
+            try:
+                claimed = self.ledger.claim_many([(b.state["key"], b.call_id) for b in live])
+            except OSError as exc:
+                return [], self._discard(live, exc)
+            kill_point("spool_claimed")
+            done: list[str | None] = []
+            for b, won in zip(live, claimed):
+                b.claimed = won
+            for b in built:
+                if b is not None and b.claimed:
+                    try:
+                        os.replace(self.tmp_dir / b.call_id, self.calls_dir / b.call_id)
+                    except OSError as exc:
+                        error = self._discard([c for c in live if not c.published], exc)
+                        break
+                    b.published = True
+                    kill_point("spool_published")
+                elif b is not None:                  # another call holds the key
+                    self._discard([b], None)
+                    self.counters["deliver.spool.duplicate"] += 1
+                done.append(b.call_id if b is not None and b.claimed else None)
+            files.fsync_dir(self.calls_dir)
+        except BaseException:
+            self._discard([b for b in built if b is not None and not b.published], None)
+            raise
+        finally:
+            for b in built:
+                if b is not None:
+                    os.close(b.lock_fd)
+        for b in built[:len(done)]:
+            if b is not None and b.published:
+                self._published(b)
+        return done, error
+
+    def _build(self, item: Incoming) -> _Built | None:
+        """A call's directory in tmp/, unsynced: record, audio, state. None: a known call."""
+        record = item.record
         key = call_key(record)
         if self.ledger.lookup(key) is not None:
             self.counters["deliver.spool.duplicate"] += 1
@@ -143,60 +235,69 @@ class Spool(SpoolRecovery):
         state = fresh_state(call_id, key)
         work = self.tmp_dir / call_id
         work.mkdir(mode=0o700)
-        # Held while the call is built: start-up recovery completes only tmp/ entries whose
-        # enqueuer died (the kernel drops the lock with the process), never one in progress.
+        # Held until published: start-up recovery completes only tmp/ entries whose enqueuer
+        # died (the kernel drops the lock with the process), never one in progress.
         lock_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        audio_file = None
+        b = _Built(call_id, work, lock_fd, state, item.audio_path)
         try:
             # record.json first and state.json last: a tmp/ entry with a state is complete, and
             # one with a record and its audio can be completed by recovery (spool_state.call_dir_state).
-            files.write_atomic(work / "record.json", files.json_bytes(record), sync_dir=False)
-            if audio_path is not None:
-                ctype = content_type or AUDIO_TYPE_FOR_EXT.get(Path(audio_path).suffix.lstrip(".").lower(), "audio/mpeg")
-                audio_file = f"audio.{AUDIO_EXT_FOR_TYPE.get(ctype, 'bin')}"
-                files.move_in(Path(audio_path), work / audio_file)
+            files.write_atomic(work / "record.json", files.json_bytes(record), sync=False)
+            if item.audio_path is not None:
+                ctype = item.content_type or AUDIO_TYPE_FOR_EXT.get(
+                    Path(item.audio_path).suffix.lstrip(".").lower(), "audio/mpeg")
+                b.audio_file = f"audio.{AUDIO_EXT_FOR_TYPE.get(ctype, 'bin')}"
+                files.move_in(Path(item.audio_path), work / b.audio_file, sync=False)
                 state["content_type"] = ctype
-            elif (answered and upload_no_audio) or (not answered and upload_unanswered):
-                audio_file = "audio.wav"
-                files.write_atomic(work / audio_file, silence_wav(), sync_dir=False)
+            elif (answered and item.upload_no_audio) or (not answered and item.upload_unanswered):
+                b.audio_file = "audio.wav"
+                files.write_atomic(work / b.audio_file, silence_wav(), sync=False)
                 state["content_type"] = "audio/wav"
                 self.counters["deliver.spool.silence_generated"] += 1
-            state["audio_file"] = audio_file
+            state["audio_file"] = b.audio_file
             kill_point("spool_audio_moved")
-            if not answered and not upload_unanswered:
+            if not answered and not item.upload_unanswered:
                 state["state"] = SKIPPED_UNANSWERED
                 self.counters["deliver.spool.skipped_unanswered"] += 1
-            elif audio_file is None:
+            elif b.audio_file is None:
                 why = str(record.get("no_audio_reason") or "unknown")
                 state["state"] = PARKED
                 state["reason"] = f"no_audio:{why}"
                 self.counters["deliver.spool.parked_no_audio"] += 1
-            files.write_atomic(work / "state.json", files.json_bytes(state), sync_dir=False)
-            files.fsync_dir(work)
-            kill_point("spool_tmp_written")
-            # Claim the key only once the call is complete on disk; the exclusive
-            # create is what makes two concurrent enqueues of one call safe.
-            if not self.ledger.claim(key, call_id):
-                shutil.rmtree(work, ignore_errors=True)
-                self.counters["deliver.spool.duplicate"] += 1
-                return None
-            kill_point("spool_claimed")
-            self._publish(call_id)
-            kill_point("spool_published")
+            files.write_atomic(work / "state.json", files.json_bytes(state), sync=False)
         except BaseException:
-            if audio_file is not None and audio_path is not None:
-                files.put_back(work / audio_file, Path(audio_path))   # the caller still holds the call
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        finally:
+            self._discard([b], None)
             os.close(lock_fd)
+            raise
+        return b
+
+    def _sync_built(self, built: list[_Built]) -> None:
+        """Every file of the built calls, then their directories, durable: one pass each, so
+        that a filesystem writes blocks the calls share once."""
+        for b in built:
+            for name in ("record.json", b.audio_file, "state.json"):
+                if name is not None:
+                    files.fsync_path(b.work / name)
+        for b in built:
+            files.fsync_dir(b.work)
+
+    def _discard(self, built: list[_Built], exc: OSError | None) -> OSError | None:
+        """Undo calls not published: each recording back where it was (the caller still holds
+        the call), its tmp/ directory removed. Returns ``exc``."""
+        for b in built:
+            if b.audio_file is not None and b.audio_path is not None:
+                files.put_back(b.work / b.audio_file, Path(b.audio_path))
+            shutil.rmtree(b.work, ignore_errors=True)
+        return exc
+
+    def _published(self, b: _Built) -> None:
+        state = b.state
         if state["state"] == SKIPPED_UNANSWERED:
-            self.ledger.mark(key, "skipped", call_id)
+            self.ledger.mark(state["key"], "skipped", b.call_id)
         with self._lock:
-            self._states[call_id] = state
+            self._states[b.call_id] = state
         self.counters["deliver.spool.enqueued"] += 1
-        return call_id
 
     def _publish(self, call_id: str) -> None:
         """Make a complete tmp/<id> visible as a call: one atomic rename."""

@@ -30,22 +30,33 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn."""
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True, sync: bool = True) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn.
+    ``sync=False`` (a batch that fsyncs its files together, ``fsync_path``) skips both fsyncs."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data)
+    write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data, sync=sync)
     os.replace(tmp, path)
-    if sync_dir:
+    if sync and sync_dir:
         fsync_dir(path.parent)
 
 
-def write_synced(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to the open file ``fd``, fsync it and close it."""
+def fsync_path(path: Path) -> None:
+    """Make a file written without fsync durable (its data and inode)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_synced(fd: int, data: bytes, *, sync: bool = True) -> None:
+    """Write all of ``data`` to the open file ``fd``, fsync it (unless told not to) and close it."""
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -53,11 +64,27 @@ def write_synced(fd: int, data: bytes) -> None:
 def create_whole(path: Path, data: bytes) -> bool:
     """Create ``path`` holding ``data``, exclusively: False if it exists. Readers never see it
     empty or part-written (a temp file linked into place), unlike a bare O_EXCL create."""
+    staged = stage_whole(path, data, sync=True)
+    if not place_whole(staged, path, data):
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def stage_whole(path: Path, data: bytes, *, sync: bool) -> Path:
+    """The first half of ``create_whole``: ``data`` in a temp file beside ``path`` (fsynced
+    with ``sync``; a batch fsyncs its temp files together, ``fsync_path``)."""
     path.parent.mkdir(mode=0o700, exist_ok=True)       # a shard removed by hand
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.claim.tmp")
-    write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data)
+    write_synced(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data, sync=sync)
+    return tmp
+
+
+def place_whole(staged: Path, path: Path, data: bytes) -> bool:
+    """The second half of ``create_whole``: link the durable temp file ``staged`` to ``path``
+    exclusively (False if it exists) and remove the temp name. The caller fsyncs the directory."""
     try:
-        os.link(tmp, path)
+        os.link(staged, path)
     except FileExistsError:
         return False
     except OSError as exc:
@@ -70,8 +97,7 @@ def create_whole(path: Path, data: bytes) -> bool:
             return False
         write_synced(fd, data)
     finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+        staged.unlink(missing_ok=True)
     return True
 
 
@@ -90,8 +116,9 @@ def link_or_move(src: Path, dst: Path) -> bool:
     return False
 
 
-def move_in(src: Path, dst: Path) -> None:
-    """Move the recording in, private (0600) and durable; ``dst`` appears whole or not at all."""
+def move_in(src: Path, dst: Path, *, sync: bool = True) -> None:
+    """Move the recording in, private (0600) and durable; ``dst`` appears whole or not at all.
+    ``sync=False``: the caller fsyncs ``dst`` later (``fsync_path``), with a batch's other files."""
     try:
         os.replace(src, dst)
     except OSError as exc:
@@ -111,11 +138,8 @@ def move_in(src: Path, dst: Path) -> None:
             pass
         return
     os.chmod(dst, 0o600)        # rendered files are made with the worker's umask
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if sync:
+        fsync_path(dst)
 
 
 def put_back(moved: Path, src: Path) -> None:

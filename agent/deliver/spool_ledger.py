@@ -197,6 +197,28 @@ class Ledger:
         finally:
             os.close(fd)
 
+    def claim_many(self, claims: list[tuple[str, str]]) -> list[bool]:
+        """``claim`` for many (key, call id) pairs with their fsyncs shared: the claims' temp
+        files are written, then fsynced together, linked into place, and each shard directory
+        fsynced once. A key already taken goes through ``claim`` (a crashed enqueue's stale claim)."""
+        paths = [self.path(key) for key, _ in claims]
+        datas = [f"queued {call_id}\n".encode() for _, call_id in claims]
+        staged: list[Path] = []
+        won: list[bool] = []
+        try:
+            for path, data in zip(paths, datas):
+                staged.append(files.stage_whole(path, data, sync=False))
+            for tmp in staged:
+                files.fsync_path(tmp)
+            for tmp, path, data in zip(staged, paths, datas):
+                won.append(files.place_whole(tmp, path, data))
+        finally:
+            for tmp in staged[len(won):]:
+                tmp.unlink(missing_ok=True)
+        for shard in {path.parent for path, w in zip(paths, won) if w}:
+            files.fsync_dir(shard)
+        return [w or self.claim(key, call_id) for w, (key, call_id) in zip(won, claims)]
+
     def mark(self, key: str, kind: str, call_id: str,
              summary: dict[str, str] | None = None) -> None:
         line = f"{kind} {call_id}"

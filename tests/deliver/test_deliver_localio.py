@@ -29,11 +29,11 @@ class FullDisk:
         self.where = where
         real = spool_files.write_atomic
 
-        def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+        def write_atomic(path: Path, data: bytes, **how: bool) -> None:
             if self.full and self.where in str(path):
                 self.refused += 1
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
-            real(path, data, sync_dir=sync_dir)
+            real(path, data, **how)
         monkeypatch.setattr(spool_files, "write_atomic", write_atomic)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.deliver.spool import (DELIVERED, PARKED, READY, SKIPPED_UNANSWERED, Spool, call_key)
+from agent.deliver.spool import (DELIVERED, PARKED, READY, SKIPPED_UNANSWERED, Incoming, Spool, call_key)
 from agent.deliver.uploader import Uploader
 from deliver_helpers import api_for, make_audio, make_record
 
@@ -75,6 +75,40 @@ def test_kill_during_enqueue_keeps_the_call(tmp_path: Path, receiver, point, lef
         assert stored.audio == data and stored.meta["callerphone"] == record["callerphone"]
         assert spool.summary() == {DELIVERED: 1}
         assert spool.counters["deliver.spool.recovered_publish"] == (point != "spool_published")
+
+
+# A batch of three calls (Spool.enqueue_many: built, synced, claimed, published together),
+# killed at (point, pass): what the crash left, and which calls it had taken in.
+BATCH_WINDOWS = [
+    ("spool_audio_moved", 2, "call 0 complete, call 1 without its state, call 2 untouched", 2),
+    ("spool_tmp_written", 1, "three complete tmp/ entries, no claim", 3),
+    ("spool_claimed", 1, "three claims, nothing published", 3),
+    ("spool_published", 2, "calls 0 and 1 published, call 2 claimed in tmp/", 3),
+]
+
+
+@pytest.mark.parametrize("point,n,left,taken", BATCH_WINDOWS, ids=[f"{p}:{n}" for p, n, _, _ in BATCH_WINDOWS])
+def test_kill_during_a_batch_enqueue_keeps_every_call(tmp_path: Path, receiver, point, n, left, taken) -> None:
+    spool_dir = tmp_path / "spool"
+    audio = [make_audio(tmp_path, i, 5000 + i) for i in range(3)]
+    proc = _run("enqueue-batch", str(spool_dir), *(str(path) for path, _ in audio), kill_at=f"{point}:{n}")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert [path.exists() for path, _ in audio] == [i >= taken for i in range(3)], left
+
+    spool = Spool(spool_dir, retention_days=1.0)  # start-up recovery
+    assert not list((spool_dir / "tmp").iterdir())
+    assert [e.state for e in spool.list()] == [READY] * taken, left
+    records = [make_record(i) for i in range(3)]
+    assert all(_ledger_line(spool, r) == "queued" for r in records[:taken])
+    # The caller enqueues again what it still holds (a replay run again: every call): the calls
+    # the spool took in are duplicates, the others go in now.
+    again = [Incoming(r, path if path.exists() else make_audio(tmp_path, 10 + i, 100)[0], "audio/mpeg")
+             for i, (r, (path, _)) in enumerate(zip(records, audio))]
+    done, error = spool.enqueue_many(again)
+    assert error is None and [d is None for d in done] == [i < taken for i in range(3)]
+    _deliver(spool, receiver)
+    assert sorted(c.audio for c in receiver.stored_calls()) == sorted(data for _, data in audio)
+    assert spool.counters["deliver.spool.recovered_publish"] == (taken - (point == "spool_published") * 2)
 
 
 @pytest.mark.parametrize("point", ["spool_ledger_delivered", "spool_delete_renamed"])
