@@ -27,16 +27,18 @@ PROGRESS_AFTER_S = 3.0
 
 def replay(paths: Iterable[str | Path], config: Config, on_finished: Callable[[FinishedCall], None] | None = None,
            *, counters=None, workdir: Path | None = None, progress: bool = True,
-           media: MediaMode = MediaMode.INLINE, engine: Engine | None = None) -> Engine:
+           media: MediaMode = MediaMode.INLINE, engine: Engine | None = None,
+           read_bytes: int | None = None) -> Engine:
     """Replay every capture in ``paths`` (merged by time); returns the engine (counters, etc.).
     ``media``: what happens to each call's RTP (``MediaMode``; the recorder sequences it in its
-    workers when DEFERRED). ``engine``: feed this one (``pipeline.build_pipeline``'s) instead."""
+    workers when DEFERRED). ``engine``: feed this one (``pipeline.build_pipeline``'s) instead.
+    ``read_bytes``: how much of a file one batch holds at most (default ``capture.batches.READ_BYTES``)."""
     paths = list(paths)
     if engine is None:
         engine = Engine(config, on_finished, counters=counters, workdir=workdir, media=media)
     elif workdir is None:
         workdir = engine.workdir
-    batches = read_batches(paths, engine.counters)
+    batches = read_batches(paths, engine.counters, read_bytes)
     feed_batch = engine.feed_batch
     started = time.monotonic()
     packets = 0

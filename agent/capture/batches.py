@@ -114,13 +114,15 @@ class _Steady:
         return np.array(out, dtype=np.int64)
 
 
-def read_batches(paths: Iterable[str | Path], counters) -> Iterator[FrameBatch]:
-    """Every frame of the given captures (merged by time, as ``open_captures``), in batches.
-    Raises CaptureFormatError before the first batch for a file that is not a capture."""
+def read_batches(paths: Iterable[str | Path], counters, read_bytes: int | None = None) -> Iterator[FrameBatch]:
+    """Every frame of the given captures (merged by time, as ``open_captures``), in batches of
+    up to ``read_bytes`` (default READ_BYTES) of one file. Raises CaptureFormatError before
+    the first batch for a file that is not a capture."""
     files = iter_capture_paths(paths)
+    read_bytes = read_bytes or READ_BYTES
     if len(files) == 1:
-        return file_batches(files[0], counters)
-    return _merge_batches(files, counters)
+        return file_batches(files[0], counters, read_bytes)
+    return _merge_batches(files, counters, read_bytes)
 
 
 def file_batches(path: Path, counters, read_bytes: int = READ_BYTES) -> Iterator[FrameBatch]:
@@ -241,14 +243,14 @@ MERGE_BYTES = 64 << 20            # the batches of all files active at once in a
 MERGE_MIN_READ = 1 << 20          # ... but no file reads less at a time than the record reader
 
 
-def _merge_read_bytes(active: int) -> int:
+def _merge_read_bytes(active: int, read_bytes: int) -> int:
     """The read size for a file joining ``active - 1`` others in a merge: each active file holds
     a batch, so many taps overlapping in time read less at a time; rotated files, one or two
     active, read as a single file does."""
-    return max(MERGE_MIN_READ, min(READ_BYTES, MERGE_BYTES // active))
+    return max(MERGE_MIN_READ, min(read_bytes, MERGE_BYTES // active))
 
 
-def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
+def _merge_batches(files: list[Path], counters, read_bytes: int) -> Iterator[FrameBatch]:
     """``open_captures``' merge of several files, in batches: the same records in the same
     order (``files._merge``: a file joins when the merge reaches its first timestamp, ties
     go in path order). While one file is active (rotated files: the usual case) its own
@@ -266,7 +268,7 @@ def _merge_batches(files: list[Path], counters) -> Iterator[FrameBatch]:
     while pending or heap:
         while pending and (not heap or pending[-1][0] <= heap[0][0]):
             _, idx, path = pending.pop()
-            cursor = _Cursor(file_batches(path, counters, _merge_read_bytes(len(heap) + 1)))
+            cursor = _Cursor(file_batches(path, counters, _merge_read_bytes(len(heap) + 1, read_bytes)))
             if cursor.batch is not None:
                 heapq.heappush(heap, (cursor.ts, idx, cursor))
         if not heap:
