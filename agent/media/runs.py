@@ -150,6 +150,12 @@ class RunGroups:
         a group of one payload size), else None."""
         return self._tails.get(g) if self._tails is not None else None
 
+    def newest_packets(self, g: int) -> Callable[[], list[bytes]]:
+        """The newest TAIL packets of group ``g`` as bytes, when asked (a group of several
+        payload sizes has no ``tail_rows``)."""
+        lo, hi = max(self.start[g], self.end[g] - self.TAIL), self.end[g]
+        return lambda: [self.run.data(i) for i in range(lo, hi)]
+
     def positions(self, g0: int, g1: int) -> np.ndarray:
         """Run positions of groups ``g0:g1`` (one call) in arrival order."""
         lo, hi = self.start[g0], self.end[g1 - 1]

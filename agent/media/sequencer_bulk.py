@@ -35,6 +35,10 @@ from agent.media.stream_state import (CN_PT, MAX_DROPOUT, MAX_MISORDER, Hop, Str
 
 __all__ = ["BulkIntake"]
 
+# What accept_later does for a group take_groups planned: take it (_accept_group), or, for a
+# group _take_resumed sequenced, remember its hop's newest packets (and step the jitter).
+_PLANNED, _HOP, _HOP_AND_JITTER = 0, 1, 2
+
 # feed_run looks for in-order stretches in windows that grow while they hold.
 _BULK_MIN = 64
 _BULK_MAX = 16_384
@@ -253,7 +257,7 @@ class BulkIntake:
         for g in range(g0, g1):
             st = self._continues(groups, g)
             if st is not None:
-                plans.append((st, g))
+                plans.append((st, g, _PLANNED))
                 continue
             resume = self._resumes(groups, g)
             if resume is None:
@@ -262,9 +266,8 @@ class BulkIntake:
         if self.quality is not None:
             self.quality.add_run(groups.run, groups.positions(g0, g1))
         for g, st, ext in resumed:
-            self._take_resumed(st, groups, g, ext)
-        if plans:
-            later.append((self, plans))
+            plans.append((st, g, self._take_resumed(st, groups, g, ext)))
+        later.append((self, plans))
         return 0
 
     @staticmethod
@@ -273,12 +276,23 @@ class BulkIntake:
         packets are computed for all of them at once."""
         clocks = [0] * len(groups)
         for _media, plans in later:
-            for st, g in plans:
+            for st, g, _left in plans:
                 clocks[g] = st.clock_hz
         groups.prepare(clocks)
         for media, plans in later:
-            for st, g in plans:
-                media._accept_group(st, groups, g)
+            for st, g, left in plans:
+                if left == _PLANNED:
+                    media._accept_group(st, groups, g)
+                    continue
+                # Sequenced by _take_resumed: its hop's newest packets are left, and with
+                # every packet accepted, the jitter steps (the deviations of the whole group).
+                media._push_newest(st.side, groups.tail_rows(g), groups.newest_packets(g))
+                if left == _HOP_AND_JITTER:
+                    lo, hi = groups.start[g], groups.end[g]
+                    st.jitter_ticks = jitter_after(st, groups.first_arrival_ns[g], groups.first_rtp_ts[g],
+                                                   groups.deviation[lo + 1:hi])
+                    st.prev_arrival_ns = groups.last_arrival_ns[g]
+                    st.prev_ts = groups.last_rtp_ts[g]
 
     def _continues(self, groups: RunGroups, g: int) -> StreamState | None:
         """The stream that takes every packet of group ``g`` in order, as they are; else None."""
@@ -320,9 +334,10 @@ class BulkIntake:
             return None
         return st, ext
 
-    def _take_resumed(self, st: StreamState, groups: RunGroups, g: int, ext: np.ndarray) -> None:
+    def _take_resumed(self, st: StreamState, groups: RunGroups, g: int, ext: np.ndarray) -> int:
         """What ``on_rtp`` does for every packet of group ``g`` (see ``_resumes``), with the
-        reorder window decided over the arrays from the stream's state."""
+        reorder window decided over the arrays from the stream's state, but what
+        ``accept_later`` finishes (returned: ``_HOP`` or ``_HOP_AND_JITTER``)."""
         run = groups.run
         lo, hi = groups.start[g], groups.end[g]
         arrival = run.arrival_ns[lo:hi]
@@ -351,46 +366,57 @@ class BulkIntake:
         stats.reordered += seq.reordered
         st.max_ext, st.next_ext = seq.max_ext, seq.next_ext
         self.log.records += seq.released.size
-        # Every packet of the group passed the hop (rejected ones too); only the accepted
-        # count, move the jitter and the stream's last arrival.
-        hop = self._hops[st.side]
-        hop.last_ns = int(arrival[-1])
-        newest = range(max(lo, hi - Hop.KEEP), hi)
-        if groups.one_size[g]:
-            hop.push_rows(byte_rows(run.buf, run.data_start[newest.start:newest.stop], groups.size[g]))
-        else:
-            if hop.tail is not None:
-                hop.unfold()
-            hop.recent.extend(run.data(i) for i in newest)
+        # Every packet of the group passed the hop (rejected ones too: its newest packets
+        # are pushed in accept_later, with the other groups'); only the accepted count,
+        # move the jitter and the stream's last arrival.
+        self._hops[st.side].last_ns = int(arrival[-1])
         last_arrival = int(arrival.max())
         if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
             self.last_arrival_ns = last_arrival
+        pt_counts = stats.payload_types
+        if seq.accepted.all():          # loss and reordering only (no copies, nothing late)
+            stats.packets += n
+            stats.bytes += groups.bytes[g] - 12 * n
+            stats.last_arrival_ns = groups.last_arrival_ns[g]
+            pt_counts[groups.pt[g]] += n
+            return _HOP_AND_JITTER
         acc = lo + np.flatnonzero(seq.accepted)
         m = int(acc.size)
-        if not m:
-            return
-        acc_arrival = run.arrival_ns[acc]
-        acc_ts = run.rtp_ts[acc]
-        stats.packets += m
-        stats.bytes += int(run.size[acc].sum()) - 12 * m
-        stats.last_arrival_ns = int(acc_arrival[-1])
-        stats.payload_types[groups.pt[g]] += m
-        st.jitter_ticks = jitter_after(st, int(acc_arrival[0]), int(acc_ts[0]),
-                                       jitter_deviations(st.clock_hz, acc_arrival, acc_ts))
-        st.prev_arrival_ns = int(acc_arrival[-1])
-        st.prev_ts = int(acc_ts[-1])
+        if m:
+            acc_arrival = run.arrival_ns[acc]
+            acc_ts = run.rtp_ts[acc]
+            stats.packets += m
+            stats.bytes += int(run.size[acc].sum()) - 12 * m
+            stats.last_arrival_ns = int(acc_arrival[-1])
+            pt_counts[groups.pt[g]] += m
+            st.jitter_ticks = jitter_after(st, int(acc_arrival[0]), int(acc_ts[0]),
+                                           jitter_deviations(st.clock_hz, acc_arrival, acc_ts))
+            st.prev_arrival_ns = int(acc_arrival[-1])
+            st.prev_ts = int(acc_ts[-1])
+        return _HOP
 
     def _accept_group(self, st: StreamState, groups: RunGroups, g: int) -> None:
-        run = groups.run
         lo, hi = groups.start[g], groups.end[g]
         m = hi - lo
         last_arrival = groups.last_arrival_ns[g]
         self._took(st, m, groups.bytes[g] - 12 * m, ((groups.pt[g], m),), last_arrival, groups.last_rtp_ts[g],
                    jitter_after(st, groups.first_arrival_ns[g], groups.first_rtp_ts[g], groups.deviation[lo + 1:hi]),
-                   groups.tail_rows(g), lambda: [run.data(i) for i in range(max(lo, hi - Hop.KEEP), hi)])
+                   groups.tail_rows(g), groups.newest_packets(g))
         self.log.records += m
         if self.last_arrival_ns is None or last_arrival > self.last_arrival_ns:
             self.last_arrival_ns = last_arrival
+
+    def _push_newest(self, side: int, newest_rows: np.ndarray | None,
+                     newest_packets: Callable[[], list[bytes]]) -> None:
+        """A direction's hop remembers the newest packets taken from it (as rows when they
+        all have one size, else as bytes)."""
+        hop = self._hops[side]
+        if newest_rows is not None:
+            hop.push_rows(newest_rows)
+        else:
+            if hop.tail is not None:
+                hop.unfold()
+            hop.recent.extend(newest_packets())
 
     def _took(self, st: StreamState, m: int, payload_bytes: int, pt_counts, last_arrival_ns: int,
               last_rtp_ts: int, jitter_ticks: float, newest_rows: np.ndarray | None,
@@ -398,14 +424,8 @@ class BulkIntake:
         """The state ``_accept`` leaves after taking ``m`` packets of ``st`` in order: counters,
         sequence position, jitter, and its hop's newest packets (as rows when they all have one
         size, else as bytes)."""
-        hop = self._hops[st.side]
-        hop.last_ns = last_arrival_ns
-        if newest_rows is not None:
-            hop.push_rows(newest_rows)
-        else:
-            if hop.tail is not None:
-                hop.unfold()
-            hop.recent.extend(newest_packets())
+        self._hops[st.side].last_ns = last_arrival_ns
+        self._push_newest(st.side, newest_rows, newest_packets)
         stats = st.stats
         stats.packets += m
         stats.bytes += payload_bytes

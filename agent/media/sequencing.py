@@ -20,6 +20,7 @@ three, and hands the accepted event packets to the tracker itself.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,11 +125,12 @@ def sequence_stream(ext: np.ndarray, arrival_ns: np.ndarray, *, window_packets: 
         arr_l += start.held_arrival_ns.values()
         skipped = set(start.skipped)
     lost = duplicated = late = reordered = 0
+    scan_gaps = window_packets > 0 and window_ns >= 0    # else _drain fires on the gap's own packet
+    irregular_l = irregular.tolist()
     i = 0
-    h = 0
     while i < n:
-        h = int(np.searchsorted(irregular, i))
-        j = i if window else int(irregular[h]) if h < irregular.size else n
+        h = bisect_left(irregular_l, i)
+        j = i if window else irregular_l[h] if h < len(irregular_l) else n
         if j > i:
             # In order, nothing held: each packet is released as it arrives.
             if rel:
@@ -159,6 +161,33 @@ def sequence_stream(ext: np.ndarray, arrival_ns: np.ndarray, *, window_packets: 
             else:
                 if e <= highest_l[k]:
                     reordered += 1
+                if not window and e > next_ext and scan_gaps:
+                    # A gap opens with nothing held (a loss, most often): the packets that
+                    # follow one by one are held until _drain's rule fires (the window full or
+                    # too old). A plain scan finds where, instead of a dict insert and a drain
+                    # per packet; what it leaves is what stepping them would.
+                    since = arr_l[k]
+                    deadline = since + window_ns
+                    full_at = k + window_packets          # the window is too full there
+                    j, follow = k + 1, e + 1
+                    while j < n and j < full_at and ext_l[j] == follow and arr_l[j] <= deadline:
+                        j += 1
+                        follow += 1
+                    if j < n and ext_l[j] == follow and (j == full_at or arr_l[j] > deadline):
+                        # Fires at j: the gap's slots are given up, k..j released in order.
+                        lost += e - next_ext
+                        skipped.update(range(max(next_ext, e - max_misorder), e))
+                        rel.extend(range(k, j + 1))
+                        trig.extend([j] * (j + 1 - k))
+                        next_ext = follow + 1
+                        if len(skipped) > 4 * max_misorder:
+                            floor = next_ext - max_misorder
+                            skipped = {s for s in skipped if s >= floor}
+                        k = j + 1
+                        break
+                    window.update(zip(ext_l[k:j], range(k, j)))     # held; j goes step by step
+                    k = j
+                    continue
                 if e == next_ext and not window:
                     rel.append(k)
                     trig.append(k)
