@@ -210,6 +210,9 @@ def test_spool_sink_skips_legs_not_uploaded(tmp_path: Path) -> None:
             self.records.append(record)
             return "id"
 
+        def enqueue_many(self, calls):
+            return [self.enqueue(call.record) for call in calls], None
+
     spool = FakeSpool()
     sink = SpoolSink(spool, CONFIG)  # type: ignore[arg-type]
     audio = tmp_path / "leg.wav"
