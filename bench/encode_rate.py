@@ -1,8 +1,9 @@
 """MP3 encoding capacity: audio-seconds encoded per CPU-second, and calls per core.
 
 Feeds a speech-like signal (tones + noise, so LAME cannot coast on silence) to
-``agent.media.encoder`` in 20 ms chunks, as the renderer does, and measures process CPU
-time. ``--quality`` compares LAME's algorithm qualities (speed and SNR). ``--bindings`` encodes the
+``agent.media.encoder`` in 20 ms chunks and measures process CPU time; then the default
+MP3 of an 8 kHz call as the mixer makes it (resampled to 16 kHz in 5 s steps, then LAME), with
+the resampling's share. ``--quality`` compares LAME's algorithm qualities (speed and SNR). ``--bindings`` encodes the
 same PCM at the same bit rate and LAME quality through every maintained Python binding of
 LAME installed (lameenc, libmp3lame through PyAV, libsndfile through soundfile, pedalboard)
 and prints speed and SNR (decoded by ffmpeg through PyAV): why the agent uses lameenc.
@@ -69,6 +70,32 @@ def measure(rate_hz: int, channels: int, kbps: int, seconds: float, tmp: str,
     )
     os.unlink(path)
     return rate
+
+
+def measure_from_8k(seconds: float, tmp: str) -> None:
+    """The default MP3 of a narrowband call as the mixer makes it: 8 kHz PCM in 5 s steps
+    through ``agent.media.resample`` to 16 kHz, into LAME, Info tag and all; with the CPU
+    the resampling took on its own, in the same run."""
+    from agent.media.resample import Resampler
+
+    pcm = speech_like(8000, seconds, 1)
+    step = 5 * 8000
+    path = os.path.join(tmp, "from8k.mp3")
+    cpu0 = time.process_time()
+    resampler = Resampler(8000, 16000)
+    enc = open_encoder(path, "mp3", 16000, 1, bitrate_kbps=32)
+    resample_s = 0.0
+    for start in range(0, len(pcm), step):
+        t = time.process_time()
+        up = resampler.push(pcm[start:start + step])
+        resample_s += time.process_time() - t
+        enc.write(up)
+    enc.write(resampler.finish())
+    enc.close()
+    cpu_s = time.process_time() - cpu0
+    print(f"  8000 Hz call -> 16000 Hz mono 32 kbit/s q{MP3_QUALITY}: {seconds / cpu_s:7.1f} audio-s/CPU-s, "
+          f"of which resampling {100 * resample_s / cpu_s:.0f} % ({seconds / resample_s:,.0f} audio-s/CPU-s alone)")
+    os.unlink(path)
 
 
 def snr_db(reference: np.ndarray, mp3_path: str) -> float:
@@ -282,6 +309,7 @@ def main() -> None:
         measure(16000, 1, 32, args.seconds, tmp)  # the agent's default
         measure(8000, 1, 32, args.seconds, tmp)  # MPEG-2.5
         measure(16000, 2, 48, args.seconds, tmp)  # stereo (caller left, callee right)
+        measure_from_8k(args.seconds, tmp)  # the default MP3 of a G.711 call
         if args.quality:
             quality_table(args.seconds, tmp)
         if args.bindings:

@@ -106,3 +106,20 @@ def test_float32_mix_is_the_int16_path_in_range_and_saturates_beyond():
     # Where the in-range tone times four clears full scale the mix is pinned there, never wrapped.
     pinned = crest > 33000
     assert pinned.any() and (np.abs(loud[pinned].astype(np.int32)) >= 32767).all()
+
+
+@pytest.mark.parametrize("fmt,channels", [("wav", 1), ("wav", 2), ("mp3", 1)])
+def test_the_mixers_step_changes_no_byte_of_a_resampled_recording(tmp_path, monkeypatch, fmt, channels):
+    """The mix is resampled and encoded in steps (``_MIX_CHUNK_S``): a recording at 16 kHz
+    of an 8 kHz call is byte for byte the same in 1 s steps as in the default ones."""
+    from agent.media import render
+    from tests.media.test_render_fast import _messy_log
+
+    log = tmp_path / "call.media"
+    specs = _messy_log(log, channels)
+    kw = dict(fmt=fmt, channels=channels, sample_rate_hz=16000)
+    default = render.render_recording(log, specs, tmp_path / f"default.{fmt}", **kw)
+    monkeypatch.setattr(render, "_MIX_CHUNK_S", 1)
+    small = render.render_recording(log, specs, tmp_path / f"small.{fmt}", **kw)
+    assert default.sample_rate_hz == 16000 and default.duration_ms > 10_000
+    assert small.path.read_bytes() == default.path.read_bytes()
