@@ -19,8 +19,8 @@ codecs (PyAV), go one by one. The result is the same as packet by packet (the te
 both): the direction writes of a block are replayed in record order (``WriteQueue``), so
 overlapping streams of one direction overwrite each other as before.
 Memory is bounded whatever the call length: one block of records and its decoded audio,
-each direction's PCM up to 16 MiB (then on disk), 30 s chunks for the DTMF scan and the
-mix, and the encoder's buffer.
+each direction's PCM up to 16 MiB (then on disk), 30 s chunks for the DTMF scan, 5 s steps
+for the mix, and the encoder's buffer.
 
 Resampling is ``resample.Resampler`` (libsoxr): a proper windowed-sinc low-pass, so
 wideband audio taken down to 8 kHz does not alias and narrowband audio taken up to 16 kHz
