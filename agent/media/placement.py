@@ -22,7 +22,7 @@ __all__ = ["Run", "StreamRuns", "add_audio", "close_run", "place_audio"]
 _NS = 1_000_000_000
 _MAX_FILL_S = 2                 # gaps up to this long stay inside one resampler run
 _EMIT_S = 10                    # audio a run without resampling holds before writing it
-_LOOKAHEAD_MIN = 64             # packets place_audio checks for a gap at once, at first
+_LOOKAHEAD_MIN = 256            # packets place_audio checks for a gap at once, at first
 # A run longer than this many samples would overflow int64 ns arithmetic: place it packet by packet.
 _MAX_VECTOR_SAMPLES = (2 ** 62) // _NS
 
