@@ -43,6 +43,50 @@ HELD = -1                          # _route_run: RTP of no known endpoint (held 
 SLOW = -2                          # _route_run: a frame feed() must handle itself
 
 
+class _Pending:
+    """The packets routed in the batch and not yet handed to their calls, in arrival order:
+    columns with room for every frame of the batch (a commit never copies what came before)
+    and each packet's call number. A call handed its packets early (``take``) has them marked
+    taken in place (call number -1), so the packets left are never copied either."""
+
+    __slots__ = ("idx", "slots", "ts", "calls", "n", "taken", "calls_in")
+
+    def __init__(self, capacity: int = 0) -> None:
+        self.idx, self.slots, self.ts, self.calls = (np.empty(capacity, dtype=np.int64) for _ in range(4))
+        self.n = 0                          # packets added
+        self.taken = 0                      # of those, handed over early
+        self.calls_in: set[int] = set()     # numbers of the calls with packets still here
+
+    def add(self, idx: np.ndarray, slots: np.ndarray, ts: np.ndarray, calls: np.ndarray) -> None:
+        a, b = self.n, self.n + len(idx)
+        self.idx[a:b], self.slots[a:b], self.ts[a:b], self.calls[a:b] = idx, slots, ts, calls
+        self.n = b
+
+    def take(self, no: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(batch positions, slots, packet times) of call ``no``'s packets, now taken."""
+        if no not in self.calls_in:
+            return None
+        self.calls_in.discard(no)
+        mine = np.flatnonzero(self.calls[:self.n] == no)
+        if not len(mine):
+            return None
+        self.calls[mine] = -1
+        self.taken += len(mine)
+        return self.idx[mine], self.slots[mine], self.ts[mine]
+
+    def take_all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every packet not taken yet (and the list is empty after)."""
+        n, taken = self.n, self.taken
+        self.n = self.taken = 0
+        self.calls_in.clear()
+        if n == taken:
+            return None
+        if not taken:
+            return self.idx[:n], self.slots[:n], self.ts[:n]
+        left = np.flatnonzero(self.calls[:n] >= 0)
+        return self.idx[left], self.slots[left], self.ts[left]
+
+
 class BatchRouter:
     def __init__(self, counters, decoder: FrameDecoder, endpoints: EndpointMap, clock: PacketClock,
                  sip_ports: frozenset[int], *, feed: Callable[[int, int, bytes], None],
@@ -101,6 +145,7 @@ class BatchRouter:
                 self._feed(int(batch.ts_ns[i]), batch.linktype, batch.frame(i))
             return
         self._batch, self._fx = batch, fx
+        self._pending = _Pending(n)
         try:
             self._run_batch(batch, fx)
         finally:
@@ -320,14 +365,15 @@ class BatchRouter:
             return
         # Each call's last packet here (the per-packet path leaves its time, in arrival order).
         by_no = self._calls_by_no
+        calls = self._slot_call[slots]
         last_at = np.full(len(by_no), -1, dtype=np.int64)
-        np.maximum.at(last_at, self._slot_call[slots], np.arange(len(slots)))
+        np.maximum.at(last_at, calls, np.arange(len(slots)))
         touched_np = np.flatnonzero(last_at >= 0)
         touched = touched_np.tolist()
         for no, t in zip(touched, ts[last_at[touched_np]].tolist()):
             by_no[no].last_media_ns = t
-        self._pending_calls.update(touched)
-        self._pending.append((idx, slots, ts))
+        self._pending.calls_in.update(touched)
+        self._pending.add(idx, slots, ts, calls)
 
     def _datagram(self, fx: RtpFrames, i: int, ts_ns: int) -> Datagram:
         """Frame ``i`` of the batch (a candidate) as the decoder would hand it on."""
@@ -364,38 +410,19 @@ class BatchRouter:
             decoder.expire(int(ts[due[0]]))
             ts = ts[due[0] + 1:]
 
-    def _take_pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pending = self._pending
-        if len(pending) == 1:
-            return pending[0]
-        merged = tuple(np.concatenate([p[k] for p in pending]) for k in range(3))
-        self._pending = [merged]
-        return merged
-
     def flush_call(self, call: Call) -> None:
         """Hand ``call`` its routed batch packets now: something else is about to touch it."""
         no = self._call_no.get(id(call))
-        if no is None or no not in self._pending_calls:
+        if no is None:
             return
-        self._pending_calls.discard(no)
-        idx, slots, ts = self._take_pending()
-        mine = self._slot_call[slots] == no
-        if not mine.any():
-            return
-        rest = ~mine
-        if rest.any():
-            self._pending = [(idx[rest], slots[rest], ts[rest])]
-        else:
-            self._pending = []
-            self._pending_calls.clear()
-        self._apply(idx[mine], slots[mine], ts[mine])
+        mine = self._pending.take(no)
+        if mine is not None:
+            self._apply(*mine)
 
     def _flush_all(self) -> None:
-        if self._pending:
-            idx, slots, ts = self._take_pending()
-            self._pending = []
-            self._pending_calls.clear()
-            self._apply(idx, slots, ts)
+        left = self._pending.take_all()
+        if left is not None:
+            self._apply(*left)
         if len(self._slots) > SLOTS_MAX + 4 * len(self._endpoints):
             # Nothing is pending: start the slot table afresh (it holds ended calls too), when
             # ended calls fill most of it (so the rebuild costs O(1) per call routed).
@@ -442,9 +469,7 @@ class BatchRouter:
 
     def _reset_slots(self) -> None:
         self.slot_table_resets += 1
-        # Routed, not yet handed over: (batch positions, slots, packet time)
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._pending_calls: set[int] = set()     # numbers of the calls with packets in _pending
+        self._pending = _Pending()                 # routed, not yet handed over (feed_batch sizes it)
         self._slots: list[tuple[Call, int]] = []
         self._slot_of: dict[tuple[int, int], int] = {}
         self._call_no: dict[int, int] = {}
