@@ -1,5 +1,6 @@
 """What decides the output of this install: the agent's version and the libraries behind it
-(PyAV/FFmpeg decode the codecs, lameenc encodes MP3, numpy does the PCM).
+(PyAV/FFmpeg decode the codecs, lameenc encodes MP3, libsoxr converts sample rates, numpy
+does the PCM).
 
 ``calln-agent --version`` and ``check-config`` print these lines. The agent's version is
 written once, as ``agent.__version__`` (pyproject.toml reads it from there).
@@ -47,4 +48,9 @@ def version_lines() -> list[str]:
         lines.append(f"numpy {numpy.__version__}")
     except ImportError as exc:
         lines.append(f"numpy: not installed ({exc})")
+    try:
+        import soxr
+        lines.append(f"resampler: soxr {soxr.__version__} (libsoxr {soxr.__libsoxr_version__})")
+    except (ImportError, AttributeError) as exc:
+        lines.append(f"resampler: unavailable ({exc})")
     return lines

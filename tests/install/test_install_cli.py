@@ -16,6 +16,7 @@ from tests.install._install_testlib import PCAPS, REPO, cli, hostile_capture
 def test_version_prints_agent_and_library_versions() -> None:
     import av
     import numpy
+    import soxr
     proc = cli("--version")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode().splitlines()
@@ -23,6 +24,7 @@ def test_version_prints_agent_and_library_versions() -> None:
     assert f"PyAV {av.__version__} (FFmpeg " in lines[1]
     assert re.fullmatch(r"MP3 encoder: lameenc \d+\.\d+\S* \(LAME \d+\.\d+\S*\)", lines[2]), lines[2]
     assert lines[3] == f"numpy {numpy.__version__}"
+    assert lines[4] == f"resampler: soxr {soxr.__version__} (libsoxr {soxr.__libsoxr_version__})"
 
 
 def test_check_config_prints_the_same_versions(tmp_path) -> None:
