@@ -327,10 +327,13 @@ class BatchRouter:
         last = len(keys) - 1
         dst = fx.dst_key[idx]
         i = np.minimum(np.searchsorted(keys, dst), last)
-        src = fx.src_key[idx]
-        j = np.minimum(np.searchsorted(keys, src), last)
-        by_dst = keys[i] == dst
-        slots = np.where(by_dst, self._np_dst_slot[i], np.where(keys[j] == src, self._np_src_slot[j], -1))
+        slots = self._np_dst_slot[i]
+        by_src = np.flatnonzero(keys[i] != dst)
+        if len(by_src):
+            # Not sent to a known endpoint (usually every packet is): by its source, else HELD.
+            src = fx.src_key[idx[by_src]]
+            j = np.minimum(np.searchsorted(keys, src), last)
+            slots[by_src] = np.where(keys[j] == src, self._np_src_slot[j], HELD)
         known = slots >= 0
         slots[known & ~self._slot_ready[np.where(known, slots, 0)]] = SLOW
         return self._held_or_slow(fx, idx, slots)
