@@ -129,16 +129,18 @@ class Deduplicator:
 
     def check_many(self, ts_ns: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """``is_duplicate`` for a run of packets in arrival order, at once: returns the bool
-        mask of duplicates and leaves the state as the packet-by-packet calls would."""
+        mask of duplicates and leaves the state as the packet-by-packet calls would. Keys
+        become Python ints only where sets need them (the carried generations, and the run's
+        last two generations that are carried on), not for the whole run."""
         n = len(keys)
         dup = np.zeros(n, dtype=bool)
         if not n:
             return dup
         gens = np.maximum.accumulate(ts_ns // self.window_ns)
         np.maximum(gens, self._gen, out=gens)
-        key_list = keys.tolist()
-        distinct = set(key_list)
-        if len(distinct) < n:
+        first = None
+        k_sorted = np.sort(keys)
+        if bool(np.any(k_sorted[1:] == k_sorted[:-1])):
             # Repeats within the run: the nearest earlier packet with the same key (a stable
             # sort keeps arrival order among equals) is a duplicate's original when at most one
             # generation separates them; gens never decrease, so the nearest is also the latest.
@@ -149,34 +151,32 @@ class Deduplicator:
             dup[order[1:]] = same & (g_sorted[1:] - g_sorted[:-1] <= 1)
             first = np.ones(n, dtype=bool)
             first[order[1:]] = ~same
-        else:
-            first = None
         old_gen = self._gen
         cur, prev = self._cur, self._prev
-        seen = (cur.intersection(distinct) | prev.intersection(distinct)) if (cur or prev) else None
-        if seen:
-            # A key's first packet in the run against the sets carried from before.
-            hit = np.isin(keys, np.array(list(seen), dtype=np.uint64))
-            if first is not None:
-                hit &= first
-            idx = np.flatnonzero(hit)
-            for j, k, g in zip(idx.tolist(), keys[idx].tolist(), gens[idx].tolist()):
-                if (k in cur and g - old_gen <= 1) or (k in prev and g == old_gen):
-                    dup[j] = True
+        if cur or prev:
+            # A key's first packet in the run against the sets carried from before: only a
+            # packet at most one generation after them can repeat one.
+            reach = int(np.searchsorted(gens, old_gen + 2))
+            near = keys[:reach].tolist()
+            seen = cur.intersection(near) | prev.intersection(near)
+            if seen:
+                hit = np.isin(keys[:reach], np.array(list(seen), dtype=np.uint64))
+                if first is not None:
+                    hit &= first[:reach]
+                idx = np.flatnonzero(hit)
+                for j, k, g in zip(idx.tolist(), keys[idx].tolist(), gens[idx].tolist()):
+                    if (k in cur and g - old_gen <= 1) or (k in prev and g == old_gen):
+                        dup[j] = True
         # The sets after the run: the keys of its last two generations (plus the old sets
         # where those generations reach back before the run).
         last = int(gens[-1])
         if last == old_gen:
-            cur.update(distinct)
+            cur.update(keys.tolist())
             return dup
-        if int(gens[0]) == last:
-            new_cur, new_prev = distinct, set()
-        else:
-            g_list = gens
-            lo_cur = int(np.searchsorted(g_list, last))
-            lo_prev = int(np.searchsorted(g_list, last - 1))
-            new_cur = set(key_list[lo_cur:])
-            new_prev = set(key_list[lo_prev:lo_cur])
+        lo_cur = int(np.searchsorted(gens, last))
+        lo_prev = int(np.searchsorted(gens, last - 1))
+        new_cur = set(keys[lo_cur:].tolist())
+        new_prev = set(keys[lo_prev:lo_cur].tolist())
         if old_gen == last - 1:
             new_prev |= cur
         self._cur, self._prev, self._gen = new_cur, new_prev, last

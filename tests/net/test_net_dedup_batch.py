@@ -33,6 +33,29 @@ def test_check_many_equals_is_duplicate(seed):
     assert dups > 0
 
 
+
+@pytest.mark.parametrize("seed", range(10))
+def test_runs_and_single_packets_mixed_equal_is_duplicate(seed):
+    """The batch path checks runs while the frames it cannot take are checked one by one on
+    the same table (runs spanning many generations, and runs inside one)."""
+    rng = random.Random(100 + seed)
+    one, mixed = Deduplicator(window_ns=50), Deduplicator(window_ns=50)
+    t = rng.randrange(1000)
+    for _run in range(60):
+        n = rng.randrange(1, 120)
+        stamps, keys = [], []
+        for _ in range(n):
+            t = max(0, t + rng.choice([0, 0, 1, 5, 20, 49, 50, 51, 120]) - (rng.random() < 0.1) * 30)
+            stamps.append(t)
+            keys.append(rng.randrange(rng.choice([8, 300, 1 << 63])))
+        expected = [one.is_duplicate(ts, key) for ts, key in zip(stamps, keys)]
+        if rng.random() < 0.5:
+            got = mixed.check_many(np.array(stamps, dtype=np.int64), np.array(keys, dtype=np.uint64)).tolist()
+        else:
+            got = [mixed.is_duplicate(ts, key) for ts, key in zip(stamps, keys)]
+        assert got == expected
+        assert (mixed._cur, mixed._prev, mixed._gen) == (one._cur, one._prev, one._gen)
+
 def _frame(ident: int, payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", 4000, 5000, 8 + len(payload), 0x1234) + payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), ident, 0x4000, 64, 17, 0,
