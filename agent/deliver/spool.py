@@ -7,7 +7,8 @@ Owns the on-disk layout and each call's upload state. It does no HTTP (that is
 - ``spool_ledger.py``    the dedup ledger (one file per call key; sharding, pruning)
 - ``spool_state.py``     a call's upload state (``UploadState``) and its states
 - ``spool_recovery.py``  start-up recovery of what a crash left half-done
-- this module            the queue: enqueue, the in-memory state table, operator actions
+- this module            the queue: enqueue (one call, or a batch whose fsyncs are shared:
+                         ``enqueue_many``), the in-memory state table, operator actions
 
 Layout under ``dir`` (mode 0700)::
 
@@ -382,9 +383,15 @@ class Spool(SpoolRecovery):
         kill_point("spool_ledger_delivered")
         state["state"] = final_state
         state["delivered_at"] = time.time()
-        self.save_state(state)
-        if self.retention_days <= 0:
-            self._delete(state["id"])
+        if self.retention_days > 0:
+            self.save_state(state)
+            return
+        # Deleted at once: the ledger line is the lasting record, so the state is not written
+        # first (a crash before the deletion is the window above, completed by _reconcile).
+        # In memory it is done either way: a deletion that fails never uploads the call again.
+        with self._lock:
+            self._states[state["id"]] = copy.deepcopy(state)
+        self._delete(state["id"])
 
     def _delivery_summary(self, call_id: str, final_state: str) -> dict[str, str]:
         """The ledger's lasting note of a delivered call: confirmed or not, when, who."""
