@@ -160,3 +160,17 @@ def test_inspect_json_names_each_calls_capture_file(tmp_path) -> None:
     assert sorted(map(tuple, files.values())) == [(str(rotated / "a.pcap"),)] + [(str(rotated / "b.pcap"),)] * 3
     one = cli("inspect", "--json", "-q", "-", stdin=(PCAPS / "basic_udp.pcap").read_bytes())
     assert [json.loads(line)["capture_files"] for line in one.stdout.splitlines()] == [["-"]]
+
+
+def test_commands_start_numpy_without_blas_threads() -> None:
+    """OpenBLAS starts a thread per core when numpy loads unless told otherwise; the CLI tells
+    it one (no command does BLAS work in its own process), and an operator's setting wins."""
+    import os
+    probe = ("import os, agent.cli, numpy; "
+             "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1] == "2"
