@@ -264,7 +264,7 @@ class BulkIntake:
                 return groups.run.each(self.on_rtp, groups.positions(g0, g1))
             resumed.append((g, *resume))
         if self.quality is not None:
-            self.quality.add_run(groups.run, groups.positions(g0, g1))
+            self.quality.add_groups(groups, g0, g1, groups.positions(g0, g1))
         for g, st, ext in resumed:
             plans.append((st, g, self._take_resumed(st, groups, g, ext)))
         later.append((self, plans))

@@ -297,3 +297,29 @@ def test_inspect_batches_sequence_impaired_streams_as_arrays(seed, monkeypatch):
     assert sum(s.late for s in stats) > 0, stats
     # Every batch but the first and the one with the new SSRC; the new stream's too.
     assert resumed[False] > 40 and resumed[True] > 5, resumed
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-source-a-group", "mixed-sources"])
+def test_quality_add_groups_equals_add_run(mixed):
+    """QualityCollector.add_groups (the source ids from each group's first key) keeps the same
+    columns and source ids as add_run (a sort of every packet's key), also when a group mixes
+    sources (a relay's copy), where it falls back to add_run."""
+    from agent.media.quality import QualityCollector
+
+    packets = _impaired_packets(1)[:300]
+    if mixed:
+        packets = [(a, side, 7 if i % 5 == 0 and side else src, p)
+                   for i, (a, side, src, p) in enumerate(packets)]
+    groups = _rtp_run(packets)
+    assert all(groups.one_src) != mixed
+    by_run, by_groups = QualityCollector(), QualityCollector()
+    by_run.src_id("10.0.0.9:4000")                      # ids already given keep theirs
+    by_groups.src_id("10.0.0.9:4000")
+    positions = groups.positions(0, len(groups))
+    by_run.add_run(groups.run, positions)
+    by_groups.add_groups(groups, 0, len(groups), positions)
+    assert by_groups._src_ids == by_run._src_ids
+    assert len(by_run._src_ids) == (4 if mixed else 3)
+    for got, want in zip(by_groups._blocks[0], by_run._blocks[0]):
+        assert got.dtype == want.dtype and got.tolist() == want.tolist()
+    assert sorted(set(by_run._blocks[0][1].tolist())) == ([1, 2, 3] if mixed else [1, 2])
