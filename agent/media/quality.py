@@ -426,16 +426,33 @@ class QualityCollector:
         pt = b1 & 0x7F
         key = side.astype(np.int64) << 33 | ssrc
         out = {}
-        for k in np.unique(key).tolist():
+        for k in _distinct(key):
             idx = np.flatnonzero(key == k)
             idx = idx[src[idx] == src[idx[0]]]
             d = int(side[idx[0]])
             lut = np.zeros(128, dtype=np.int64)          # pt -> clock rate (Hz)
-            for p in np.unique(pt[idx]).tolist():
+            for p in np.flatnonzero(np.bincount(pt[idx], minlength=128)).tolist():
                 lut[p] = clock_rate_for_pt(d, p)
             out[(d, int(ssrc[idx[0]]))] = stream_quality(seq[idx], ts[idx], arrival[idx], pt[idx],
                                                           b1[idx] > 0x7F, lut[pt[idx]])
         return out
+
+
+_PEEL_MAX = 8                     # distinct values peeled one at a time before np.unique
+
+
+def _distinct(values: np.ndarray) -> list[int]:
+    """The distinct values, ascending. A call usually has a few streams, so peeling one value
+    at a time (a comparison and a selection each) is cheaper than ``np.unique``'s hash or sort
+    of every packet's key; past _PEEL_MAX values (an SSRC per packet, say) np.unique takes
+    the rest, so the cost stays bounded."""
+    found = []
+    while values.size and len(found) < _PEEL_MAX:
+        found.append(int(values[0]))
+        values = values[values != values[0]]
+    if values.size:
+        found += np.unique(values).tolist()
+    return sorted(found)
 
 
 # ------------------------------------------------------------------ record marking and metrics

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.media.quality import jitter_buffer_loss, stream_quality
+from agent.media.quality import _distinct, jitter_buffer_loss, stream_quality
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_000
@@ -117,3 +117,14 @@ def test_empty_stream():
     empty = np.zeros(0, dtype=np.int64)
     q = stream_quality(empty, empty, empty, empty, empty.astype(bool), empty)
     assert (q.expected, q.received, q.lost) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 8, 9, 500])
+def test_distinct_stream_keys_are_np_unique(count):
+    """The per-call stream keys: peeled one by one for a few streams, np.unique past eight
+    (an SSRC a packet), ascending either way."""
+    rng = np.random.default_rng(count)
+    values = rng.choice(rng.integers(0, 1 << 40, size=max(count, 1)), size=6 * count).astype(np.int64)
+    got = _distinct(values)
+    assert got == np.unique(values).tolist()
+    assert len(got) == len(set(values.tolist())) and (count == 0) == (got == [])
