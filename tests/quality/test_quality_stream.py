@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agent.media.quality import _distinct, jitter_buffer_loss, stream_quality
+from agent.media.quality import _distinct, _last_before, _references, jitter_buffer_loss, stream_quality
 
 MS = 1_000_000
 T0 = 1_700_000_000_000_000_000
@@ -128,3 +128,21 @@ def test_distinct_stream_keys_are_np_unique(count):
     got = _distinct(values)
     assert got == np.unique(values).tolist()
     assert len(got) == len(set(values.tolist())) and (count == 0) == (got == [])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3000])
+def test_references_of_an_all_clocked_in_time_stream_are_the_general_ones(n):
+    """The shortcut for a stream whose packets are all in time and clocked gives exactly the
+    media times and references of the masked path (the packet before, the first for itself)."""
+    since_first = np.arange(n, dtype=np.int64) * 160 + np.arange(n) % 7
+    ticks_per_ms = np.full(n, 8, dtype=np.int64)
+    everywhere = np.ones(n, dtype=bool)
+    nominal_ms, ref, ref_clocked = _references(since_first, ticks_per_ms, everywhere, everywhere)
+    assert nominal_ms.tolist() == np.where(everywhere, since_first / ticks_per_ms, 0.0).tolist()
+    assert ref.tolist() == ref_clocked.tolist() == _last_before(everywhere).tolist()
+    assert ref.tolist() == [0] + list(range(n - 1))
+    one_unclocked = everywhere.copy()
+    one_unclocked[n // 2] = False
+    nominal_ms, ref, ref_clocked = _references(since_first, ticks_per_ms, everywhere, one_unclocked)
+    assert nominal_ms[n // 2] == 0.0 and ref.tolist() == _last_before(everywhere).tolist()
+    assert ref_clocked.tolist() == _last_before(one_unclocked).tolist()
